@@ -1,0 +1,90 @@
+#!/usr/bin/env python
+"""Pack raw AFAD / MegaAge / AgeDB / UTKFace folders and `path,gender,age` lists into train/val
+MXNet RecordIO files of 5-point-aligned 112x112 faces. See README.md, "Packing a dataset"."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from utils.errors import UserError, run_cli
+from utils.pack import FaceSettings, pack_dataset, summary_table, unique_source_names
+from utils.sources import parse_afad, parse_agedb, parse_list, parse_megaage, parse_utkface
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    src = p.add_argument_group("sources (any combination, at least one)")
+    src.add_argument("--afad", metavar="DIR", help="AFAD root: DIR/<age>/<111|112>/<name>.jpg")
+    src.add_argument("--megaage", metavar="DIR",
+                     help="MegaAge(-Asian) root: DIR/{train,test}/ and DIR/list/{train,test}_{name,age}.txt")
+    src.add_argument("--agedb", metavar="DIR", help="AgeDB folder: <id>_<Name>_<age>_<m|f>.jpg")
+    src.add_argument("--utkface", metavar="DIR", help="UTKFace folder: <age>_<gender>_<race>_<date>.jpg.chip.jpg")
+    src.add_argument("--list", metavar="FILE", action="append", default=[],
+                     help="list of `path,gender,age` lines (path relative to the list; repeatable)")
+    out = p.add_argument_group("output")
+    out.add_argument("--output", default="dataset", metavar="DIR",
+                     help="where train/val .rec/.idx/.lst, meta.json and skipped.csv go")
+    out.add_argument("--image-size", type=int, default=112, help="side of the stored face (multiple of 112)")
+    out.add_argument("--quality", type=int, default=95, help="JPEG quality of the stored faces (1-100)")
+    face = p.add_argument_group("faces")
+    face.add_argument("--align", choices=("retinaface", "none"), default="retinaface",
+                      help="retinaface: detect + 5-point align; none: inputs are aligned crops, resize only")
+    face.add_argument("--no-face", choices=("skip", "center"), default="skip",
+                      help="what to do when no face is found: skip it, or store a centre crop")
+    face.add_argument("--det-thresh", type=float, default=0.5, help="minimum detector score")
+    face.add_argument("--det-model", metavar="ONNX", default=None,
+                      help="an InsightFace ONNX detector (e.g. det_500m.onnx) instead of the bundled RetinaFace")
+    face.add_argument("--det-max-size", type=int, default=640,
+                      help="larger images are scaled down to this longest side for detection")
+    spl = p.add_argument_group("splits")
+    spl.add_argument("--val-ratio", type=float, default=0.05, help="share of each source put in val (0 = all train)")
+    spl.add_argument("--seed", type=int, default=0, help="seed of the train/val draw")
+    spl.add_argument("--megaage-split", choices=("random", "official"), default="random",
+                     help="official: MegaAge's own test list becomes val")
+    p.add_argument("--workers", type=int, default=0, help="worker processes (0 = all cores)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def main() -> int:
+    args = build_parser().parse_args()
+    if args.image_size <= 0 or args.image_size % 112:
+        raise UserError(f"--image-size must be a positive multiple of 112, got {args.image_size}")
+    if not 1 <= args.quality <= 100:
+        raise UserError(f"--quality must be within 1..100, got {args.quality}")
+    if not 0.0 <= args.val_ratio < 1.0:
+        raise UserError(f"--val-ratio must be within [0, 1), got {args.val_ratio}")
+    if args.det_model and not os.path.isfile(args.det_model):
+        raise UserError(f"detector model not found: {args.det_model}")
+
+    parsers = [(args.afad, parse_afad), (args.megaage, lambda d: parse_megaage(d, args.megaage_split == "official")),
+               (args.agedb, parse_agedb), (args.utkface, parse_utkface)]
+    sources = []
+    try:
+        for path, parse in parsers:
+            if path:
+                sources.append(parse(path))
+        sources.extend(parse_list(f) for f in args.list)
+    except FileNotFoundError as exc:
+        raise UserError(str(exc)) from None
+    if not sources:
+        raise UserError("no source given: use --afad, --megaage, --agedb, --utkface or --list")
+    sources = unique_source_names(sources)
+
+    settings = FaceSettings(align=args.align, no_face=args.no_face, image_size=args.image_size,
+                            quality=args.quality, det_thresh=args.det_thresh, det_model=args.det_model,
+                            det_max_size=args.det_max_size)
+    try:
+        result = pack_dataset(sources, args.output, settings, val_ratio=args.val_ratio, seed=args.seed,
+                              workers=args.workers, progress=not args.no_progress)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    print(summary_table(result.counts))
+    print(f"wrote {args.output}/{{train,val}}.{{rec,idx,lst}}, meta.json, skipped.csv", file=sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,1 @@
+"""Importable logic shared by the top-level scripts: packing, training, evaluation and inference."""

