@@ -23,7 +23,7 @@ class ImageError(Exception):
 
     def __init__(self, reason: str, detail: str = ""):
         super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
+        self.reason, self.detail = reason, detail
 
 
 def _looks_truncated(data: bytes) -> bool:
@@ -55,7 +55,7 @@ def decode_image(data: bytes) -> np.ndarray:
 def read_image(path: str) -> np.ndarray:
     """Read an image file as RGB uint8; raises ImageError with a skip reason on failure."""
     if not os.path.isfile(path):
-        raise ImageError(MISSING, path)
+        raise ImageError(MISSING)
     with open(path, "rb") as f:
         data = f.read()
     return decode_image(data)

@@ -75,7 +75,7 @@ def _work(path: str) -> tuple[bytes | None, str, str]:
     try:
         return face_jpeg(path, _worker_settings, _worker_detector), "", ""
     except ImageError as exc:
-        return None, exc.reason, str(exc)
+        return None, exc.reason, exc.detail
     except Exception as exc:  # a broken file must cost one skip, never the whole run
         return None, "error", f"{type(exc).__name__}: {exc}"
 

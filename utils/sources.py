@@ -220,11 +220,11 @@ def parse_list(list_file: str) -> Parsed:
         path = os.path.normpath(os.path.join(base, fields[0]))
         gender = parse_gender(fields[1])
         if gender is None:
-            out.skips.append(Skip(path, BAD_GENDER, repr(fields[1])))
+            out.skips.append(Skip(path, BAD_GENDER, f"{where}: {fields[1]!r}"))
             continue
         age = parse_age(fields[2])
         if age is None:
-            out.skips.append(Skip(path, BAD_AGE, repr(fields[2])))
+            out.skips.append(Skip(path, BAD_AGE, f"{where}: {fields[2]!r}"))
             continue
         out.samples.append(Sample(path, gender, age, group=f"{out.name}:{fields[0]}"))
     return out

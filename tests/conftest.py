@@ -1,0 +1,36 @@
+"""Shared fixtures: the miniature source layouts, built once per session, and ../shared paths."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(os.path.dirname(ROOT), "shared")
+sys.path.insert(0, ROOT)
+
+
+def shared_path(*parts: str) -> str:
+    """A path under ../shared; skips the calling test (with the reason) when it is absent."""
+    path = os.path.join(SHARED, *parts)
+    if not os.path.exists(path):
+        pytest.skip(f"real asset not available: {path} (../shared is absent on this machine)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def demo_sources(tmp_path_factory) -> dict[str, str]:
+    from utils.demo_data import build_demo_sources
+
+    return build_demo_sources(str(tmp_path_factory.mktemp("raw")))
+
+
+def run_script(script: str, *args: str, check: bool = False) -> subprocess.CompletedProcess:
+    """Run one of the top-level scripts as a user would; returns the finished process."""
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
