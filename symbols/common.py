@@ -1,0 +1,42 @@
+"""Pieces every network shares: input normalisation, the GAP output head, the output contract."""
+from __future__ import annotations
+
+from mxnet.gluon import HybridBlock, nn
+
+NUM_OUTPUTS = 202  # [0:2] gender logits (1 = male), then 100 pairs "age > k" (index 1 = yes)
+OUTPUT_NAME = "fc1"  # exported symbol output: fc1_output, as InsightFace's gender-age checkpoint
+
+
+class Normalize(HybridBlock):
+    """RGB 0-255 in, (x - 127.5) / 128 out: normalisation lives inside the graph."""
+
+    def hybrid_forward(self, F, x):
+        return (x - 127.5) * 0.0078125
+
+
+class GAPHead(HybridBlock):
+    """`--version-output GAP`: BN, PReLU, global average pool, flatten, FC(202), BN."""
+
+    def __init__(self, num_outputs: int = NUM_OUTPUTS, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.bn1 = nn.BatchNorm(epsilon=2e-5, momentum=0.9)
+            self.act = nn.PReLU()
+            self.pool = nn.GlobalAvgPool2D()
+            self.fc = nn.Dense(num_outputs, flatten=True)
+            self.bn2 = nn.BatchNorm(epsilon=2e-5, momentum=0.9)
+
+    def hybrid_forward(self, F, x):
+        return self.bn2(self.fc(self.pool(self.act(self.bn1(x)))))
+
+
+def conv_bn(channels: int, kernel: int, stride: int, groups: int = 1, act: str | None = "relu") -> nn.HybridSequential:
+    """Conv (no bias), BN, and an optional ReLU/PReLU."""
+    seq = nn.HybridSequential(prefix="")
+    seq.add(nn.Conv2D(channels, kernel, stride, kernel // 2, groups=groups, use_bias=False),
+            nn.BatchNorm(epsilon=2e-5, momentum=0.9))
+    if act == "relu":
+        seq.add(nn.Activation("relu"))
+    elif act == "prelu":
+        seq.add(nn.PReLU())
+    return seq

@@ -1,0 +1,59 @@
+"""The output layout, the loss and the age/gender decoding: one home, shared by train, eval and infer.
+
+Output (N,202): `[0:2]` gender logits (index 1 = male); pair k = `[2+2k : 4+2k]` logits of
+"age > k" (index 1 = yes), k = 0..99.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+NUM_AGE_BINS = 100
+MAX_AGE = 100  # target ages are clamped to 0..MAX_AGE
+
+
+def _softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def decode(output: np.ndarray, age_decode: str = "prob") -> tuple[np.ndarray, np.ndarray]:
+    """(P(male), age) per row of a (N,202) output.
+
+    `prob` (default): age = sum_k P(age > k); `vote`: age = sum_k argmax of pair k (InsightFace's
+    own decoding of its released model).
+    """
+    output = np.asarray(output, dtype=np.float64)
+    if output.ndim != 2 or output.shape[1] != 2 + 2 * NUM_AGE_BINS:
+        raise ValueError(f"expected (N, {2 + 2 * NUM_AGE_BINS}) outputs, got {output.shape}")
+    p_male = _softmax(output[:, :2])[:, 1]
+    pairs = output[:, 2:].reshape(-1, NUM_AGE_BINS, 2)
+    if age_decode == "prob":
+        age = _softmax(pairs)[:, :, 1].sum(axis=1)
+    elif age_decode == "vote":
+        age = pairs.argmax(axis=2).sum(axis=1).astype(np.float64)
+    else:
+        raise ValueError(f"age decoding must be 'prob' or 'vote', got {age_decode!r}")
+    return p_male, age
+
+
+def age_targets(F, age, num_bins: int = NUM_AGE_BINS):
+    """(N,) ages -> (N, num_bins) 0/1 targets of "age > k", built with array ops (nd or sym)."""
+    k = F.arange(num_bins).reshape((1, num_bins))
+    return F.broadcast_greater(F.clip(age, 0, MAX_AGE).reshape((-1, 1)), k)
+
+
+def age_gender_loss(F, output, label):
+    """Mean softmax cross-entropy: gender over [0:2] (unknown gender, -1, ignored) plus, averaged over
+    the 100 pairs, "age > k". `label` is (N,2) = [gender, age] as packed. Returns (N,) losses."""
+    gender = F.slice_axis(label, axis=1, begin=0, end=1).reshape((-1,))
+    age = F.slice_axis(label, axis=1, begin=1, end=2).reshape((-1,))
+    g_logp = F.log_softmax(F.slice_axis(output, axis=1, begin=0, end=2), axis=-1)
+    known = gender >= 0
+    g_loss = -F.pick(g_logp, F.maximum(gender, 0), axis=-1) * known
+    pairs = F.slice_axis(output, axis=1, begin=2, end=2 + 2 * NUM_AGE_BINS).reshape((0, NUM_AGE_BINS, 2))
+    a_logp = F.log_softmax(pairs, axis=-1)
+    a_loss = -F.pick(a_logp, age_targets(F, age), axis=-1).mean(axis=1)
+    return g_loss + a_loss
+
+
+__all__ = ["decode", "age_targets", "age_gender_loss", "NUM_AGE_BINS", "MAX_AGE"]
