@@ -178,11 +178,14 @@ def test_interrupted_run_keeps_the_previous_output(demo_sources, tmp_path, monke
     (["--afad", "/nonexistent/afad"], "AFAD folder not found"),
     ([], "no source given"),
     (["--list", "/nonexistent/list.csv"], "list file not found"),
-    (["--utkface", "."], "nothing to pack"),
-    (["--utkface", ".", "--image-size", "100"], "--image-size"),
-    (["--utkface", ".", "--val-ratio", "1"], "--val-ratio"),
+    (["--utkface", "{src}"], "nothing to pack"),
+    (["--utkface", "{src}", "--image-size", "100"], "--image-size"),
+    (["--utkface", "{src}", "--val-ratio", "1"], "--val-ratio"),
 ])
 def test_user_errors_are_one_line_with_exit_code_2(args, message, tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "readme.txt").write_text("no labelled face in here")
+    args = [a.format(src=tmp_path / "src") for a in args]
     proc = run_script("create_dataset.py", *args, "--output", str(tmp_path / "o"))
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr

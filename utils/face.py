@@ -49,7 +49,7 @@ def _scale_for(shape: tuple[int, ...], max_size: int) -> float:
     return min(1.0, max_size / float(longest)) if max_size > 0 else 1.0
 
 
-def _session(model: bytes | str, threads: int):
+def _session_options(threads: int):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -57,7 +57,13 @@ def _session(model: bytes | str, threads: int):
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
-    return ort.InferenceSession(model, sess_options=opts, providers=_providers())
+    return opts
+
+
+def _session(model: bytes | str, threads: int):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(model, sess_options=_session_options(threads), providers=_providers())
 
 
 def _providers() -> list[str]:
@@ -142,7 +148,8 @@ class InsightFaceDetector:
 
         self.name = f"insightface {os.path.basename(path)}"
         self.input_size = (int(input_size), int(input_size))
-        self.model = insightface.model_zoo.get_model(path, providers=_providers())
+        self.model = insightface.model_zoo.get_model(path, providers=_providers(),
+                                                     sess_options=_session_options(threads))
         if self.model is None or not hasattr(self.model, "detect"):
             raise ValueError(f"{path} is not an InsightFace face detector")
         self.model.prepare(ctx_id=-1, det_thresh=float(thresh), input_size=self.input_size)
@@ -161,8 +168,8 @@ def load_detector(model: str | None = None, thresh: float = 0.8, max_size: int =
         return RetinaFaceDetector(thresh=thresh, max_size=max_size, threads=threads)
     if not os.path.isfile(model):
         raise FileNotFoundError(f"detector model not found: {model}")
-    return InsightFaceDetector(model, thresh=thresh, input_size=min(max_size, 640) if max_size else 640,
-                               threads=threads)
+    side = min(max_size, 640) if max_size > 0 else 640
+    return InsightFaceDetector(model, thresh=thresh, input_size=max(32, side // 32 * 32), threads=threads)
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_thresh: float) -> list[int]:
