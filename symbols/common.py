@@ -7,6 +7,11 @@ NUM_OUTPUTS = 202  # [0:2] gender logits (1 = male), then 100 pairs "age > k" (i
 OUTPUT_NAME = "fc1"  # exported symbol output: fc1_output, as InsightFace's gender-age checkpoint
 
 
+def batch_norm() -> nn.BatchNorm:
+    """BatchNorm with InsightFace's settings (eps 2e-5, momentum 0.9)."""
+    return nn.BatchNorm(epsilon=2e-5, momentum=0.9)
+
+
 class Normalize(HybridBlock):
     """RGB 0-255 in, (x - 127.5) / 128 out: normalisation lives inside the graph."""
 
@@ -20,11 +25,11 @@ class GAPHead(HybridBlock):
     def __init__(self, num_outputs: int = NUM_OUTPUTS, **kwargs):
         super().__init__(**kwargs)
         with self.name_scope():
-            self.bn1 = nn.BatchNorm(epsilon=2e-5, momentum=0.9)
+            self.bn1 = batch_norm()
             self.act = nn.PReLU()
             self.pool = nn.GlobalAvgPool2D()
             self.fc = nn.Dense(num_outputs, flatten=True)
-            self.bn2 = nn.BatchNorm(epsilon=2e-5, momentum=0.9)
+            self.bn2 = batch_norm()
 
     def hybrid_forward(self, F, x):
         return self.bn2(self.fc(self.pool(self.act(self.bn1(x)))))
@@ -34,7 +39,7 @@ def conv_bn(channels: int, kernel: int, stride: int, groups: int = 1, act: str |
     """Conv (no bias), BN, and an optional ReLU/PReLU."""
     seq = nn.HybridSequential(prefix="")
     seq.add(nn.Conv2D(channels, kernel, stride, kernel // 2, groups=groups, use_bias=False),
-            nn.BatchNorm(epsilon=2e-5, momentum=0.9))
+            batch_norm())
     if act == "relu":
         seq.add(nn.Activation("relu"))
     elif act == "prelu":

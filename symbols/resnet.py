@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mxnet.gluon import HybridBlock, nn
 
-from symbols.common import GAPHead, Normalize, conv_bn
+from symbols.common import GAPHead, Normalize, batch_norm, conv_bn
 
 UNITS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 14, 3), 100: (3, 13, 30, 3)}
 FILTERS = (64, 128, 256, 512)
@@ -32,7 +32,7 @@ class ResidualUnit(HybridBlock):
         super().__init__(**kwargs)
         with self.name_scope():
             self.body = nn.HybridSequential(prefix="")
-            self.body.add(nn.BatchNorm(epsilon=2e-5, momentum=0.9),
+            self.body.add(batch_norm(),
                           conv_bn(channels, 3, 1, act="prelu"),
                           conv_bn(channels, 3, stride, act=None))
             self.se = SE(channels) if use_se else None

@@ -103,7 +103,7 @@ def plot_histogram(labels: Labels, out_png: str, title: str = "") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from utils.atomic import write_atomic
+    from utils.atomic import tmp_name
 
     names = sorted(set(labels.source)) or ["all"]
     top = int(max(100, np.ceil(labels.age.max()) if len(labels.age) else 100)) + 1
@@ -133,10 +133,7 @@ def plot_histogram(labels: Labels, out_png: str, title: str = "") -> None:
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    tmp = f"{out_png}.tmp.png"
-    fig.savefig(tmp, dpi=100)
+    tmp = tmp_name(out_png)
+    fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    with open(tmp, "rb") as f:
-        data = f.read()
-    os.remove(tmp)
-    write_atomic(out_png, data)
+    os.replace(tmp, out_png)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from utils.atomic import tmp_name
+
 LABEL_WIDTH = 2  # [gender, age]
 GENDER, AGE = 0, 1  # positions in the label
 
@@ -71,11 +73,6 @@ def iter_records(rec_path: str, with_images: bool = True):
 def split_paths(out_dir: str, split: str) -> dict[str, str]:
     """The .rec/.idx/.lst paths of one split."""
     return {ext: os.path.join(out_dir, f"{split}.{ext}") for ext in ("rec", "idx", "lst")}
-
-
-def tmp_name(path: str) -> str:
-    """Where a file is written before it is renamed into place."""
-    return f"{path}.tmp"
 
 
 class SplitWriter:
