@@ -7,12 +7,16 @@ each side's code loads the other's files.
 """
 from __future__ import annotations
 
+import glob
+import os
 import re
+from dataclasses import dataclass, field
 
 import mxnet as mx
 from mxnet import gluon
 
 from symbols.common import NUM_OUTPUTS, OUTPUT_NAME
+from utils.atomic import tmp_name
 from symbols.mobilenet import MobileNet
 from symbols.resnet import UNITS, FaceResNet
 
@@ -22,11 +26,12 @@ def get_network(name: str, multiplier: float = 1.0, version_input: int = 1, vers
     """`m50` (or any `m...`): MobileNet v1 at `multiplier`; `r18`/`r34`/`r50`/`r100`: face ResNet."""
     if version_output.upper() != "GAP":
         raise ValueError(f"only the GAP output head is implemented, got {version_output!r}")
+    # a fixed prefix gives the same parameter names in every process, however many nets it built
     if re.fullmatch(r"m\d*", name):
-        return MobileNet(multiplier=multiplier, version_input=version_input)
+        return MobileNet(multiplier=multiplier, version_input=version_input, prefix="mobilenet_")
     m = re.fullmatch(r"r(\d+)", name)
     if m and int(m[1]) in UNITS:
-        return FaceResNet(depth=int(m[1]), use_se=use_se)
+        return FaceResNet(depth=int(m[1]), use_se=use_se, prefix="resnet_")
     raise ValueError(f"unknown network {name!r}: use m50 (MobileNet, see --multiplier) or r18/r34/r50/r100")
 
 
@@ -35,14 +40,107 @@ def to_symbol(net: gluon.HybridBlock) -> mx.sym.Symbol:
     return mx.sym.identity(net(mx.sym.var("data")), name=OUTPUT_NAME)
 
 
-def save_checkpoint(net: gluon.HybridBlock, prefix: str, epoch: int) -> None:
-    """Write `prefix-symbol.json` and `prefix-%04d.params` (arg:/aux: names), as mx.model does."""
+def save_checkpoint(net: gluon.HybridBlock, prefix: str, epoch: int) -> str:
+    """Write `prefix-symbol.json` and `prefix-%04d.params` (arg:/aux: names), as mx.model does, each
+    under a temporary name renamed into place when complete. Returns the params path."""
     sym = to_symbol(net)
     aux_names = set(sym.list_auxiliary_states())
     arg, aux = {}, {}
     for name, param in net.collect_params().items():
         (aux if name in aux_names else arg)[name] = param.data(param.list_ctx()[0]).copyto(mx.cpu())
-    mx.model.save_checkpoint(prefix, epoch, sym, arg, aux)
+    if os.path.dirname(prefix):
+        os.makedirs(os.path.dirname(prefix), exist_ok=True)
+    # the files mx.model.save_checkpoint writes, each through a temporary name
+    params = f"{prefix}-{epoch:04d}.params"
+    sym.save(tmp_name(prefix + "-symbol.json"))
+    mx.nd.save(tmp_name(params), {**{f"arg:{k}": v for k, v in arg.items()}, **{f"aux:{k}": v for k, v in aux.items()}})
+    os.replace(tmp_name(prefix + "-symbol.json"), prefix + "-symbol.json")
+    os.replace(tmp_name(params), params)
+    return params
+
+
+def checkpoint_epochs(prefix: str) -> list[int]:
+    """Epochs with a `prefix-%04d.params` file, ascending."""
+    found = (re.fullmatch(re.escape(prefix) + r"-(\d{4,})\.params", p) for p in glob.glob(glob.escape(prefix) + "-*.params"))
+    return sorted(int(m[1]) for m in found if m)
+
+
+def parse_model_spec(spec: str) -> tuple[str, int]:
+    """`PREFIX,EPOCH` -> (prefix, epoch); a bare `PREFIX` means its newest `prefix-%04d.params`.
+    Raises ValueError saying what is missing."""
+    prefix, _, epoch = spec.partition(",")
+    if epoch:
+        try:
+            epoch_n = int(epoch)
+        except ValueError:
+            raise ValueError(f"bad model {spec!r}: expected PREFIX,EPOCH such as models/model,10") from None
+    else:
+        epochs = checkpoint_epochs(prefix)
+        if not epochs:
+            raise ValueError(f"no checkpoint {prefix}-NNNN.params found")
+        epoch_n = epochs[-1]
+    for path in (f"{prefix}-symbol.json", f"{prefix}-{epoch_n:04d}.params"):
+        if not os.path.isfile(path):
+            raise ValueError(f"model file not found: {path}")
+    return prefix, epoch_n
+
+
+@dataclass
+class TransferReport:
+    """What `load_weights` did: parameters copied, re-initialised for a shape mismatch, not found."""
+
+    loaded: int = 0
+    by_order: bool = False
+    mismatched: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        how = " (matched by graph order: the checkpoint names its layers differently)" if self.by_order else ""
+        text = f"{self.loaded} parameters loaded{how}"
+        if self.mismatched:
+            text += f"; {len(self.mismatched)} re-initialised, shapes differ: " + ", ".join(self.mismatched[:8])
+            text += " ..." if len(self.mismatched) > 8 else ""
+        if self.missing:
+            text += f"; {len(self.missing)} not in the checkpoint, initialised: " + ", ".join(self.missing[:8])
+            text += " ..." if len(self.missing) > 8 else ""
+        return text
+
+
+def load_weights(net: gluon.HybridBlock, prefix: str, epoch: int) -> TransferReport:
+    """Copy a checkpoint's weights (ours or InsightFace's) into an initialised `net`.
+
+    Parameters are matched by name; when most names differ (a checkpoint written by other code, such
+    as InsightFace's MobileNet-0.25, which is our m50 x0.25 --version-input 1 layer for layer) they are
+    matched by their order in the graph. A parameter whose shape differs keeps its initial value and
+    is reported."""
+    sym, arg, aux = mx.model.load_checkpoint(prefix, epoch)
+    theirs = sym.get_internals()[f"{OUTPUT_NAME}_output"] if f"{OUTPUT_NAME}_output" in \
+        sym.get_internals().list_outputs() else sym
+    ours_sym = to_symbol(net)
+    params = net.collect_params()
+    pairs: list[tuple[str, str | None]] = []  # (our name, their name)
+    named = {**arg, **aux}
+    ours = [n for n in ours_sym.list_arguments() if n != "data"] + ours_sym.list_auxiliary_states()
+    report = TransferReport()
+    if sum(n in named for n in ours) >= len(ours) / 2:
+        pairs = [(n, n if n in named else None) for n in ours]
+    else:
+        report.by_order = True
+        for kind_ours, kind_theirs in ((ours_sym.list_arguments(), theirs.list_arguments()),
+                                       (ours_sym.list_auxiliary_states(), theirs.list_auxiliary_states())):
+            a = [n for n in kind_ours if n != "data"]
+            b = [n for n in kind_theirs if n != "data" and n in named]
+            pairs += [(n, b[i] if i < len(b) else None) for i, n in enumerate(a)]
+    for ours_name, their_name in pairs:
+        param = params[ours_name]
+        if their_name is None:
+            report.missing.append(ours_name)
+        elif named[their_name].shape != param.shape:
+            report.mismatched.append(f"{ours_name} {param.shape} vs {their_name} {named[their_name].shape}")
+        else:
+            param.set_data(named[their_name])
+            report.loaded += 1
+    return report
 
 
 def load_model(prefix: str, epoch: int, ctx=None) -> gluon.SymbolBlock:
@@ -62,4 +160,5 @@ def load_model(prefix: str, epoch: int, ctx=None) -> gluon.SymbolBlock:
     return block
 
 
-__all__ = ["get_network", "save_checkpoint", "load_model", "to_symbol", "NUM_OUTPUTS"]
+__all__ = ["get_network", "save_checkpoint", "load_model", "load_weights", "checkpoint_epochs", "parse_model_spec",
+           "to_symbol", "TransferReport", "NUM_OUTPUTS"]

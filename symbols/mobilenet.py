@@ -1,6 +1,8 @@
 """MobileNet v1 backbone (`m*` networks; the ancestor's default `m50`), width set by `multiplier`."""
 from __future__ import annotations
 
+import functools
+
 from mxnet.gluon import HybridBlock, nn
 
 from symbols.common import GAPHead, Normalize, conv_bn
@@ -22,15 +24,18 @@ class MobileNet(HybridBlock):
     def __init__(self, multiplier: float = 1.0, version_input: int = 1, **kwargs):
         super().__init__(**kwargs)
         width = lambda c: max(8, int(c * multiplier))  # noqa: E731
+        # BatchNorm as InsightFace's fmobilenet (MXNet defaults: fix_gamma, eps 1e-3), so its released
+        # MobileNet-0.25 checkpoint is this network at multiplier 0.25, version_input 1, exactly
+        conv = functools.partial(conv_bn, bn_scale=False, bn_epsilon=1e-3)
         with self.name_scope():
             self.normalize = Normalize()
             self.features = nn.HybridSequential(prefix="")
-            self.features.add(conv_bn(width(32), 3, 1 if version_input == 1 else 2))
+            self.features.add(conv(width(32), 3, 1 if version_input == 1 else 2))
             c_in = width(32)
             for c, s in _BLOCKS:
-                self.features.add(conv_bn(c_in, 3, s, groups=c_in), conv_bn(width(c), 1, 1))
+                self.features.add(conv(c_in, 3, s, groups=c_in), conv(width(c), 1, 1))
                 c_in = width(c)
-            self.output = GAPHead()
+            self.output = GAPHead(in_channels=c_in)
 
     def hybrid_forward(self, F, x):
         return self.output(self.features(self.normalize(x)))

@@ -59,7 +59,7 @@ class FaceResNet(HybridBlock):
             for units, c in zip(UNITS[depth], FILTERS):
                 for i in range(units):
                     self.features.add(ResidualUnit(c, 2 if i == 0 else 1, project=(i == 0), use_se=use_se))
-            self.output = GAPHead()
+            self.output = GAPHead(in_channels=FILTERS[-1])
 
     def hybrid_forward(self, F, x):
         return self.output(self.features(self.normalize(x)))

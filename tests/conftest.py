@@ -34,3 +34,29 @@ def run_script(script: str, *args: str, check: bool = False) -> subprocess.Compl
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+@pytest.fixture(scope="session")
+def packed_demo(demo_sources, tmp_path_factory) -> tuple[str, subprocess.CompletedProcess]:
+    """The miniature layouts packed by create_dataset.py (30% val): (output folder, finished process)."""
+    out = str(tmp_path_factory.mktemp("packed"))
+    proc = run_script("create_dataset.py", "--afad", demo_sources["afad"], "--megaage", demo_sources["megaage"],
+                      "--agedb", demo_sources["agedb"], "--utkface", demo_sources["utkface"],
+                      "--list", demo_sources["list"], "--output", out, "--val-ratio", "0.3", "--workers", "2",
+                      check=True)
+    return out, proc
+
+
+@pytest.fixture(scope="session")
+def packed_utkface(tmp_path_factory) -> str:
+    """48 real UTKFace faces from ../shared, spread over the age range, packed with RetinaFace alignment
+    (25% val). Skips when ../shared is absent."""
+    src = shared_path("data", "utkface")
+    names = sorted(n for n in os.listdir(src) if n.count("_") == 3)[::400][:48]
+    root = tmp_path_factory.mktemp("utk48")
+    (root / "raw").mkdir()
+    for n in names:
+        os.symlink(os.path.join(src, n), root / "raw" / n)
+    run_script("create_dataset.py", "--utkface", str(root / "raw"), "--output", str(root / "packed"),
+               "--val-ratio", "0.25", "--workers", "1", "--no-progress", check=True)
+    return str(root / "packed")

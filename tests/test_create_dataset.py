@@ -25,11 +25,8 @@ def _read(out, split):
 
 
 @pytest.fixture(scope="module")
-def packed(demo_sources, tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("packed"))
-    proc = run_script("create_dataset.py", *_all_sources(demo_sources), "--output", out, "--val-ratio", "0.3",
-                      "--workers", "2", check=True)
-    return out, proc
+def packed(packed_demo):
+    return packed_demo
 
 
 def test_every_good_face_is_packed_with_its_label(packed, demo_sources):

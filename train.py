@@ -1,0 +1,83 @@
+#!/usr/bin/env python
+"""Train the gender/age network on packed train.rec / val.rec. See README.md, "Training"."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+
+from utils.errors import UserError, run_cli
+
+
+def _add(p: argparse._ActionsContainer, flag: str, **kwargs) -> None:
+    """A dashed flag plus the ancestor's underscore spelling as a hidden-in-help alias."""
+    names = [flag] + (["--" + flag[2:].replace("-", "_")] if "-" in flag[2:] else [])
+    p.add_argument(*names, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d = p.add_argument_group("data")
+    _add(d, "--data-dir", default="dataset", help="folder with train.rec/.idx (and val.rec/.idx) from create_dataset.py")
+    _add(d, "--num-workers", type=int, default=2, help="image decoding threads")
+    _add(d, "--rand-mirror", type=int, default=1, choices=(0, 1), help="random horizontal flips")
+    _add(d, "--color", type=float, default=0.0, help="colour jitter strength (brightness, contrast, saturation)")
+    _add(d, "--cutoff", type=int, default=0, help="random-erasing square side in pixels (0 = off)")
+    n = p.add_argument_group("network")
+    _add(n, "--network", default="m50", help="m50 (MobileNet v1) or r18/r34/r50/r100 (face ResNet)")
+    _add(n, "--multiplier", type=float, default=1.0, help="MobileNet width (0.25 / 0.5 for CPUs)")
+    _add(n, "--version-input", type=int, default=1, choices=(0, 1), help="1: stride-1 first conv; 0: stride 2")
+    _add(n, "--version-output", default="GAP", help="output head (GAP)")
+    _add(n, "--use-se", action="store_true", help="squeeze-and-excitation in ResNet units")
+    c = p.add_argument_group("checkpoints")
+    _add(c, "--prefix", default="models/model", help="checkpoint prefix: PREFIX-symbol.json, PREFIX-%%04d.params")
+    _add(c, "--pretrained", default="", help="PREFIX,EPOCH of a checkpoint to start from (ours or InsightFace's)")
+    _add(c, "--resume", action="store_true", help="continue from the newest PREFIX-%%04d.params")
+    _add(c, "--save-every", type=int, default=1, help="save a checkpoint every N epochs")
+    o = p.add_argument_group("optimisation")
+    _add(o, "--end-epoch", type=int, default=30, help="train until this many epochs are done")
+    _add(o, "--lr", type=float, default=0.1, help="learning rate (SGD)")
+    _add(o, "--lr-steps", default="", help="epochs at which the lr is multiplied by --lr-factor, e.g. 10,20")
+    _add(o, "--lr-factor", type=float, default=0.1, help="lr multiplier at each step")
+    _add(o, "--wd", type=float, default=5e-4, help="weight decay")
+    _add(o, "--mom", type=float, default=0.9, help="momentum")
+    _add(o, "--batch-size", type=int, default=128, help="batch size per context (global = this x contexts)")
+    _add(o, "--seed", type=int, default=0, help="seed of initialisation, shuffling and augmentation")
+    _add(o, "--max-steps", type=int, default=0, help="stop after this many batches (0 = no limit)")
+    r = p.add_argument_group("hardware and logging")
+    _add(r, "--gpus", default="", help="GPU ids such as 0,1 (empty = CPU)")
+    p.add_argument("--gpu_ids", dest="gpus", help=argparse.SUPPRESS)  # the ancestor's name
+    _add(r, "--kvstore", default="device", help="local, device, dist_sync, dist_device_sync")
+    _add(r, "--log-interval", type=int, default=20, help="log every N batches")
+    _add(r, "--age-decode", choices=("prob", "vote"), default="prob", help="age decoding for the metrics")
+    return p
+
+
+def _steps(text: str) -> list[int]:
+    try:
+        return sorted(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise UserError(f"--lr-steps takes epochs such as 10,20; got {text!r}") from None
+
+
+def main() -> int:
+    args = build_parser().parse_args()
+    from utils.training import Fit, TrainConfig
+
+    values = vars(args)
+    cfg = TrainConfig(**{f.name: values[f.name] for f in dataclasses.fields(TrainConfig) if f.name in values})
+    cfg.lr_steps = _steps(args.lr_steps)
+    cfg.rand_mirror = bool(args.rand_mirror)
+    if os.path.dirname(cfg.prefix):
+        os.makedirs(os.path.dirname(cfg.prefix), exist_ok=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
+                        handlers=[logging.StreamHandler(sys.stdout), logging.FileHandler(f"{cfg.prefix}-train.log")])
+    logging.getLogger("train").info("train.py %s", " ".join(f"--{k.replace('_', '-')}={v}" for k, v in values.items()))
+    Fit(cfg).run()
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

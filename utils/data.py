@@ -1,0 +1,118 @@
+"""Batches for training and evaluation: packed `.rec` files through `mx.io.ImageRecordIter` (C++ decode,
+threads), checked up front so a wrong file is a one-line error rather than a crash inside MXNet."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import mxnet as mx
+import numpy as np
+
+from utils.errors import UserError
+from utils.recordio import LABEL_WIDTH, unpack_record
+
+INPUT_SIZE = 112
+
+
+def check_rec(rec_path: str, image_size: int = INPUT_SIZE) -> int:
+    """Check a packed `.rec` (its `.idx` beside it, [gender, age] labels, `image_size` faces) and return
+    its record count; raises UserError saying what is wrong."""
+    idx_path = os.path.splitext(rec_path)[0] + ".idx"
+    if not os.path.isfile(rec_path):
+        raise UserError(f"record file not found: {rec_path} (pack one with create_dataset.py)")
+    if not os.path.isfile(idx_path):
+        raise UserError(f"index file not found: {idx_path} (it is written beside the .rec by create_dataset.py)")
+    try:
+        reader = mx.recordio.MXIndexedRecordIO(idx_path, rec_path, "r")
+    except (mx.base.MXNetError, ValueError, OSError) as exc:
+        raise UserError(f"cannot open {rec_path}: {str(exc).splitlines()[0]}") from None
+    try:
+        keys = reader.keys
+        if not keys:
+            raise UserError(f"{rec_path} holds no records")
+        for key in (keys[0], keys[-1]):  # first and last: catches truncation and foreign files
+            try:
+                raw = reader.read_idx(key)
+            except Exception:  # MXNet raises assorted errors on a corrupt file
+                raise UserError(f"{rec_path} is corrupt or does not match {idx_path} (record {key})") from None
+            try:
+                rec = unpack_record(raw)
+            except ValueError as exc:
+                raise UserError(f"{rec_path}: {exc}") from None
+            except Exception:
+                raise UserError(f"{rec_path} is corrupt (record {key} cannot be parsed)") from None
+            try:
+                shape = mx.image.imdecode(rec.jpeg).shape
+            except Exception:
+                raise UserError(f"{rec_path} is corrupt (record {key} holds no decodable image)") from None
+            if shape[:2] != (image_size, image_size):
+                raise UserError(f"{rec_path} holds {shape[1]}x{shape[0]} images; the network takes "
+                                f"{image_size}x{image_size} (pack with --image-size {image_size})")
+        return len(keys)
+    finally:
+        reader.close()
+
+
+@dataclass
+class Augment:
+    """Training augmentation: random mirror, colour jitter strength, random-erasing square side."""
+
+    mirror: bool = False
+    color: float = 0.0
+    cutoff: int = 0
+
+
+def record_iter(rec_path: str, batch_size: int, train: bool, augment: Augment | None = None,
+                threads: int = 2, seed: int = 0, num_parts: int = 1, part_index: int = 0) -> mx.io.DataIter:
+    """An ImageRecordIter giving `data` (N,3,112,112) RGB 0-255 float and `label` (N,2) = [gender, age].
+
+    `train`: shuffled, augmented, last batch wrapped around; otherwise file order (read it through
+    `eval_batches`, which drops the stale rows of the last batch)."""
+    augment = augment or Augment()
+    kwargs = dict(path_imgrec=rec_path, path_imgidx=os.path.splitext(rec_path)[0] + ".idx",
+                  data_shape=(3, INPUT_SIZE, INPUT_SIZE), label_width=LABEL_WIDTH, batch_size=batch_size,
+                  preprocess_threads=max(1, threads), num_parts=num_parts, part_index=part_index,
+                  verbose=False, ctx="cpu")
+    if train:
+        kwargs.update(shuffle=True, seed=seed, seed_aug=seed, rand_mirror=augment.mirror, round_batch=True)
+        if augment.color > 0:
+            kwargs.update(brightness=augment.color, contrast=augment.color, saturation=augment.color)
+    else:
+        kwargs.update(shuffle=False, round_batch=False)
+    return mx.io.ImageRecordIter(**kwargs)
+
+
+def random_erase(data: mx.nd.NDArray, size: int, prob: float = 0.5) -> mx.nd.NDArray:
+    """Cutout: with probability `prob` per image, a `size`x`size` square at a random centre is set to grey
+    (127.5, zero after the network's normalisation). Array ops over the whole batch."""
+    n, _, h, w = data.shape
+    cy = mx.nd.random.uniform(0, h, shape=(n, 1, 1, 1))
+    cx = mx.nd.random.uniform(0, w, shape=(n, 1, 1, 1))
+    on = mx.nd.random.uniform(0, 1, shape=(n, 1, 1, 1)) < prob
+    ys = mx.nd.arange(h).reshape((1, 1, h, 1))
+    xs = mx.nd.arange(w).reshape((1, 1, 1, w))
+    inside = mx.nd.broadcast_mul(mx.nd.abs(mx.nd.broadcast_sub(ys, cy)) < size / 2,
+                                 mx.nd.abs(mx.nd.broadcast_sub(xs, cx)) < size / 2)
+    mask = mx.nd.broadcast_mul(inside, on)
+    return mx.nd.broadcast_add(mx.nd.broadcast_mul(data, 1 - mask), mask * 127.5)
+
+
+def eval_batches(it: mx.io.DataIter, total: int):
+    """Yield (data, label) of an evaluation iterator with the tail cut to `total` records: with
+    round_batch=False ImageRecordIter fills its last batch with stale rows and reports pad 0."""
+    seen = 0
+    for batch in it:
+        n = min(batch.data[0].shape[0], total - seen)
+        if n <= 0:
+            break
+        seen += n
+        yield batch.data[0][:n], batch.label[0][:n]
+
+
+def to_numpy_labels(label: mx.nd.NDArray) -> tuple[np.ndarray, np.ndarray]:
+    """(gender, age) columns of a (N,2) label batch."""
+    lab = label.asnumpy()
+    return lab[:, 0], lab[:, 1]
+
+
+__all__ = ["check_rec", "record_iter", "Augment", "random_erase", "eval_batches", "to_numpy_labels", "INPUT_SIZE"]

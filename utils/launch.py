@@ -1,0 +1,123 @@
+"""Start an MXNet parameter-server job (ps-lite: one scheduler, servers, workers) on this machine or over
+ssh, wait for the workers, and always clean up. The logic behind tools/launch.py."""
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def job_env(role: str, root_uri: str, port: int, num_workers: int, num_servers: int) -> dict[str, str]:
+    """The DMLC_* variables every process of a job needs."""
+    return {"DMLC_ROLE": role, "DMLC_PS_ROOT_URI": root_uri, "DMLC_PS_ROOT_PORT": str(port),
+            "DMLC_NUM_WORKER": str(num_workers), "DMLC_NUM_SERVER": str(num_servers)}
+
+
+def _pump(stream, tag: str, out) -> None:
+    for line in iter(stream.readline, ""):
+        out.write(f"[{tag}] {line}")
+        out.flush()
+
+
+class Job:
+    """The processes of one job; `wait()` returns the workers' exit codes, `stop()` ends everything."""
+
+    def __init__(self):
+        self.procs: list[tuple[str, subprocess.Popen]] = []
+        self._threads: list[threading.Thread] = []
+
+    def start(self, tag: str, argv: list[str], env: dict[str, str], host: str | None = None, cwd: str | None = None,
+              out=None) -> None:
+        if host in (None, "", "localhost", "127.0.0.1"):
+            cmd, full_env = argv, {**os.environ, **env}
+        else:  # ssh: the environment travels in the remote command line
+            exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+            remote = f"cd {shlex.quote(cwd or os.getcwd())} && {exports} {shlex.join(argv)}"
+            cmd, full_env = ["ssh", "-o", "BatchMode=yes", host, remote], dict(os.environ)
+        proc = subprocess.Popen(cmd, env=full_env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)
+        t = threading.Thread(target=_pump, args=(proc.stdout, tag, out or sys.stdout), daemon=True)
+        t.start()
+        self.procs.append((tag, proc))
+        self._threads.append(t)
+
+    def wait(self, timeout: float | None) -> list[int]:
+        """Wait for every worker (servers and scheduler exit after them); raises TimeoutError."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        codes = []
+        for tag, proc in self.procs:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                code = proc.wait(left)
+            except subprocess.TimeoutExpired:
+                raise TimeoutError(f"{tag} still running after {timeout:.0f} s") from None
+            if tag.startswith("worker"):
+                codes.append(code)
+                if code != 0:  # a failed worker leaves the others waiting forever on the kvstore
+                    break
+        for t in self._threads:
+            t.join(timeout=2)
+        return codes
+
+    def stop(self) -> None:
+        """Terminate whatever still runs (whole process groups), then kill what ignores that."""
+        for _, proc in self.procs:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + 5
+        for _, proc in self.procs:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait()
+
+
+def launch(command: list[str], num_workers: int, num_servers: int = 1, hosts: list[str] | None = None,
+           port: int = 0, timeout: float | None = None, cwd: str | None = None, out=None) -> list[int]:
+    """Run `command` as `num_workers` workers with `num_servers` servers and a scheduler.
+
+    Without `hosts` everything runs here on 127.0.0.1. With `hosts` (reached by ssh, the project at
+    the same path on each), the scheduler runs on the first host and servers and workers go round-robin.
+    Returns the workers' exit codes; every process is stopped before returning, also on error or timeout."""
+    hosts = hosts or []
+    root = hosts[0] if hosts else "127.0.0.1"
+    port = port or free_port()
+    place = (lambda i: hosts[i % len(hosts)]) if hosts else (lambda i: None)  # noqa: E731
+    server_argv = [sys.executable if not hosts else "python", "-c", "import mxnet"]  # importing mxnet serves
+    job = Job()
+    try:
+        job.start("scheduler", server_argv, job_env("scheduler", root, port, num_workers, num_servers),
+                  place(0), cwd, out)
+        for i in range(num_servers):
+            job.start(f"server {i}", server_argv, job_env("server", root, port, num_workers, num_servers),
+                      place(i), cwd, out)
+        for i in range(num_workers):
+            job.start(f"worker {i}", command, job_env("worker", root, port, num_workers, num_servers),
+                      place(i), cwd, out)
+        # workers first: they decide when the job is over
+        job.procs.sort(key=lambda tp: not tp[0].startswith("worker"))
+        return job.wait(timeout)
+    finally:
+        job.stop()
+
+
+__all__ = ["launch", "job_env", "free_port", "Job"]

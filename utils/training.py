@@ -1,0 +1,387 @@
+"""The training loop behind train.py: contexts, kvstore, data, logging, checkpoints, resume, faults."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+
+import mxnet as mx
+import numpy as np
+from mxnet import autograd, gluon
+
+from symbols import checkpoint_epochs, get_network, load_weights, parse_model_spec, save_checkpoint
+from utils.age import age_gender_loss, decode
+from utils.atomic import tmp_name, write_atomic
+from utils.data import Augment, check_rec, eval_batches, random_erase, record_iter, to_numpy_labels
+from utils.errors import UserError
+from utils.metrics import AgeGenderMetric
+
+log = logging.getLogger("train")
+
+CSV_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "train_mae", "train_cs5",
+              "val_loss", "val_acc", "val_mae", "val_cs3", "val_cs5", "time_s"]
+
+
+@dataclass
+class TrainConfig:
+    """Everything train.py's flags set (see README for each)."""
+
+    data_dir: str = "dataset"
+    network: str = "m50"
+    multiplier: float = 1.0
+    version_input: int = 1
+    version_output: str = "GAP"
+    use_se: bool = False
+    prefix: str = "models/model"
+    pretrained: str = ""
+    resume: bool = False
+    end_epoch: int = 30
+    lr: float = 0.1
+    lr_steps: list[int] = field(default_factory=list)
+    lr_factor: float = 0.1
+    wd: float = 5e-4
+    mom: float = 0.9
+    batch_size: int = 128
+    gpus: str = ""
+    kvstore: str = "device"
+    rand_mirror: bool = True
+    color: float = 0.0
+    cutoff: int = 0
+    num_workers: int = 2
+    log_interval: int = 20
+    seed: int = 0
+    max_steps: int = 0
+    save_every: int = 1
+    age_decode: str = "prob"
+
+
+def contexts(gpus: str) -> list[mx.Context]:
+    """`0,1` -> [gpu(0), gpu(1)]; empty -> [cpu()]. Raises UserError when a GPU is asked for and absent."""
+    ids = [g.strip() for g in gpus.split(",") if g.strip()]
+    if not ids:
+        return [mx.cpu()]
+    try:
+        ids_n = [int(g) for g in ids]
+    except ValueError:
+        raise UserError(f"--gpus takes GPU ids such as 0,1; got {gpus!r}") from None
+    available = mx.context.num_gpus()
+    missing = [g for g in ids_n if g >= available]
+    if missing:
+        raise UserError(f"GPU {missing[0]} is not available ({available} visible): GPUs need "
+                        "requirements-gpu.txt (mxnet-cu112) and a CUDA device; leave --gpus empty for the CPU")
+    return [mx.gpu(g) for g in ids_n]
+
+
+def lr_at(cfg: TrainConfig, epoch: int) -> float:
+    """Learning rate for an epoch: `lr`, times `lr_factor` for each of `lr_steps` already reached."""
+    return cfg.lr * cfg.lr_factor ** sum(epoch >= s for s in cfg.lr_steps)
+
+
+def params_digest(net: gluon.Block) -> str:
+    """SHA-1 of the trainable parameters (BatchNorm running statistics excluded: each worker keeps its
+    own); equal digests on two workers mean identical weights."""
+    h = hashlib.sha1()
+    for name, p in sorted(net.collect_params().items()):
+        if p.grad_req != "null":
+            h.update(p.data(p.list_ctx()[0]).asnumpy().astype(np.float32).tobytes())
+    return h.hexdigest()
+
+
+class Fit:
+    """One training run. `run()` trains; the pieces are methods so tests can drive them."""
+
+    def __init__(self, cfg: TrainConfig, ctx: list[mx.Context] | None = None, net: gluon.HybridBlock | None = None):
+        self.cfg = cfg
+        self.ctx = ctx or contexts(cfg.gpus)
+        self.train_rec = os.path.join(cfg.data_dir, "train.rec")
+        self.val_rec = os.path.join(cfg.data_dir, "val.rec")
+        self.num_train = check_rec(self.train_rec)
+        self.has_val = os.path.exists(self.val_rec)
+        if self.has_val:
+            check_rec(self.val_rec)
+        if cfg.batch_size < 1:
+            raise UserError("--batch-size must be at least 1")
+        self.kv = self._kvstore()
+        self.rank = self.kv.rank if self.kv is not None else 0
+        self.workers = self.kv.num_workers if self.kv is not None else 1
+        self.global_batch = cfg.batch_size * len(self.ctx)  # per context x contexts, on this worker
+        mx.random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        self.net = net if net is not None else self._network()
+        self.begin_epoch = 0
+        self.history: list[dict] = []
+        self.best_mae = math.inf
+        self._init_params()
+        self.trainer = gluon.Trainer(self.net.collect_params(), "sgd",
+                                     {"learning_rate": lr_at(cfg, self.begin_epoch), "wd": cfg.wd,
+                                      "momentum": cfg.mom},
+                                     kvstore=self.kv if self.kv is not None else "local",
+                                     update_on_kvstore=False if self.kv is None or "dist" not in self.kv.type
+                                     else None)
+        if cfg.resume and self.begin_epoch > 0:
+            self._load_states()
+        self.step = 0
+        self._eval_iters: dict[str, tuple[mx.io.DataIter, int]] = {}
+
+    # --- set-up -------------------------------------------------------------------------------------------
+    def _kvstore(self):
+        kind = self.cfg.kvstore
+        if kind not in ("local", "device", "dist_sync", "dist_device_sync", "dist_async"):
+            raise UserError(f"--kvstore must be local, device, dist_sync, dist_device_sync or dist_async; got {kind!r}")
+        if kind.startswith("dist"):
+            if "DMLC_ROLE" not in os.environ:
+                raise UserError(f"--kvstore {kind} needs the DMLC_* environment of a parameter-server job: "
+                                "start it with tools/launch.py (see README, 'Several machines')")
+            return mx.kv.create(kind)
+        return mx.kv.create(kind) if len(self.ctx) > 1 else None
+
+    def _network(self) -> gluon.HybridBlock:
+        c = self.cfg
+        try:
+            return get_network(c.network, multiplier=c.multiplier, version_input=c.version_input,
+                               version_output=c.version_output, use_se=c.use_se)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+
+    def _init_params(self) -> None:
+        net, c = self.net, self.cfg
+        net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="out", magnitude=2), ctx=self.ctx)
+        with autograd.predict_mode():
+            net(mx.nd.zeros((1, 3, 112, 112), ctx=self.ctx[0]))  # settle deferred shapes
+        if c.resume and checkpoint_epochs(c.prefix):
+            epoch = checkpoint_epochs(c.prefix)[-1]
+            report = load_weights(net, c.prefix, epoch)
+            if report.mismatched or report.missing or report.by_order:
+                raise UserError(f"--resume: {c.prefix}-{epoch:04d}.params is not a checkpoint of this network "
+                                f"({report}); use the same --network/--multiplier/--version-input")
+            self.begin_epoch = epoch
+            self.history = read_history(history_path(c.prefix), before=epoch)
+            maes = [r["val_mae"] for r in self.history if r.get("val_mae") == r.get("val_mae")]
+            self.best_mae = min(maes) if maes else math.inf
+            log.info("resumed from %s-%04d.params: continuing at epoch %d", c.prefix, epoch, epoch)
+        elif c.resume:
+            log.info("--resume: no checkpoint %s-NNNN.params yet, starting from scratch", c.prefix)
+        if c.pretrained and self.begin_epoch == 0:
+            try:
+                prefix, epoch = parse_model_spec(c.pretrained)
+                report = load_weights(net, prefix, epoch)
+            except (ValueError, OSError, mx.base.MXNetError) as exc:
+                raise UserError(f"--pretrained {c.pretrained}: {str(exc).splitlines()[0]}") from None
+            if report.loaded == 0:
+                raise UserError(f"--pretrained {c.pretrained}: no parameter fits this network ({report})")
+            log.info("pretrained %s,%d: %s", prefix, epoch, report)
+        net.hybridize(static_alloc=True, static_shape=True)
+
+    def _states_path(self, epoch: int) -> str:
+        return f"{self.cfg.prefix}-{epoch:04d}.states"
+
+    def _load_states(self) -> None:
+        path = self._states_path(self.begin_epoch)
+        if os.path.isfile(path):
+            self.trainer.load_states(path)
+            self.trainer.set_learning_rate(lr_at(self.cfg, self.begin_epoch))
+            log.info("optimizer state restored from %s", path)
+        else:
+            log.warning("no optimizer state %s: momentum restarts from zero", path)
+
+    # --- one batch ------------------------------------------------------------------------------------------
+    def forward_backward(self, data: mx.nd.NDArray, label: mx.nd.NDArray) -> tuple[float, np.ndarray]:
+        """Split a batch evenly over the contexts (labels with their images), forward, loss, backward.
+        Returns (summed loss, outputs (N,202) in batch order)."""
+        datas = gluon.utils.split_and_load(data, self.ctx, even_split=False)
+        labels = gluon.utils.split_and_load(label, self.ctx, even_split=False)
+        with autograd.record():
+            outs = [self.net(x) for x in datas]
+            losses = [age_gender_loss(mx.nd, o, y) for o, y in zip(outs, labels)]
+        autograd.backward(losses)
+        total = sum(float(l.sum().asscalar()) for l in losses)
+        return total, np.concatenate([o.asnumpy() for o in outs])
+
+    def update(self) -> None:
+        # gradients are summed over contexts (and over workers by a dist kvstore): normalise by all rows
+        self.trainer.step(self.global_batch * self.workers)
+
+    # --- loops ----------------------------------------------------------------------------------------------
+    def evaluate(self, rec: str) -> dict:
+        """Loss and metrics on a whole `.rec` (padded tail excluded), in predict mode."""
+        if rec not in self._eval_iters:
+            self._eval_iters[rec] = (record_iter(rec, self.global_batch, train=False, threads=self.cfg.num_workers),
+                                     check_rec(rec))
+        it, total = self._eval_iters[rec]
+        it.reset()
+        metric, loss_sum = AgeGenderMetric(), 0.0
+        for data, label in eval_batches(it, total):
+            datas = gluon.utils.split_and_load(data, self.ctx, even_split=False)
+            outs = np.concatenate([self.net(x).asnumpy() for x in datas])
+            loss_sum += float(age_gender_loss(mx.nd, mx.nd.array(outs), label).sum().asscalar())
+            gender, age = to_numpy_labels(label)
+            metric.update(*decode(outs, self.cfg.age_decode), gender, age)
+        res = metric.get()
+        res["loss"] = loss_sum / max(1, res["count"])
+        return res
+
+    def run(self) -> dict:
+        """Train from `begin_epoch` to `end_epoch`; returns the last epoch's row of the history."""
+        c = self.cfg
+        if self.begin_epoch >= c.end_epoch:
+            raise UserError(f"nothing to do: {c.prefix} is already at epoch {self.begin_epoch} "
+                            f"(--end-epoch {c.end_epoch})")
+        train_iter = record_iter(self.train_rec, self.global_batch, train=True,
+                                 augment=Augment(c.rand_mirror, c.color, c.cutoff), threads=c.num_workers,
+                                 seed=c.seed, num_parts=self.workers, part_index=self.rank)
+        log.info("training %s on %s: %d train faces, batch %d per context x %d context(s) x %d worker(s)",
+                 c.network, ",".join(str(x) for x in self.ctx), self.num_train, c.batch_size, len(self.ctx),
+                 self.workers)
+        row: dict = {}
+        epoch = self.begin_epoch
+        try:
+            for epoch in range(self.begin_epoch, c.end_epoch):
+                row = self._epoch(epoch, train_iter)
+                if row.get("stopped"):
+                    break
+        except KeyboardInterrupt:
+            path = self._save(epoch)
+            log.info("interrupted: saved %s; continue with --resume", path)
+            raise
+        log.info("final parameters sha1 (worker %d): %s", self.rank, params_digest(self.net))
+        return row
+
+    def _epoch(self, epoch: int, train_iter: mx.io.DataIter) -> dict:
+        c = self.cfg
+        lr = lr_at(c, epoch)
+        self.trainer.set_learning_rate(lr)
+        train_iter.reset()  # ImageRecordIter reshuffles on reset, from its seeded generator
+        metric, window = AgeGenderMetric(), AgeGenderMetric()
+        loss_sum, rows, t0, tic, nbatch = 0.0, 0, time.time(), time.time(), 0
+        stopped = False
+        for nbatch, batch in enumerate(train_iter):
+            data, label = batch.data[0], batch.label[0]
+            if c.cutoff > 0:
+                data = random_erase(data, c.cutoff)
+            loss, outs = self.forward_backward(data, label)
+            if not math.isfinite(loss):
+                last = checkpoint_epochs(c.prefix)
+                keep = f"{c.prefix}-{last[-1]:04d}.params" if last else "none was written yet"
+                raise UserError(f"loss became {loss} at epoch {epoch} batch {nbatch}: training stopped; "
+                                f"last good checkpoint: {keep} (try a lower --lr)")
+            self.update()
+            self.step += 1
+            gender, age = to_numpy_labels(label)
+            p_male, age_pred = decode(outs, c.age_decode)
+            metric.update(p_male, age_pred, gender, age)
+            window.update(p_male, age_pred, gender, age)
+            loss_sum += loss
+            rows += len(outs)
+            if (nbatch + 1) % c.log_interval == 0:
+                m = window.get()
+                speed = c.log_interval * self.global_batch / (time.time() - tic)
+                log.info("Epoch[%d] Batch [%d-%d]\tSpeed: %.2f samples/sec\tacc=%.6f\tMAE=%.6f\tCUM_5=%.6f\tloss=%.6f",
+                         epoch, nbatch + 1 - c.log_interval, nbatch + 1, speed, m["acc"], m["mae"], m["cs5"],
+                         loss_sum / rows)
+                window.reset()
+                tic = time.time()
+            if c.max_steps and self.step >= c.max_steps:
+                stopped = True
+                break
+        m = metric.get()
+        row = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / max(1, rows), "train_acc": m["acc"],
+               "train_mae": m["mae"], "train_cs5": m["cs5"]}
+        if self.has_val:
+            v = self.evaluate(self.val_rec)
+            row.update(val_loss=v["loss"], val_acc=v["acc"], val_mae=v["mae"], val_cs3=v["cs3"], val_cs5=v["cs5"])
+            log.info("Epoch[%d] Validation: acc=%.6f\tMAE=%.6f\tCUM_3=%.6f\tCUM_5=%.6f\tloss=%.6f",
+                     epoch, v["acc"], v["mae"], v["cs3"], v["cs5"], v["loss"])
+        row["time_s"] = time.time() - t0
+        log.info("Epoch[%d] Train: acc=%.6f\tMAE=%.6f\tCUM_5=%.6f\tloss=%.6f\tlr=%g\tTime cost=%.1f s",
+                 epoch, m["acc"], m["mae"], m["cs5"], row["train_loss"], lr, row["time_s"])
+        self.history.append(row)
+        if self.rank == 0:
+            if stopped or (epoch + 1) % c.save_every == 0 or epoch + 1 == c.end_epoch:
+                log.info("saved %s", self._save(epoch + 1))
+            if self.has_val and row["val_mae"] < self.best_mae:
+                self.best_mae = row["val_mae"]
+                self._save_best(epoch + 1)
+            write_history(history_path(c.prefix), self.history)
+            plot_history(curves_path(c.prefix), self.history)
+        row["stopped"] = stopped
+        return row
+
+    # --- checkpoints ----------------------------------------------------------------------------------------
+    def _save(self, epoch: int) -> str:
+        path = save_checkpoint(self.net, self.cfg.prefix, epoch)
+        try:
+            states = self._states_path(epoch)
+            self.trainer.save_states(tmp_name(states))
+            os.replace(tmp_name(states), states)
+        except (AssertionError, mx.base.MXNetError):  # optimizer state held by dist servers
+            pass
+        return path
+
+    def _save_best(self, epoch: int) -> None:
+        best = f"{self.cfg.prefix}-best"
+        old = checkpoint_epochs(best)
+        path = save_checkpoint(self.net, best, epoch)
+        for e in old:
+            if e != epoch:
+                os.remove(f"{best}-{e:04d}.params")
+        log.info("best val MAE so far %.4f: saved %s", self.best_mae, path)
+
+
+def history_path(prefix: str) -> str:
+    return f"{prefix}-metrics.csv"
+
+
+def curves_path(prefix: str) -> str:
+    return f"{prefix}-curves.png"
+
+
+def read_history(path: str, before: int | None = None) -> list[dict]:
+    """Rows of a metrics CSV (numbers as floats), those with epoch <= `before` when given."""
+    if not os.path.isfile(path):
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = [{k: float(v) if v not in ("", None) else float("nan") for k, v in r.items()} for r in csv.DictReader(f)]
+    return [r for r in rows if before is None or r["epoch"] <= before]
+
+
+def write_history(path: str, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (f"{r[k]:.6g}" if isinstance(r.get(k), float) else r.get(k, "")) for k in CSV_FIELDS})
+    write_atomic(path, buf.getvalue())
+
+
+def plot_history(path: str, rows: list[dict]) -> None:
+    """Loss, gender accuracy and age MAE per epoch, train and val, in one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [r["epoch"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, key, title in zip(axes, ("loss", "acc", "mae"), ("loss", "gender accuracy", "age MAE (years)")):
+        for split, style in (("train", "-o"), ("val", "-s")):
+            ys = [r.get(f"{split}_{key}", float("nan")) for r in rows]
+            if any(y == y for y in ys):
+                ax.plot(ep, ys, style, ms=3, label=split)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    with open(tmp_name(path), "wb") as f:
+        fig.savefig(f, format="png", dpi=90)
+    plt.close(fig)
+    os.replace(tmp_name(path), path)
+
+
+__all__ = ["TrainConfig", "Fit", "contexts", "lr_at", "params_digest", "read_history", "write_history",
+           "plot_history", "history_path", "curves_path"]
