@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 
 import mxnet as mx
@@ -151,7 +152,9 @@ def load_model(prefix: str, epoch: int, ctx=None) -> gluon.SymbolBlock:
     if f"{OUTPUT_NAME}_output" not in internals.list_outputs():
         raise ValueError(f"{prefix}-symbol.json has no {OUTPUT_NAME}_output")
     out = internals[f"{OUTPUT_NAME}_output"]
-    block = gluon.SymbolBlock(out, mx.sym.var("data"))
+    with warnings.catch_warnings():  # "cannot decide type for data": float32, given at the first call
+        warnings.simplefilter("ignore", UserWarning)
+        block = gluon.SymbolBlock(out, mx.sym.var("data"))
     try:
         block.collect_params().load_dict({**arg, **aux}, ctx=ctx, ignore_extra=True)
     except AssertionError as exc:  # MXNet reports a missing parameter by assertion

@@ -75,7 +75,7 @@ def test_age_targets_and_loss_on_hand_made_logits():
     assert t[0].sum() == 0 and t[1].tolist()[:4] == [1, 1, 1, 0] and t[1].sum() == 3 and t[2].sum() == 100
     zeros = mx.nd.zeros((2, 202))
     loss = age_gender_loss(mx.nd, zeros, mx.nd.array([[1, 30], [-1, 30]])).asnumpy()
-    np.testing.assert_allclose(loss, [2 * np.log(2), np.log(2)], rtol=1e-5)  # unknown gender adds nothing
+    np.testing.assert_allclose(loss, [101 * np.log(2), 100 * np.log(2)], rtol=1e-5)  # unknown gender adds nothing
     good = np.zeros((1, 202))
     good[0, :2] = [-20, 20]
     good[0, 3:2 + 2 * 30:2] = 20

@@ -18,6 +18,7 @@ from symbols import checkpoint_epochs, get_network, load_weights, parse_model_sp
 from utils.age import age_gender_loss, decode
 from utils.atomic import tmp_name, write_atomic
 from utils.data import Augment, check_rec, eval_batches, random_erase, record_iter, to_numpy_labels
+from utils.devices import contexts
 from utils.errors import UserError
 from utils.metrics import AgeGenderMetric
 
@@ -58,23 +59,6 @@ class TrainConfig:
     max_steps: int = 0
     save_every: int = 1
     age_decode: str = "prob"
-
-
-def contexts(gpus: str) -> list[mx.Context]:
-    """`0,1` -> [gpu(0), gpu(1)]; empty -> [cpu()]. Raises UserError when a GPU is asked for and absent."""
-    ids = [g.strip() for g in gpus.split(",") if g.strip()]
-    if not ids:
-        return [mx.cpu()]
-    try:
-        ids_n = [int(g) for g in ids]
-    except ValueError:
-        raise UserError(f"--gpus takes GPU ids such as 0,1; got {gpus!r}") from None
-    available = mx.context.num_gpus()
-    missing = [g for g in ids_n if g >= available]
-    if missing:
-        raise UserError(f"GPU {missing[0]} is not available ({available} visible): GPUs need "
-                        "requirements-gpu.txt (mxnet-cu112) and a CUDA device; leave --gpus empty for the CPU")
-    return [mx.gpu(g) for g in ids_n]
 
 
 def lr_at(cfg: TrainConfig, epoch: int) -> float:
@@ -383,5 +367,5 @@ def plot_history(path: str, rows: list[dict]) -> None:
     os.replace(tmp_name(path), path)
 
 
-__all__ = ["TrainConfig", "Fit", "contexts", "lr_at", "params_digest", "read_history", "write_history",
+__all__ = ["TrainConfig", "Fit", "lr_at", "params_digest", "read_history", "write_history",
            "plot_history", "history_path", "curves_path"]

@@ -1,0 +1,57 @@
+#!/usr/bin/env python
+"""Evaluate a checkpoint on a packed .rec: gender accuracy, age MAE, CS@3 / CS@5, per age band and per
+source. See README.md, "Evaluation"."""
+from __future__ import annotations
+
+import argparse
+import os
+
+from utils.errors import UserError, run_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default=None,
+                   help="PREFIX,EPOCH (or PREFIX for its newest epoch); default: the bundled model")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--data-dir", "--data_dir", default=None, help="folder whose val.rec is evaluated")
+    src.add_argument("--rec", default=None, help="a packed .rec file to evaluate")
+    p.add_argument("--batch-size", "--batch_size", type=int, default=256, help="faces per batch")
+    p.add_argument("--gpus", default="", help="GPU ids such as 0,1 (empty = CPU)")
+    p.add_argument("--age-decode", choices=("prob", "vote"), default="prob",
+                   help="prob: sum of P(age > k); vote: sum of the pairs' argmax")
+    p.add_argument("--flip", action="store_true", help="average each face with its mirror image")
+    p.add_argument("--json", metavar="FILE", help="write every number to this JSON file")
+    p.add_argument("--plot", metavar="FILE", help="save MAE by age, predicted vs true age, gender confusion (PNG)")
+    p.add_argument("--num-workers", type=int, default=2, help="image decoding threads")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main() -> int:
+    args = build_parser().parse_args()
+    if args.batch_size < 1:
+        raise UserError("--batch-size must be at least 1")
+    rec = args.rec or os.path.join(args.data_dir or "dataset", "val.rec")
+
+    from utils.devices import contexts
+    from utils.evaluation import format_report, plot_predictions, predict_rec, report, write_json
+    from utils.predict import Predictor, resolve_model
+
+    ctx = contexts(args.gpus)
+    prefix, epoch = resolve_model(args.model)
+    predictor = Predictor(prefix, epoch, ctx)
+    pred = predict_rec(predictor, rec, args.batch_size, args.age_decode, args.flip, not args.no_progress,
+                       args.num_workers)
+    rep = report(pred)
+    print(format_report(rep))
+    settings = {"model": predictor.name, "rec": rec, "age_decode": args.age_decode, "flip": args.flip}
+    if args.json:
+        write_json(args.json, rep, settings)
+    if args.plot:
+        plot_predictions(pred, args.plot, f"{predictor.name} on {rec}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

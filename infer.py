@@ -1,0 +1,79 @@
+#!/usr/bin/env python
+"""Gender and age of every face in one or more images: RetinaFace detection, the same 5-point alignment
+as create_dataset.py, and the attribute net on all faces as one batch. See README.md, "Inference"."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from utils.errors import UserError, run_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--image", nargs="+", required=True, metavar="PATH",
+                   help="image files, folders or globs (JPEG, PNG, BMP, WebP)")
+    p.add_argument("--model", default=None,
+                   help="PREFIX,EPOCH (or PREFIX for its newest epoch); default: the bundled model")
+    p.add_argument("--det-model", metavar="ONNX", default=None,
+                   help="an InsightFace ONNX detector (e.g. det_500m.onnx) instead of the bundled RetinaFace")
+    p.add_argument("--det-thresh", type=float, default=0.8, help="minimum detector score")
+    p.add_argument("--max-size", type=int, default=1280,
+                   help="images are scaled down to this longest side for detection (boxes mapped back)")
+    p.add_argument("--min-face", type=float, default=0, help="ignore faces whose box is smaller (pixels)")
+    p.add_argument("--age-decode", choices=("prob", "vote"), default="prob",
+                   help="prob: sum of P(age > k); vote: sum of the pairs' argmax")
+    p.add_argument("--gpus", default="", help="GPU ids such as 0,1 for the attribute net (empty = CPU)")
+    p.add_argument("--batch-size", type=int, default=256, help="faces per forward pass")
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of text lines")
+    p.add_argument("--output", metavar="FILE",
+                   help="annotated image (several images: a folder, one annotated file per image)")
+    p.add_argument("--show", action="store_true", help="also show the annotated image in a window")
+    return p
+
+
+def main() -> int:
+    args = build_parser().parse_args()
+    from utils.devices import contexts
+    from utils.inference import analyse, draw, find_images, format_lines, save_image, to_json
+    from utils.predict import Predictor, resolve_model
+
+    paths = find_images(args.image)
+    ctx = contexts(args.gpus)
+    prefix, epoch = resolve_model(args.model)
+    from utils.face import load_detector
+
+    try:
+        detector = load_detector(args.det_model, thresh=args.det_thresh, max_size=args.max_size)
+    except (FileNotFoundError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    predictor = Predictor(prefix, epoch, ctx)
+    results = analyse(paths, detector, predictor, args.min_face, args.age_decode, args.batch_size,
+                      keep_images=bool(args.output or args.show))
+
+    if args.json:
+        docs = [to_json(r) for r in results]
+        print(json.dumps(docs[0] if len(docs) == 1 else docs, indent=2))
+    else:
+        for r in results:
+            if len(results) > 1:
+                print(f"{r.path}:")
+            print("\n".join(format_lines(r)))
+    if args.output:
+        if len(results) == 1 and not os.path.isdir(args.output):
+            save_image(args.output, draw(results[0]))
+        else:
+            for r in results:
+                save_image(os.path.join(args.output, os.path.splitext(os.path.basename(r.path))[0] + ".jpg"), draw(r))
+    if args.show:
+        import cv2
+
+        for r in results:
+            cv2.imshow(os.path.basename(r.path), draw(r))
+        cv2.waitKey(0)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
