@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,3 +61,27 @@ def packed_utkface(tmp_path_factory) -> str:
     run_script("create_dataset.py", "--utkface", str(root / "raw"), "--output", str(root / "packed"),
                "--val-ratio", "0.25", "--workers", "1", "--no-progress", check=True)
     return str(root / "packed")
+
+
+@pytest.fixture(scope="session")
+def random_model(tmp_path_factory) -> str:
+    """An untrained m50 x0.25 checkpoint, `PREFIX,0`: for tests of formats and plumbing, not of accuracy."""
+    import mxnet as mx
+
+    from symbols import get_network, save_checkpoint
+
+    net = get_network("m50", multiplier=0.25, version_input=0)
+    net.initialize()
+    net(mx.nd.zeros((1, 3, 112, 112)))
+    rng = np.random.RandomState(0)
+    for name, p in net.collect_params().items():  # spread-out outputs, no ties at P = 0.5
+        v = rng.normal(0, 0.3, p.shape)
+        p.set_data(mx.nd.array(np.abs(v) + 0.5 if name.endswith(("running_var", "gamma")) else v))
+    prefix = str(tmp_path_factory.mktemp("random_model") / "model")
+    save_checkpoint(net, prefix, 0)
+    return f"{prefix},0"
+
+
+def insightface_model() -> str:
+    """InsightFace's released gender-age checkpoint as `PREFIX,0`; skips when ../shared is absent."""
+    return os.path.join(shared_path("weights", "insightface-genderage"), "model") + ",0"

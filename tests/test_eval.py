@@ -1,0 +1,109 @@
+"""eval.py: numbers checked by hand, the tables, JSON and plot, InsightFace's checkpoint, errors."""
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+from symbols import load_model
+from tests.conftest import insightface_model, run_script
+from utils.recordio import iter_records
+
+
+def _by_hand(model: str, rec: str, vote: bool = False):
+    """Gender/age per record computed here from first principles: decode the JPEGs, forward, softmax."""
+    prefix, epoch = model.split(",")
+    net = load_model(prefix, int(epoch))
+    recs = list(iter_records(rec))
+    x = mx.nd.array(np.stack([mx.image.imdecode(r.jpeg).asnumpy() for r in recs]).transpose(0, 3, 1, 2))
+    out = net(x).asnumpy().astype(np.float64)
+    g = np.exp(out[:, :2]) / np.exp(out[:, :2]).sum(1, keepdims=True)
+    pairs = out[:, 2:].reshape(-1, 100, 2)
+    if vote:
+        age = (pairs[:, :, 1] > pairs[:, :, 0]).sum(1)
+    else:
+        age = (1 / (1 + np.exp(pairs[:, :, 0] - pairs[:, :, 1]))).sum(1)
+    gender = np.array([r.gender for r in recs])
+    true_age = np.array([r.age for r in recs])
+    known = gender >= 0
+    acc = ((g[known, 1] >= 0.5).astype(int) == gender[known]).mean()
+    err = np.abs(age - true_age)
+    return acc, err.mean(), (err <= 3).mean(), (err <= 5).mean(), len(recs), int(known.sum())
+
+
+def _printed(stdout: str) -> dict:
+    vals = dict(re.findall(r"^(gender accuracy|age MAE|age CS@3|age CS@5): ([\d.]+)$", stdout, re.M))
+    return {k: float(v) for k, v in vals.items()}
+
+
+def test_eval_numbers_equal_a_hand_computation(packed_demo, random_model, tmp_path):
+    data_dir, _ = packed_demo
+    rec = os.path.join(data_dir, "train.rec")
+    out_json, out_png = tmp_path / "e.json", tmp_path / "e.png"
+    proc = run_script("eval.py", "--model", random_model, "--rec", rec, "--batch-size", "4", "--no-progress",
+                      "--json", str(out_json), "--plot", str(out_png), check=True)
+    acc, mae, cs3, cs5, n, n_known = _by_hand(random_model, rec)
+    got = _printed(proc.stdout)
+    assert got["gender accuracy"] == pytest.approx(acc, abs=1e-4)
+    assert got["age MAE"] == pytest.approx(mae, abs=0.01)
+    assert got["age CS@3"] == pytest.approx(cs3, abs=1e-4) and got["age CS@5"] == pytest.approx(cs5, abs=1e-4)
+    assert f"records: {n} ({n_known} with known gender)" in proc.stdout
+    # per age band and, the demo set mixing five sources, per source
+    assert re.search(r"^age band\s+count\s+MAE\s+CS@5$", proc.stdout, re.M)
+    assert re.search(r"^source\s+count\s+acc\s+MAE\s+CS@5$", proc.stdout, re.M)
+    for name in ("afad", "agedb", "utkface", "megaage"):
+        assert re.search(rf"^{name}\s+\d+", proc.stdout, re.M), name
+    doc = json.loads(out_json.read_text())
+    assert doc["count"] == n and doc["mae"] == pytest.approx(mae, abs=1e-4) and doc["acc"] == pytest.approx(acc)
+    assert doc["model"] == random_model and doc["age_decode"] == "prob"
+    assert sum(b["count"] for b in doc["bands"]) == n and sum(s["count"] for s in doc["sources"]) == n
+    assert set(doc["gender_confusion"]) == {"true_female", "true_male"}
+    megaage = [s for s in doc["sources"] if s["source"] == "megaage"][0]
+    assert megaage["acc"] is None  # MegaAge has no gender: undefined, not a number
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_batch_size_and_flip(packed_demo, random_model):
+    data_dir, _ = packed_demo
+    base = ["--model", random_model, "--data-dir", data_dir, "--no-progress"]
+    one = _printed(run_script("eval.py", *base, "--batch-size", "1", check=True).stdout)
+    big = _printed(run_script("eval.py", *base, "--batch-size", "256", check=True).stdout)
+    assert one == pytest.approx(big, abs=2e-4)
+    flip = _printed(run_script("eval.py", *base, "--flip", check=True).stdout)
+    assert flip != big  # mirrored faces give a different average
+
+
+def test_insightface_checkpoint_on_real_faces(packed_utkface):
+    model = insightface_model()
+    rec = os.path.join(packed_utkface, "train.rec")
+    proc = run_script("eval.py", "--model", model, "--rec", rec, "--age-decode", "vote", "--no-progress", check=True)
+    acc, mae, cs3, cs5, n, _ = _by_hand(model, rec, vote=True)
+    got = _printed(proc.stdout)
+    assert got["gender accuracy"] == pytest.approx(acc, abs=1e-4) and got["age MAE"] == pytest.approx(mae, abs=0.01)
+    assert acc > 0.7 and mae < 12  # a real model on real faces, not noise
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--rec", "nowhere/val.rec", "--model", "{model}"], "record file not found"),
+    (["--rec", "{rec}", "--model", "nowhere/model,3"], "model file not found"),
+    (["--rec", "{rec}", "--model", "{model}", "--gpus", "7"], "GPU 7 is not available"),
+    (["--rec", "{rec}", "--model", "{model}", "--batch-size", "0"], "--batch-size"),
+])
+def test_errors_are_one_line(args, message, packed_demo, random_model):
+    rec = os.path.join(packed_demo[0], "val.rec")
+    proc = run_script("eval.py", *[a.format(model=random_model, rec=rec) for a in args])
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_without_a_bundled_model_model_is_required(monkeypatch, tmp_path):
+    import utils.predict as predict
+    from utils.errors import UserError
+
+    monkeypatch.setattr(predict, "BUNDLED_MODEL", str(tmp_path / "absent"))
+    with pytest.raises(UserError, match="--model is required"):
+        predict.resolve_model(None)
