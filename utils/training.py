@@ -190,6 +190,17 @@ class Fit:
         # gradients are summed over contexts (and over workers by a dist kvstore): normalise by all rows
         self.trainer.step(self.global_batch * self.workers)
 
+    def train_batch(self, data: mx.nd.NDArray, label: mx.nd.NDArray) -> tuple[float, np.ndarray]:
+        """One optimisation step on a batch (augmentation that runs on arrays included). Returns
+        (summed loss, outputs); the weights are left untouched when the loss is not finite."""
+        if self.cfg.cutoff > 0:
+            data = random_erase(data, self.cfg.cutoff)
+        loss, outs = self.forward_backward(data, label)
+        if math.isfinite(loss):
+            self.update()
+            self.step += 1
+        return loss, outs
+
     # --- loops ----------------------------------------------------------------------------------------------
     def evaluate(self, rec: str) -> dict:
         """Loss and metrics on a whole `.rec` (padded tail excluded), in predict mode."""
@@ -244,17 +255,13 @@ class Fit:
         loss_sum, rows, t0, tic, nbatch = 0.0, 0, time.time(), time.time(), 0
         stopped = False
         for nbatch, batch in enumerate(train_iter):
-            data, label = batch.data[0], batch.label[0]
-            if c.cutoff > 0:
-                data = random_erase(data, c.cutoff)
-            loss, outs = self.forward_backward(data, label)
+            label = batch.label[0]
+            loss, outs = self.train_batch(batch.data[0], label)
             if not math.isfinite(loss):
                 last = checkpoint_epochs(c.prefix)
                 keep = f"{c.prefix}-{last[-1]:04d}.params" if last else "none was written yet"
                 raise UserError(f"loss became {loss} at epoch {epoch} batch {nbatch}: training stopped; "
                                 f"last good checkpoint: {keep} (try a lower --lr)")
-            self.update()
-            self.step += 1
             gender, age = to_numpy_labels(label)
             p_male, age_pred = decode(outs, c.age_decode)
             metric.update(p_male, age_pred, gender, age)
