@@ -43,14 +43,14 @@ def test_metrics_on_hand_made_predictions():
 
 def test_tiny_overfit_run_drives_the_loss_down(packed_utkface, tmp_path):
     """A handful of real faces: the network can memorise them, so loss and MAE must fall far."""
-    fit = Fit(_cfg(packed_utkface, str(tmp_path / "m"), end_epoch=100, lr=0.1, batch_size=12, wd=0.0,
+    fit = Fit(_cfg(packed_utkface, str(tmp_path / "m"), end_epoch=60, lr=0.01, batch_size=12, wd=0.0,
                    save_every=1000))
     before = fit.evaluate(fit.train_rec)
     fit.run()
     after = fit.evaluate(fit.train_rec)
     first, last = fit.history[0], fit.history[-1]
-    assert last["train_loss"] < 0.4 * first["train_loss"], (first, last)
-    assert after["loss"] < 0.4 * before["loss"] and after["mae"] < 0.5 * before["mae"], (before, after)
+    assert last["train_loss"] < 0.25 * first["train_loss"], (first, last)
+    assert after["loss"] < 0.25 * before["loss"] and after["mae"] < 0.3 * before["mae"], (before, after)
     assert after["acc"] >= 0.9
 
 
