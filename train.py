@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add(o, "--lr", type=float, default=0.1, help="learning rate (SGD)")
     _add(o, "--lr-steps", default="", help="epochs at which the lr is multiplied by --lr-factor, e.g. 10,20")
     _add(o, "--lr-factor", type=float, default=0.1, help="lr multiplier at each step")
+    _add(o, "--gender-weight", type=float, default=1.0,
+         help="weight of the gender loss against the sum of the 100 age losses")
     _add(o, "--wd", type=float, default=5e-4, help="weight decay")
     _add(o, "--mom", type=float, default=0.9, help="momentum")
     _add(o, "--batch-size", type=int, default=128, help="batch size per context (global = this x contexts)")

@@ -76,6 +76,8 @@ def test_age_targets_and_loss_on_hand_made_logits():
     zeros = mx.nd.zeros((2, 202))
     loss = age_gender_loss(mx.nd, zeros, mx.nd.array([[1, 30], [-1, 30]])).asnumpy()
     np.testing.assert_allclose(loss, [101 * np.log(2), 100 * np.log(2)], rtol=1e-5)  # unknown gender adds nothing
+    weighted = age_gender_loss(mx.nd, zeros, mx.nd.array([[1, 30], [-1, 30]]), gender_weight=3.0).asnumpy()
+    np.testing.assert_allclose(weighted, [103 * np.log(2), 100 * np.log(2)], rtol=1e-5)
     good = np.zeros((1, 202))
     good[0, :2] = [-20, 20]
     good[0, 3:2 + 2 * 30:2] = 20

@@ -42,11 +42,11 @@ def age_targets(F, age, num_bins: int = NUM_AGE_BINS):
     return F.broadcast_greater(F.clip(age, 0, MAX_AGE).reshape((-1, 1)), k)
 
 
-def age_gender_loss(F, output, label):
+def age_gender_loss(F, output, label, gender_weight: float = 1.0):
     """Softmax cross-entropy of gender over [0:2] (unknown gender, -1, ignored) plus the sum over the
     100 pairs of the cross-entropy of "age > k", as InsightFace's 1 + 100 SoftmaxOutputs (a mean over
-    the pairs would leave age a hundredth of the gradient). `label` is (N,2) = [gender, age] as packed.
-    Returns (N,) losses."""
+    the pairs would leave age a hundredth of the gradient), the gender term times `gender_weight`.
+    `label` is (N,2) = [gender, age] as packed. Returns (N,) losses."""
     gender = F.slice_axis(label, axis=1, begin=0, end=1).reshape((-1,))
     age = F.slice_axis(label, axis=1, begin=1, end=2).reshape((-1,))
     g_logp = F.log_softmax(F.slice_axis(output, axis=1, begin=0, end=2), axis=-1)
@@ -55,7 +55,7 @@ def age_gender_loss(F, output, label):
     pairs = F.slice_axis(output, axis=1, begin=2, end=2 + 2 * NUM_AGE_BINS).reshape((0, NUM_AGE_BINS, 2))
     a_logp = F.log_softmax(pairs, axis=-1)
     a_loss = -F.pick(a_logp, age_targets(F, age), axis=-1).sum(axis=1)
-    return g_loss + a_loss
+    return gender_weight * g_loss + a_loss
 
 
 __all__ = ["decode", "age_targets", "age_gender_loss", "NUM_AGE_BINS", "MAX_AGE"]

@@ -59,6 +59,7 @@ class TrainConfig:
     max_steps: int = 0
     save_every: int = 1
     age_decode: str = "prob"
+    gender_weight: float = 1.0
 
 
 def lr_at(cfg: TrainConfig, epoch: int) -> float:
@@ -181,7 +182,7 @@ class Fit:
         labels = gluon.utils.split_and_load(label, self.ctx, even_split=False)
         with autograd.record():
             outs = [self.net(x) for x in datas]
-            losses = [age_gender_loss(mx.nd, o, y) for o, y in zip(outs, labels)]
+            losses = [age_gender_loss(mx.nd, o, y, self.cfg.gender_weight) for o, y in zip(outs, labels)]
         autograd.backward(losses)
         total = sum(float(l.sum().asscalar()) for l in losses)
         return total, np.concatenate([o.asnumpy() for o in outs])
@@ -213,7 +214,7 @@ class Fit:
         for data, label in eval_batches(it, total):
             datas = gluon.utils.split_and_load(data, self.ctx, even_split=False)
             outs = np.concatenate([self.net(x).asnumpy() for x in datas])
-            loss_sum += float(age_gender_loss(mx.nd, mx.nd.array(outs), label).sum().asscalar())
+            loss_sum += float(age_gender_loss(mx.nd, mx.nd.array(outs), label, self.cfg.gender_weight).sum().asscalar())
             gender, age = to_numpy_labels(label)
             metric.update(*decode(outs, self.cfg.age_decode), gender, age)
         res = metric.get()
