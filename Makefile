@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 DEMO   := dataset/demo
 
-.PHONY: demo test bench install clean
+.PHONY: demo demo-pack test bench install clean
 
 install: $(VENV)/.installed
 
@@ -16,9 +16,17 @@ $(VENV)/.installed: requirements.txt requirements-common.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	@touch $@
 
-# The main job, until inference lands: pack the miniature source layouts (real faces from the
-# insightface wheel, bad files included) with RetinaFace alignment, and plot what was packed.
+# The main job: every face of a real photo (t1.jpg, shipped inside the insightface wheel) found by the
+# bundled RetinaFace, aligned, and labelled by the bundled model; the annotated image goes to $(DEMO).
 demo: install
+	@mkdir -p $(DEMO)
+	$(PY) infer.py --image "$$($(PY) -c 'from utils.demo_data import wheel_image; print(wheel_image("t1.jpg"))')" \
+	    --output $(DEMO)/t1_agegender.jpg
+	@echo "annotated image: $(DEMO)/t1_agegender.jpg"
+
+# Packing, on the miniature source layouts (real faces from the insightface wheel, bad files included),
+# with RetinaFace alignment, then the histogram of what was packed.
+demo-pack: install
 	$(PY) -m utils.demo_data $(DEMO)/raw
 	$(PY) create_dataset.py --afad $(DEMO)/raw/afad --megaage $(DEMO)/raw/megaage --agedb $(DEMO)/raw/agedb \
 	    --utkface $(DEMO)/raw/utkface --list $(DEMO)/raw/list/labels.csv --val-ratio 0.2 --output $(DEMO)
@@ -29,6 +37,8 @@ test: install
 
 bench: install
 	$(PY) benchmarks/pack.py
+	$(PY) benchmarks/train.py
+	$(PY) benchmarks/infer.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

@@ -4,8 +4,8 @@ as create_dataset.py, and the attribute net on all faces as one batch. See READM
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import sys
 
 from utils.errors import UserError, run_cli
 
@@ -36,9 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main() -> int:
     args = build_parser().parse_args()
     from utils.devices import contexts
-    from utils.inference import analyse, draw, find_images, format_lines, save_image, to_json
+    from utils.inference import analyse, draw, dumps_json, find_images, format_lines, save_image, to_json
     from utils.predict import Predictor, resolve_model
 
+    if args.show and sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or
+                                                               os.environ.get("WAYLAND_DISPLAY")):
+        raise UserError("--show needs a display (DISPLAY is not set); use --output FILE instead")
     paths = find_images(args.image)
     ctx = contexts(args.gpus)
     prefix, epoch = resolve_model(args.model)
@@ -53,8 +56,7 @@ def main() -> int:
                       keep_images=bool(args.output or args.show))
 
     if args.json:
-        docs = [to_json(r) for r in results]
-        print(json.dumps(docs[0] if len(docs) == 1 else docs, indent=2))
+        print(dumps_json([to_json(r) for r in results]))
     else:
         for r in results:
             if len(results) > 1:
@@ -69,9 +71,12 @@ def main() -> int:
     if args.show:
         import cv2
 
-        for r in results:
-            cv2.imshow(os.path.basename(r.path), draw(r))
-        cv2.waitKey(0)
+        try:
+            for r in results:
+                cv2.imshow(os.path.basename(r.path), draw(r))
+            cv2.waitKey(0)
+        except cv2.error:
+            raise UserError("--show cannot open a window here (no display?); use --output FILE") from None
     return 0
 
 

@@ -154,6 +154,8 @@ def test_bad_inputs(random_model, tmp_path):
              (["--image", str(tmp_path / "blank.png"), "--det-model", str(tmp_path / "none.onnx")], "not found"),
              (["--image", str(tmp_path / "blank.png"), "--model", "nowhere/model,1"], "model file not found"),
              (["--image", str(tmp_path / "blank.png"), "--gpus", "3"], "GPU 3 is not available")]
+    if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
+        cases.append((["--image", str(tmp_path / "blank.png"), "--show"], "--show needs a display"))
     for args, message in cases:
         full = args if "--model" in args else args + ["--model", random_model]
         proc = run_script("infer.py", *full)

@@ -3,6 +3,7 @@ run through the attribute net as one batch, then printed, drawn or emitted as JS
 from __future__ import annotations
 
 import glob
+import json
 import os
 import threading
 import time
@@ -141,6 +142,14 @@ def to_json(res: ImageResult) -> dict:
         for fr in res.faces]}
 
 
+def dumps_json(docs: list[dict]) -> str:
+    """The document for one image (a list of them for several), one face per line."""
+    def one(doc: dict) -> str:
+        faces = ",\n  ".join(json.dumps(f) for f in doc["faces"])
+        return f'{{"image": {json.dumps(doc["image"])}, "faces": [' + (f"\n  {faces}\n" if faces else "") + "]}"
+    return one(docs[0]) if len(docs) == 1 else "[\n" + ",\n".join(one(d) for d in docs) + "\n]"
+
+
 COLORS_BGR = {"male": (235, 140, 30), "female": (60, 60, 230)}
 
 
@@ -185,4 +194,4 @@ def save_image(path: str, bgr: np.ndarray) -> None:
 
 
 __all__ = ["find_images", "load_image", "detect_faces", "analyse", "format_lines", "to_json", "draw", "save_image",
-           "FaceResult", "ImageResult", "IMAGE_EXTS"]
+           "dumps_json", "FaceResult", "ImageResult", "IMAGE_EXTS"]

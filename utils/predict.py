@@ -33,7 +33,8 @@ class Predictor:
 
     def __init__(self, prefix: str, epoch: int, ctx: list[mx.Context] | None = None):
         self.ctx = ctx or [mx.cpu()]
-        self.name = f"{prefix},{epoch}"
+        rel = os.path.relpath(prefix)
+        self.name = f"{prefix if rel.startswith('..') else rel},{epoch}"  # as typed, or short when inside cwd
         try:
             self.net = load_model(prefix, epoch, self.ctx)
         except (ValueError, OSError, mx.base.MXNetError) as exc:
