@@ -74,6 +74,9 @@ def detect_faces(detector: Detector, rgb: np.ndarray, min_face: float = 0.0) -> 
     return sorted(faces, key=lambda f: (float(f.box[0]), float(f.box[1])))
 
 
+_TIMINGS_LOCK = threading.Lock()
+
+
 def _prepare(path: str, detector: Detector, min_face: float, lock: threading.Lock | None,
              timings: dict) -> tuple[np.ndarray, list[Face], list[np.ndarray]]:
     t0 = time.perf_counter()
@@ -87,8 +90,9 @@ def _prepare(path: str, detector: Detector, min_face: float, lock: threading.Loc
     t2 = time.perf_counter()
     crops = [align_face(rgb, f.landmarks) for f in faces]
     t3 = time.perf_counter()
-    for key, dt in (("read", t1 - t0), ("detect", t2 - t1), ("align", t3 - t2)):
-        timings[key] = timings.get(key, 0.0) + dt  # summed over threads: CPU-side seconds
+    with _TIMINGS_LOCK:  # summed over threads: CPU-side seconds
+        for key, dt in (("read", t1 - t0), ("detect", t2 - t1), ("align", t3 - t2)):
+            timings[key] = timings.get(key, 0.0) + dt
     return rgb, faces, crops
 
 
