@@ -99,23 +99,37 @@ def _prepare(path: str, detector: Detector, min_face: float, lock: threading.Loc
 def analyse(paths: list[str], detector: Detector, predictor: Predictor, min_face: float = 0.0,
             age_decode: str = "prob", batch_size: int = 256, timings: dict | None = None,
             keep_images: bool = True, threads: int = 0) -> list[ImageResult]:
-    """Detect and align the faces of every image (`threads` images at a time; 0 = one per core), then
-    run all of the faces through the net in batches of `batch_size`. `keep_images`: keep each decoded
-    image for drawing. `timings` (if given) accumulates seconds spent in read, detect, align and net."""
+    """Detect and align the faces of every image (`threads` images at a time; 0 = one per core) and run
+    the faces of all images through the net in batches of `batch_size`; each full batch goes to the net
+    while the next images are still being detected. `keep_images`: keep each decoded image for drawing.
+    `timings` (if given) accumulates seconds spent in read, detect, align and net."""
     t = timings if timings is not None else {}
     lock = None if getattr(detector, "thread_safe", False) else threading.Lock()
     threads = threads or os.cpu_count() or 1
-    results, crops = [], []
-    with ThreadPoolExecutor(max_workers=min(threads, max(1, len(paths)))) as pool:
+    results, pending, batches = [], [], []
+
+    def run_net(crops: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        t0 = time.perf_counter()
+        out = predictor.predict_faces(np.stack(crops), batch_size=batch_size, age_decode=age_decode)
+        with _TIMINGS_LOCK:
+            t["net"] = t.get("net", 0.0) + time.perf_counter() - t0
+        return out
+
+    with ThreadPoolExecutor(max_workers=min(threads, max(1, len(paths)))) as pool, \
+            ThreadPoolExecutor(max_workers=1) as net:
         # map keeps the input order; a bad image raises here, as UserError, before any output
         for path, (rgb, faces, face_crops) in zip(paths, pool.map(
                 lambda p: _prepare(p, detector, min_face, lock, t), paths)):
-            crops += face_crops
             results.append(ImageResult(path, rgb if keep_images else None, [FaceResult(f) for f in faces]))
-    t0 = time.perf_counter()
-    p_male, age = predictor.predict_faces(np.stack(crops) if crops else np.zeros((0, 112, 112, 3), np.uint8),
-                                          batch_size=batch_size, age_decode=age_decode)
-    t["net"] = t.get("net", 0.0) + time.perf_counter() - t0
+            pending += face_crops
+            if len(pending) >= batch_size:
+                batches.append(net.submit(run_net, pending[:batch_size]))
+                pending = pending[batch_size:]
+        if pending:
+            batches.append(net.submit(run_net, pending))
+        outs = [b.result() for b in batches]
+    p_male = np.concatenate([o[0] for o in outs]) if outs else np.zeros(0)
+    age = np.concatenate([o[1] for o in outs]) if outs else np.zeros(0)
     i = 0
     for res in results:
         for fr in res.faces:
