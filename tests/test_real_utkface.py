@@ -5,7 +5,6 @@ import csv
 import os
 import re
 
-import pytest
 
 from tests.conftest import run_script, shared_path
 
