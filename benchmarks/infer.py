@@ -38,7 +38,7 @@ def forward_limit(pred: Predictor, batch: int, n: int) -> float:
     return reps * batch / (time.perf_counter() - t)
 
 
-def eval_speed(pred: Predictor, rec: str, batch: int, limit_faces: int) -> float:
+def eval_speed(pred: Predictor, rec: str, batch: int) -> float:
     predict_rec(pred, rec, batch, progress=False)  # warm-up (and the count)
     t = time.perf_counter()
     res = predict_rec(pred, rec, batch, progress=False)
@@ -70,7 +70,7 @@ def main() -> None:
         print(f"{'batch':>6}{'eval.py faces/s':>18}{'bare forward':>15}{'share':>8}")
         for batch in (1, 32, 256):
             limit = forward_limit(pred, batch, 1024 if batch > 1 else 200)
-            speed = eval_speed(pred, args.rec, batch, 0)
+            speed = eval_speed(pred, args.rec, batch)
             print(f"{batch:>6}{speed:>18.1f}{limit:>15.1f}{speed / limit:>8.0%}", flush=True)
     else:
         print(f"(no {args.rec}: eval figures skipped)")

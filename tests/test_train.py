@@ -83,6 +83,10 @@ def test_two_contexts_train_the_real_network(packed_demo, tmp_path):
     fit = Fit(_cfg(data_dir, str(tmp_path / "m"), batch_size=4), ctx=[mx.cpu(0), mx.cpu(1)])
     row = fit.run()
     assert np.isfinite(row["train_loss"]) and fit.global_batch == 8
+    # a last evaluation batch with fewer rows than contexts still goes through
+    from utils.predict import forward_split
+
+    assert forward_split(fit.net, mx.nd.zeros((1, 3, 112, 112)), fit.ctx).shape == (1, 202)
     out = load_model(str(tmp_path / "m"), 1)(mx.nd.zeros((2, 3, 112, 112)))
     assert out.shape == (2, 202)
 

@@ -2,6 +2,7 @@
 run through the attribute net as one batch, then printed, drawn or emitted as JSON."""
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -82,11 +83,8 @@ def _prepare(path: str, detector: Detector, min_face: float, lock: threading.Loc
     t0 = time.perf_counter()
     rgb = load_image(path)
     t1 = time.perf_counter()
-    if lock is None:
+    with lock or contextlib.nullcontext():
         faces = detect_faces(detector, rgb, min_face)
-    else:
-        with lock:
-            faces = detect_faces(detector, rgb, min_face)
     t2 = time.perf_counter()
     crops = [align_face(rgb, f.landmarks) for f in faces]
     t3 = time.perf_counter()

@@ -28,6 +28,17 @@ def resolve_model(spec: str | None) -> tuple[str, int]:
         raise UserError(f"--model {spec}: {exc}") from None
 
 
+def forward_split(net: mx.gluon.Block, data: mx.nd.NDArray, ctx: list[mx.Context], flip: bool = False) -> np.ndarray:
+    """Outputs of `net` for a batch whose rows are split over the contexts (fewer contexts when the batch
+    has fewer rows), in batch order. `flip`: the mean of the outputs for each face and its mirror image."""
+    ctx = ctx[:max(1, min(len(ctx), data.shape[0]))]
+    parts = mx.gluon.utils.split_and_load(data, ctx, even_split=False)
+    outs = [net(x) for x in parts]
+    if flip:
+        outs = [(o + net(mx.nd.flip(x, axis=3))) / 2 for o, x in zip(outs, parts)]
+    return np.concatenate([o.asnumpy() for o in outs])
+
+
 class Predictor:
     """A loaded checkpoint (ours or InsightFace's) on one or more contexts."""
 
@@ -42,15 +53,8 @@ class Predictor:
         self.net.hybridize(static_alloc=True)
 
     def outputs(self, data: mx.nd.NDArray, flip: bool = False) -> np.ndarray:
-        """(N,3,112,112) RGB 0-255 -> (N,202) outputs; rows split over the contexts. `flip`: the mean of
-        the outputs for the face and its mirror image."""
-        n = data.shape[0]
-        ctx = self.ctx[:max(1, min(len(self.ctx), n))]
-        parts = mx.gluon.utils.split_and_load(data, ctx, even_split=False)
-        outs = [self.net(x) for x in parts]
-        if flip:
-            outs = [(o + self.net(mx.nd.flip(x, axis=3))) / 2 for o, x in zip(outs, parts)]
-        return np.concatenate([o.asnumpy() for o in outs])
+        """(N,3,112,112) RGB 0-255 -> (N,202) outputs over the contexts (see `forward_split`)."""
+        return forward_split(self.net, data, self.ctx, flip)
 
     def predict_faces(self, faces: np.ndarray, batch_size: int = 256, age_decode: str = "prob",
                       flip: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -64,4 +68,4 @@ class Predictor:
         return decode(np.concatenate(outs), age_decode)
 
 
-__all__ = ["Predictor", "resolve_model", "BUNDLED_MODEL"]
+__all__ = ["Predictor", "forward_split", "resolve_model", "BUNDLED_MODEL"]

@@ -21,6 +21,7 @@ from utils.data import Augment, check_rec, eval_batches, random_erase, record_it
 from utils.devices import contexts
 from utils.errors import UserError
 from utils.metrics import AgeGenderMetric
+from utils.predict import forward_split
 
 log = logging.getLogger("train")
 
@@ -87,8 +88,9 @@ class Fit:
         self.val_rec = os.path.join(cfg.data_dir, "val.rec")
         self.num_train = check_rec(self.train_rec)
         self.has_val = os.path.exists(self.val_rec)
+        self._rec_counts = {self.train_rec: self.num_train}
         if self.has_val:
-            check_rec(self.val_rec)
+            self._rec_counts[self.val_rec] = check_rec(self.val_rec)
         if cfg.batch_size < 1:
             raise UserError("--batch-size must be at least 1")
         self.kv = self._kvstore()
@@ -111,7 +113,7 @@ class Fit:
         if cfg.resume and self.begin_epoch > 0:
             self._load_states()
         self.step = 0
-        self._eval_iters: dict[str, tuple[mx.io.DataIter, int]] = {}
+        self._eval_iters: dict[str, mx.io.DataIter] = {}
 
     # --- set-up -------------------------------------------------------------------------------------------
     def _kvstore(self):
@@ -204,16 +206,14 @@ class Fit:
 
     # --- loops ----------------------------------------------------------------------------------------------
     def evaluate(self, rec: str) -> dict:
-        """Loss and metrics on a whole `.rec` (padded tail excluded), in predict mode."""
+        """Loss and metrics over every record of the train or val `.rec`, in predict mode."""
         if rec not in self._eval_iters:
-            self._eval_iters[rec] = (record_iter(rec, self.global_batch, train=False, threads=self.cfg.num_workers),
-                                     check_rec(rec))
-        it, total = self._eval_iters[rec]
+            self._eval_iters[rec] = record_iter(rec, self.global_batch, train=False, threads=self.cfg.num_workers)
+        it = self._eval_iters[rec]
         it.reset()
         metric, loss_sum = AgeGenderMetric(), 0.0
-        for data, label in eval_batches(it, total):
-            datas = gluon.utils.split_and_load(data, self.ctx, even_split=False)
-            outs = np.concatenate([self.net(x).asnumpy() for x in datas])
+        for data, label in eval_batches(it, self._rec_counts[rec]):
+            outs = forward_split(self.net, data, self.ctx)
             loss_sum += float(age_gender_loss(mx.nd, mx.nd.array(outs), label, self.cfg.gender_weight).sum().asscalar())
             gender, age = to_numpy_labels(label)
             metric.update(*decode(outs, self.cfg.age_decode), gender, age)
