@@ -25,6 +25,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add(d, "--rand-mirror", type=int, default=1, choices=(0, 1), help="random horizontal flips")
     _add(d, "--color", type=float, default=0.0, help="colour jitter strength (brightness, contrast, saturation)")
     _add(d, "--cutoff", type=int, default=0, help="random-erasing square side in pixels (0 = off)")
+    _add(d, "--rotate", type=float, default=0.0, help="random rotation of the aligned face, max degrees")
+    _add(d, "--scale", type=float, default=0.0, help="random scale of the aligned face, max relative change")
+    _add(d, "--shift", type=int, default=0, help="random shift of the aligned face, max pixels")
+    _add(d, "--gray", type=float, default=0.0, help="share of the faces turned greyscale")
+    _add(d, "--blur", type=float, default=0.0, help="share of the faces blurred (down- and up-scaled)")
     n = p.add_argument_group("network")
     _add(n, "--network", default="m50", help="m50 (MobileNet v1) or r18/r34/r50/r100 (face ResNet)")
     _add(n, "--multiplier", type=float, default=1.0, help="MobileNet width (0.25 / 0.5 for CPUs)")
@@ -43,6 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add(o, "--lr-factor", type=float, default=0.1, help="lr multiplier at each step")
     _add(o, "--gender-weight", type=float, default=1.0,
          help="weight of the gender loss against the sum of the 100 age losses")
+    _add(o, "--age-sigma", type=float, default=0.0,
+         help="soft age targets: label noise in years (0 = hard 0/1 steps)")
+    _add(o, "--gender-smooth", type=float, default=0.0, help="label smoothing of the gender targets")
+    _add(o, "--age-balance", type=float, default=0.0,
+         help="re-weight the age loss by 10-year band frequency ** -this (0 = off, 1 = fully balanced)")
+    _add(o, "--lr-schedule", choices=("step", "cosine"), default="step",
+         help="step: x --lr-factor at --lr-steps; cosine: down to 0 at --end-epoch")
+    _add(o, "--warmup-epochs", type=float, default=0.0, help="linear lr warm-up over this many epochs")
     _add(o, "--wd", type=float, default=5e-4, help="weight decay")
     _add(o, "--mom", type=float, default=0.9, help="momentum")
     _add(o, "--batch-size", type=int, default=128, help="batch size per context (global = this x contexts)")

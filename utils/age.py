@@ -36,25 +36,42 @@ def decode(output: np.ndarray, age_decode: str = "prob") -> tuple[np.ndarray, np
     return p_male, age
 
 
-def age_targets(F, age, num_bins: int = NUM_AGE_BINS):
-    """(N,) ages -> (N, num_bins) 0/1 targets of "age > k", built with array ops (nd or sym)."""
+def age_targets(F, age, num_bins: int = NUM_AGE_BINS, sigma: float = 0.0):
+    """(N,) ages -> (N, num_bins) targets of "age > k", built with array ops (nd or sym).
+
+    `sigma` 0: hard 0/1 steps. `sigma` > 0: P(true age > k) when the labelled age is noisy by a logistic
+    distribution of that standard deviation (years) -- a soft step, since UTKFace's ages are noisy."""
     k = F.arange(num_bins).reshape((1, num_bins))
-    return F.broadcast_greater(F.clip(age, 0, MAX_AGE).reshape((-1, 1)), k)
+    a = F.clip(age, 0, MAX_AGE).reshape((-1, 1))
+    if sigma <= 0:
+        return F.broadcast_greater(a, k)
+    scale = sigma * np.sqrt(3.0) / np.pi  # logistic scale with that standard deviation
+    return F.sigmoid(F.broadcast_sub(a, k + 0.5) / scale)
 
 
-def age_gender_loss(F, output, label, gender_weight: float = 1.0):
+def age_gender_loss(F, output, label, gender_weight: float = 1.0, age_sigma: float = 0.0,
+                    gender_smooth: float = 0.0, sample_weight=None):
     """Softmax cross-entropy of gender over [0:2] (unknown gender, -1, ignored) plus the sum over the
     100 pairs of the cross-entropy of "age > k", as InsightFace's 1 + 100 SoftmaxOutputs (a mean over
     the pairs would leave age a hundredth of the gradient), the gender term times `gender_weight`.
-    `label` is (N,2) = [gender, age] as packed. Returns (N,) losses."""
+    `label` is (N,2) = [gender, age] as packed. `age_sigma`: soft age targets (see `age_targets`);
+    `gender_smooth`: label smoothing of gender; `sample_weight` (N,): a weight per face on the age
+    term. Returns (N,) losses."""
     gender = F.slice_axis(label, axis=1, begin=0, end=1).reshape((-1,))
     age = F.slice_axis(label, axis=1, begin=1, end=2).reshape((-1,))
     g_logp = F.log_softmax(F.slice_axis(output, axis=1, begin=0, end=2), axis=-1)
     known = gender >= 0
-    g_loss = -F.pick(g_logp, F.maximum(gender, 0), axis=-1) * known
+    g_nll = -F.pick(g_logp, F.maximum(gender, 0), axis=-1)
+    if gender_smooth > 0:
+        g_nll = (1 - gender_smooth) * g_nll - gender_smooth * g_logp.mean(axis=-1)
+    g_loss = g_nll * known
     pairs = F.slice_axis(output, axis=1, begin=2, end=2 + 2 * NUM_AGE_BINS).reshape((0, NUM_AGE_BINS, 2))
     a_logp = F.log_softmax(pairs, axis=-1)
-    a_loss = -F.pick(a_logp, age_targets(F, age), axis=-1).sum(axis=1)
+    t = age_targets(F, age, sigma=age_sigma)
+    a_loss = -(t * F.slice_axis(a_logp, axis=2, begin=1, end=2).reshape((0, NUM_AGE_BINS))
+               + (1 - t) * F.slice_axis(a_logp, axis=2, begin=0, end=1).reshape((0, NUM_AGE_BINS))).sum(axis=1)
+    if sample_weight is not None:
+        a_loss = a_loss * sample_weight
     return gender_weight * g_loss + a_loss
 
 

@@ -55,11 +55,18 @@ def check_rec(rec_path: str, image_size: int = INPUT_SIZE) -> int:
 
 @dataclass
 class Augment:
-    """Training augmentation: random mirror, colour jitter strength, random-erasing square side."""
+    """Training augmentation: random mirror, colour jitter strength, random-erasing square side; and
+    what the detector does to faces at inference: rotation (max degrees), scale (max relative change),
+    shift (max pixels), greyscale and blur (share of the faces)."""
 
     mirror: bool = False
     color: float = 0.0
     cutoff: int = 0
+    rotate: float = 0.0
+    scale: float = 0.0
+    shift: int = 0
+    gray: float = 0.0
+    blur: float = 0.0
 
 
 def record_iter(rec_path: str, batch_size: int, train: bool, augment: Augment | None = None,
@@ -77,6 +84,14 @@ def record_iter(rec_path: str, batch_size: int, train: bool, augment: Augment | 
         kwargs.update(shuffle=True, seed=seed, seed_aug=seed, rand_mirror=augment.mirror, round_batch=True)
         if augment.color > 0:
             kwargs.update(brightness=augment.color, contrast=augment.color, saturation=augment.color)
+        if augment.rotate > 0:
+            kwargs.update(max_rotate_angle=int(round(augment.rotate)))
+        if augment.scale > 0:
+            kwargs.update(max_random_scale=1 + augment.scale, min_random_scale=1 - augment.scale, rand_crop=True)
+        if augment.shift > 0:  # pad, then a random 112x112 crop: a shift of up to `shift` pixels
+            kwargs.update(pad=int(augment.shift), rand_crop=True)
+        if augment.rotate > 0 or augment.scale > 0 or augment.shift > 0:
+            kwargs.update(fill_value=0)  # black, as the corners of an aligned crop of a tight photo
     else:
         kwargs.update(shuffle=False, round_batch=False)
     return mx.io.ImageRecordIter(**kwargs)
@@ -97,6 +112,23 @@ def random_erase(data: mx.nd.NDArray, size: int, prob: float = 0.5) -> mx.nd.NDA
     return mx.nd.broadcast_add(mx.nd.broadcast_mul(data, 1 - mask), mask * 127.5)
 
 
+def degrade(data: mx.nd.NDArray, gray: float = 0.0, blur: float = 0.0) -> mx.nd.NDArray:
+    """Greyscale a share `gray` of the faces, and blur a share `blur` of them by a down- and up-scaling
+    to a random side between 32 and 80 pixels (small or soft faces at inference). Array ops."""
+    n, _, h, w = data.shape
+    if gray > 0:
+        luma = (data[:, 0:1] * 0.299 + data[:, 1:2] * 0.587 + data[:, 2:3] * 0.114).broadcast_to(data.shape)
+        on = (mx.nd.random.uniform(0, 1, shape=(n, 1, 1, 1)) < gray)
+        data = mx.nd.where(on.broadcast_to(data.shape), luma, data)
+    if blur > 0:
+        side = int(np.random.randint(32, 81))
+        small = mx.nd.contrib.BilinearResize2D(data, height=side, width=side)
+        soft = mx.nd.contrib.BilinearResize2D(small, height=h, width=w)
+        on = (mx.nd.random.uniform(0, 1, shape=(n, 1, 1, 1)) < blur)
+        data = mx.nd.where(on.broadcast_to(data.shape), soft, data)
+    return data
+
+
 def eval_batches(it: mx.io.DataIter, total: int):
     """Yield (data, label) of an evaluation iterator with the tail cut to `total` records: with
     round_batch=False ImageRecordIter fills its last batch with stale rows and reports pad 0."""
@@ -115,4 +147,4 @@ def to_numpy_labels(label: mx.nd.NDArray) -> tuple[np.ndarray, np.ndarray]:
     return lab[:, 0], lab[:, 1]
 
 
-__all__ = ["check_rec", "record_iter", "Augment", "random_erase", "eval_batches", "to_numpy_labels", "INPUT_SIZE"]
+__all__ = ["check_rec", "record_iter", "Augment", "random_erase", "degrade", "eval_batches", "to_numpy_labels", "INPUT_SIZE"]

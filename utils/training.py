@@ -17,7 +17,7 @@ from mxnet import autograd, gluon
 from symbols import checkpoint_epochs, get_network, load_weights, parse_model_spec, save_checkpoint
 from utils.age import age_gender_loss, decode
 from utils.atomic import tmp_name, write_atomic
-from utils.data import Augment, check_rec, eval_batches, random_erase, record_iter, to_numpy_labels
+from utils.data import Augment, check_rec, degrade, eval_batches, random_erase, record_iter, to_numpy_labels
 from utils.devices import contexts
 from utils.errors import UserError
 from utils.metrics import AgeGenderMetric
@@ -61,11 +61,44 @@ class TrainConfig:
     save_every: int = 1
     age_decode: str = "prob"
     gender_weight: float = 1.0
+    age_sigma: float = 0.0
+    gender_smooth: float = 0.0
+    age_balance: float = 0.0
+    lr_schedule: str = "step"
+    warmup_epochs: float = 0.0
+    rotate: float = 0.0
+    scale: float = 0.0
+    shift: int = 0
+    gray: float = 0.0
+    blur: float = 0.0
 
 
-def lr_at(cfg: TrainConfig, epoch: int) -> float:
-    """Learning rate for an epoch: `lr`, times `lr_factor` for each of `lr_steps` already reached."""
-    return cfg.lr * cfg.lr_factor ** sum(epoch >= s for s in cfg.lr_steps)
+def lr_at(cfg: TrainConfig, epoch: float) -> float:
+    """Learning rate at a (fractional) epoch. `step`: `lr` times `lr_factor` for each of `lr_steps`
+    already reached; `cosine`: from `lr` down to 0 at `end_epoch`. Both ramp up linearly over the
+    first `warmup_epochs`."""
+    if cfg.lr_schedule == "cosine":
+        lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, epoch / max(1, cfg.end_epoch))))
+    else:
+        lr = cfg.lr * cfg.lr_factor ** sum(int(epoch) >= s for s in cfg.lr_steps)
+    if epoch < cfg.warmup_epochs:
+        lr *= max(0.01, epoch / cfg.warmup_epochs)
+    return lr
+
+
+def val_score(row: dict) -> float:
+    """The number the best epoch is chosen by (lower is better): age MAE plus 20 x the gender error,
+    so one point of gender accuracy weighs as much as 0.2 years of MAE."""
+    return row["val_mae"] + 20.0 * (1.0 - row["val_acc"])
+
+
+def age_band_weights(ages: np.ndarray, power: float, band: float = 10.0) -> np.ndarray:
+    """Weight per 10-year band (index = age // 10, last band 70+) that re-balances the training ages:
+    (band count / mean band count) ** -power, scaled so the average face weighs 1."""
+    idx = np.minimum(np.asarray(ages) // band, 7).astype(int)
+    counts = np.bincount(idx, minlength=8).astype(np.float64)
+    w = np.where(counts > 0, (np.maximum(counts, 1) / counts[counts > 0].mean()) ** -power, 0.0)
+    return w / (w[idx].mean())
 
 
 def params_digest(net: gluon.Block) -> str:
@@ -102,7 +135,13 @@ class Fit:
         self.net = net if net is not None else self._network()
         self.begin_epoch = 0
         self.history: list[dict] = []
-        self.best_mae = math.inf
+        self.best_score = math.inf
+        self.band_weights = None
+        if cfg.age_balance > 0:
+            from utils.distribution import load_labels
+
+            self.band_weights = mx.nd.array(age_band_weights(np.array(load_labels(self.train_rec).age),
+                                                            cfg.age_balance))
         self._init_params()
         self.trainer = gluon.Trainer(self.net.collect_params(), "sgd",
                                      {"learning_rate": lr_at(cfg, self.begin_epoch), "wd": cfg.wd,
@@ -148,8 +187,8 @@ class Fit:
                                 f"({report}); use the same --network/--multiplier/--version-input")
             self.begin_epoch = epoch
             self.history = read_history(history_path(c.prefix), before=epoch)
-            maes = [r["val_mae"] for r in self.history if r.get("val_mae") == r.get("val_mae")]
-            self.best_mae = min(maes) if maes else math.inf
+            scores = [val_score(r) for r in self.history if r.get("val_mae") == r.get("val_mae")]
+            self.best_score = min(scores) if scores else math.inf
             log.info("resumed from %s-%04d.params: continuing at epoch %d", c.prefix, epoch, epoch)
         elif c.resume:
             log.info("--resume: no checkpoint %s-NNNN.params yet, starting from scratch", c.prefix)
@@ -184,10 +223,19 @@ class Fit:
         labels = gluon.utils.split_and_load(label, self.ctx, even_split=False)
         with autograd.record():
             outs = [self.net(x) for x in datas]
-            losses = [age_gender_loss(mx.nd, o, y, self.cfg.gender_weight) for o, y in zip(outs, labels)]
+            losses = [self._loss(o, y) for o, y in zip(outs, labels)]
         autograd.backward(losses)
         total = sum(float(l.sum().asscalar()) for l in losses)
         return total, np.concatenate([o.asnumpy() for o in outs])
+
+    def _loss(self, out: mx.nd.NDArray, label: mx.nd.NDArray) -> mx.nd.NDArray:
+        c = self.cfg
+        weight = None
+        if self.band_weights is not None:
+            band = mx.nd.minimum(mx.nd.floor(label[:, 1] / 10), 7).as_in_context(mx.cpu())
+            weight = self.band_weights.take(band).as_in_context(out.context)
+        return age_gender_loss(mx.nd, out, label, c.gender_weight, age_sigma=c.age_sigma,
+                               gender_smooth=c.gender_smooth, sample_weight=weight)
 
     def update(self) -> None:
         # gradients are summed over contexts (and over workers by a dist kvstore): normalise by all rows
@@ -196,6 +244,8 @@ class Fit:
     def train_batch(self, data: mx.nd.NDArray, label: mx.nd.NDArray) -> tuple[float, np.ndarray]:
         """One optimisation step on a batch (augmentation that runs on arrays included). Returns
         (summed loss, outputs); the weights are left untouched when the loss is not finite."""
+        if self.cfg.gray > 0 or self.cfg.blur > 0:
+            data = degrade(data, self.cfg.gray, self.cfg.blur)
         if self.cfg.cutoff > 0:
             data = random_erase(data, self.cfg.cutoff)
         loss, outs = self.forward_backward(data, label)
@@ -228,7 +278,8 @@ class Fit:
             raise UserError(f"nothing to do: {c.prefix} is already at epoch {self.begin_epoch} "
                             f"(--end-epoch {c.end_epoch})")
         train_iter = record_iter(self.train_rec, self.global_batch, train=True,
-                                 augment=Augment(c.rand_mirror, c.color, c.cutoff), threads=c.num_workers,
+                                 augment=Augment(c.rand_mirror, c.color, c.cutoff, c.rotate, c.scale, c.shift,
+                                                 c.gray, c.blur), threads=c.num_workers,
                                  seed=c.seed, num_parts=self.workers, part_index=self.rank)
         log.info("training %s on %s: %d train faces, batch %d per context x %d context(s) x %d worker(s)",
                  c.network, ",".join(str(x) for x in self.ctx), self.num_train, c.batch_size, len(self.ctx),
@@ -255,7 +306,11 @@ class Fit:
         metric, window = AgeGenderMetric(), AgeGenderMetric()
         loss_sum, rows, t0, tic, nbatch = 0.0, 0, time.time(), time.time(), 0
         stopped = False
+        per_epoch = max(1, math.ceil(self.num_train / (self.global_batch * self.workers)))
         for nbatch, batch in enumerate(train_iter):
+            if c.lr_schedule != "step" or epoch < c.warmup_epochs:
+                lr = lr_at(c, epoch + nbatch / per_epoch)
+                self.trainer.set_learning_rate(lr)
             label = batch.label[0]
             loss, outs = self.train_batch(batch.data[0], label)
             if not math.isfinite(loss):
@@ -295,8 +350,8 @@ class Fit:
         if self.rank == 0:
             if stopped or (epoch + 1) % c.save_every == 0 or epoch + 1 == c.end_epoch:
                 log.info("saved %s", self._save(epoch + 1))
-            if self.has_val and row["val_mae"] < self.best_mae:
-                self.best_mae = row["val_mae"]
+            if self.has_val and val_score(row) < self.best_score:
+                self.best_score = val_score(row)
                 self._save_best(epoch + 1)
             write_history(history_path(c.prefix), self.history)
             plot_history(curves_path(c.prefix), self.history)
@@ -321,7 +376,7 @@ class Fit:
         for e in old:
             if e != epoch:
                 os.remove(f"{best}-{e:04d}.params")
-        log.info("best val MAE so far %.4f: saved %s", self.best_mae, path)
+        log.info("best val score so far %.4f (MAE + 20 x gender error): saved %s", self.best_score, path)
 
 
 def history_path(prefix: str) -> str:
@@ -375,5 +430,5 @@ def plot_history(path: str, rows: list[dict]) -> None:
     os.replace(tmp_name(path), path)
 
 
-__all__ = ["TrainConfig", "Fit", "lr_at", "params_digest", "read_history", "write_history",
+__all__ = ["TrainConfig", "Fit", "lr_at", "val_score", "age_band_weights", "params_digest", "read_history", "write_history",
            "plot_history", "history_path", "curves_path"]

@@ -1,0 +1,114 @@
+"""The training levers of the round-2 model: function-preserving widening, soft age targets, gender label
+smoothing, age-band re-weighting, the lr schedules, the face degradations and the best-epoch score.
+Runs everywhere: only the repository and the insightface wheel's images are needed."""
+from __future__ import annotations
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+from symbols import load_model
+from tests.conftest import run_script
+from utils.age import age_gender_loss, age_targets
+from utils.data import degrade
+from utils.demo_data import wheel_image
+from utils.face import align_face, load_detector
+from utils.image import read_image
+from utils.predict import BUNDLED_MODEL
+from utils.training import TrainConfig, age_band_weights, lr_at, val_score
+
+
+@pytest.fixture(scope="module")
+def aligned_t1() -> mx.nd.NDArray:
+    """The six faces of t1.jpg, detected and aligned as infer.py does: (6,3,112,112) RGB."""
+    rgb = read_image(wheel_image("t1.jpg"))
+    faces = load_detector(None).detect(rgb)
+    return mx.nd.array(np.stack([align_face(rgb, f.landmarks) for f in faces]).transpose(0, 3, 1, 2))
+
+
+def test_widened_bundled_model_gives_the_same_outputs_on_real_faces(tmp_path, aligned_t1):
+    out = str(tmp_path / "wide")
+    proc = run_script("tools/widen.py", f"{BUNDLED_MODEL},0", out, "--multiplier", "0.5", check=True)
+    assert "parameters widened" in proc.stdout
+    small, wide = load_model(BUNDLED_MODEL, 0), load_model(out, 0)
+    n_small = sum(p.data().size for p in small.collect_params().values())
+    n_wide = sum(p.data().size for p in wide.collect_params().values())
+    assert n_wide > 3 * n_small  # really wider: pointwise convs grow 4x
+    a, b = small(aligned_t1).asnumpy(), wide(aligned_t1).asnumpy()
+    np.testing.assert_allclose(b, a, atol=1e-3 * np.abs(a).max())
+    # the copies are not identical (else they could never learn different things)
+    pointwise = [w for w in (p.data().asnumpy() for p in wide.collect_params().values())
+                 if w.ndim == 4 and w.shape[1] > 1 and w.shape[2:] == (1, 1)]
+    w = pointwise[0]
+    half = w.shape[1] // 2
+    assert not np.allclose(w[:, :half], w[:, half:])
+
+
+def test_widen_refuses_a_checkpoint_of_another_width(tmp_path):
+    proc = run_script("tools/widen.py", f"{BUNDLED_MODEL},0", str(tmp_path / "w"), "--from-multiplier", "0.5",
+                      "--multiplier", "1.0")
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and len(proc.stderr.splitlines()) == 1
+
+
+def test_soft_age_targets_are_a_smoothed_step_around_the_true_age():
+    hard = age_targets(mx.nd, mx.nd.array([30.0])).asnumpy()[0]
+    soft = age_targets(mx.nd, mx.nd.array([30.0]), sigma=2.0).asnumpy()[0]
+    assert (np.diff(soft) <= 0).all()  # P(age > k) falls with k
+    assert soft[29] > 0.5 > soft[30] and soft[29] < 1 and soft[30] > 0  # crosses one half at the label
+    assert abs(soft.sum() - hard.sum()) < 0.01  # same expected age
+    assert soft[20] > 0.99 and soft[40] < 0.01
+    tiny = age_targets(mx.nd, mx.nd.array([30.0]), sigma=1e-3).asnumpy()[0]
+    np.testing.assert_allclose(tiny, hard, atol=1e-6)
+
+
+def test_soft_loss_is_lowest_at_its_own_targets_and_smoothing_keeps_gender_loss_positive():
+    label = mx.nd.array([[1, 30]])
+    t = age_targets(mx.nd, mx.nd.array([30.0]), sigma=2.0).asnumpy()[0]
+    match = np.zeros((1, 202))
+    match[0, :2] = [-20, 20]
+    match[0, 3::2] = np.log(np.clip(t, 1e-7, 1) / np.clip(1 - t, 1e-7, 1))  # logit of each soft target
+    sharp = match.copy()
+    sharp[0, 3::2] = np.where(t > 0.5, 20, -20)
+    loss = lambda o, **kw: age_gender_loss(mx.nd, mx.nd.array(o), label, age_sigma=2.0, **kw).asscalar()  # noqa
+    assert loss(match) < loss(sharp)
+    assert age_gender_loss(mx.nd, mx.nd.array(sharp), label).asscalar() < 1e-3  # hard targets prefer sharp
+    assert loss(match, gender_smooth=0.1) > loss(match) + 0.5  # over-confident gender costs
+
+
+def test_age_band_weights_rebalance_the_bands():
+    ages = np.array([5] * 600 + [25] * 300 + [45] * 90 + [75] * 10)
+    w = age_band_weights(ages, 1.0)
+    idx = np.minimum(ages // 10, 7)
+    per_band = {b: w[b] * (idx == b).sum() for b in (0, 2, 4, 7)}
+    assert max(per_band.values()) == pytest.approx(min(per_band.values()))  # power 1: each band weighs alike
+    assert w[idx].mean() == pytest.approx(1.0)
+    half = age_band_weights(ages, 0.5)
+    assert 1 < half[7] / half[0] < w[7] / w[0]
+
+
+def test_lr_schedules():
+    step = TrainConfig(lr=0.1, lr_steps=[2, 4], lr_factor=0.1, end_epoch=6)
+    assert [round(lr_at(step, e), 6) for e in (0, 1.5, 2, 4.2)] == [0.1, 0.1, 0.01, 0.001]
+    cos = TrainConfig(lr=0.1, lr_schedule="cosine", end_epoch=10, warmup_epochs=1)
+    assert lr_at(cos, 0.5) == pytest.approx(0.05 * 0.5 * (1 + np.cos(np.pi * 0.05)))
+    assert lr_at(cos, 5) == pytest.approx(0.05) and lr_at(cos, 10) == pytest.approx(0.0)
+    assert lr_at(cos, 2) > lr_at(cos, 3) > lr_at(cos, 8)
+
+
+def test_degrade_greys_and_blurs_only_a_share_of_the_faces(aligned_t1):
+    data = mx.nd.concat(*[aligned_t1] * 11, dim=0)[:64]
+    mx.random.seed(0)
+    np.random.seed(0)
+    grey = degrade(data, gray=0.5).asnumpy()
+    is_grey = np.abs(grey[:, 0] - grey[:, 1]).max(axis=(1, 2)) < 1e-3
+    assert 16 < is_grey.sum() < 48  # about half of 64
+    np.testing.assert_array_equal(grey[~is_grey], data.asnumpy()[~is_grey])
+    soft = degrade(data, blur=1.0).asnumpy()
+    sharpness = lambda x: np.abs(np.diff(x, axis=3)).mean()  # noqa: E731
+    assert sharpness(soft) < 0.9 * sharpness(data.asnumpy())
+
+
+def test_best_epoch_score_weighs_gender_and_age():
+    assert val_score({"val_mae": 5.0, "val_acc": 0.90}) == pytest.approx(7.0)
+    # one point of gender accuracy is worth 0.2 years of MAE
+    assert val_score({"val_mae": 5.1, "val_acc": 0.92}) < val_score({"val_mae": 5.0, "val_acc": 0.90})
