@@ -6,20 +6,26 @@ from __future__ import annotations
 import argparse
 import os
 
+from utils.age import AGE_DECODINGS, DEFAULT_DECODE
+from utils.engine import ENGINES
 from utils.errors import UserError, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default=None,
-                   help="PREFIX,EPOCH (or PREFIX for its newest epoch); default: the bundled model")
+                   help="a .onnx file, or PREFIX,EPOCH (PREFIX: its newest epoch); default: the bundled model")
+    p.add_argument("--engine", choices=ENGINES, default=None,
+                   help="what runs the net (default: onnx for a .onnx file and the bundled model, mxnet for "
+                        "PREFIX,EPOCH; onnx with PREFIX,EPOCH exports it in memory)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--data-dir", "--data_dir", default=None, help="folder whose val.rec is evaluated")
     src.add_argument("--rec", default=None, help="a packed .rec file to evaluate")
     p.add_argument("--batch-size", "--batch_size", type=int, default=256, help="faces per batch")
     p.add_argument("--gpus", default="", help="GPU ids such as 0,1 (empty = CPU)")
-    p.add_argument("--age-decode", choices=("prob", "vote"), default="prob",
-                   help="prob: sum of P(age > k); vote: sum of the pairs' argmax")
+    p.add_argument("--age-decode", choices=AGE_DECODINGS, default=DEFAULT_DECODE,
+                   help="prob: sum of P(age > k); vote: sum of the pairs' argmax; median: where P(age > k) "
+                        "crosses 1/2")
     p.add_argument("--flip", action="store_true", help="average each face with its mirror image")
     p.add_argument("--json", metavar="FILE", help="write every number to this JSON file")
     p.add_argument("--plot", metavar="FILE", help="save MAE by age, predicted vs true age, gender confusion (PNG)")
@@ -34,18 +40,15 @@ def main() -> int:
         raise UserError("--batch-size must be at least 1")
     rec = args.rec or os.path.join(args.data_dir or "dataset", "val.rec")
 
-    from utils.devices import contexts
+    from utils.engine import load_engine
     from utils.evaluation import format_report, plot_predictions, predict_rec, report, write_json
-    from utils.predict import Predictor, resolve_model
 
-    ctx = contexts(args.gpus)
-    prefix, epoch = resolve_model(args.model)
-    predictor = Predictor(prefix, epoch, ctx)
+    predictor = load_engine(args.model, args.engine, args.gpus)
     pred = predict_rec(predictor, rec, args.batch_size, args.age_decode, args.flip, not args.no_progress,
                        args.num_workers)
     rep = report(pred)
     print(format_report(rep))
-    settings = {"model": predictor.name, "rec": rec, "age_decode": args.age_decode, "flip": args.flip}
+    settings = {"model": predictor.name, "engine": predictor.kind, "rec": rec, "age_decode": args.age_decode, "flip": args.flip}
     if args.json:
         write_json(args.json, rep, settings)
     if args.plot:

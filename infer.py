@@ -1,12 +1,15 @@
 #!/usr/bin/env python
 """Gender and age of every face in one or more images: RetinaFace detection, the same 5-point alignment
-as create_dataset.py, and the attribute net on all faces as one batch. See README.md, "Inference"."""
+as create_dataset.py, and the attribute net (onnxruntime by default, or MXNet) on the faces of many images
+at once. See README.md, "Inference"."""
 from __future__ import annotations
 
 import argparse
 import os
 import sys
 
+from utils.age import AGE_DECODINGS, DEFAULT_DECODE
+from utils.engine import ENGINES
 from utils.errors import UserError, run_cli
 
 
@@ -15,16 +18,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", nargs="+", required=True, metavar="PATH",
                    help="image files, folders or globs (JPEG, PNG, BMP, WebP)")
     p.add_argument("--model", default=None,
-                   help="PREFIX,EPOCH (or PREFIX for its newest epoch); default: the bundled model")
+                   help="a .onnx file, or PREFIX,EPOCH (PREFIX: its newest epoch); default: the bundled model")
+    p.add_argument("--engine", choices=ENGINES, default=None,
+                   help="what runs the net (default: onnx for a .onnx file and the bundled model, mxnet for "
+                        "PREFIX,EPOCH; onnx with PREFIX,EPOCH exports it in memory)")
     p.add_argument("--det-model", metavar="ONNX", default=None,
                    help="an InsightFace ONNX detector (e.g. det_500m.onnx) instead of the bundled RetinaFace")
     p.add_argument("--det-thresh", type=float, default=0.8, help="minimum detector score")
     p.add_argument("--max-size", type=int, default=1280,
                    help="images are scaled down to this longest side for detection (boxes mapped back)")
     p.add_argument("--min-face", type=float, default=0, help="ignore faces whose box is smaller (pixels)")
-    p.add_argument("--age-decode", choices=("prob", "vote"), default="prob",
-                   help="prob: sum of P(age > k); vote: sum of the pairs' argmax")
-    p.add_argument("--gpus", default="", help="GPU ids such as 0,1 for the attribute net (empty = CPU)")
+    p.add_argument("--age-decode", choices=AGE_DECODINGS, default=DEFAULT_DECODE,
+                   help="prob: sum of P(age > k); vote: sum of the pairs' argmax; median: where P(age > k) "
+                        "crosses 1/2")
+    p.add_argument("--flip", action="store_true", help="average each face with its mirror image")
+    p.add_argument("--gpus", default="", help="GPU ids such as 0,1 for the attribute net (empty = CPU); the "
+                                              "onnx engine needs onnxruntime-gpu and uses the first")
     p.add_argument("--batch-size", type=int, default=256, help="faces per forward pass")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of text lines")
     p.add_argument("--output", metavar="FILE",
@@ -35,25 +44,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main() -> int:
     args = build_parser().parse_args()
-    from utils.devices import contexts
-    from utils.inference import analyse, draw, dumps_json, find_images, format_lines, save_image, to_json
-    from utils.predict import Predictor, resolve_model
+    from utils.analyzer import FaceAnalyzer
+    from utils.inference import draw, dumps_json, find_images, format_lines, save_image, to_json
 
     if args.show and sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or
                                                                os.environ.get("WAYLAND_DISPLAY")):
         raise UserError("--show needs a display (DISPLAY is not set); use --output FILE instead")
+    if args.batch_size < 1:
+        raise UserError("--batch-size must be at least 1")
     paths = find_images(args.image)
-    ctx = contexts(args.gpus)
-    prefix, epoch = resolve_model(args.model)
-    from utils.face import load_detector
-
-    try:
-        detector = load_detector(args.det_model, thresh=args.det_thresh, max_size=args.max_size, threads=1)
-    except (FileNotFoundError, ValueError) as exc:
-        raise UserError(str(exc)) from None
-    predictor = Predictor(prefix, epoch, ctx)
-    results = analyse(paths, detector, predictor, args.min_face, args.age_decode, args.batch_size,
-                      keep_images=bool(args.output or args.show))
+    analyzer = FaceAnalyzer.from_options(args.model, args.engine, args.det_model, args.det_thresh, args.max_size,
+                                         args.gpus, age_decode=args.age_decode, min_face=args.min_face,
+                                         flip=args.flip, batch_size=args.batch_size)
+    results = list(analyzer.analyze_paths(paths, keep_images=bool(args.output or args.show)))
 
     if args.json:
         print(dumps_json([to_json(r) for r in results]))

@@ -11,7 +11,8 @@ import numpy as np
 from tests.conftest import run_script
 from utils.demo_data import wheel_image
 from utils.image import read_image
-from utils.predict import BUNDLED_MODEL, Predictor, resolve_model
+from utils.engine import BUNDLED_MODEL, load_engine
+from utils.predict import resolve_model
 
 
 def test_bundled_model_is_in_the_repository_and_small():
@@ -25,7 +26,7 @@ def test_bundled_model_is_in_the_repository_and_small():
 def test_tom_hanks_is_an_adult_man():
     face = read_image(wheel_image("Tom_Hanks_54745.png"))  # already an aligned 112x112 face
     assert face.shape == (112, 112, 3)
-    p_male, age = Predictor(*resolve_model(None)).predict_faces(face[None])
+    p_male, age = load_engine().predict_faces(face[None])
     assert p_male[0] > 0.8, p_male
     assert 30 <= age[0] <= 70, age
 

@@ -9,6 +9,8 @@ import numpy as np
 
 NUM_AGE_BINS = 100
 MAX_AGE = 100  # target ages are clamped to 0..MAX_AGE
+AGE_DECODINGS = ("prob", "vote", "median")
+DEFAULT_DECODE = "prob"  # the decoding eval.py, infer.py and the service use unless told otherwise
 
 
 def _softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -16,11 +18,12 @@ def _softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return e / e.sum(axis=axis, keepdims=True)
 
 
-def decode(output: np.ndarray, age_decode: str = "prob") -> tuple[np.ndarray, np.ndarray]:
+def decode(output: np.ndarray, age_decode: str = DEFAULT_DECODE) -> tuple[np.ndarray, np.ndarray]:
     """(P(male), age) per row of a (N,202) output.
 
-    `prob` (default): age = sum_k P(age > k); `vote`: age = sum_k argmax of pair k (InsightFace's
-    own decoding of its released model).
+    `prob`: age = sum_k P(age > k); `vote`: age = sum_k argmax of pair k (InsightFace's own decoding of
+    its released model); `median`: where P(age > k), made non-increasing, crosses 1/2, interpolated
+    between the two pairs around it (as robust to the tail as `vote`, and continuous).
     """
     output = np.asarray(output, dtype=np.float64)
     if output.ndim != 2 or output.shape[1] != 2 + 2 * NUM_AGE_BINS:
@@ -31,9 +34,22 @@ def decode(output: np.ndarray, age_decode: str = "prob") -> tuple[np.ndarray, np
         age = _softmax(pairs)[:, :, 1].sum(axis=1)
     elif age_decode == "vote":
         age = pairs.argmax(axis=2).sum(axis=1).astype(np.float64)
+    elif age_decode == "median":
+        age = _median(np.minimum.accumulate(_softmax(pairs)[:, :, 1], axis=1))
     else:
-        raise ValueError(f"age decoding must be 'prob' or 'vote', got {age_decode!r}")
+        raise ValueError(f"age decoding must be one of {', '.join(AGE_DECODINGS)}, got {age_decode!r}")
     return p_male, age
+
+
+def _median(p: np.ndarray) -> np.ndarray:
+    """Ages where the non-increasing rows of P(age > k) cross 1/2: m pairs above 1/2 put the age in
+    [m - 1/2, m + 1/2], placed by linear interpolation between P(age > m-1) and P(age > m)."""
+    m = (p > 0.5).sum(axis=1)
+    rows = np.arange(len(p))
+    above = np.where(m > 0, p[rows, np.maximum(m - 1, 0)], 1.0)
+    below = np.where(m < p.shape[1], p[rows, np.minimum(m, p.shape[1] - 1)], 0.0)
+    frac = np.clip((above - 0.5) / np.maximum(above - below, 1e-12), 0.0, 1.0)
+    return m - 0.5 + frac
 
 
 def age_targets(F, age, num_bins: int = NUM_AGE_BINS, sigma: float = 0.0):
@@ -75,4 +91,4 @@ def age_gender_loss(F, output, label, gender_weight: float = 1.0, age_sigma: flo
     return gender_weight * g_loss + a_loss
 
 
-__all__ = ["decode", "age_targets", "age_gender_loss", "NUM_AGE_BINS", "MAX_AGE"]
+__all__ = ["decode", "AGE_DECODINGS", "DEFAULT_DECODE", "age_targets", "age_gender_loss", "NUM_AGE_BINS", "MAX_AGE"]

@@ -107,6 +107,17 @@ def build_demo_sources(root: str) -> dict[str, str]:
     return paths
 
 
+def aligned_demo_faces() -> np.ndarray:
+    """Real aligned faces that need no download: the six of t1.jpg (detected and aligned as infer.py does)
+    and the wheel's aligned Tom Hanks; (7,3,112,112) float32 RGB 0-255, a network's input."""
+    from utils.face import align_face, load_detector
+
+    img = read_image(wheel_image("t1.jpg"))
+    faces = sorted(load_detector(thresh=0.8).detect(img), key=lambda f: f.box[0])
+    crops = [align_face(img, f.landmarks) for f in faces] + [read_image(wheel_image("Tom_Hanks_54745.png"))]
+    return np.stack(crops).transpose(0, 3, 1, 2).astype(np.float32)
+
+
 def synthetic_face_image(size: int = 112) -> np.ndarray:
     """A colour test card: red, green, blue and white quadrants (RGB), for colour round-trip checks."""
     img = np.zeros((size, size, 3), np.uint8)

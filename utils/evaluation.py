@@ -8,12 +8,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from utils.age import DEFAULT_DECODE
 from utils.atomic import tmp_name, write_atomic
 from utils.data import check_rec, eval_batches, record_iter
 from utils.distribution import load_labels
 from utils.errors import UserError
 from utils.metrics import CS_LEVELS, band_table, summarize
-from utils.predict import Predictor
+from utils.engine import Engine
 
 
 @dataclass
@@ -27,7 +28,7 @@ class Predictions:
     source: list[str]
 
 
-def predict_rec(predictor: Predictor, rec: str, batch_size: int = 256, age_decode: str = "prob",
+def predict_rec(predictor: Engine, rec: str, batch_size: int = 256, age_decode: str = DEFAULT_DECODE,
                 flip: bool = False, progress: bool = True, threads: int = 2) -> Predictions:
     """Run the model over every record of `rec` in batches (ImageRecordIter decoding, file order)."""
     from tqdm import tqdm
@@ -40,7 +41,8 @@ def predict_rec(predictor: Predictor, rec: str, batch_size: int = 256, age_decod
     p_male, age_pred, seen_age = [], [], []
     with tqdm(total=total, unit="face", disable=not progress, desc="eval") as bar:
         for data, label in eval_batches(it, total):
-            p, a = decode(predictor.outputs(data, flip=flip), age_decode)
+            p, a = decode(predictor.outputs(data if predictor.kind == "mxnet" else data.asnumpy(), flip=flip),
+                          age_decode)
             p_male.append(p)
             age_pred.append(a)
             seen_age.append(label.asnumpy()[:, 1])

@@ -1,43 +1,19 @@
-"""infer.py's logic: every face of each image found, aligned exactly as create_dataset.py aligns them,
-run through the attribute net as one batch, then printed, drawn or emitted as JSON."""
+"""infer.py's output side: which files to read, and the labelled faces (utils/analyzer.py) printed as lines,
+emitted as JSON, or drawn."""
 from __future__ import annotations
 
-import contextlib
 import glob
 import json
 import os
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
+from utils.analyzer import ImageResult
 from utils.errors import UserError
-from utils.face import Detector, Face, align_face
-from utils.image import ImageError, read_image
-from utils.predict import Predictor
+from utils.face import Face
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-
-
-@dataclass
-class FaceResult:
-    face: Face
-    p_male: float = float("nan")
-    age: float = float("nan")
-
-    @property
-    def gender(self) -> str:
-        return "male" if self.p_male >= 0.5 else "female"
-
-
-@dataclass
-class ImageResult:
-    path: str
-    image: np.ndarray | None  # RGB, orientation applied (None unless kept for drawing)
-    faces: list[FaceResult] = field(default_factory=list)
 
 
 def find_images(specs: list[str]) -> list[str]:
@@ -59,81 +35,6 @@ def find_images(specs: list[str]) -> list[str]:
         else:
             raise UserError(f"image not found: {spec}")
     return paths
-
-
-def load_image(path: str) -> np.ndarray:
-    """RGB uint8 (EXIF orientation applied, grey/RGBA/16-bit converted); UserError when unreadable."""
-    try:
-        return read_image(path)
-    except ImageError as exc:
-        raise UserError(f"cannot read {path}: {exc.reason.replace('_', ' ')}") from None
-
-
-def detect_faces(detector: Detector, rgb: np.ndarray, min_face: float = 0.0) -> list[Face]:
-    """Every face at least `min_face` pixels on its shorter box side, left to right."""
-    faces = [f for f in detector.detect(rgb) if min(f.box[2] - f.box[0], f.box[3] - f.box[1]) >= min_face]
-    return sorted(faces, key=lambda f: (float(f.box[0]), float(f.box[1])))
-
-
-_TIMINGS_LOCK = threading.Lock()
-
-
-def _prepare(path: str, detector: Detector, min_face: float, lock: threading.Lock | None,
-             timings: dict) -> tuple[np.ndarray, list[Face], list[np.ndarray]]:
-    t0 = time.perf_counter()
-    rgb = load_image(path)
-    t1 = time.perf_counter()
-    with lock or contextlib.nullcontext():
-        faces = detect_faces(detector, rgb, min_face)
-    t2 = time.perf_counter()
-    crops = [align_face(rgb, f.landmarks) for f in faces]
-    t3 = time.perf_counter()
-    with _TIMINGS_LOCK:  # summed over threads: CPU-side seconds
-        for key, dt in (("read", t1 - t0), ("detect", t2 - t1), ("align", t3 - t2)):
-            timings[key] = timings.get(key, 0.0) + dt
-    return rgb, faces, crops
-
-
-def analyse(paths: list[str], detector: Detector, predictor: Predictor, min_face: float = 0.0,
-            age_decode: str = "prob", batch_size: int = 256, timings: dict | None = None,
-            keep_images: bool = True, threads: int = 0) -> list[ImageResult]:
-    """Detect and align the faces of every image (`threads` images at a time; 0 = one per core) and run
-    the faces of all images through the net in batches of `batch_size`; each full batch goes to the net
-    while the next images are still being detected. `keep_images`: keep each decoded image for drawing.
-    `timings` (if given) accumulates seconds spent in read, detect, align and net."""
-    t = timings if timings is not None else {}
-    lock = None if getattr(detector, "thread_safe", False) else threading.Lock()
-    threads = threads or os.cpu_count() or 1
-    results, pending, batches = [], [], []
-
-    def run_net(crops: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        t0 = time.perf_counter()
-        out = predictor.predict_faces(np.stack(crops), batch_size=batch_size, age_decode=age_decode)
-        with _TIMINGS_LOCK:
-            t["net"] = t.get("net", 0.0) + time.perf_counter() - t0
-        return out
-
-    with ThreadPoolExecutor(max_workers=min(threads, max(1, len(paths)))) as pool, \
-            ThreadPoolExecutor(max_workers=1) as net:
-        # map keeps the input order; a bad image raises here, as UserError, before any output
-        for path, (rgb, faces, face_crops) in zip(paths, pool.map(
-                lambda p: _prepare(p, detector, min_face, lock, t), paths)):
-            results.append(ImageResult(path, rgb if keep_images else None, [FaceResult(f) for f in faces]))
-            pending += face_crops
-            if len(pending) >= batch_size:
-                batches.append(net.submit(run_net, pending[:batch_size]))
-                pending = pending[batch_size:]
-        if pending:
-            batches.append(net.submit(run_net, pending))
-        outs = [b.result() for b in batches]
-    p_male = np.concatenate([o[0] for o in outs]) if outs else np.zeros(0)
-    age = np.concatenate([o[1] for o in outs]) if outs else np.zeros(0)
-    i = 0
-    for res in results:
-        for fr in res.faces:
-            fr.p_male, fr.age = float(p_male[i]), float(age[i])
-            i += 1
-    return results
 
 
 def _box(face: Face) -> list[int]:
@@ -209,5 +110,4 @@ def save_image(path: str, bgr: np.ndarray) -> None:
     write_atomic(path, buf.tobytes())
 
 
-__all__ = ["find_images", "load_image", "detect_faces", "analyse", "format_lines", "to_json", "draw", "save_image",
-           "dumps_json", "FaceResult", "ImageResult", "IMAGE_EXTS"]
+__all__ = ["find_images", "format_lines", "to_json", "draw", "save_image", "dumps_json", "IMAGE_EXTS"]

@@ -1,5 +1,5 @@
-"""A checkpoint as a predictor: batches of aligned faces in, (N,202) outputs and decoded gender/age out,
-over one or several contexts. Shared by eval.py and infer.py."""
+"""The MXNet engine: a checkpoint (ours or InsightFace's) on one or several contexts, behind the interface
+of utils/engine.py. Also the split-over-contexts forward that training's validation uses."""
 from __future__ import annotations
 
 import os
@@ -8,11 +8,9 @@ import mxnet as mx
 import numpy as np
 
 from symbols import load_model, parse_model_spec
-from utils.age import decode
+from utils.devices import contexts
+from utils.engine import BUNDLED_MODEL, Engine, short_name
 from utils.errors import UserError
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BUNDLED_MODEL = os.path.join(ROOT, "models", "agegender")  # the model shipped in the repository, epoch 0
 
 
 def resolve_model(spec: str | None) -> tuple[str, int]:
@@ -39,33 +37,37 @@ def forward_split(net: mx.gluon.Block, data: mx.nd.NDArray, ctx: list[mx.Context
     return np.concatenate([o.asnumpy() for o in outs])
 
 
-class Predictor:
-    """A loaded checkpoint (ours or InsightFace's) on one or more contexts."""
+class MxnetEngine(Engine):
+    """A loaded checkpoint on the contexts of `gpus` (empty: the CPU). On the CPU the graph is partitioned
+    for MKLDNN (convolution, BatchNorm and ReLU fused), which makes it 2x faster than plain hybridize."""
 
-    def __init__(self, prefix: str, epoch: int, ctx: list[mx.Context] | None = None):
-        self.ctx = ctx or [mx.cpu()]
-        rel = os.path.relpath(prefix)
-        self.name = f"{prefix if rel.startswith('..') else rel},{epoch}"  # as typed, or short when inside cwd
+    kind = "mxnet"
+
+    def __init__(self, prefix: str, epoch: int, gpus: str = "", ctx: list[mx.Context] | None = None):
+        self.ctx = ctx or contexts(gpus)
+        self.name = f"{short_name(prefix)},{epoch}"
         try:
             self.net = load_model(prefix, epoch, self.ctx)
         except (ValueError, OSError, mx.base.MXNetError) as exc:
             raise UserError(f"cannot load model {self.name}: {str(exc).splitlines()[0]}") from None
-        self.net.hybridize(static_alloc=True)
+        on_cpu = all(c.device_type == "cpu" for c in self.ctx)
+        self.net.hybridize(static_alloc=True, **({"backend": "MKLDNN"} if on_cpu and _has_mkldnn() else {}))
+        self.check()
 
-    def outputs(self, data: mx.nd.NDArray, flip: bool = False) -> np.ndarray:
-        """(N,3,112,112) RGB 0-255 -> (N,202) outputs over the contexts (see `forward_split`)."""
+    def forward(self, batch: np.ndarray) -> np.ndarray:
+        return self.outputs(batch)
+
+    def outputs(self, batch, flip: bool = False) -> np.ndarray:
+        """(N,3,112,112) numpy or NDArray -> (N,202) over the contexts (see `forward_split`)."""
+        data = batch if isinstance(batch, mx.nd.NDArray) else mx.nd.array(np.asarray(batch, np.float32))
         return forward_split(self.net, data, self.ctx, flip)
 
-    def predict_faces(self, faces: np.ndarray, batch_size: int = 256, age_decode: str = "prob",
-                      flip: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """Aligned faces (N,112,112,3) RGB uint8 -> (P(male), age) per face, in batches."""
-        if len(faces) == 0:
-            return np.zeros(0), np.zeros(0)
-        outs = []
-        for i in range(0, len(faces), batch_size):
-            chunk = np.ascontiguousarray(faces[i:i + batch_size].transpose(0, 3, 1, 2), dtype=np.float32)
-            outs.append(self.outputs(mx.nd.array(chunk), flip=flip))
-        return decode(np.concatenate(outs), age_decode)
+
+def _has_mkldnn() -> bool:
+    try:
+        return bool(mx.runtime.Features().is_enabled("MKLDNN"))
+    except Exception:  # noqa: BLE001 -- older builds without the features API
+        return False
 
 
-__all__ = ["Predictor", "forward_split", "resolve_model", "BUNDLED_MODEL"]
+__all__ = ["MxnetEngine", "forward_split", "resolve_model"]

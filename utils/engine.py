@@ -1,0 +1,158 @@
+"""The attribute net behind one interface, whatever runs it: onnxruntime (`onnx`, the default: faster, and
+needs no MXNet) or MXNet (`mxnet`, for checkpoints, GPUs through mxnet-cu112, and training).
+
+Every engine maps aligned faces (N,3,112,112) float32 RGB 0-255 to the (N,202) output of utils/age.py.
+This module imports no MXNet; the MXNet engine lives in utils/predict.py and is imported on demand.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from utils.age import DEFAULT_DECODE, NUM_AGE_BINS, decode
+from utils.errors import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUNDLED_MODEL = os.path.join(ROOT, "models", "agegender")  # the model shipped in the repository, epoch 0
+BUNDLED_ONNX = BUNDLED_MODEL + ".onnx"                   # the same model exported by tools/export_onnx.py
+ENGINES = ("onnx", "mxnet")
+NUM_OUTPUTS = 2 + 2 * NUM_AGE_BINS
+
+
+def short_name(path: str) -> str:
+    """A model path as typed when outside the working folder, relative when inside it."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
+
+
+class Engine:
+    """What eval, infer, video and the service need from the attribute net."""
+
+    kind = ""
+    name = ""
+
+    def forward(self, batch: np.ndarray) -> np.ndarray:
+        """(N,3,112,112) float32 -> (N,202) float32."""
+        raise NotImplementedError
+
+    def outputs(self, batch: np.ndarray, flip: bool = False) -> np.ndarray:
+        """(N,202) outputs of a batch; `flip`: the mean over each face and its mirror image."""
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        out = self.forward(batch)
+        if flip:
+            out = (out + self.forward(np.ascontiguousarray(batch[..., ::-1]))) / 2
+        return out
+
+    def check(self) -> None:
+        """Refuse, at load time, a model whose output is not the (N,202) layout."""
+        try:
+            shape = np.shape(self.forward(np.zeros((2, 3, 112, 112), np.float32)))
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001 -- any runtime's error: the model does not take our input
+            raise UserError(f"model {self.name} does not take (N,3,112,112) faces: {str(exc).splitlines()[0]}") from None
+        if tuple(shape) != (2, NUM_OUTPUTS):
+            raise UserError(f"model {self.name} outputs {tuple(shape)[1:]} per face, not ({NUM_OUTPUTS},): "
+                            "not a gender/age model of this project's layout")
+
+    def predict_faces(self, faces: np.ndarray, batch_size: int = 256, age_decode: str = DEFAULT_DECODE,
+                      flip: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Aligned faces (N,112,112,3) RGB uint8 -> (P(male), age) per face, in batches."""
+        if len(faces) == 0:
+            return np.zeros(0), np.zeros(0)
+        outs = [self.outputs(faces[i:i + batch_size].transpose(0, 3, 1, 2), flip)
+                for i in range(0, len(faces), batch_size)]
+        return decode(np.concatenate(outs), age_decode)
+
+
+class OnnxEngine(Engine):
+    """An ONNX model (tools/export_onnx.py) run by onnxruntime; `gpus` uses its CUDA provider."""
+
+    kind = "onnx"
+
+    def __init__(self, path: str, threads: int = 0, gpus: str = ""):
+        import onnxruntime as ort
+
+        self.name = short_name(path)
+        if not os.path.isfile(path):
+            raise UserError(f"model file not found: {path}")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = max(0, threads)
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        providers: list = ["CPUExecutionProvider"]
+        ids = [g.strip() for g in gpus.split(",") if g.strip()]
+        if ids:
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise UserError("--gpus with the onnx engine needs onnxruntime-gpu (pip install onnxruntime-gpu in "
+                                "place of onnxruntime); this onnxruntime has only "
+                                f"{', '.join(ort.get_available_providers())}. Or use --engine mxnet with "
+                                "requirements-gpu.txt")
+            try:
+                providers = [("CUDAExecutionProvider", {"device_id": int(ids[0])}), "CPUExecutionProvider"]
+            except ValueError:
+                raise UserError(f"--gpus takes GPU ids such as 0,1; got {gpus!r}") from None
+        try:
+            self.session = ort.InferenceSession(path, sess_options=opts, providers=providers)
+        except Exception as exc:  # noqa: BLE001 -- onnxruntime raises its own types for bad files
+            raise UserError(f"cannot load model {self.name}: {str(exc).splitlines()[0][:300]}") from None
+        self.input = self.session.get_inputs()[0].name
+        self.providers = self.session.get_providers()
+        self.check()
+
+    def forward(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input: batch})[0]
+
+
+def load_engine(model: str | None = None, engine: str | None = None, gpus: str = "", threads: int = 0) -> Engine:
+    """The attribute net for `--model` / `--engine` / `--gpus`.
+
+    `model`: a `.onnx` file, `PREFIX,EPOCH` (or `PREFIX`, its newest epoch), or None for the bundled model.
+    `engine`: `onnx`, `mxnet`, or None: `onnx` for a .onnx file and for the bundled model, `mxnet` for a
+    checkpoint. `--engine onnx` with a checkpoint exports it in memory first (needs MXNet)."""
+    if engine not in (None, *ENGINES):
+        raise UserError(f"--engine must be one of {', '.join(ENGINES)}; got {engine!r}")
+    is_onnx = bool(model) and model.lower().endswith(".onnx")
+    if engine is None:
+        engine = "onnx" if (is_onnx or not model) else "mxnet"
+    if engine == "onnx":
+        if is_onnx:
+            return OnnxEngine(model, threads, gpus)
+        if not model:
+            if os.path.isfile(BUNDLED_ONNX):
+                return OnnxEngine(BUNDLED_ONNX, threads, gpus)
+            if not os.path.isfile(f"{BUNDLED_MODEL}-0000.params"):
+                raise UserError(f"--model is required: there is no bundled model ({BUNDLED_ONNX}) in this "
+                                "checkout; pass --model FILE.onnx or PREFIX,EPOCH")
+        return _exported(model, threads, gpus)
+    if is_onnx:
+        raise UserError(f"--engine mxnet runs a PREFIX,EPOCH checkpoint, not {model}; use --engine onnx")
+    from utils.predict import MxnetEngine, resolve_model
+
+    return MxnetEngine(*resolve_model(model), gpus=gpus)
+
+
+def _exported(model: str | None, threads: int, gpus: str) -> Engine:
+    """`--engine onnx` for a checkpoint: exported (and checked) in memory, then run by onnxruntime."""
+    import tempfile
+
+    from symbols.onnx_export import export_onnx
+    from utils.demo_data import aligned_demo_faces
+    from utils.predict import resolve_model
+
+    prefix, epoch = resolve_model(model)
+    try:
+        data, _ = export_onnx(prefix, epoch, aligned_demo_faces())
+    except (ValueError, OSError) as exc:
+        raise UserError(f"cannot export {prefix},{epoch} to ONNX: {str(exc).splitlines()[0]}") from None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, os.path.basename(prefix) + ".onnx")
+        with open(path, "wb") as f:
+            f.write(data)
+        eng = OnnxEngine(path, threads, gpus)
+    eng.name = f"{short_name(prefix)},{epoch} (exported to ONNX)"
+    return eng
+
+
+__all__ = ["Engine", "OnnxEngine", "load_engine", "BUNDLED_MODEL", "BUNDLED_ONNX", "ENGINES", "short_name"]
