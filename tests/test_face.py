@@ -99,3 +99,22 @@ def test_center_crop():
     assert center_crop(img[:112, :112], 112).shape == (112, 112, 3)
     with pytest.raises(ValueError):
         align_face(img, np.zeros((5, 2)), 100)
+
+
+def test_our_alignment_is_insightfaces_norm_crop():
+    """align_face is our own least-squares similarity; it must give InsightFace's crops (what its models
+    and ours were trained on) to within one grey level."""
+    face_align = pytest.importorskip("insightface.utils.face_align")
+    from utils.face import ARCFACE_TEMPLATE, similarity_transform
+
+    img = read_image(wheel_image("t1.jpg"))
+    for f in load_detector().detect(img):
+        ours, theirs = align_face(img, f.landmarks), face_align.norm_crop(img, f.landmarks)
+        assert np.abs(ours.astype(int) - theirs.astype(int)).max() <= 1
+        np.testing.assert_allclose(similarity_transform(f.landmarks, ARCFACE_TEMPLATE),
+                                   face_align.estimate_norm(f.landmarks), atol=1e-3)
+    # exact on a known similarity: points rotated by 30 degrees, scaled by 2, shifted
+    a = np.deg2rad(30)
+    m = np.array([[2 * np.cos(a), -2 * np.sin(a), 5], [2 * np.sin(a), 2 * np.cos(a), -3]])
+    src = ARCFACE_TEMPLATE.astype(np.float64)
+    np.testing.assert_allclose(similarity_transform(src, src @ m[:, :2].T + m[:, 2]), m, atol=1e-9)

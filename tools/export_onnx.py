@@ -16,7 +16,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from utils.errors import UserError, run_cli  # noqa: E402
+from utils.errors import UserError, run_cli, short_reason  # noqa: E402
 
 
 def main() -> int:
@@ -35,8 +35,8 @@ def main() -> int:
     try:
         prefix, epoch = parse_model_spec(args.model)
         data, diff = export_onnx(prefix, epoch, aligned_demo_faces())
-    except (ValueError, OSError) as exc:
-        raise UserError(f"cannot export {args.model}: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # noqa: BLE001 -- MXNet, onnx and onnxruntime each raise their own types
+        raise UserError(f"cannot export {args.model}: {short_reason(exc)}") from None
     write_atomic(args.output, data)
     print(f"wrote {args.output} ({len(data) / 1e6:.2f} MB): outputs equal to MXNet's on 7 real faces "
           f"(max abs difference {diff:.2e}, tolerance {TOLERANCE:g})")

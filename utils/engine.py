@@ -11,7 +11,7 @@ import os
 import numpy as np
 
 from utils.age import DEFAULT_DECODE, NUM_AGE_BINS, decode
-from utils.errors import UserError
+from utils.errors import UserError, short_reason
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUNDLED_MODEL = os.path.join(ROOT, "models", "agegender")  # the model shipped in the repository, epoch 0
@@ -51,7 +51,7 @@ class Engine:
         except UserError:
             raise
         except Exception as exc:  # noqa: BLE001 -- any runtime's error: the model does not take our input
-            raise UserError(f"model {self.name} does not take (N,3,112,112) faces: {str(exc).splitlines()[0]}") from None
+            raise UserError(f"model {self.name} does not take (N,3,112,112) faces: {short_reason(exc)}") from None
         if tuple(shape) != (2, NUM_OUTPUTS):
             raise UserError(f"model {self.name} outputs {tuple(shape)[1:]} per face, not ({NUM_OUTPUTS},): "
                             "not a gender/age model of this project's layout")
@@ -96,7 +96,7 @@ class OnnxEngine(Engine):
         try:
             self.session = ort.InferenceSession(path, sess_options=opts, providers=providers)
         except Exception as exc:  # noqa: BLE001 -- onnxruntime raises its own types for bad files
-            raise UserError(f"cannot load model {self.name}: {str(exc).splitlines()[0][:300]}") from None
+            raise UserError(f"cannot load model {self.name}: {short_reason(exc)}") from None
         self.input = self.session.get_inputs()[0].name
         self.providers = self.session.get_providers()
         self.check()
@@ -144,8 +144,8 @@ def _exported(model: str | None, threads: int, gpus: str) -> Engine:
     prefix, epoch = resolve_model(model)
     try:
         data, _ = export_onnx(prefix, epoch, aligned_demo_faces())
-    except (ValueError, OSError) as exc:
-        raise UserError(f"cannot export {prefix},{epoch} to ONNX: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # noqa: BLE001 -- MXNet, onnx and onnxruntime each raise their own types
+        raise UserError(f"cannot export {prefix},{epoch} to ONNX: {short_reason(exc)}") from None
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, os.path.basename(prefix) + ".onnx")
         with open(path, "wb") as f:

@@ -9,6 +9,17 @@ class UserError(Exception):
     """A problem the user can fix (bad path, bad flag, nothing to do): reported in one line."""
 
 
+def short_reason(exc: BaseException) -> str:
+    """One line saying why `exc` happened: MXNet's and onnxruntime's messages carry a C++ stack, whose
+    last line is the reason (e.g. "Check failed: fi->Read(data): Invalid NDArray file format")."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    lines = [ln for ln in lines if not ln.startswith(("Traceback", "File ", "[bt]", "Stack trace"))] or ["unknown error"]
+    reason = lines[-1]
+    for prefix in ("MXNetError: ", "mxnet.base.MXNetError: "):
+        reason = reason[len(prefix):] if reason.startswith(prefix) else reason
+    return reason[:300]
+
+
 def run_cli(main: Callable[[], int | None]) -> None:
     """Run a script's main(); a UserError prints `error: ...` and exits 2, Ctrl-C exits 130."""
     try:

@@ -206,17 +206,33 @@ def pick_main_face(faces: list[Face], shape: tuple[int, ...]) -> Face | None:
     return max(faces, key=value)
 
 
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """The 2x3 similarity (rotation, uniform scale, translation) that maps the points `src` onto `dst`
+    with the least squared error (Umeyama, 1991): the estimate behind InsightFace's `norm_crop`."""
+    src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
+    mu_s, mu_d = src.mean(axis=0), dst.mean(axis=0)
+    s0, d0 = src - mu_s, dst - mu_d
+    cov = d0.T @ s0 / len(src)
+    u, sig, vt = np.linalg.svd(cov)
+    sign = np.eye(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:  # a reflection: flip the weaker axis
+        sign[1, 1] = -1
+    rot = u @ sign @ vt
+    scale = (sig * np.diag(sign)).sum() / s0.var(axis=0).sum()
+    m = np.empty((2, 3))
+    m[:, :2] = scale * rot
+    m[:, 2] = mu_d - scale * rot @ mu_s
+    return m
+
+
 def align_face(rgb: np.ndarray, landmarks: np.ndarray, size: int = 112) -> np.ndarray:
-    """Warp a face so its 5 landmarks land on the ArcFace template (scaled to `size`).
-
-    Uses InsightFace's own `norm_crop` (a similarity transform), so crops match what InsightFace's
-    released models were trained on. `size` must be a multiple of 112.
-    """
-    from insightface.utils.face_align import norm_crop
-
+    """Warp a face so its 5 landmarks land on the ArcFace template (scaled to `size`): InsightFace's
+    `norm_crop` (a least-squares similarity, black outside the image), so crops match what InsightFace's
+    released models were trained on. `size` must be a multiple of 112. Used by packing and inference."""
     if size % 112:
         raise ValueError(f"aligned size must be a multiple of 112, got {size}")
-    return norm_crop(rgb, np.asarray(landmarks, dtype=np.float32).reshape(5, 2), image_size=size)
+    m = similarity_transform(np.asarray(landmarks, np.float32).reshape(5, 2), ARCFACE_TEMPLATE * (size / 112))
+    return cv2.warpAffine(rgb, m, (size, size), borderValue=0.0)
 
 
 def center_crop(rgb: np.ndarray, size: int = 112) -> np.ndarray:

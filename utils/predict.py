@@ -10,7 +10,7 @@ import numpy as np
 from symbols import load_model, parse_model_spec
 from utils.devices import contexts
 from utils.engine import BUNDLED_MODEL, Engine, short_name
-from utils.errors import UserError
+from utils.errors import UserError, short_reason
 
 
 def resolve_model(spec: str | None) -> tuple[str, int]:
@@ -49,7 +49,7 @@ class MxnetEngine(Engine):
         try:
             self.net = load_model(prefix, epoch, self.ctx)
         except (ValueError, OSError, mx.base.MXNetError) as exc:
-            raise UserError(f"cannot load model {self.name}: {str(exc).splitlines()[0]}") from None
+            raise UserError(f"cannot load model {self.name}: {short_reason(exc)}") from None
         on_cpu = all(c.device_type == "cpu" for c in self.ctx)
         self.net.hybridize(static_alloc=True, **({"backend": "MKLDNN"} if on_cpu and _has_mkldnn() else {}))
         self.check()
