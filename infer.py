@@ -54,7 +54,7 @@ def main() -> int:
         raise UserError("--batch-size must be at least 1")
     paths = find_images(args.image)
     analyzer = FaceAnalyzer.from_options(args.model, args.engine, args.det_model, args.det_thresh, args.max_size,
-                                         args.gpus, age_decode=args.age_decode, min_face=args.min_face,
+                                         args.gpus, det_threads=1, net_threads=1, age_decode=args.age_decode, min_face=args.min_face,
                                          flip=args.flip, batch_size=args.batch_size)
     results = list(analyzer.analyze_paths(paths, keep_images=bool(args.output or args.show)))
 

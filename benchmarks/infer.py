@@ -1,89 +1,176 @@
 #!/usr/bin/env python
-"""Evaluation and inference speed on this machine.
+"""Inference and evaluation speed of both engines on this machine, against the reference pipeline.
 
-eval: faces/s of eval.py's loop (ImageRecordIter decoding + forward + decoding) at batch 1 / 32 / 256,
-against the bare network's forward on ready arrays (the limit).
-infer: end-to-end faces/s of infer.py's pipeline with read, detect, align and the attribute net timed
-apart, on the real photos of ../shared/data/photos and on 200x200 UTKFace images (one face each).
+1. bare forward of the attribute net (ready arrays, faces/s) at batch 1 / 32 / 256: the onnx engine, the
+   mxnet engine (MKLDNN-partitioned Gluon), and a plain `mx.mod.Module` bound to the same checkpoint;
+2. eval.py's loop (ImageRecordIter decoding + net + decoding) over a packed .rec with each engine;
+3. end to end on N real 200x200 face photos (one face each): the reference pipeline (RetinaFace,
+   InsightFace's checkpoint, one face per MXNet forward, as InsightFace's example does it) and
+   FaceAnalyzer.analyze_paths (what infer.py runs) with each engine, start-up excluded, per stage;
+4. whole runs of `infer.py --image FOLDER` as a user types it (start-up included), and the start-up
+   alone (infer.py on one photo).
 
-    .venv/bin/python benchmarks/infer.py [--model PREFIX,EPOCH] [--rec dataset/utkface/val.rec] [--utk 1000]
+    .venv/bin/python benchmarks/infer.py [--photos 3000] [--rec dataset/utkface/val.rec]
 """
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
+import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+SHARED = os.path.join(os.path.dirname(ROOT), "shared")
+INSIGHTFACE = os.path.join(SHARED, "weights", "insightface-genderage", "model")
 
-import mxnet as mx  # noqa: E402
-
-from utils.evaluation import predict_rec  # noqa: E402
-from utils.face import load_detector  # noqa: E402
-from utils.inference import analyse  # noqa: E402
-from utils.predict import Predictor, resolve_model  # noqa: E402
-
-SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "shared")
-PHOTOS = ["insightface_t1.jpg", "insightface_t2.jpg", "insightface_worlds-largest-selfie.jpg"]
+import numpy as np  # noqa: E402
 
 
-def forward_limit(pred: Predictor, batch: int, n: int) -> float:
-    x = mx.nd.random.uniform(0, 255, (batch, 3, 112, 112))
-    pred.outputs(x)
-    reps = max(1, n // batch)
+def rate(fn, batch: int, n: int) -> float:
+    x = np.random.default_rng(0).uniform(0, 255, (batch, 3, 112, 112)).astype(np.float32)
+    fn(x)
+    fn(x)
+    reps = max(3, n // batch)
     t = time.perf_counter()
     for _ in range(reps):
-        pred.outputs(x)
+        fn(x)
     return reps * batch / (time.perf_counter() - t)
 
 
-def eval_speed(pred: Predictor, rec: str, batch: int) -> float:
-    predict_rec(pred, rec, batch, progress=False)  # warm-up (and the count)
-    t = time.perf_counter()
-    res = predict_rec(pred, rec, batch, progress=False)
-    return len(res.age) / (time.perf_counter() - t)
+def module_forward(prefix: str, epoch: int):
+    """The checkpoint bound as a plain Module, rebound per batch shape: (N,3,112,112) -> (N,202)."""
+    import mxnet as mx
+
+    sym, arg, aux = mx.model.load_checkpoint(prefix, epoch)
+    sym = sym.get_internals()["fc1_output"]
+    mods: dict = {}
+
+    def fwd(x: np.ndarray) -> np.ndarray:
+        if x.shape not in mods:
+            mod = mx.mod.Module(sym, data_names=["data"], label_names=None)
+            mod.bind(data_shapes=[("data", x.shape)], for_training=False)
+            mod.set_params(arg, aux, allow_missing=True, allow_extra=True)
+            mods[x.shape] = mod
+        mods[x.shape].forward(mx.io.DataBatch([mx.nd.array(x)]), is_train=False)
+        return mods[x.shape].get_outputs()[0].asnumpy()
+    return fwd
 
 
-def infer_row(label: str, paths: list[str], detector, pred: Predictor) -> None:
-    analyse(paths[:1], detector, pred, keep_images=False)  # warm-up
-    timings: dict = {}
+def reference(paths: list[str]) -> tuple[int, float, dict]:
+    """RetinaFace + InsightFace's checkpoint, one face per forward, one thread of Python: (faces, s, stages)."""
+    from utils.age import decode
+    from utils.face import align_face, load_detector
+    from utils.image import read_image
+
+    detector = load_detector(thresh=0.8)
+    fwd = module_forward(INSIGHTFACE, 0)
+    fwd(np.zeros((1, 3, 112, 112), np.float32))
+    t = {"read": 0.0, "detect+align": 0.0, "net": 0.0}
+    faces = 0
+    start = time.perf_counter()
+    for p in paths:
+        t0 = time.perf_counter()
+        rgb = read_image(p)
+        t1 = time.perf_counter()
+        crops = [align_face(rgb, f.landmarks) for f in detector.detect(rgb)]
+        t2 = time.perf_counter()
+        for c in crops:
+            decode(fwd(c.transpose(2, 0, 1)[None].astype(np.float32)), "vote")
+        t3 = time.perf_counter()
+        faces += len(crops)
+        for k, dt in (("read", t1 - t0), ("detect+align", t2 - t1), ("net", t3 - t2)):
+            t[k] += dt
+    return faces, time.perf_counter() - start, t
+
+
+def analyzer_run(engine: str, paths: list[str]) -> tuple[int, float, dict]:
+    from utils.analyzer import FaceAnalyzer
+
+    analyzer = FaceAnalyzer.from_options(engine=engine, det_threads=1, net_threads=1)  # as infer.py
+    list(analyzer.analyze_paths(paths[:8]))  # warm-up
+    t: dict = {}
+    start = time.perf_counter()
+    faces = sum(len(r.faces) for r in analyzer.analyze_paths(paths, timings=t))
+    return faces, time.perf_counter() - start, t
+
+
+def cli_seconds(args: list[str]) -> float:
     t = time.perf_counter()
-    results = analyse(paths, detector, pred, keep_images=False, timings=timings)
-    total = time.perf_counter() - t
-    faces = sum(len(r.faces) for r in results)
-    parts = "  ".join(f"{k} {1000 * timings.get(k, 0) / max(1, faces):.2f}" for k in ("read", "detect", "align", "net"))
-    print(f"{label:<34}{len(paths):>7}{faces:>7}{faces / total:>10.1f}   ms/face: {parts}", flush=True)
+    subprocess.run([sys.executable, os.path.join(ROOT, "infer.py"), *args], cwd=ROOT, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None, help="PREFIX,EPOCH (default: the bundled model)")
+    p.add_argument("--photos", type=int, default=3000, help="200x200 UTKFace photos for the end-to-end figures")
     p.add_argument("--rec", default="dataset/utkface/val.rec", help="packed .rec for the eval figures")
-    p.add_argument("--utk", type=int, default=1000, help="UTKFace images for the single-face infer figure")
     args = p.parse_args()
-    prefix, epoch = resolve_model(args.model)
-    pred = Predictor(prefix, epoch)
-    print(f"model {prefix},{epoch}; CPU cores: {os.cpu_count()}")
+
+    from utils.engine import BUNDLED_MODEL, load_engine
+
+    engines = {"onnx": load_engine(engine="onnx"), "mxnet": load_engine(engine="mxnet")}
+    module = module_forward(BUNDLED_MODEL, 0)
+    print(f"bundled model; CPU cores: {os.cpu_count()}\n")
+    print("bare forward, faces/s")
+    print(f"{'batch':>6}{'onnx engine':>14}{'mxnet engine':>14}{'plain Module':>14}")
+    for batch in (1, 32, 256):
+        n = 300 if batch == 1 else 3000
+        print(f"{batch:>6}{rate(engines['onnx'].forward, batch, n):>14.0f}"
+              f"{rate(engines['mxnet'].forward, batch, n):>14.0f}{rate(module, batch, n):>14.0f}", flush=True)
+
     if os.path.isfile(args.rec):
-        print(f"\neval on {args.rec}")
-        print(f"{'batch':>6}{'eval.py faces/s':>18}{'bare forward':>15}{'share':>8}")
-        for batch in (1, 32, 256):
-            limit = forward_limit(pred, batch, 1024 if batch > 1 else 200)
-            speed = eval_speed(pred, args.rec, batch)
-            print(f"{batch:>6}{speed:>18.1f}{limit:>15.1f}{speed / limit:>8.0%}", flush=True)
-    else:
-        print(f"(no {args.rec}: eval figures skipped)")
-    detector = load_detector(thresh=0.8, threads=1)  # as infer.py: one thread per image, images in parallel
-    print(f"\n{'infer (bundled RetinaFace)':<34}{'images':>7}{'faces':>7}{'faces/s':>10}")
-    for name in PHOTOS:
-        path = os.path.join(SHARED, "data", "photos", name)
-        if os.path.isfile(path):
-            infer_row(name, [path], detector, pred)
+        from utils.evaluation import predict_rec
+
+        print(f"\neval.py's loop on {args.rec} (batch 256), faces/s")
+        for name, eng in engines.items():
+            predict_rec(eng, args.rec, 256, progress=False)
+            t = time.perf_counter()
+            n = len(predict_rec(eng, args.rec, 256, progress=False).age)
+            print(f"  {name:<6}{n / (time.perf_counter() - t):>8.0f}  ({n} faces)", flush=True)
+
     utk = os.path.join(SHARED, "data", "utkface")
-    if os.path.isdir(utk):
-        names = sorted(os.listdir(utk))[:: max(1, len(os.listdir(utk)) // args.utk)][:args.utk]
-        infer_row("UTKFace 200x200, one face each", [os.path.join(utk, n) for n in names], detector, pred)
+    if not os.path.isdir(utk):
+        print(f"\n({utk} absent: end-to-end figures skipped)")
+        return
+    names = sorted(os.listdir(utk))
+    paths = [os.path.join(utk, n) for n in names[:: max(1, len(names) // args.photos)][:args.photos]]
+    print(f"\nend to end on {len(paths)} UTKFace 200x200 photos, start-up excluded")
+    print(f"{'pipeline':<44}{'faces':>6}{'s':>7}{'faces/s':>9}{'x ref':>7}   ms per face (CPU, summed over threads)")
+    ref_rate = None
+    runs = [("reference (InsightFace ckpt, 1 face/forward)", lambda: reference(paths))] if \
+        os.path.isfile(INSIGHTFACE + "-0000.params") else []
+    runs += [(f"infer.py pipeline, --engine {e}", lambda e=e: analyzer_run(e, paths)) for e in ("mxnet", "onnx")]
+    ref_secs = None
+    for label, fn in runs:
+        faces, secs, t = fn()
+        r = faces / secs
+        ref_rate = ref_rate or r
+        ref_secs = ref_secs or secs
+        parts = "  ".join(f"{k} {1000 * v / max(1, faces):.2f}" for k, v in t.items())
+        print(f"{label:<44}{faces:>6}{secs:>7.2f}{r:>9.1f}{r / ref_rate:>7.2f}   {parts}", flush=True)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for pth in paths:
+            os.symlink(pth, os.path.join(tmp, os.path.basename(pth)))
+        print(f"\nwhole runs (start-up included), {len(paths)} photos")
+        if os.path.isfile(INSIGHTFACE + "-0000.params"):
+            t = time.perf_counter()
+            subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); import mxnet as mx; "
+                            "from utils.face import load_detector; load_detector(); "
+                            "mx.model.load_checkpoint(sys.argv[2], 0)", ROOT, INSIGHTFACE], check=True,
+                           stderr=subprocess.DEVNULL)
+            ref_start = time.perf_counter() - t
+            print(f"  reference      start-up {ref_start:5.2f} s   whole run {ref_start + ref_secs:6.2f} s "
+                  f"= {len(paths) / (ref_start + ref_secs):6.1f} photos/s", flush=True)
+        for engine in ("onnx", "mxnet"):
+            start = cli_seconds(["--image", paths[0], "--engine", engine])
+            whole = cli_seconds(["--image", tmp, "--engine", engine])
+            print(f"  infer.py --engine {engine:<6} start-up (one photo) {start:5.2f} s   whole run {whole:6.2f} s "
+                  f"= {len(paths) / whole:6.1f} photos/s", flush=True)
 
 
 if __name__ == "__main__":

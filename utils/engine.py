@@ -81,6 +81,8 @@ class OnnxEngine(Engine):
         opts.intra_op_num_threads = max(0, threads)
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
+        # no busy-waiting between runs: the net shares the cores with the detector's threads
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers: list = ["CPUExecutionProvider"]
         ids = [g.strip() for g in gpus.split(",") if g.strip()]
         if ids:

@@ -57,6 +57,7 @@ def _session_options(threads: int):
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # other threads need the cores
     return opts
 
 
