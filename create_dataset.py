@@ -7,13 +7,14 @@ import argparse
 import os
 import sys
 
+from utils.cli import ArgumentParser, number, COUNT, NON_NEGATIVE_INT, PROBABILITY, RATIO
 from utils.errors import UserError, run_cli
 from utils.pack import FaceSettings, pack_dataset, summary_table, unique_source_names
 from utils.sources import parse_afad, parse_agedb, parse_list, parse_megaage, parse_utkface
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__,
+    p = ArgumentParser(description=__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     src = p.add_argument_group("sources (any combination, at least one)")
     src.add_argument("--afad", metavar="DIR", help="AFAD root: DIR/<age>/<111|112>/<name>.jpg")
@@ -26,24 +27,24 @@ def build_parser() -> argparse.ArgumentParser:
     out = p.add_argument_group("output")
     out.add_argument("--output", default="dataset", metavar="DIR",
                      help="where train/val .rec/.idx/.lst, meta.json and skipped.csv go")
-    out.add_argument("--image-size", type=int, default=112, help="side of the stored face (multiple of 112)")
-    out.add_argument("--quality", type=int, default=95, help="JPEG quality of the stored faces (1-100)")
+    out.add_argument("--image-size", type=COUNT, default=112, help="side of the stored face (multiple of 112)")
+    out.add_argument("--quality", type=number(int, 1, 100), default=95, help="JPEG quality of the stored faces (1-100)")
     face = p.add_argument_group("faces")
     face.add_argument("--align", choices=("retinaface", "none"), default="retinaface",
                       help="retinaface: detect + 5-point align; none: inputs are aligned crops, resize only")
     face.add_argument("--no-face", choices=("skip", "center"), default="skip",
                       help="what to do when no face is found: skip it, or store a centre crop")
-    face.add_argument("--det-thresh", type=float, default=0.5, help="minimum detector score")
+    face.add_argument("--det-thresh", type=PROBABILITY, default=0.5, help="minimum detector score")
     face.add_argument("--det-model", metavar="ONNX", default=None,
                       help="an InsightFace ONNX detector (e.g. det_500m.onnx) instead of the bundled RetinaFace")
-    face.add_argument("--det-max-size", type=int, default=640,
+    face.add_argument("--det-max-size", type=NON_NEGATIVE_INT, default=640,
                       help="larger images are scaled down to this longest side for detection")
     spl = p.add_argument_group("splits")
-    spl.add_argument("--val-ratio", type=float, default=0.05, help="share of each source put in val (0 = all train)")
-    spl.add_argument("--seed", type=int, default=0, help="seed of the train/val draw")
+    spl.add_argument("--val-ratio", type=RATIO, default=0.05, help="share of each source put in val (0 = all train)")
+    spl.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="seed of the train/val draw")
     spl.add_argument("--megaage-split", choices=("random", "official"), default="random",
                      help="official: MegaAge's own test list becomes val")
-    p.add_argument("--workers", type=int, default=0, help="worker processes (0 = all cores)")
+    p.add_argument("--workers", type=NON_NEGATIVE_INT, default=0, help="worker processes (0 = all cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 

@@ -8,11 +8,12 @@ import os
 
 from utils.age import AGE_DECODINGS, DEFAULT_DECODE
 from utils.engine import ENGINES
+from utils.cli import BATCH, COUNT, ArgumentParser
 from utils.errors import UserError, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--model", default=None,
                    help="a .onnx file, or PREFIX,EPOCH (PREFIX: its newest epoch); default: the bundled model")
     p.add_argument("--engine", choices=ENGINES, default=None,
@@ -21,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--data-dir", "--data_dir", default=None, help="folder whose val.rec is evaluated")
     src.add_argument("--rec", default=None, help="a packed .rec file to evaluate")
-    p.add_argument("--batch-size", "--batch_size", type=int, default=256, help="faces per batch")
+    p.add_argument("--batch-size", "--batch_size", type=BATCH, default=256, help="faces per batch")
     p.add_argument("--gpus", default="", help="GPU ids such as 0,1 (empty = CPU)")
     p.add_argument("--age-decode", choices=AGE_DECODINGS, default=DEFAULT_DECODE,
                    help="prob: sum of P(age > k); vote: sum of the pairs' argmax; median: where P(age > k) "
@@ -29,15 +30,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flip", action="store_true", help="average each face with its mirror image")
     p.add_argument("--json", metavar="FILE", help="write every number to this JSON file")
     p.add_argument("--plot", metavar="FILE", help="save MAE by age, predicted vs true age, gender confusion (PNG)")
-    p.add_argument("--num-workers", type=int, default=2, help="image decoding threads")
+    p.add_argument("--num-workers", type=COUNT, default=2, help="image decoding threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 
 def main() -> int:
     args = build_parser().parse_args()
-    if args.batch_size < 1:
-        raise UserError("--batch-size must be at least 1")
     rec = args.rec or os.path.join(args.data_dir or "dataset", "val.rec")
 
     from utils.engine import load_engine

@@ -10,11 +10,12 @@ import sys
 
 from utils.age import AGE_DECODINGS, DEFAULT_DECODE
 from utils.engine import ENGINES
+from utils.cli import ArgumentParser, BATCH, NON_NEGATIVE_INT, PROBABILITY, NON_NEGATIVE
 from utils.errors import UserError, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--image", nargs="+", required=True, metavar="PATH",
                    help="image files, folders or globs (JPEG, PNG, BMP, WebP)")
     p.add_argument("--model", default=None,
@@ -24,17 +25,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "PREFIX,EPOCH; onnx with PREFIX,EPOCH exports it in memory)")
     p.add_argument("--det-model", metavar="ONNX", default=None,
                    help="an InsightFace ONNX detector (e.g. det_500m.onnx) instead of the bundled RetinaFace")
-    p.add_argument("--det-thresh", type=float, default=0.8, help="minimum detector score")
-    p.add_argument("--max-size", type=int, default=1280,
+    p.add_argument("--det-thresh", type=PROBABILITY, default=0.8, help="minimum detector score")
+    p.add_argument("--max-size", type=NON_NEGATIVE_INT, default=1280,
                    help="images are scaled down to this longest side for detection (boxes mapped back)")
-    p.add_argument("--min-face", type=float, default=0, help="ignore faces whose box is smaller (pixels)")
+    p.add_argument("--min-face", type=NON_NEGATIVE, default=0, help="ignore faces whose box is smaller (pixels)")
     p.add_argument("--age-decode", choices=AGE_DECODINGS, default=DEFAULT_DECODE,
                    help="prob: sum of P(age > k); vote: sum of the pairs' argmax; median: where P(age > k) "
                         "crosses 1/2")
     p.add_argument("--flip", action="store_true", help="average each face with its mirror image")
     p.add_argument("--gpus", default="", help="GPU ids such as 0,1 for the attribute net (empty = CPU); the "
                                               "onnx engine needs onnxruntime-gpu and uses the first")
-    p.add_argument("--batch-size", type=int, default=256, help="faces per forward pass")
+    p.add_argument("--batch-size", type=BATCH, default=256, help="faces per forward pass")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of text lines")
     p.add_argument("--output", metavar="FILE",
                    help="annotated image (several images: a folder, one annotated file per image)")
@@ -50,8 +51,6 @@ def main() -> int:
     if args.show and sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or
                                                                os.environ.get("WAYLAND_DISPLAY")):
         raise UserError("--show needs a display (DISPLAY is not set); use --output FILE instead")
-    if args.batch_size < 1:
-        raise UserError("--batch-size must be at least 1")
     paths = find_images(args.image)
     analyzer = FaceAnalyzer.from_options(args.model, args.engine, args.det_model, args.det_thresh, args.max_size,
                                          args.gpus, det_threads=1, net_threads=1, age_decode=args.age_decode, min_face=args.min_face,

@@ -6,11 +6,12 @@ from __future__ import annotations
 import argparse
 
 from utils.distribution import load_labels, plot_histogram, summarize
+from utils.cli import ArgumentParser
 from utils.errors import UserError, run_cli
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("input", help="a .rec (source names from meta.json beside it), a .lst, or a path,gender,age list")
     p.add_argument("--output", default="age_distribution.png", help="where the PNG goes")
     args = p.parse_args()

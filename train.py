@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 
+from utils.cli import ArgumentParser, number, COUNT, BATCH, NON_NEGATIVE_INT, PROBABILITY, POSITIVE, NON_NEGATIVE
 from utils.errors import UserError, run_cli
 
 
@@ -18,21 +19,21 @@ def _add(p: argparse._ActionsContainer, flag: str, **kwargs) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(description=__doc__)
     d = p.add_argument_group("data")
     _add(d, "--data-dir", default="dataset", help="folder with train.rec/.idx (and val.rec/.idx) from create_dataset.py")
-    _add(d, "--num-workers", type=int, default=2, help="image decoding threads")
+    _add(d, "--num-workers", type=COUNT, default=2, help="image decoding threads")
     _add(d, "--rand-mirror", type=int, default=1, choices=(0, 1), help="random horizontal flips")
-    _add(d, "--color", type=float, default=0.0, help="colour jitter strength (brightness, contrast, saturation)")
-    _add(d, "--cutoff", type=int, default=0, help="random-erasing square side in pixels (0 = off)")
-    _add(d, "--rotate", type=float, default=0.0, help="random rotation of the aligned face, max degrees")
-    _add(d, "--scale", type=float, default=0.0, help="random scale of the aligned face, max relative change")
-    _add(d, "--shift", type=int, default=0, help="random shift of the aligned face, max pixels")
-    _add(d, "--gray", type=float, default=0.0, help="share of the faces turned greyscale")
-    _add(d, "--blur", type=float, default=0.0, help="share of the faces blurred (down- and up-scaled)")
+    _add(d, "--color", type=number(float, 0, 1), default=0.0, help="colour jitter strength (brightness, contrast, saturation)")
+    _add(d, "--cutoff", type=number(int, 0, 112), default=0, help="random-erasing square side in pixels (0 = off)")
+    _add(d, "--rotate", type=number(float, 0, 90), default=0.0, help="random rotation of the aligned face, max degrees")
+    _add(d, "--scale", type=number(float, 0, 0.5), default=0.0, help="random scale of the aligned face, max relative change")
+    _add(d, "--shift", type=number(int, 0, 56), default=0, help="random shift of the aligned face, max pixels")
+    _add(d, "--gray", type=PROBABILITY, default=0.0, help="share of the faces turned greyscale")
+    _add(d, "--blur", type=PROBABILITY, default=0.0, help="share of the faces blurred (down- and up-scaled)")
     n = p.add_argument_group("network")
     _add(n, "--network", default="m50", help="m50 (MobileNet v1) or r18/r34/r50/r100 (face ResNet)")
-    _add(n, "--multiplier", type=float, default=1.0, help="MobileNet width (0.25 / 0.5 for CPUs)")
+    _add(n, "--multiplier", type=POSITIVE, default=1.0, help="MobileNet width (0.25 / 0.5 for CPUs)")
     _add(n, "--version-input", type=int, default=1, choices=(0, 1), help="1: stride-1 first conv; 0: stride 2")
     _add(n, "--version-output", default="GAP", help="output head (GAP)")
     _add(n, "--use-se", action="store_true", help="squeeze-and-excitation in ResNet units")
@@ -40,32 +41,32 @@ def build_parser() -> argparse.ArgumentParser:
     _add(c, "--prefix", default="models/model", help="checkpoint prefix: PREFIX-symbol.json, PREFIX-%%04d.params")
     _add(c, "--pretrained", default="", help="PREFIX,EPOCH of a checkpoint to start from (ours or InsightFace's)")
     _add(c, "--resume", action="store_true", help="continue from the newest PREFIX-%%04d.params")
-    _add(c, "--save-every", type=int, default=1, help="save a checkpoint every N epochs")
+    _add(c, "--save-every", type=COUNT, default=1, help="save a checkpoint every N epochs")
     o = p.add_argument_group("optimisation")
-    _add(o, "--end-epoch", type=int, default=30, help="train until this many epochs are done")
-    _add(o, "--lr", type=float, default=0.1, help="learning rate (SGD)")
+    _add(o, "--end-epoch", type=COUNT, default=30, help="train until this many epochs are done")
+    _add(o, "--lr", type=POSITIVE, default=0.1, help="learning rate (SGD)")
     _add(o, "--lr-steps", default="", help="epochs at which the lr is multiplied by --lr-factor, e.g. 10,20")
-    _add(o, "--lr-factor", type=float, default=0.1, help="lr multiplier at each step")
-    _add(o, "--gender-weight", type=float, default=1.0,
+    _add(o, "--lr-factor", type=number(float, 0, 1, lo_open=True), default=0.1, help="lr multiplier at each step")
+    _add(o, "--gender-weight", type=NON_NEGATIVE, default=1.0,
          help="weight of the gender loss against the sum of the 100 age losses")
-    _add(o, "--age-sigma", type=float, default=0.0,
+    _add(o, "--age-sigma", type=number(float, 0, 30), default=0.0,
          help="soft age targets: label noise in years (0 = hard 0/1 steps)")
-    _add(o, "--gender-smooth", type=float, default=0.0, help="label smoothing of the gender targets")
-    _add(o, "--age-balance", type=float, default=0.0,
+    _add(o, "--gender-smooth", type=number(float, 0, 1, hi_open=True), default=0.0, help="label smoothing of the gender targets")
+    _add(o, "--age-balance", type=number(float, 0, 2), default=0.0,
          help="re-weight the age loss by 10-year band frequency ** -this (0 = off, 1 = fully balanced)")
     _add(o, "--lr-schedule", choices=("step", "cosine"), default="step",
          help="step: x --lr-factor at --lr-steps; cosine: down to 0 at --end-epoch")
-    _add(o, "--warmup-epochs", type=float, default=0.0, help="linear lr warm-up over this many epochs")
-    _add(o, "--wd", type=float, default=5e-4, help="weight decay")
-    _add(o, "--mom", type=float, default=0.9, help="momentum")
-    _add(o, "--batch-size", type=int, default=128, help="batch size per context (global = this x contexts)")
-    _add(o, "--seed", type=int, default=0, help="seed of initialisation, shuffling and augmentation")
-    _add(o, "--max-steps", type=int, default=0, help="stop after this many batches (0 = no limit)")
+    _add(o, "--warmup-epochs", type=NON_NEGATIVE, default=0.0, help="linear lr warm-up over this many epochs")
+    _add(o, "--wd", type=NON_NEGATIVE, default=5e-4, help="weight decay")
+    _add(o, "--mom", type=number(float, 0, 1, hi_open=True), default=0.9, help="momentum")
+    _add(o, "--batch-size", type=BATCH, default=128, help="batch size per context (global = this x contexts)")
+    _add(o, "--seed", type=NON_NEGATIVE_INT, default=0, help="seed of initialisation, shuffling and augmentation")
+    _add(o, "--max-steps", type=NON_NEGATIVE_INT, default=0, help="stop after this many batches (0 = no limit)")
     r = p.add_argument_group("hardware and logging")
     _add(r, "--gpus", default="", help="GPU ids such as 0,1 (empty = CPU)")
     p.add_argument("--gpu_ids", dest="gpus", help=argparse.SUPPRESS)  # the ancestor's name
     _add(r, "--kvstore", default="device", help="local, device, dist_sync, dist_device_sync")
-    _add(r, "--log-interval", type=int, default=20, help="log every N batches")
+    _add(r, "--log-interval", type=COUNT, default=20, help="log every N batches")
     _add(r, "--age-decode", choices=("prob", "vote"), default="prob", help="age decoding for the metrics")
     return p
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 import re
 import signal
@@ -210,7 +211,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(packed_demo, tmp_path
     assert open(str(tmp_path / "m-0001.params"), "rb").read() == good
 
 
-def test_ctrl_c_saves_a_checkpoint_then_exits(packed_demo, tmp_path):
+@pytest.mark.parametrize("sig,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_saves_a_checkpoint_then_exits(packed_demo, tmp_path, sig, status):
     data_dir, _ = packed_demo
     prefix = str(tmp_path / "m")
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), "--data-dir", data_dir, "--prefix", prefix,
@@ -221,13 +223,44 @@ def test_ctrl_c_saves_a_checkpoint_then_exits(packed_demo, tmp_path):
         for line in proc.stdout:  # wait until training runs
             if "Batch [" in line:
                 break
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         out, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
-    assert proc.returncode == 130, err
+    assert proc.returncode == status, err
+    assert err.strip().splitlines()[-1] == ("interrupted" if status == 130 else "terminated")
     assert "interrupted: saved" in out and "--resume" in out
-    assert checkpoint_epochs(prefix), "no checkpoint written on Ctrl-C"
+    assert checkpoint_epochs(prefix + "-interrupted") == [0], "no checkpoint written on Ctrl-C"
+    assert not checkpoint_epochs(prefix)  # no completed epoch is claimed
+
+
+def test_interrupt_never_rewrites_a_completed_epoch_and_resume_continues_from_it(packed_demo, tmp_path):
+    data_dir, _ = packed_demo
+    prefix = str(tmp_path / "m")
+    cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--data-dir", data_dir, "--prefix", prefix,
+           "--multiplier", "0.25", "--version-input", "0", "--batch-size", "4", "--log-interval", "1"]
+    proc = subprocess.Popen(cmd + ["--end-epoch", "100000"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        seen = 0
+        for line in proc.stdout:  # past epoch 1's checkpoint, into epoch 2
+            seen += "Epoch[1] Batch [" in line
+            if seen == 2:
+                break
+        digest = hashlib.sha1(open(f"{prefix}-0001.params", "rb").read()).hexdigest()
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    assert hashlib.sha1(open(f"{prefix}-0001.params", "rb").read()).hexdigest() == digest
+    assert checkpoint_epochs(prefix) == [1] and checkpoint_epochs(prefix + "-interrupted") == [1]
+    resumed = subprocess.run(cmd + ["--end-epoch", "2", "--resume"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed from {prefix}-interrupted-0001.params" in resumed.stdout
+    assert "optimizer state restored" in resumed.stdout
+    assert checkpoint_epochs(prefix) == [1, 2]
 
 
 def test_dist_sync_loopback_workers_end_with_identical_parameters(packed_demo, tmp_path):

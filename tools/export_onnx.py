@@ -16,11 +16,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from utils.cli import ArgumentParser  # noqa: E402
 from utils.errors import UserError, run_cli, short_reason  # noqa: E402
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="PREFIX,EPOCH (or PREFIX for its newest epoch)")
     p.add_argument("output", help="the .onnx file to write")
     args = p.parse_args()

@@ -12,17 +12,18 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from utils.cli import ArgumentParser, number, COUNT, POSITIVE  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
 from utils.launch import launch  # noqa: E402
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-n", "--num-workers", type=int, required=True, help="worker processes")
-    p.add_argument("-s", "--num-servers", type=int, default=1, help="server processes")
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-n", "--num-workers", type=COUNT, required=True, help="worker processes")
+    p.add_argument("-s", "--num-servers", type=COUNT, default=1, help="server processes")
     p.add_argument("-H", "--hostfile", help="one ssh host per line; scheduler on the first (default: all here)")
-    p.add_argument("--port", type=int, default=0, help="scheduler port (default: a free one)")
-    p.add_argument("--timeout", type=float, default=None, help="stop everything after this many seconds")
+    p.add_argument("--port", type=number(int, 0, 65535), default=0, help="scheduler port (default: a free one)")
+    p.add_argument("--timeout", type=POSITIVE, default=None, help="stop everything after this many seconds")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- then the worker command")
     args = p.parse_args()
     command = args.command[1:] if args.command[:1] == ["--"] else args.command

@@ -13,19 +13,20 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from utils.cli import ArgumentParser, number, NON_NEGATIVE_INT, POSITIVE  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", help="PREFIX,EPOCH of the narrow checkpoint (ours or InsightFace's)")
     p.add_argument("output", help="prefix of the widened checkpoint (written as OUTPUT-0000.params)")
     p.add_argument("--network", default="m50", help="network of both checkpoints")
-    p.add_argument("--from-multiplier", type=float, default=0.25, help="width of the source")
-    p.add_argument("--multiplier", type=float, default=0.5, help="width of the result (a whole multiple)")
+    p.add_argument("--from-multiplier", type=POSITIVE, default=0.25, help="width of the source")
+    p.add_argument("--multiplier", type=POSITIVE, default=0.5, help="width of the result (a whole multiple)")
     p.add_argument("--version-input", type=int, default=1, choices=(0, 1))
-    p.add_argument("--noise", type=float, default=0.05, help="relative jitter of the split weights")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--noise", type=number(float, 0, 0.5), default=0.05, help="relative jitter of the split weights")
+    p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0)
     args = p.parse_args()
 
     import mxnet as mx

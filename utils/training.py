@@ -7,6 +7,8 @@ import io
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -19,7 +21,7 @@ from utils.age import age_gender_loss, decode
 from utils.atomic import tmp_name, write_atomic
 from utils.data import Augment, check_rec, degrade, eval_batches, random_erase, record_iter, to_numpy_labels
 from utils.devices import contexts
-from utils.errors import UserError
+from utils.errors import Terminated, UserError
 from utils.metrics import AgeGenderMetric
 from utils.predict import forward_split
 
@@ -152,6 +154,7 @@ class Fit:
         if cfg.resume and self.begin_epoch > 0:
             self._load_states()
         self.step = 0
+        self._stop: StopOnSignal | None = None
         self._eval_iters: dict[str, mx.io.DataIter] = {}
 
     # --- set-up -------------------------------------------------------------------------------------------
@@ -179,9 +182,9 @@ class Fit:
         net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="out", magnitude=2), ctx=self.ctx)
         with autograd.predict_mode():
             net(mx.nd.zeros((1, 3, 112, 112), ctx=self.ctx[0]))  # settle deferred shapes
-        if c.resume and checkpoint_epochs(c.prefix):
-            epoch = checkpoint_epochs(c.prefix)[-1]
-            report = load_weights(net, c.prefix, epoch)
+        if c.resume and (checkpoint_epochs(c.prefix) or checkpoint_epochs(interrupted_prefix(c.prefix))):
+            epoch, source = self._resume_point()
+            report = load_weights(net, source, epoch)
             if report.mismatched or report.missing or report.by_order:
                 raise UserError(f"--resume: {c.prefix}-{epoch:04d}.params is not a checkpoint of this network "
                                 f"({report}); use the same --network/--multiplier/--version-input")
@@ -189,7 +192,7 @@ class Fit:
             self.history = read_history(history_path(c.prefix), before=epoch)
             scores = [val_score(r) for r in self.history if r.get("val_mae") == r.get("val_mae")]
             self.best_score = min(scores) if scores else math.inf
-            log.info("resumed from %s-%04d.params: continuing at epoch %d", c.prefix, epoch, epoch)
+            log.info("resumed from %s-%04d.params: continuing at epoch %d", source, epoch, epoch)
         elif c.resume:
             log.info("--resume: no checkpoint %s-NNNN.params yet, starting from scratch", c.prefix)
         if c.pretrained and self.begin_epoch == 0:
@@ -203,11 +206,21 @@ class Fit:
             log.info("pretrained %s,%d: %s", prefix, epoch, report)
         net.hybridize(static_alloc=True, static_shape=True)
 
-    def _states_path(self, epoch: int) -> str:
-        return f"{self.cfg.prefix}-{epoch:04d}.states"
+    def _resume_point(self) -> tuple[int, str]:
+        """(completed epochs, checkpoint prefix) to resume from: the newest completed epoch, or the state
+        saved when the epoch after it was interrupted."""
+        done = checkpoint_epochs(self.cfg.prefix)
+        last = done[-1] if done else 0
+        partial = checkpoint_epochs(interrupted_prefix(self.cfg.prefix))
+        if partial and partial[-1] >= last:
+            return partial[-1], interrupted_prefix(self.cfg.prefix)
+        return last, self.cfg.prefix
+
+    def _states_path(self, epoch: int, prefix: str | None = None) -> str:
+        return f"{prefix or self.cfg.prefix}-{epoch:04d}.states"
 
     def _load_states(self) -> None:
-        path = self._states_path(self.begin_epoch)
+        path = self._states_path(*self._resume_point())
         if os.path.isfile(path):
             self.trainer.load_states(path)
             self.trainer.set_learning_rate(lr_at(self.cfg, self.begin_epoch))
@@ -286,15 +299,22 @@ class Fit:
                  self.workers)
         row: dict = {}
         epoch = self.begin_epoch
-        try:
+        done = self.begin_epoch  # completed epochs
+        with StopOnSignal() as stop:
+            self._stop = stop
             for epoch in range(self.begin_epoch, c.end_epoch):
                 row = self._epoch(epoch, train_iter)
-                if row.get("stopped"):
+                done = epoch if row.get("interrupted") else epoch + 1
+                if row.get("stopped") or stop.signal:
                     break
-        except KeyboardInterrupt:
-            path = self._save(epoch)
-            log.info("interrupted: saved %s; continue with --resume", path)
-            raise
+            if stop.signal:
+                # checked between batches: the signal never lands inside MXNet, the iterator or a save
+                if self.rank == 0:
+                    path = self._save_interrupted(done)
+                    log.info("interrupted: saved %s (%d epochs completed); continue with --resume", path, done)
+                del train_iter
+                mx.nd.waitall()
+                raise stop.exception()
         log.info("final parameters sha1 (worker %d): %s", self.rank, params_digest(self.net))
         return row
 
@@ -335,9 +355,13 @@ class Fit:
             if c.max_steps and self.step >= c.max_steps:
                 stopped = True
                 break
+            if self._stop is not None and self._stop.signal:
+                return {"stopped": True, "interrupted": True}
         m = metric.get()
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / max(1, rows), "train_acc": m["acc"],
                "train_mae": m["mae"], "train_cs5": m["cs5"]}
+        if self.rank == 0 and (stopped or (epoch + 1) % c.save_every == 0 or epoch + 1 == c.end_epoch):
+            log.info("saved %s", self._save(epoch + 1))  # before validation: a bad val.rec costs no epoch
         if self.has_val:
             v = self.evaluate(self.val_rec)
             row.update(val_loss=v["loss"], val_acc=v["acc"], val_mae=v["mae"], val_cs3=v["cs3"], val_cs5=v["cs5"])
@@ -348,8 +372,6 @@ class Fit:
                  epoch, m["acc"], m["mae"], m["cs5"], row["train_loss"], lr, row["time_s"])
         self.history.append(row)
         if self.rank == 0:
-            if stopped or (epoch + 1) % c.save_every == 0 or epoch + 1 == c.end_epoch:
-                log.info("saved %s", self._save(epoch + 1))
             if self.has_val and val_score(row) < self.best_score:
                 self.best_score = val_score(row)
                 self._save_best(epoch + 1)
@@ -361,12 +383,24 @@ class Fit:
     # --- checkpoints ----------------------------------------------------------------------------------------
     def _save(self, epoch: int) -> str:
         path = save_checkpoint(self.net, self.cfg.prefix, epoch)
+        self._save_states(self._states_path(epoch))
+        return path
+
+    def _save_states(self, states: str) -> None:
         try:
-            states = self._states_path(epoch)
             self.trainer.save_states(tmp_name(states))
             os.replace(tmp_name(states), states)
         except (AssertionError, mx.base.MXNetError):  # optimizer state held by dist servers
             pass
+
+    def _save_interrupted(self, done: int) -> str:
+        """The weights and optimizer state of an unfinished epoch, after `done` completed ones, under a name
+        of their own (`P-interrupted-%04d`): a completed epoch's files are never rewritten."""
+        prefix = interrupted_prefix(self.cfg.prefix)
+        for e in checkpoint_epochs(prefix):
+            os.remove(f"{prefix}-{e:04d}.params")
+        path = save_checkpoint(self.net, prefix, done)
+        self._save_states(f"{prefix}-{done:04d}.states")
         return path
 
     def _save_best(self, epoch: int) -> None:
@@ -377,6 +411,40 @@ class Fit:
             if e != epoch:
                 os.remove(f"{best}-{e:04d}.params")
         log.info("best val score so far %.4f (MAE + 20 x gender error): saved %s", self.best_score, path)
+
+
+def interrupted_prefix(prefix: str) -> str:
+    return f"{prefix}-interrupted"
+
+
+class StopOnSignal:
+    """While active, the first Ctrl-C (SIGINT) or SIGTERM only sets `signal`; the training loop looks at it
+    between batches, saves, and stops. Raising at the moment the signal arrives could land inside MXNet,
+    the record iterator's prefetching or a checkpoint write. A second signal interrupts at once."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._old: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signal is not None:
+            raise self.exception(signum)
+        self.signal = signum
+        log.info("%s received: stopping after this batch (send it again to stop at once)",
+                 "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C")
+
+    def exception(self, signum: int | None = None) -> KeyboardInterrupt:
+        return Terminated() if (signum or self.signal) == signal.SIGTERM else KeyboardInterrupt()
+
+    def __enter__(self) -> "StopOnSignal":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 def history_path(prefix: str) -> str:
