@@ -9,9 +9,10 @@ import os
 import sys
 
 from utils.age import AGE_DECODINGS, DEFAULT_DECODE
+from utils.cli import BATCH, NON_NEGATIVE, NON_NEGATIVE_INT, PROBABILITY, ArgumentParser
 from utils.engine import ENGINES
-from utils.cli import ArgumentParser, BATCH, NON_NEGATIVE_INT, PROBABILITY, NON_NEGATIVE
 from utils.errors import UserError, run_cli
+from utils.image import MAX_PIXELS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,50 +37,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus", default="", help="GPU ids such as 0,1 for the attribute net (empty = CPU); the "
                                               "onnx engine needs onnxruntime-gpu and uses the first")
     p.add_argument("--batch-size", type=BATCH, default=256, help="faces per forward pass")
+    p.add_argument("--max-pixels", type=NON_NEGATIVE_INT, default=MAX_PIXELS,
+                   help="refuse images with more pixels (read from the header, before decoding; 0 = no limit)")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of text lines")
+    p.add_argument("--jsonl", metavar="FILE",
+                   help="also write JSON lines, one object per image, flushed as each image completes (- = stdout)")
     p.add_argument("--output", metavar="FILE",
-                   help="annotated image (several images: a folder, one annotated file per image)")
+                   help="annotated image (several images: a folder, as --output-dir)")
+    p.add_argument("--output-dir", metavar="DIR",
+                   help="annotated copies, one per image, written as each completes: DIR/<path relative to the "
+                        "inputs' common folder>_agegender.<ext>")
     p.add_argument("--show", action="store_true", help="also show the annotated image in a window")
+    p.epilog = ("exit status: 0 every image processed; 1 some images failed (each reported as 'error: PATH: "
+                "reason'); 2 usage error, or no image could be processed")
     return p
 
 
 def main() -> int:
     args = build_parser().parse_args()
     from utils.analyzer import FaceAnalyzer
-    from utils.inference import draw, dumps_json, find_images, format_lines, save_image, to_json
+    from utils.inference import Outputs, find_images
 
     if args.show and sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or
                                                                os.environ.get("WAYLAND_DISPLAY")):
         raise UserError("--show needs a display (DISPLAY is not set); use --output FILE instead")
-    paths = find_images(args.image)
+    paths, problems = find_images(args.image)
+    outputs = Outputs(paths, problems, text=not args.json, json_doc=args.json, jsonl=args.jsonl, output=args.output,
+                      output_dir=args.output_dir, show=args.show)  # checks every output before the work
     analyzer = FaceAnalyzer.from_options(args.model, args.engine, args.det_model, args.det_thresh, args.max_size,
-                                         args.gpus, det_threads=1, net_threads=1, age_decode=args.age_decode, min_face=args.min_face,
-                                         flip=args.flip, batch_size=args.batch_size)
-    results = list(analyzer.analyze_paths(paths, keep_images=bool(args.output or args.show)))
-
-    if args.json:
-        print(dumps_json([to_json(r) for r in results]))
-    else:
-        for r in results:
-            if len(results) > 1:
-                print(f"{r.path}:")
-            print("\n".join(format_lines(r)))
-    if args.output:
-        if len(results) == 1 and not os.path.isdir(args.output):
-            save_image(args.output, draw(results[0]))
-        else:
-            for r in results:
-                save_image(os.path.join(args.output, os.path.splitext(os.path.basename(r.path))[0] + ".jpg"), draw(r))
-    if args.show:
-        import cv2
-
-        try:
-            for r in results:
-                cv2.imshow(os.path.basename(r.path), draw(r))
-            cv2.waitKey(0)
-        except cv2.error:
-            raise UserError("--show cannot open a window here (no display?); use --output FILE") from None
-    return 0
+                                         args.gpus, det_threads=1, net_threads=1, age_decode=args.age_decode,
+                                         min_face=args.min_face, flip=args.flip, batch_size=args.batch_size,
+                                         max_pixels=args.max_pixels)
+    with outputs:
+        for result in analyzer.analyze_paths(paths, keep_images=outputs.draws):
+            outputs.add(result)
+    return outputs.exit_status()
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import mxnet as mx
 from mxnet import gluon
 
 from symbols.common import NUM_OUTPUTS, OUTPUT_NAME
-from utils.atomic import tmp_name
+from utils.atomic import atomic_path
 from symbols.mobilenet import MobileNet
 from symbols.resnet import UNITS, FaceResNet
 
@@ -53,10 +53,9 @@ def save_checkpoint(net: gluon.HybridBlock, prefix: str, epoch: int) -> str:
         os.makedirs(os.path.dirname(prefix), exist_ok=True)
     # the files mx.model.save_checkpoint writes, each through a temporary name
     params = f"{prefix}-{epoch:04d}.params"
-    sym.save(tmp_name(prefix + "-symbol.json"))
-    mx.nd.save(tmp_name(params), {**{f"arg:{k}": v for k, v in arg.items()}, **{f"aux:{k}": v for k, v in aux.items()}})
-    os.replace(tmp_name(prefix + "-symbol.json"), prefix + "-symbol.json")
-    os.replace(tmp_name(params), params)
+    with atomic_path(prefix + "-symbol.json") as tmp_sym, atomic_path(params) as tmp_params:
+        sym.save(tmp_sym)
+        mx.nd.save(tmp_params, {**{f"arg:{k}": v for k, v in arg.items()}, **{f"aux:{k}": v for k, v in aux.items()}})
     return params
 
 

@@ -22,9 +22,9 @@ import numpy as np
 
 from utils.age import DEFAULT_DECODE
 from utils.engine import Engine, load_engine
-from utils.errors import UserError
+from utils.errors import UserError, short_reason
 from utils.face import Detector, Face, align_face, load_detector
-from utils.image import ImageError, read_image
+from utils.image import MAX_PIXELS, ImageError, read_image
 
 
 @dataclass
@@ -36,8 +36,13 @@ class FaceResult:
     age: float = float("nan")
 
     @property
-    def gender(self) -> str:
-        return "male" if self.p_male >= 0.5 else "female"
+    def ok(self) -> bool:
+        """False when the model's output for this face was not finite (a broken model): no label then."""
+        return bool(np.isfinite(self.p_male) and np.isfinite(self.age))
+
+    @property
+    def gender(self) -> str | None:
+        return None if not self.ok else "male" if self.p_male >= 0.5 else "female"
 
     @property
     def box(self) -> np.ndarray:
@@ -57,14 +62,7 @@ class ImageResult:
     path: str
     image: np.ndarray | None  # RGB, orientation applied (None unless kept for drawing)
     faces: list[FaceResult] = field(default_factory=list)
-
-
-def load_image(path: str) -> np.ndarray:
-    """RGB uint8 (EXIF orientation applied, grey/RGBA/16-bit converted); UserError when unreadable."""
-    try:
-        return read_image(path)
-    except ImageError as exc:
-        raise UserError(f"cannot read {path}: {exc.reason.replace('_', ' ')}") from None
+    error: str | None = None  # why the image could not be read or analysed (then no faces)
 
 
 _TIMINGS_LOCK = threading.Lock()
@@ -74,9 +72,10 @@ class FaceAnalyzer:
     """A detector and an engine with the settings that turn a photo into labelled faces."""
 
     def __init__(self, detector: Detector, engine: Engine, age_decode: str = DEFAULT_DECODE, min_face: float = 0.0,
-                 flip: bool = False, batch_size: int = 256):
+                 flip: bool = False, batch_size: int = 256, max_pixels: int = MAX_PIXELS):
         self.detector, self.engine = detector, engine
         self.age_decode, self.min_face, self.flip, self.batch_size = age_decode, min_face, flip, batch_size
+        self.max_pixels = max_pixels
         self._lock = contextlib.nullcontext() if getattr(detector, "thread_safe", False) else threading.Lock()
 
     @classmethod
@@ -87,8 +86,10 @@ class FaceAnalyzer:
         (`utils.engine.load_engine`); `settings` are the constructor's keywords."""
         try:
             detector = load_detector(det_model, thresh=det_thresh, max_size=max_size, threads=det_threads)
-        except (FileNotFoundError, ValueError) as exc:
+        except FileNotFoundError as exc:
             raise UserError(str(exc)) from None
+        except Exception as exc:  # noqa: BLE001 -- insightface and onnxruntime raise their own types
+            raise UserError(f"cannot load detector {det_model}: {short_reason(exc)}") from None
         return cls(detector, load_engine(model, engine, gpus, net_threads), **settings)
 
     def detect(self, rgb: np.ndarray) -> tuple[list[Face], list[np.ndarray]]:
@@ -113,16 +114,25 @@ class FaceAnalyzer:
         return [FaceResult(f, float(p), float(a)) for f, p, a in zip(faces, p_male, age)]
 
     # --- many images --------------------------------------------------------------------------------------
-    def _prepare(self, path: str, timings: dict) -> tuple[np.ndarray, list[Face], list[np.ndarray]]:
+    def _prepare(self, path: str, timings: dict) -> tuple[np.ndarray | None, list[Face], list[np.ndarray], str | None]:
+        """(image, faces, crops, None), or (None, [], [], why) for a file that cannot be used."""
         t0 = time.perf_counter()
-        rgb = load_image(path)
+        try:
+            rgb = read_image(path, self.max_pixels)
+        except ImageError as exc:
+            return None, [], [], exc.describe()
+        except OSError as exc:  # unreadable: permissions, I/O errors
+            return None, [], [], exc.strerror or str(exc)
         t1 = time.perf_counter()
-        faces, crops = self.detect(rgb)
+        try:
+            faces, crops = self.detect(rgb)
+        except Exception as exc:  # noqa: BLE001 -- one image the detector cannot handle costs that image only
+            return None, [], [], f"detection failed: {short_reason(exc)}"
         t2 = time.perf_counter()
         with _TIMINGS_LOCK:  # summed over threads: CPU-side seconds; alignment is inside detect's share
             timings["read"] = timings.get("read", 0.0) + t1 - t0
             timings["detect+align"] = timings.get("detect+align", 0.0) + t2 - t1
-        return rgb, faces, crops
+        return rgb, faces, crops, None
 
     def _label_group(self, group: list[tuple[ImageResult, list[np.ndarray]]], timings: dict) -> list[ImageResult]:
         t0 = time.perf_counter()
@@ -138,7 +148,8 @@ class FaceAnalyzer:
 
     def analyze_paths(self, paths: Iterable[str], keep_images: bool = False, timings: dict | None = None,
                       threads: int = 0) -> Iterator[ImageResult]:
-        """Results of many image files, in input order, as they complete. Images are read, detected and
+        """Results of many image files, in input order, as they complete; a file that cannot be read or
+        analysed gives a result with `error` set and the run goes on. Images are read, detected and
         aligned on `threads` threads (0 = one per core), a bounded number ahead; their faces go to the
         engine in batches of `batch_size` on its own thread while the next images are detected.
         `keep_images`: keep each decoded image (for drawing). `timings` accumulates seconds per stage."""
@@ -160,9 +171,10 @@ class FaceAnalyzer:
             refill()
             while ahead:
                 path, fut = ahead.popleft()
-                rgb, faces, crops = fut.result()
+                rgb, faces, crops, error = fut.result()
                 refill()
-                group.append((ImageResult(path, rgb if keep_images else None, [FaceResult(f) for f in faces]), crops))
+                group.append((ImageResult(path, rgb if keep_images else None, [FaceResult(f) for f in faces], error),
+                              crops))
                 waiting += len(crops)
                 if waiting >= self.batch_size:
                     inflight.append(net.submit(self._label_group, group, t))
@@ -175,4 +187,4 @@ class FaceAnalyzer:
                 yield from inflight.popleft().result()
 
 
-__all__ = ["FaceAnalyzer", "FaceResult", "ImageResult", "load_image"]
+__all__ = ["FaceAnalyzer", "FaceResult", "ImageResult"]

@@ -103,7 +103,7 @@ def plot_histogram(labels: Labels, out_png: str, title: str = "") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from utils.atomic import tmp_name
+    from utils.atomic import save_figure
 
     names = sorted(set(labels.source)) or ["all"]
     top = int(max(100, np.ceil(labels.age.max()) if len(labels.age) else 100)) + 1
@@ -133,7 +133,5 @@ def plot_histogram(labels: Labels, out_png: str, title: str = "") -> None:
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    tmp = tmp_name(out_png)
-    fig.savefig(tmp, dpi=100, format="png")
+    save_figure(fig, out_png, dpi=100)
     plt.close(fig)
-    os.replace(tmp, out_png)

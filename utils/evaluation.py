@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from utils.age import DEFAULT_DECODE
-from utils.atomic import tmp_name, write_atomic
+from utils.atomic import save_figure, write_atomic
 from utils.data import check_rec, eval_batches, record_iter
 from utils.distribution import load_labels
 from utils.errors import UserError
@@ -144,12 +144,8 @@ def plot_predictions(pred: Predictions, path: str, title: str = "") -> None:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    if os.path.dirname(path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(tmp_name(path), "wb") as f:
-        fig.savefig(f, format="png", dpi=90)
+    save_figure(fig, path)
     plt.close(fig)
-    os.replace(tmp_name(path), path)
 
 
 __all__ = ["Predictions", "predict_rec", "report", "format_report", "write_json", "plot_predictions"]

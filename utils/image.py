@@ -6,6 +6,7 @@ colours of the source image.
 """
 from __future__ import annotations
 
+import io
 import os
 
 import cv2
@@ -16,6 +17,9 @@ MISSING = "missing_file"
 EMPTY = "empty_file"
 NOT_IMAGE = "not_image"
 TRUNCATED = "truncated"
+TOO_LARGE = "too_large"
+
+MAX_PIXELS = 50_000_000  # default limit on decoded pixels: real photos are under 50 MP (a 108 MP phone photo is not)
 
 
 class ImageError(Exception):
@@ -25,40 +29,76 @@ class ImageError(Exception):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason, self.detail = reason, detail
 
+    def describe(self) -> str:
+        """`truncated`, `too large: 30000x30000 ...`: the reason in words, with its detail."""
+        text = self.reason.replace("_", " ")
+        return f"{text}: {self.detail}" if self.detail else text
 
-def _looks_truncated(data: bytes) -> bool:
-    """True when a JPEG or PNG stream is cut short (libjpeg would pad it with grey silently)."""
+
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the image header, without decoding the pixels; None when the format is not
+    recognised (OpenCV may still decode it)."""
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = None  # our own limit applies, before anything is decoded
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.size
+    except Exception:  # noqa: BLE001 -- Pillow raises assorted errors on unknown or broken headers
+        return None
+
+
+def _ends_early(data: bytes) -> bool:
+    """True when a JPEG or PNG stream has no end marker where one is expected: either cut short (libjpeg
+    would pad it with grey silently), or followed by other data (phone 'motion photos' append a video).
+    Only a full decode tells the two apart (`_decodes_completely`)."""
     if data[:2] == b"\xff\xd8":
-        # JPEG: the EOI marker must be near the end (some writers append a little padding after it).
         return b"\xff\xd9" not in data[-4096:]
     if data[:8] == b"\x89PNG\r\n\x1a\n":
         return b"IEND" not in data[-64:]
     return False
 
 
-def decode_image(data: bytes) -> np.ndarray:
+def _decodes_completely(data: bytes) -> bool:
+    """Whether Pillow decodes the whole stream without running out of data."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+        return True
+    except Exception:  # noqa: BLE001 -- "image file is truncated" and relatives
+        return False
+
+
+def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode image bytes (JPEG, PNG, BMP, WebP, ...) to an RGB uint8 (H, W, 3) array.
 
     Grayscale becomes 3 channels, alpha is dropped, 16-bit is scaled to 8-bit, and the EXIF
-    orientation of JPEGs is applied. Raises ImageError on empty, truncated or undecodable data.
+    orientation of JPEGs is applied. An image over `max_pixels` (0 = no limit) is refused from its
+    header, before decoding. Raises ImageError on empty, truncated, too large or undecodable data.
     """
     if not data:
         raise ImageError(EMPTY)
-    if _looks_truncated(data):
+    size = header_size(data)
+    if max_pixels and size and size[0] * size[1] > max_pixels:
+        raise ImageError(TOO_LARGE, f"{size[0]}x{size[1]} = {size[0] * size[1] / 1e6:.0f} MP, over the limit of "
+                                    f"{max_pixels / 1e6:g} MP (--max-pixels)")
+    if _ends_early(data) and not _decodes_completely(data):
         raise ImageError(TRUNCATED)
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if img is None or img.size == 0:
-        raise ImageError(NOT_IMAGE)
+        raise ImageError(TRUNCATED if size else NOT_IMAGE, "the header is readable, the pixels are not" if size else "")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
-def read_image(path: str) -> np.ndarray:
+def read_image(path: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Read an image file as RGB uint8; raises ImageError with a skip reason on failure."""
     if not os.path.isfile(path):
         raise ImageError(MISSING)
     with open(path, "rb") as f:
         data = f.read()
-    return decode_image(data)
+    return decode_image(data, max_pixels)
 
 
 def encode_jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:

@@ -7,6 +7,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import signal
 import sys
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -47,8 +48,11 @@ _worker_detector = None
 _worker_settings: FaceSettings | None = None
 
 
-def _init_worker(settings: FaceSettings, threads: int) -> None:
+def _init_worker(settings: FaceSettings, threads: int, in_pool: bool = False) -> None:
     global _worker_detector, _worker_settings
+    if in_pool:  # Ctrl-C reaches the whole process group: the parent alone stops the run and cleans up
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _worker_settings = settings
     _worker_detector = None
     if settings.align == "retinaface":
@@ -125,7 +129,7 @@ def pack_dataset(sources: list[Parsed], out_dir: str, settings: FaceSettings, va
     try:
         if workers > 1:
             # onnxruntime and OpenCV each get one thread per worker: processes, not threads, scale.
-            pool = mp.get_context("spawn").Pool(workers, _init_worker, (settings, 1))
+            pool = mp.get_context("spawn").Pool(workers, _init_worker, (settings, 1, True))
             run = lambda paths: pool.imap(_work, paths, chunksize=8)  # noqa: E731
         else:
             _init_worker(settings, 0)

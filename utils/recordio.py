@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from utils.atomic import tmp_name
+from utils.atomic import replace_with, temp_beside
 
 LABEL_WIDTH = 2  # [gender, age]
 GENDER, AGE = 0, 1  # positions in the label
@@ -79,7 +79,7 @@ class SplitWriter:
     """Writes one split's .rec/.idx/.lst under temporary names; `commit()` renames them into place.
 
     An interrupted run (exception, Ctrl-C, kill) never replaces a good `train.rec` with a partial one:
-    `abort()` (or simply not committing) leaves only `*.tmp` files behind.
+    `abort()` removes the temporary files (created exclusively, `.NAME.XXXX.tmp`).
     """
 
     def __init__(self, out_dir: str, split: str):
@@ -87,9 +87,9 @@ class SplitWriter:
 
         self.paths = split_paths(out_dir, split)
         self.count = 0
-        self._rec = mx.recordio.MXIndexedRecordIO(tmp_name(self.paths["idx"]),
-                                                  tmp_name(self.paths["rec"]), "w")
-        self._lst = open(tmp_name(self.paths["lst"]), "w", encoding="utf-8")
+        self._tmp = {k: temp_beside(p) for k, p in self.paths.items()}
+        self._rec = mx.recordio.MXIndexedRecordIO(self._tmp["idx"], self._tmp["rec"], "w")
+        self._lst = open(self._tmp["lst"], "w", encoding="utf-8")
 
     def write(self, jpeg: bytes, gender: int, age: float, source_id: int, source_path: str) -> int:
         """Append one face; returns its running index."""
@@ -108,12 +108,12 @@ class SplitWriter:
     def commit(self) -> None:
         """Close and rename the temporary files into place."""
         self._close()
-        for path in self.paths.values():
-            os.replace(tmp_name(path), path)
+        for key, path in self.paths.items():
+            replace_with(self._tmp[key], path)
 
     def abort(self) -> None:
         """Close and delete the temporary files; the files in place stay untouched."""
         self._close()
-        for path in self.paths.values():
-            if os.path.exists(tmp_name(path)):
-                os.remove(tmp_name(path))
+        for tmp in self._tmp.values():
+            if os.path.exists(tmp):
+                os.remove(tmp)

@@ -18,7 +18,7 @@ from mxnet import autograd, gluon
 
 from symbols import checkpoint_epochs, get_network, load_weights, parse_model_spec, save_checkpoint
 from utils.age import age_gender_loss, decode
-from utils.atomic import tmp_name, write_atomic
+from utils.atomic import atomic_path, save_figure, write_atomic
 from utils.data import Augment, check_rec, degrade, eval_batches, random_erase, record_iter, to_numpy_labels
 from utils.devices import contexts
 from utils.errors import Terminated, UserError
@@ -388,8 +388,8 @@ class Fit:
 
     def _save_states(self, states: str) -> None:
         try:
-            self.trainer.save_states(tmp_name(states))
-            os.replace(tmp_name(states), states)
+            with atomic_path(states) as tmp:
+                self.trainer.save_states(tmp)
         except (AssertionError, mx.base.MXNetError):  # optimizer state held by dist servers
             pass
 
@@ -492,10 +492,8 @@ def plot_history(path: str, rows: list[dict]) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    with open(tmp_name(path), "wb") as f:
-        fig.savefig(f, format="png", dpi=90)
+    save_figure(fig, path)
     plt.close(fig)
-    os.replace(tmp_name(path), path)
 
 
 __all__ = ["TrainConfig", "Fit", "lr_at", "val_score", "age_band_weights", "params_digest", "read_history", "write_history",
