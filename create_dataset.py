@@ -9,6 +9,7 @@ import sys
 
 from utils.cli import ArgumentParser, number, COUNT, NON_NEGATIVE_INT, PROBABILITY, RATIO
 from utils.errors import UserError, run_cli
+from utils.image import MAX_PIXELS
 from utils.pack import FaceSettings, pack_dataset, summary_table, unique_source_names
 from utils.sources import parse_afad, parse_agedb, parse_list, parse_megaage, parse_utkface
 
@@ -44,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     spl.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="seed of the train/val draw")
     spl.add_argument("--megaage-split", choices=("random", "official"), default="random",
                      help="official: MegaAge's own test list becomes val")
+    face.add_argument("--max-pixels", type=NON_NEGATIVE_INT, default=MAX_PIXELS,
+                      help="skip images with more pixels (reason too_large, read from the header; 0 = no limit)")
     p.add_argument("--workers", type=NON_NEGATIVE_INT, default=0, help="worker processes (0 = all cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
@@ -51,12 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main() -> int:
     args = build_parser().parse_args()
-    if args.image_size <= 0 or args.image_size % 112:
+    if args.image_size % 112:
         raise UserError(f"--image-size must be a positive multiple of 112, got {args.image_size}")
-    if not 1 <= args.quality <= 100:
-        raise UserError(f"--quality must be within 1..100, got {args.quality}")
-    if not 0.0 <= args.val_ratio < 1.0:
-        raise UserError(f"--val-ratio must be within [0, 1), got {args.val_ratio}")
     if args.det_model and not os.path.isfile(args.det_model):
         raise UserError(f"detector model not found: {args.det_model}")
 
@@ -76,7 +75,7 @@ def main() -> int:
 
     settings = FaceSettings(align=args.align, no_face=args.no_face, image_size=args.image_size,
                             quality=args.quality, det_thresh=args.det_thresh, det_model=args.det_model,
-                            det_max_size=args.det_max_size)
+                            det_max_size=args.det_max_size, max_pixels=args.max_pixels)
     try:
         result = pack_dataset(sources, args.output, settings, val_ratio=args.val_ratio, seed=args.seed,
                               workers=args.workers, progress=not args.no_progress)

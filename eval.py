@@ -39,8 +39,13 @@ def main() -> int:
     args = build_parser().parse_args()
     rec = args.rec or os.path.join(args.data_dir or "dataset", "val.rec")
 
+    from utils.atomic import check_writable
     from utils.engine import load_engine
     from utils.evaluation import format_report, plot_predictions, predict_rec, report, write_json
+
+    for path, flag in ((args.json, "--json"), (args.plot, "--plot")):
+        if path:
+            check_writable(path, flag)  # before the evaluation, not after it
 
     predictor = load_engine(args.model, args.engine, args.gpus)
     pred = predict_rec(predictor, rec, args.batch_size, args.age_decode, args.flip, not args.no_progress,

@@ -7,7 +7,8 @@ import argparse
 
 from utils.distribution import load_labels, plot_histogram, summarize
 from utils.cli import ArgumentParser
-from utils.errors import UserError, run_cli
+from utils.atomic import check_writable
+from utils.errors import UserError, run_cli, short_reason
 
 
 def main() -> int:
@@ -15,12 +16,17 @@ def main() -> int:
     p.add_argument("input", help="a .rec (source names from meta.json beside it), a .lst, or a path,gender,age list")
     p.add_argument("--output", default="age_distribution.png", help="where the PNG goes")
     args = p.parse_args()
+    if not args.input.lower().endswith((".rec", ".lst", ".csv", ".txt")):
+        raise UserError(f"{args.input} is not a .rec, .lst or path,gender,age list (.csv/.txt)")
+    check_writable(args.output, "--output")
     try:
         labels = load_labels(args.input)
     except (FileNotFoundError, ValueError) as exc:
         raise UserError(str(exc)) from None
-    except Exception as exc:  # MXNet raises its own error types on a damaged .rec
-        raise UserError(f"cannot read {args.input}: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # noqa: BLE001 -- MXNet raises its own error types on a damaged .rec
+        raise UserError(f"cannot read {args.input}: {short_reason(exc)}") from None
+    if not len(labels.age):
+        raise UserError(f"{args.input} holds no labelled faces")
     print(summarize(labels))
     plot_histogram(labels, args.output, title=args.input)
     print(f"saved {args.output}")

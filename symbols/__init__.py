@@ -85,6 +85,30 @@ def parse_model_spec(spec: str) -> tuple[str, int]:
     return prefix, epoch_n
 
 
+def read_checkpoint(prefix: str, epoch: int) -> tuple[mx.sym.Symbol, dict, dict]:
+    """`mx.model.load_checkpoint`, with a ValueError naming the file and the reason when one of the two
+    files is missing, truncated or not what it should be."""
+    from utils.errors import short_reason
+
+    files = (f"{prefix}-symbol.json", f"{prefix}-{epoch:04d}.params")
+    for path in files:
+        if not os.path.isfile(path):
+            raise ValueError(f"model file not found: {path}")
+    try:
+        sym = mx.sym.load(files[0])
+    except Exception as exc:  # noqa: BLE001 -- MXNet raises its own types with a C++ stack
+        raise ValueError(f"{files[0]} is not an MXNet symbol file: {short_reason(exc)}") from None
+    try:
+        saved = mx.nd.load(files[1])
+    except Exception as exc:  # noqa: BLE001
+        raise ValueError(f"{files[1]} cannot be read (truncated, or not a .params file): {short_reason(exc)}") from None
+    if not isinstance(saved, dict) or not all(k.startswith(("arg:", "aux:")) for k in saved):
+        raise ValueError(f"{files[1]} is not a checkpoint's parameter file (no arg:/aux: names)")
+    arg = {k[4:]: v for k, v in saved.items() if k.startswith("arg:")}
+    aux = {k[4:]: v for k, v in saved.items() if k.startswith("aux:")}
+    return sym, arg, aux
+
+
 @dataclass
 class TransferReport:
     """What `load_weights` did: parameters copied, re-initialised for a shape mismatch, not found."""
@@ -113,7 +137,7 @@ def load_weights(net: gluon.HybridBlock, prefix: str, epoch: int) -> TransferRep
     as InsightFace's MobileNet-0.25, which is our m50 x0.25 --version-input 1 layer for layer) they are
     matched by their order in the graph. A parameter whose shape differs keeps its initial value and
     is reported."""
-    sym, arg, aux = mx.model.load_checkpoint(prefix, epoch)
+    sym, arg, aux = read_checkpoint(prefix, epoch)
     theirs = sym.get_internals()[f"{OUTPUT_NAME}_output"] if f"{OUTPUT_NAME}_output" in \
         sym.get_internals().list_outputs() else sym
     ours_sym = to_symbol(net)
@@ -146,7 +170,7 @@ def load_weights(net: gluon.HybridBlock, prefix: str, epoch: int) -> TransferRep
 def load_model(prefix: str, epoch: int, ctx=None) -> gluon.SymbolBlock:
     """Load a checkpoint (ours or InsightFace's) as a Gluon block mapping data -> fc1_output (N,202)."""
     ctx = ctx or [mx.cpu()]
-    sym, arg, aux = mx.model.load_checkpoint(prefix, epoch)
+    sym, arg, aux = read_checkpoint(prefix, epoch)
     internals = sym.get_internals()
     if f"{OUTPUT_NAME}_output" not in internals.list_outputs():
         raise ValueError(f"{prefix}-symbol.json has no {OUTPUT_NAME}_output")
@@ -162,5 +186,5 @@ def load_model(prefix: str, epoch: int, ctx=None) -> gluon.SymbolBlock:
     return block
 
 
-__all__ = ["get_network", "save_checkpoint", "load_model", "load_weights", "checkpoint_epochs", "parse_model_spec",
+__all__ = ["get_network", "save_checkpoint", "read_checkpoint", "load_model", "load_weights", "checkpoint_epochs", "parse_model_spec",
            "to_symbol", "TransferReport", "NUM_OUTPUTS"]

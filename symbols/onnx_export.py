@@ -26,7 +26,9 @@ TOLERANCE = 1e-4  # max abs difference allowed between the MXNet and the onnxrun
 
 
 def _load(prefix: str, epoch: int) -> tuple[mx.sym.Symbol, dict]:
-    sym, arg, aux = mx.model.load_checkpoint(prefix, epoch)
+    from symbols import read_checkpoint
+
+    sym, arg, aux = read_checkpoint(prefix, epoch)
     internals = sym.get_internals()
     if OUTPUT not in internals.list_outputs():
         raise ValueError(f"{prefix}-symbol.json has no {OUTPUT}")

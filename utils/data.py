@@ -8,15 +8,21 @@ from dataclasses import dataclass
 import mxnet as mx
 import numpy as np
 
-from utils.errors import UserError
+from utils.errors import UserError, short_reason
 from utils.recordio import LABEL_WIDTH, unpack_record
 
 INPUT_SIZE = 112
 
 
+MAX_LABEL_AGE = 120
+
+
 def check_rec(rec_path: str, image_size: int = INPUT_SIZE) -> int:
-    """Check a packed `.rec` (its `.idx` beside it, [gender, age] labels, `image_size` faces) and return
-    its record count; raises UserError saying what is wrong."""
+    """Check every record of a packed `.rec` (its `.idx` beside it): a parsable [gender, age] label with
+    gender -1, 0 or 1 and a finite age in 0..120, and a decodable `image_size` face. Returns the record
+    count; raises UserError naming the first bad record (MXNet's iterator would crash on it mid-run)."""
+    import cv2
+
     idx_path = os.path.splitext(rec_path)[0] + ".idx"
     if not os.path.isfile(rec_path):
         raise UserError(f"record file not found: {rec_path} (pack one with create_dataset.py)")
@@ -25,28 +31,30 @@ def check_rec(rec_path: str, image_size: int = INPUT_SIZE) -> int:
     try:
         reader = mx.recordio.MXIndexedRecordIO(idx_path, rec_path, "r")
     except (mx.base.MXNetError, ValueError, OSError) as exc:
-        raise UserError(f"cannot open {rec_path}: {str(exc).splitlines()[0]}") from None
+        raise UserError(f"cannot open {rec_path}: {short_reason(exc)}") from None
     try:
         keys = reader.keys
         if not keys:
             raise UserError(f"{rec_path} holds no records")
-        for key in (keys[0], keys[-1]):  # first and last: catches truncation and foreign files
+        for n, key in enumerate(keys):
+            where = f"{rec_path}, record {n} (index key {key})"
             try:
                 raw = reader.read_idx(key)
-            except Exception:  # MXNet raises assorted errors on a corrupt file
-                raise UserError(f"{rec_path} is corrupt or does not match {idx_path} (record {key})") from None
+            except Exception:  # noqa: BLE001 -- MXNet raises assorted errors on a corrupt file
+                raise UserError(f"{where}: cannot be read; the .rec is corrupt or does not match {idx_path}") from None
             try:
                 rec = unpack_record(raw)
             except ValueError as exc:
-                raise UserError(f"{rec_path}: {exc}") from None
-            except Exception:
-                raise UserError(f"{rec_path} is corrupt (record {key} cannot be parsed)") from None
-            try:
-                shape = mx.image.imdecode(rec.jpeg).shape
-            except Exception:
-                raise UserError(f"{rec_path} is corrupt (record {key} holds no decodable image)") from None
-            if shape[:2] != (image_size, image_size):
-                raise UserError(f"{rec_path} holds {shape[1]}x{shape[0]} images; the network takes "
+                raise UserError(f"{where}: {exc}") from None
+            except Exception:  # noqa: BLE001
+                raise UserError(f"{where}: cannot be parsed; the .rec is corrupt") from None
+            if not (np.isfinite(rec.age) and 0 <= rec.age <= MAX_LABEL_AGE):
+                raise UserError(f"{where}: age {rec.age:g} is not a number of years in 0..{MAX_LABEL_AGE}")
+            img = cv2.imdecode(np.frombuffer(rec.jpeg, np.uint8), cv2.IMREAD_UNCHANGED)
+            if img is None:
+                raise UserError(f"{where}: holds no decodable image; repack the dataset")
+            if img.shape[:2] != (image_size, image_size):
+                raise UserError(f"{rec_path} holds {img.shape[1]}x{img.shape[0]} images; the network takes "
                                 f"{image_size}x{image_size} (pack with --image-size {image_size})")
         return len(keys)
     finally:

@@ -33,6 +33,8 @@ def short_reason(exc: BaseException) -> str:
     reason = lines[-1]
     for prefix in ("MXNetError: ", "mxnet.base.MXNetError: "):
         reason = reason[len(prefix):] if reason.startswith(prefix) else reason
+    if reason.startswith("Check failed:") and ": " in reason[len("Check failed:"):]:
+        reason = reason.rsplit(": ", 1)[1]  # "Check failed: fi->Read(data): Invalid NDArray file format"
     return reason[:300]
 
 

@@ -87,9 +87,17 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     if _ends_early(data) and not _decodes_completely(data):
         raise ImageError(TRUNCATED)
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if img is None or img.size == 0:
-        raise ImageError(TRUNCATED if size else NOT_IMAGE, "the header is readable, the pixels are not" if size else "")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    if img is not None and img.size:
+        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    if size:  # a format Pillow reads and this OpenCV does not (GIF, for one): its first frame
+        try:
+            from PIL import Image, ImageOps
+
+            with Image.open(io.BytesIO(data)) as im:
+                return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+        except Exception:  # noqa: BLE001
+            raise ImageError(TRUNCATED, "the header is readable, the pixels are not") from None
+    raise ImageError(NOT_IMAGE)
 
 
 def read_image(path: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:

@@ -16,7 +16,8 @@ from utils.atomic import check_writable, is_stream, write_atomic
 from utils.errors import UserError
 from utils.face import Face
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+WRITABLE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")  # what annotated copies can be
 
 
 def find_images(specs: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
@@ -54,7 +55,8 @@ def output_paths(paths: list[str], out_dir: str, suffix: str = "_agegender") -> 
     out = {}
     for path, r in zip(paths, real):
         stem, ext = os.path.splitext(os.path.relpath(r, root))
-        out[path] = os.path.join(out_dir, f"{stem}{suffix}{ext.lower() if ext.lower() in IMAGE_EXTS else '.jpg'}")
+        ext = ext.lower()  # a format OpenCV cannot write (GIF) keeps its name and becomes a JPEG: x.gif.jpg
+        out[path] = os.path.join(out_dir, f"{stem}{suffix}{ext if ext in WRITABLE_EXTS else ext + '.jpg'}")
     inputs = set(real)
     clash = [p for p, o in out.items() if os.path.realpath(o) in inputs]
     if clash:
@@ -136,7 +138,10 @@ def draw(res: ImageResult) -> np.ndarray:
 def save_image(path: str, bgr: np.ndarray) -> None:
     """Write an annotated image (format from the extension; JPEG for a device or `-`) atomically."""
     ext = os.path.splitext(path)[1].lower()
-    ok, buf = cv2.imencode(ext if ext in IMAGE_EXTS else ".jpg", bgr)
+    try:
+        ok, buf = cv2.imencode(ext if ext in WRITABLE_EXTS else ".jpg", bgr)
+    except cv2.error:
+        ok = False
     if not ok:
         raise OSError(f"cannot encode {path}")
     if os.path.dirname(path):
@@ -164,8 +169,8 @@ class Outputs:
         if output and len(paths) == 1 and not os.path.isdir(output):
             if os.path.realpath(output) == os.path.realpath(paths[0]):
                 raise UserError(f"--output {output} is the input image: it would be replaced; choose another name")
-            if os.path.splitext(output)[1].lower() not in IMAGE_EXTS and not is_stream(output):
-                raise UserError(f"--output must end in one of {', '.join(IMAGE_EXTS)}: {output}")
+            if os.path.splitext(output)[1].lower() not in WRITABLE_EXTS and not is_stream(output):
+                raise UserError(f"--output must end in one of {', '.join(WRITABLE_EXTS)}: {output}")
             check_writable(output, "--output")
             self.single = output
         elif output or output_dir:
@@ -224,6 +229,10 @@ class Outputs:
             return
         self.images += 1
         self.faces += len(res.faces)
+        broken = sum(not fr.ok for fr in res.faces)
+        if broken:  # reported on its own: the image's faces (and boxes) are still emitted
+            self.failures += 1
+            print(f"error: {res.path}: {NOT_FINITE.replace('this face', f'{broken} face(s)')}", file=sys.stderr)
         if self.text:
             print("\n".join(([f"{res.path}:"] if self.multi else []) + format_lines(res)), flush=True)
         self._emit(to_json(res))

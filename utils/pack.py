@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 from utils.atomic import write_atomic
 from utils.face import align_face, center_crop, load_detector, pick_main_face
-from utils.image import ImageError, encode_jpeg, read_image
+from utils.image import MAX_PIXELS, ImageError, encode_jpeg, read_image
 from utils.recordio import SplitWriter, split_paths
 from utils.sources import Parsed, Skip
 from utils.split import split_samples
@@ -34,6 +34,7 @@ class FaceSettings:
     det_thresh: float = 0.5
     det_model: str | None = None  # an InsightFace ONNX detector instead of the bundled RetinaFace
     det_max_size: int = 640
+    max_pixels: int = MAX_PIXELS  # larger images are skipped (`too_large`) from their header, undecoded
 
 
 @dataclass
@@ -62,7 +63,7 @@ def _init_worker(settings: FaceSettings, threads: int, in_pool: bool = False) ->
 
 def face_jpeg(path: str, settings: FaceSettings, detector) -> bytes:
     """Read one image and return the JPEG of its aligned face; raises ImageError with a skip reason."""
-    rgb = read_image(path)
+    rgb = read_image(path, settings.max_pixels)
     if settings.align == "none":
         return encode_jpeg(center_crop(rgb, settings.image_size), settings.quality)
     face = pick_main_face(detector.detect(rgb), rgb.shape)

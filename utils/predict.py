@@ -48,7 +48,7 @@ class MxnetEngine(Engine):
         self.name = f"{short_name(prefix)},{epoch}"
         try:
             self.net = load_model(prefix, epoch, self.ctx)
-        except (ValueError, OSError, mx.base.MXNetError) as exc:
+        except Exception as exc:  # noqa: BLE001 -- MXNet raises its own types with a C++ stack
             raise UserError(f"cannot load model {self.name}: {short_reason(exc)}") from None
         on_cpu = all(c.device_type == "cpu" for c in self.ctx)
         self.net.hybridize(static_alloc=True, **({"backend": "MKLDNN"} if on_cpu and _has_mkldnn() else {}))

@@ -47,6 +47,8 @@ def unpack_record(raw: bytes) -> Record:
     if header.flag != LABEL_WIDTH or label.size != LABEL_WIDTH:
         raise ValueError(f"record {header.id} has label width {label.size}, expected {LABEL_WIDTH} "
                          "([gender, age]); was it packed by create_dataset.py?")
+    if label[GENDER] not in (-1, 0, 1):  # NaN included
+        raise ValueError(f"record {header.id} has gender {label[GENDER]:g}, not -1, 0 or 1 (unknown, female, male)")
     return Record(int(header.id), int(header.id2), int(label[GENDER]), float(label[AGE]), jpeg)
 
 

@@ -132,6 +132,9 @@ class Fit:
         self.rank = self.kv.rank if self.kv is not None else 0
         self.workers = self.kv.num_workers if self.kv is not None else 1
         self.global_batch = cfg.batch_size * len(self.ctx)  # per context x contexts, on this worker
+        if self.global_batch > self.num_train:
+            raise UserError(f"--batch-size {cfg.batch_size} x {len(self.ctx)} context(s) is more than the "
+                            f"{self.num_train} records of {self.train_rec}; use a smaller --batch-size")
         mx.random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         self.net = net if net is not None else self._network()
