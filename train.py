@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add(c, "--prefix", default="models/model", help="checkpoint prefix: PREFIX-symbol.json, PREFIX-%%04d.params")
     _add(c, "--pretrained", default="", help="PREFIX,EPOCH of a checkpoint to start from (ours or InsightFace's)")
     _add(c, "--resume", action="store_true", help="continue from the newest PREFIX-%%04d.params")
+    _add(c, "--overwrite", action="store_true",
+         help="delete the run already under --prefix and start anew (without it, such a prefix is refused)")
     _add(c, "--save-every", type=COUNT, default=1, help="save a checkpoint every N epochs")
     o = p.add_argument_group("optimisation")
     _add(o, "--end-epoch", type=COUNT, default=30, help="train until this many epochs are done")
@@ -86,8 +88,16 @@ def main() -> int:
     cfg = TrainConfig(**{f.name: values[f.name] for f in dataclasses.fields(TrainConfig) if f.name in values})
     cfg.lr_steps = _steps(args.lr_steps)
     cfg.rand_mirror = bool(args.rand_mirror)
+    from utils.atomic import check_writable
+    from utils.run_files import claim_prefix
+
     if os.path.dirname(cfg.prefix):
-        os.makedirs(os.path.dirname(cfg.prefix), exist_ok=True)
+        try:
+            os.makedirs(os.path.dirname(cfg.prefix), exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create the folder of --prefix {cfg.prefix}: {exc.strerror or exc}") from None
+    check_writable(f"{cfg.prefix}-symbol.json", "checkpoints under --prefix")
+    claim_prefix(cfg.prefix, cfg.resume, args.overwrite)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
                         handlers=[logging.StreamHandler(sys.stdout), logging.FileHandler(f"{cfg.prefix}-train.log")])
     logging.getLogger("train").info("train.py %s", " ".join(f"--{k.replace('_', '-')}={v}" for k, v in values.items()))

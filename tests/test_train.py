@@ -193,8 +193,10 @@ def test_bad_flags_are_one_line_errors(packed_demo, tmp_path):
     data_dir, _ = packed_demo
     for args, fragment in [(["--network", "vgg16"], "unknown network"), (["--gpus", "0"], "not available"),
                            (["--kvstore", "dist_sync"], "DMLC_"), (["--lr-steps", "a,b"], "--lr-steps"),
-                           (["--pretrained", "nowhere/model,3"], "--pretrained")]:
-        proc = run_script("train.py", "--data-dir", data_dir, "--prefix", str(tmp_path / "m"), *args)
+                           (["--pretrained", "nowhere/model,3"], "--pretrained"),
+                           (["--batch-size", "64"], "more than the 18 records")]:
+        proc = run_script("train.py", "--data-dir", data_dir, "--prefix", str(tmp_path / "m"), "--batch-size", "4",
+                          *args)
         assert proc.returncode == 2 and proc.stderr.startswith("error: ") and fragment in proc.stderr, proc.stderr
 
 

@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from utils.cli import ArgumentParser, number, COUNT, POSITIVE  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
-from utils.launch import launch  # noqa: E402
+from utils.launch import check_host, launch  # noqa: E402
 
 
 def main() -> int:
@@ -37,6 +37,11 @@ def main() -> int:
             raise UserError(f"host file not found: {args.hostfile}")
         with open(args.hostfile, encoding="utf-8") as f:
             hosts = [h.strip() for h in f if h.strip() and not h.startswith("#")]
+        for host in hosts:
+            try:
+                check_host(host)
+            except ValueError as exc:
+                raise UserError(f"{args.hostfile}: {exc} (one host name, IP or user@host per line)") from None
     try:
         codes = launch(command, args.num_workers, args.num_servers, hosts, args.port, args.timeout, os.getcwd())
     except TimeoutError as exc:

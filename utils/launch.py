@@ -3,6 +3,7 @@ ssh, wait for the workers, and always clean up. The logic behind tools/launch.py
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import signal
 import socket
@@ -31,6 +32,17 @@ def _pump(stream, tag: str, out) -> None:
         out.flush()
 
 
+_HOST = re.compile(r"^(?:[A-Za-z0-9._-]+@)?(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])$")
+
+
+def check_host(host: str) -> str:
+    """A host name, IP address or user@host for ssh; anything else (an ssh option such as
+    `-oProxyCommand=...`, spaces, shell characters) raises ValueError."""
+    if not _HOST.match(host) or host.startswith("-"):
+        raise ValueError(f"not a host name: {host!r}")
+    return host
+
+
 class Job:
     """The processes of one job; `wait()` returns the workers' exit codes, `stop()` ends everything."""
 
@@ -45,7 +57,8 @@ class Job:
         else:  # ssh: the environment travels in the remote command line
             exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
             remote = f"cd {shlex.quote(cwd or os.getcwd())} && {exports} {shlex.join(argv)}"
-            cmd, full_env = ["ssh", "-o", "BatchMode=yes", host, remote], dict(os.environ)
+            check_host(host)
+            cmd, full_env = ["ssh", "-o", "BatchMode=yes", "--", host, remote], dict(os.environ)
         proc = subprocess.Popen(cmd, env=full_env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, start_new_session=True)
         t = threading.Thread(target=_pump, args=(proc.stdout, tag, out or sys.stdout), daemon=True)
@@ -120,4 +133,4 @@ def launch(command: list[str], num_workers: int, num_servers: int = 1, hosts: li
         job.stop()
 
 
-__all__ = ["launch", "job_env", "free_port", "Job"]
+__all__ = ["launch", "job_env", "free_port", "check_host", "Job"]

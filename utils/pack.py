@@ -167,8 +167,9 @@ def pack_dataset(sources: list[Parsed], out_dir: str, settings: FaceSettings, va
     if sum(w.count for w in writers.values()) == 0:
         for w in writers.values():
             w.abort()
-        _write_skipped(out_dir, skipped)
-        raise ValueError(f"nothing packed: all {total} inputs were skipped (see {out_dir}/skipped.csv)")
+        # nothing is written: the folder keeps the previous run's files, all of one run
+        reasons = ", ".join(f"{r} {n}" for r, n in sorted(Counter(s.reason for s in skipped).items()))
+        raise ValueError(f"nothing packed: all {total} inputs were skipped ({reasons}); {out_dir} is unchanged")
     for split, w in writers.items():
         if w.count:
             w.commit()

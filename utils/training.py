@@ -1,9 +1,7 @@
 """The training loop behind train.py: contexts, kvstore, data, logging, checkpoints, resume, faults."""
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import logging
 import math
 import os
@@ -18,17 +16,16 @@ from mxnet import autograd, gluon
 
 from symbols import checkpoint_epochs, get_network, load_weights, parse_model_spec, save_checkpoint
 from utils.age import age_gender_loss, decode
-from utils.atomic import atomic_path, save_figure, write_atomic
 from utils.data import Augment, check_rec, degrade, eval_batches, random_erase, record_iter, to_numpy_labels
 from utils.devices import contexts
 from utils.errors import Terminated, UserError
+from utils.run_files import (curves_path, history_path, interrupted_prefix, load_optimizer_state, plot_history,
+                             read_history, save_optimizer_state, write_history)
 from utils.metrics import AgeGenderMetric
 from utils.predict import forward_split
 
 log = logging.getLogger("train")
 
-CSV_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "train_mae", "train_cs5",
-              "val_loss", "val_acc", "val_mae", "val_cs3", "val_cs5", "time_s"]
 
 
 @dataclass
@@ -132,12 +129,12 @@ class Fit:
         self.rank = self.kv.rank if self.kv is not None else 0
         self.workers = self.kv.num_workers if self.kv is not None else 1
         self.global_batch = cfg.batch_size * len(self.ctx)  # per context x contexts, on this worker
-        if self.global_batch > self.num_train:
-            raise UserError(f"--batch-size {cfg.batch_size} x {len(self.ctx)} context(s) is more than the "
-                            f"{self.num_train} records of {self.train_rec}; use a smaller --batch-size")
         mx.random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         self.net = net if net is not None else self._network()
+        if self.global_batch > self.num_train:
+            raise UserError(f"--batch-size {cfg.batch_size} x {len(self.ctx)} context(s) is more than the "
+                            f"{self.num_train} records of {self.train_rec}; use a smaller --batch-size")
         self.begin_epoch = 0
         self.history: list[dict] = []
         self.best_score = math.inf
@@ -154,7 +151,7 @@ class Fit:
                                      kvstore=self.kv if self.kv is not None else "local",
                                      update_on_kvstore=False if self.kv is None or "dist" not in self.kv.type
                                      else None)
-        if cfg.resume and self.begin_epoch > 0:
+        if self.resumed:
             self._load_states()
         self.step = 0
         self._stop: StopOnSignal | None = None
@@ -185,7 +182,9 @@ class Fit:
         net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="out", magnitude=2), ctx=self.ctx)
         with autograd.predict_mode():
             net(mx.nd.zeros((1, 3, 112, 112), ctx=self.ctx[0]))  # settle deferred shapes
+        self.resumed = resumed = False
         if c.resume and (checkpoint_epochs(c.prefix) or checkpoint_epochs(interrupted_prefix(c.prefix))):
+            self.resumed = resumed = True
             epoch, source = self._resume_point()
             report = load_weights(net, source, epoch)
             if report.mismatched or report.missing or report.by_order:
@@ -198,7 +197,7 @@ class Fit:
             log.info("resumed from %s-%04d.params: continuing at epoch %d", source, epoch, epoch)
         elif c.resume:
             log.info("--resume: no checkpoint %s-NNNN.params yet, starting from scratch", c.prefix)
-        if c.pretrained and self.begin_epoch == 0:
+        if c.pretrained and not resumed:  # resuming always wins over --pretrained
             try:
                 prefix, epoch = parse_model_spec(c.pretrained)
                 report = load_weights(net, prefix, epoch)
@@ -224,12 +223,16 @@ class Fit:
 
     def _load_states(self) -> None:
         path = self._states_path(*self._resume_point())
-        if os.path.isfile(path):
-            self.trainer.load_states(path)
-            self.trainer.set_learning_rate(lr_at(self.cfg, self.begin_epoch))
-            log.info("optimizer state restored from %s", path)
-        else:
+        if not os.path.isfile(path):
             log.warning("no optimizer state %s: momentum restarts from zero", path)
+            return
+        try:
+            load_optimizer_state(self.trainer, path)
+        except ValueError as exc:
+            log.warning("%s; momentum restarts from zero", exc)
+            return
+        self.trainer.set_learning_rate(lr_at(self.cfg, self.begin_epoch))
+        log.info("optimizer state restored from %s", path)
 
     # --- one batch ------------------------------------------------------------------------------------------
     def forward_backward(self, data: mx.nd.NDArray, label: mx.nd.NDArray) -> tuple[float, np.ndarray]:
@@ -390,11 +393,7 @@ class Fit:
         return path
 
     def _save_states(self, states: str) -> None:
-        try:
-            with atomic_path(states) as tmp:
-                self.trainer.save_states(tmp)
-        except (AssertionError, mx.base.MXNetError):  # optimizer state held by dist servers
-            pass
+        save_optimizer_state(self.trainer, states)
 
     def _save_interrupted(self, done: int) -> str:
         """The weights and optimizer state of an unfinished epoch, after `done` completed ones, under a name
@@ -414,10 +413,6 @@ class Fit:
             if e != epoch:
                 os.remove(f"{best}-{e:04d}.params")
         log.info("best val score so far %.4f (MAE + 20 x gender error): saved %s", self.best_score, path)
-
-
-def interrupted_prefix(prefix: str) -> str:
-    return f"{prefix}-interrupted"
 
 
 class StopOnSignal:
@@ -450,54 +445,4 @@ class StopOnSignal:
             signal.signal(sig, old)
 
 
-def history_path(prefix: str) -> str:
-    return f"{prefix}-metrics.csv"
-
-
-def curves_path(prefix: str) -> str:
-    return f"{prefix}-curves.png"
-
-
-def read_history(path: str, before: int | None = None) -> list[dict]:
-    """Rows of a metrics CSV (numbers as floats), those with epoch <= `before` when given."""
-    if not os.path.isfile(path):
-        return []
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = [{k: float(v) if v not in ("", None) else float("nan") for k, v in r.items()} for r in csv.DictReader(f)]
-    return [r for r in rows if before is None or r["epoch"] <= before]
-
-
-def write_history(path: str, rows: list[dict]) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: (f"{r[k]:.6g}" if isinstance(r.get(k), float) else r.get(k, "")) for k in CSV_FIELDS})
-    write_atomic(path, buf.getvalue())
-
-
-def plot_history(path: str, rows: list[dict]) -> None:
-    """Loss, gender accuracy and age MAE per epoch, train and val, in one PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ep = [r["epoch"] for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for ax, key, title in zip(axes, ("loss", "acc", "mae"), ("loss", "gender accuracy", "age MAE (years)")):
-        for split, style in (("train", "-o"), ("val", "-s")):
-            ys = [r.get(f"{split}_{key}", float("nan")) for r in rows]
-            if any(y == y for y in ys):
-                ax.plot(ep, ys, style, ms=3, label=split)
-        ax.set_title(title)
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    save_figure(fig, path)
-    plt.close(fig)
-
-
-__all__ = ["TrainConfig", "Fit", "lr_at", "val_score", "age_band_weights", "params_digest", "read_history", "write_history",
-           "plot_history", "history_path", "curves_path"]
+__all__ = ["TrainConfig", "Fit", "StopOnSignal", "lr_at", "val_score", "age_band_weights", "params_digest"]
