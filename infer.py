@@ -9,7 +9,7 @@ import os
 import sys
 
 from utils.age import AGE_DECODINGS, DEFAULT_DECODE
-from utils.cli import BATCH, NON_NEGATIVE, NON_NEGATIVE_INT, PROBABILITY, ArgumentParser
+from utils.cli import BATCH, COUNT, NON_NEGATIVE, NON_NEGATIVE_INT, PROBABILITY, ArgumentParser
 from utils.engine import ENGINES
 from utils.errors import UserError, run_cli
 from utils.image import MAX_PIXELS
@@ -17,8 +17,11 @@ from utils.image import MAX_PIXELS
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description=__doc__)
-    p.add_argument("--image", nargs="+", required=True, metavar="PATH",
-                   help="image files, folders or globs (JPEG, PNG, BMP, WebP)")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--image", nargs="+", metavar="PATH",
+                      help="image files, folders or globs (JPEG, PNG, BMP, WebP, GIF, TIFF)")
+    what.add_argument("--video", metavar="PATH|N",
+                      help="a video file OpenCV can read, or a camera index (0, 1, ...): faces tracked across frames")
     p.add_argument("--model", default=None,
                    help="a .onnx file, or PREFIX,EPOCH (PREFIX: its newest epoch); default: the bundled model")
     p.add_argument("--engine", choices=ENGINES, default=None,
@@ -48,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="annotated copies, one per image, written as each completes: DIR/<path relative to the "
                         "inputs' common folder>_agegender.<ext>")
     p.add_argument("--show", action="store_true", help="also show the annotated image in a window")
+    v = p.add_argument_group("video (--video)")
+    v.add_argument("--detect-every", type=COUNT, default=1,
+                   help="detect and label every K-th frame; tracked boxes are carried between detections")
+    v.add_argument("--track-max-missed", type=NON_NEGATIVE_INT, default=15,
+                   help="a track ends after this many frames without its face")
+    v.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.epilog = ("exit status: 0 every image processed; 1 some images failed (each reported as 'error: PATH: "
                 "reason'); 2 usage error, or no image could be processed")
     return p
@@ -61,6 +70,8 @@ def main() -> int:
     if args.show and sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or
                                                                os.environ.get("WAYLAND_DISPLAY")):
         raise UserError("--show needs a display (DISPLAY is not set); use --output FILE instead")
+    if args.video is not None:
+        return run_video(args)
     paths, problems = find_images(args.image)
     outputs = Outputs(paths, problems, text=not args.json, json_doc=args.json, jsonl=args.jsonl, output=args.output,
                       output_dir=args.output_dir, show=args.show)  # checks every output before the work
@@ -72,6 +83,29 @@ def main() -> int:
         for result in analyzer.analyze_paths(paths, keep_images=outputs.draws):
             outputs.add(result)
     return outputs.exit_status()
+
+
+def run_video(args: argparse.Namespace) -> int:
+    """--video: a file or a camera, annotated video (--output) and JSON lines (--jsonl), one line of summary."""
+    from utils.analyzer import FaceAnalyzer
+    from utils.video import process_video
+
+    if args.output_dir or args.json:
+        raise UserError("with --video, write the annotated video with --output FILE.mp4 and the faces with --jsonl")
+    analyzer = FaceAnalyzer.from_options(args.model, args.engine, args.det_model, args.det_thresh, args.max_size,
+                                         args.gpus, det_threads=0, net_threads=1, age_decode=args.age_decode,
+                                         min_face=args.min_face, flip=args.flip, batch_size=args.batch_size)
+    res = process_video(args.video, analyzer, args.output, args.jsonl, args.detect_every, args.track_max_missed,
+                        args.show, progress=False if args.no_progress else None)
+    labelled = [t for t in res.tracks if t.gender]
+    print(f"{res.frames} frames ({res.detected} detected) in {res.seconds:.1f} s = {res.frames / res.seconds:.1f} "
+          f"frames/s; {len(res.tracks)} tracks")
+    for t in labelled:
+        print(f"track {t.id}: frames {t.first_frame}-{t.last_frame}, gender: {t.gender}, age: {round(t.age)}")
+    if res.ended_early:
+        print(f"error: {args.video}: the stream ended early; the {res.frames} frames read are written", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

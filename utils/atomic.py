@@ -34,11 +34,13 @@ def is_stream(path: str) -> bool:
     return os.path.exists(real) and not stat.S_ISREG(os.stat(real).st_mode)
 
 
-def temp_beside(path: str) -> str:
+def temp_beside(path: str, suffix: str = "") -> str:
     """A new, empty file created exclusively (random name, O_EXCL) in the folder of `path` (of its
-    symlink target, if it is a link), named `.NAME.XXXX.tmp`."""
+    symlink target, if it is a link), named `.NAME.XXXX.tmp` (+ `suffix`, for writers that pick the format
+    by extension)."""
     real = os.path.realpath(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(real)}.", suffix=".tmp", dir=os.path.dirname(real) or ".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(real)}.", suffix=".tmp" + suffix,
+                               dir=os.path.dirname(real) or ".")
     os.close(fd)
     return tmp
 
