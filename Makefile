@@ -39,6 +39,7 @@ bench: install
 	$(PY) benchmarks/pack.py
 	$(PY) benchmarks/train.py
 	$(PY) benchmarks/infer.py
+	$(PY) benchmarks/video.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

@@ -118,6 +118,30 @@ def aligned_demo_faces() -> np.ndarray:
     return np.stack(crops).transpose(0, 3, 1, 2).astype(np.float32)
 
 
+def pan_and_zoom(photo: str, path: str, size=(640, 360), frames: int = 60, fps: float = 25.0,
+                 zoom: float = 0.05) -> list[np.ndarray]:
+    """A video of a slow pan and zoom across `photo` (a 16:9 window), written with cv2.VideoWriter; returns
+    the affine maps (photo -> frame) of each frame."""
+    import cv2
+
+    img = cv2.imread(photo)
+    ph, pw = img.shape[:2]
+    w, h = size
+    maps = []
+    out = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    for i in range(frames):
+        t = i / max(1, frames - 1)
+        s = 1.0 - zoom * np.sin(np.pi * t)
+        cw = min(pw, ph * 16 / 9) * s
+        ch = cw * 9 / 16
+        x0, y0 = (pw - cw) * (0.3 + 0.4 * t), (ph - ch) * 0.2 * t  # t1's six faces stay in view
+        m = np.array([[w / cw, 0, -x0 * w / cw], [0, h / ch, -y0 * h / ch]])
+        out.write(cv2.warpAffine(img, m, (w, h)))
+        maps.append(m)
+    out.release()
+    return maps
+
+
 def synthetic_face_image(size: int = 112) -> np.ndarray:
     """A colour test card: red, green, blue and white quadrants (RGB), for colour round-trip checks."""
     img = np.zeros((size, size, 3), np.uint8)
