@@ -92,13 +92,18 @@ class FaceAnalyzer:
             raise UserError(f"cannot load detector {det_model}: {short_reason(exc)}") from None
         return cls(detector, load_engine(model, engine, gpus, net_threads), **settings)
 
-    def detect(self, rgb: np.ndarray) -> tuple[list[Face], list[np.ndarray]]:
-        """Every face at least `min_face` pixels on its shorter box side, left to right, and its aligned
-        112x112 crop."""
+    def detect(self, rgb: np.ndarray, det_thresh: float = 0.0, min_face: float | None = None,
+               max_faces: int = 0) -> tuple[list[Face], list[np.ndarray]]:
+        """Every face at least `min_face` pixels (default: the analyzer's) on its shorter box side, left to
+        right, and its aligned 112x112 crop. `det_thresh` raises the detector's own threshold for this call;
+        `max_faces` (> 0) keeps that many, the highest scores."""
         with self._lock:
             found = self.detector.detect(rgb)
-        faces = sorted((f for f in found if min(f.box[2] - f.box[0], f.box[3] - f.box[1]) >= self.min_face),
-                       key=lambda f: (float(f.box[0]), float(f.box[1])))
+        least = self.min_face if min_face is None else min_face
+        faces = [f for f in found if f.score >= det_thresh and min(f.box[2] - f.box[0], f.box[3] - f.box[1]) >= least]
+        if max_faces > 0:
+            faces = sorted(faces, key=lambda f: -f.score)[:max_faces]
+        faces.sort(key=lambda f: (float(f.box[0]), float(f.box[1])))
         return faces, [align_face(rgb, f.landmarks) for f in faces]
 
     def label(self, crops: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
