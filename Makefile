@@ -40,6 +40,7 @@ bench: install
 	$(PY) benchmarks/train.py
 	$(PY) benchmarks/infer.py
 	$(PY) benchmarks/video.py
+	$(PY) benchmarks/serve.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache
