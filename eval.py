@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from utils.age import AGE_DECODINGS, DEFAULT_DECODE
-from utils.engine import ENGINES
+from utils.model.age import AGE_DECODINGS, DEFAULT_DECODE
+from utils.model.engine import ENGINES
 from utils.cli import BATCH, COUNT, ArgumentParser
 from utils.errors import UserError, run_cli
 
@@ -40,8 +40,8 @@ def main() -> int:
     rec = args.rec or os.path.join(args.data_dir or "dataset", "val.rec")
 
     from utils.atomic import check_writable
-    from utils.engine import load_engine
-    from utils.evaluation import format_report, plot_predictions, predict_rec, report, write_json
+    from utils.model.engine import load_engine
+    from utils.model.evaluation import format_report, plot_predictions, predict_rec, report, write_json
 
     for path, flag in ((args.json, "--json"), (args.plot, "--plot")):
         if path:

@@ -7,11 +7,11 @@ from __future__ import annotations
 import argparse
 import socket
 
-from utils.age import AGE_DECODINGS, DEFAULT_DECODE
+from utils.model.age import AGE_DECODINGS, DEFAULT_DECODE
 from utils.cli import BATCH, COUNT, NON_NEGATIVE, NON_NEGATIVE_INT, ArgumentParser, number
-from utils.engine import ENGINES
+from utils.model.engine import ENGINES
 from utils.errors import UserError, run_cli
-from utils.image import MAX_PIXELS
+from utils.data.image import MAX_PIXELS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,8 +42,8 @@ def main() -> int:
             raise UserError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
     import uvicorn
 
-    from utils.analyzer import FaceAnalyzer
-    from utils.service import DET_FLOOR, create_app
+    from utils.serving.analyzer import FaceAnalyzer
+    from utils.serving.service import DET_FLOOR, create_app
 
     analyzer = FaceAnalyzer.from_options(args.model, args.engine, args.det_model, DET_FLOOR, args.max_size, args.gpus,
                                          det_threads=1, net_threads=1, age_decode=args.age_decode)

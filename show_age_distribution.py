@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from utils.distribution import load_labels, plot_histogram, summarize
+from utils.data.distribution import load_labels, plot_histogram, summarize
 from utils.cli import ArgumentParser
 from utils.atomic import check_writable
 from utils.errors import UserError, run_cli, short_reason

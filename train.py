@@ -82,14 +82,16 @@ def _steps(text: str) -> list[int]:
 
 def main() -> int:
     args = build_parser().parse_args()
-    from utils.training import Fit, TrainConfig
+    from utils.data.iterators import Augment
+    from utils.model.training import Fit, TrainConfig
 
     values = vars(args)
     cfg = TrainConfig(**{f.name: values[f.name] for f in dataclasses.fields(TrainConfig) if f.name in values})
     cfg.lr_steps = _steps(args.lr_steps)
-    cfg.rand_mirror = bool(args.rand_mirror)
+    cfg.augment = Augment(mirror=bool(args.rand_mirror), color=args.color, cutoff=args.cutoff, rotate=args.rotate,
+                          scale=args.scale, shift=args.shift, gray=args.gray, blur=args.blur)
     from utils.atomic import check_writable
-    from utils.run_files import claim_prefix
+    from utils.model.run_files import claim_prefix
 
     if os.path.dirname(cfg.prefix):
         try:

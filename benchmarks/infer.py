@@ -61,9 +61,9 @@ def module_forward(prefix: str, epoch: int):
 
 def reference(paths: list[str]) -> tuple[int, float, dict]:
     """RetinaFace + InsightFace's checkpoint, one face per forward, one thread of Python: (faces, s, stages)."""
-    from utils.age import decode
-    from utils.face import align_face, load_detector
-    from utils.image import read_image
+    from utils.model.age import decode
+    from utils.data.face import align_face, load_detector
+    from utils.data.image import read_image
 
     detector = load_detector(thresh=0.8)
     fwd = module_forward(INSIGHTFACE, 0)
@@ -87,7 +87,7 @@ def reference(paths: list[str]) -> tuple[int, float, dict]:
 
 
 def analyzer_run(engine: str, paths: list[str]) -> tuple[int, float, dict]:
-    from utils.analyzer import FaceAnalyzer
+    from utils.serving.analyzer import FaceAnalyzer
 
     analyzer = FaceAnalyzer.from_options(engine=engine, det_threads=1, net_threads=1)  # as infer.py
     list(analyzer.analyze_paths(paths[:8]))  # warm-up
@@ -110,7 +110,7 @@ def main() -> None:
     p.add_argument("--rec", default="dataset/utkface/val.rec", help="packed .rec for the eval figures")
     args = p.parse_args()
 
-    from utils.engine import BUNDLED_MODEL, load_engine
+    from utils.model.engine import BUNDLED_MODEL, load_engine
 
     engines = {"onnx": load_engine(engine="onnx"), "mxnet": load_engine(engine="mxnet")}
     module = module_forward(BUNDLED_MODEL, 0)
@@ -123,7 +123,7 @@ def main() -> None:
               f"{rate(engines['mxnet'].forward, batch, n):>14.0f}{rate(module, batch, n):>14.0f}", flush=True)
 
     if os.path.isfile(args.rec):
-        from utils.evaluation import predict_rec
+        from utils.model.evaluation import predict_rec
 
         print(f"\neval.py's loop on {args.rec} (batch 256), faces/s")
         for name, eng in engines.items():
@@ -160,7 +160,7 @@ def main() -> None:
         if os.path.isfile(INSIGHTFACE + "-0000.params"):
             t = time.perf_counter()
             subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); import mxnet as mx; "
-                            "from utils.face import load_detector; load_detector(); "
+                            "from utils.data.face import load_detector; load_detector(); "
                             "mx.model.load_checkpoint(sys.argv[2], 0)", ROOT, INSIGHTFACE], check=True,
                            stderr=subprocess.DEVNULL)
             ref_start = time.perf_counter() - t

@@ -25,7 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
 
-from utils.demo_data import wheel_image  # noqa: E402
+from utils.data.demo import wheel_image  # noqa: E402
 
 
 def free_port() -> int:
@@ -103,7 +103,7 @@ def main() -> None:
     print(f"  latency ms, single-face photos: p50 {np.percentile(single, 50):.0f}  p95 {np.percentile(single, 95):.0f}"
           f"  p99 {np.percentile(single, 99):.0f}")
 
-    from utils.analyzer import FaceAnalyzer
+    from utils.serving.analyzer import FaceAnalyzer
 
     analyzer = FaceAnalyzer.from_options(det_threads=1, net_threads=1)  # as infer.py
     list(analyzer.analyze_paths(paths[:8]))

@@ -13,9 +13,9 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from utils.analyzer import FaceAnalyzer  # noqa: E402
-from utils.demo_data import pan_and_zoom, wheel_image  # noqa: E402  the tests' clip: figures and tests agree
-from utils.video import process_video  # noqa: E402
+from utils.serving.analyzer import FaceAnalyzer  # noqa: E402
+from utils.data.demo import pan_and_zoom, wheel_image  # noqa: E402  the tests' clip: figures and tests agree
+from utils.serving.video import process_video  # noqa: E402
 
 
 def main() -> None:

@@ -78,7 +78,7 @@ def metadata(prefix: str, epoch: int) -> dict[str, str]:
                  "112x112 template (InsightFace norm_crop); normalisation is inside the graph",
         "output": f"{OUTPUT}: (N,{NUM_OUTPUTS}) float32; [0:2] gender logits (index 1 = male); pair k = "
                   "[2+2k:4+2k] logits of 'age > k' (index 1 = yes), k = 0..99",
-        "age_decoding": "P(age > k) = softmax of pair k, index 1; see the project's utils/age.py for the decodings "
+        "age_decoding": "P(age > k) = softmax of pair k, index 1; see the project's utils/model/age.py for the decodings "
                         "(prob: sum of P(age > k); vote: sum of the pairs' argmax; median: where the "
                         "non-increasing P(age > k) crosses 1/2)",
         "gender_coding": "1 = male, 0 = female (InsightFace's)",

@@ -23,7 +23,7 @@ def shared_path(*parts: str) -> str:
 
 @pytest.fixture(scope="session")
 def demo_sources(tmp_path_factory) -> dict[str, str]:
-    from utils.demo_data import build_demo_sources
+    from utils.data.demo import build_demo_sources
 
     return build_demo_sources(str(tmp_path_factory.mktemp("raw")))
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import run_script
-from utils.distribution import load_labels, summarize
+from utils.data.distribution import load_labels, summarize
 
 
 @pytest.fixture(scope="module")

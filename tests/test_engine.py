@@ -12,10 +12,10 @@ import onnx
 import pytest
 
 from tests.conftest import ROOT, insightface_model, run_script
-from utils.demo_data import aligned_demo_faces, wheel_image
-from utils.engine import BUNDLED_MODEL, BUNDLED_ONNX, OnnxEngine, load_engine
+from utils.data.demo import aligned_demo_faces, wheel_image
+from utils.model.engine import BUNDLED_MODEL, BUNDLED_ONNX, OnnxEngine, load_engine
 from utils.errors import UserError
-from utils.image import read_image
+from utils.data.image import read_image
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def faces() -> np.ndarray:
 
 def test_shipped_onnx_equals_shipped_mxnet_checkpoint(faces):
     """A model update that forgets tools/export_onnx.py fails here."""
-    from utils.predict import MxnetEngine
+    from utils.model.mxnet_engine import MxnetEngine
 
     assert os.path.isfile(BUNDLED_ONNX), "models/agegender.onnx must be committed beside the MXNet files"
     onnx_out = OnnxEngine(BUNDLED_ONNX).outputs(faces)
@@ -37,8 +37,8 @@ def test_shipped_onnx_equals_shipped_mxnet_checkpoint(faces):
 
 
 def test_shipped_onnx_equals_mxnet_on_real_utkface_faces(packed_utkface):
-    from utils.data import eval_batches, record_iter
-    from utils.predict import MxnetEngine
+    from utils.data.iterators import eval_batches, record_iter
+    from utils.model.mxnet_engine import MxnetEngine
 
     rec = os.path.join(packed_utkface, "train.rec")
     data = np.concatenate([d.asnumpy() for d, _ in eval_batches(record_iter(rec, 16, train=False), 36)])
@@ -141,7 +141,7 @@ def test_eval_onnx_and_mxnet_engines_give_the_same_report(packed_utkface, tmp_pa
 
 
 def test_face_analyzer_api_labels_a_photo():
-    from utils.analyzer import FaceAnalyzer
+    from utils.serving.analyzer import FaceAnalyzer
 
     analyzer = FaceAnalyzer.from_options()
     assert analyzer.engine.kind == "onnx"

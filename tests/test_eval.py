@@ -11,7 +11,7 @@ import pytest
 
 from symbols import load_model
 from tests.conftest import insightface_model, run_script
-from utils.recordio import iter_records
+from utils.data.recordio import iter_records
 
 
 def _by_hand(model: str, rec: str, vote: bool = False):
@@ -101,7 +101,7 @@ def test_errors_are_one_line(args, message, packed_demo, random_model):
 
 
 def test_without_a_bundled_model_model_is_required(monkeypatch, tmp_path):
-    import utils.predict as predict
+    import utils.model.mxnet_engine as predict
     from utils.errors import UserError
 
     monkeypatch.setattr(predict, "BUNDLED_MODEL", str(tmp_path / "absent"))

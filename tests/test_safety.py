@@ -15,7 +15,7 @@ import numpy as np
 
 from symbols import checkpoint_epochs
 from tests.conftest import ROOT, run_script
-from utils.demo_data import wheel_image
+from utils.data.demo import wheel_image
 
 T1 = wheel_image("t1.jpg")
 

@@ -18,15 +18,16 @@ from mxnet.gluon import nn
 from symbols import checkpoint_epochs, get_network, load_model, load_weights
 from tests.conftest import ROOT, run_script, shared_path
 from utils.errors import UserError
-from utils.metrics import band_table, summarize
-from utils.recordio import pack_record
-from utils.training import Fit, TrainConfig
+from utils.model.metrics import band_table, summarize
+from utils.data.recordio import pack_record
+from utils.data.iterators import Augment
+from utils.model.training import Fit, TrainConfig
 
 
 
 def _cfg(data_dir: str, prefix: str, **kw) -> TrainConfig:
     base = dict(data_dir=data_dir, prefix=prefix, network="m50", multiplier=0.25, version_input=0,
-                batch_size=4, end_epoch=1, lr=0.05, rand_mirror=False, log_interval=1000, num_workers=1)
+                batch_size=4, end_epoch=1, lr=0.05, augment=Augment(), log_interval=1000, num_workers=1)
     base.update(kw)
     return TrainConfig(**base)
 
@@ -85,7 +86,7 @@ def test_two_contexts_train_the_real_network(packed_demo, tmp_path):
     row = fit.run()
     assert np.isfinite(row["train_loss"]) and fit.global_batch == 8
     # a last evaluation batch with fewer rows than contexts still goes through
-    from utils.predict import forward_split
+    from utils.model.mxnet_engine import forward_split
 
     assert forward_split(fit.net, mx.nd.zeros((1, 3, 112, 112)), fit.ctx).shape == (1, 202)
     out = load_model(str(tmp_path / "m"), 1)(mx.nd.zeros((2, 3, 112, 112)))
@@ -154,7 +155,7 @@ def _write_rec(path: str, records: list[bytes]) -> None:
 
 
 def _jpeg(size: int) -> bytes:
-    from utils.image import encode_jpeg
+    from utils.data.image import encode_jpeg
 
     return encode_jpeg(np.full((size, size, 3), 120, np.uint8))
 

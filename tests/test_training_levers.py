@@ -9,13 +9,13 @@ import pytest
 
 from symbols import load_model
 from tests.conftest import run_script
-from utils.age import age_gender_loss, age_targets
-from utils.data import degrade
-from utils.demo_data import wheel_image
-from utils.face import align_face, load_detector
-from utils.image import read_image
-from utils.predict import BUNDLED_MODEL
-from utils.training import TrainConfig, age_band_weights, lr_at, val_score
+from utils.model.age import age_gender_loss, age_targets
+from utils.data.iterators import degrade
+from utils.data.demo import wheel_image
+from utils.data.face import align_face, load_detector
+from utils.data.image import read_image
+from utils.model.mxnet_engine import BUNDLED_MODEL
+from utils.model.training import TrainConfig, age_band_weights, lr_at, val_score
 
 
 @pytest.fixture(scope="module")

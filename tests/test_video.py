@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT, run_script, shared_path
-from utils.demo_data import pan_and_zoom, wheel_image
-from utils.tracking import Tracker, iou_matrix
-from utils.face import Face
+from utils.data.demo import pan_and_zoom, wheel_image
+from utils.serving.tracking import Tracker, iou_matrix
+from utils.data.face import Face
 
 
 def _lines(path) -> list[dict]:

@@ -31,7 +31,7 @@ def main() -> int:
     from symbols import parse_model_spec
     from symbols.onnx_export import TOLERANCE, export_onnx
     from utils.atomic import write_atomic
-    from utils.demo_data import aligned_demo_faces
+    from utils.data.demo import aligned_demo_faces
 
     try:
         prefix, epoch = parse_model_spec(args.model)

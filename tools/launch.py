@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from utils.cli import ArgumentParser, number, COUNT, POSITIVE  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
-from utils.launch import check_host, launch  # noqa: E402
+from utils.model.launch import check_host, launch  # noqa: E402
 
 
 def main() -> int:

@@ -2,7 +2,7 @@
 the same 5-point alignment as create_dataset.py, an engine, the age decoding). infer.py, eval's engine
 choice, and any program of yours use it:
 
-    from utils.analyzer import FaceAnalyzer
+    from utils.serving.analyzer import FaceAnalyzer
     analyzer = FaceAnalyzer.from_options()          # bundled RetinaFace + bundled ONNX model, no MXNet
     for face in analyzer.analyze(rgb):              # rgb: (H,W,3) uint8, RGB order
         print(face.box, face.gender, face.age)
@@ -20,11 +20,11 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from utils.age import DEFAULT_DECODE
-from utils.engine import Engine, load_engine
+from utils.model.age import DEFAULT_DECODE
+from utils.model.engine import Engine, load_engine
 from utils.errors import UserError, short_reason
-from utils.face import Detector, Face, align_face, load_detector
-from utils.image import MAX_PIXELS, ImageError, read_image
+from utils.data.face import Detector, Face, align_face, load_detector
+from utils.data.image import MAX_PIXELS, ImageError, read_image
 
 
 @dataclass
@@ -83,7 +83,7 @@ class FaceAnalyzer:
                      det_thresh: float = 0.8, max_size: int = 1280, gpus: str = "", det_threads: int = 1,
                      net_threads: int = 0, **settings) -> "FaceAnalyzer":
         """Load the detector (bundled RetinaFace, or an InsightFace ONNX file) and the engine
-        (`utils.engine.load_engine`); `settings` are the constructor's keywords."""
+        (`utils.model.engine.load_engine`); `settings` are the constructor's keywords."""
         try:
             detector = load_detector(det_model, thresh=det_thresh, max_size=max_size, threads=det_threads)
         except FileNotFoundError as exc:

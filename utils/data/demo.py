@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from utils.image import encode_jpeg, read_image
+from utils.data.image import encode_jpeg, read_image
 
 
 def wheel_image(name: str) -> str:
@@ -25,7 +25,7 @@ def wheel_image(name: str) -> str:
 
 def face_crops(margin: float = 0.9) -> list[np.ndarray]:
     """The six faces of t1.jpg, left to right, each cropped with `margin` x its box size around it."""
-    from utils.face import load_detector
+    from utils.data.face import load_detector
 
     img = read_image(wheel_image("t1.jpg"))
     faces = sorted(load_detector(thresh=0.8).detect(img), key=lambda f: f.box[0])
@@ -110,7 +110,7 @@ def build_demo_sources(root: str) -> dict[str, str]:
 def aligned_demo_faces() -> np.ndarray:
     """Real aligned faces that need no download: the six of t1.jpg (detected and aligned as infer.py does)
     and the wheel's aligned Tom Hanks; (7,3,112,112) float32 RGB 0-255, a network's input."""
-    from utils.face import align_face, load_detector
+    from utils.data.face import align_face, load_detector
 
     img = read_image(wheel_image("t1.jpg"))
     faces = sorted(load_detector(thresh=0.8).detect(img), key=lambda f: f.box[0])

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from utils.analyzer import FaceAnalyzer
+from utils.serving.analyzer import FaceAnalyzer
 from utils.atomic import check_writable, replace_with, temp_beside
 from utils.errors import UserError
-from utils.tracking import Track, Tracker
+from utils.serving.tracking import Track, Tracker
 
 COLORS_BGR = {"male": (235, 140, 30), "female": (60, 60, 230), None: (128, 128, 128)}
 

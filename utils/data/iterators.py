@@ -9,7 +9,7 @@ import mxnet as mx
 import numpy as np
 
 from utils.errors import UserError, short_reason
-from utils.recordio import LABEL_WIDTH, unpack_record
+from utils.data.recordio import LABEL_WIDTH, unpack_record
 
 INPUT_SIZE = 112
 

@@ -15,14 +15,14 @@ import numpy as np
 from mxnet import autograd, gluon
 
 from symbols import checkpoint_epochs, get_network, load_weights, parse_model_spec, save_checkpoint
-from utils.age import age_gender_loss, decode
-from utils.data import Augment, check_rec, degrade, eval_batches, random_erase, record_iter, to_numpy_labels
-from utils.devices import contexts
+from utils.model.age import age_gender_loss, decode
+from utils.data.iterators import Augment, check_rec, degrade, eval_batches, random_erase, record_iter, to_numpy_labels
+from utils.model.devices import contexts
 from utils.errors import Terminated, UserError
-from utils.run_files import (curves_path, history_path, interrupted_prefix, load_optimizer_state, plot_history,
+from utils.model.run_files import (curves_path, history_path, interrupted_prefix, load_optimizer_state, plot_history,
                              read_history, save_optimizer_state, write_history)
-from utils.metrics import AgeGenderMetric
-from utils.predict import forward_split
+from utils.model.metrics import AgeGenderMetric
+from utils.model.mxnet_engine import forward_split
 
 log = logging.getLogger("train")
 
@@ -50,9 +50,7 @@ class TrainConfig:
     batch_size: int = 128
     gpus: str = ""
     kvstore: str = "device"
-    rand_mirror: bool = True
-    color: float = 0.0
-    cutoff: int = 0
+    augment: Augment = field(default_factory=lambda: Augment(mirror=True))
     num_workers: int = 2
     log_interval: int = 20
     seed: int = 0
@@ -65,11 +63,6 @@ class TrainConfig:
     age_balance: float = 0.0
     lr_schedule: str = "step"
     warmup_epochs: float = 0.0
-    rotate: float = 0.0
-    scale: float = 0.0
-    shift: int = 0
-    gray: float = 0.0
-    blur: float = 0.0
 
 
 def lr_at(cfg: TrainConfig, epoch: float) -> float:
@@ -140,7 +133,7 @@ class Fit:
         self.best_score = math.inf
         self.band_weights = None
         if cfg.age_balance > 0:
-            from utils.distribution import load_labels
+            from utils.data.distribution import load_labels
 
             self.band_weights = mx.nd.array(age_band_weights(np.array(load_labels(self.train_rec).age),
                                                             cfg.age_balance))
@@ -263,10 +256,11 @@ class Fit:
     def train_batch(self, data: mx.nd.NDArray, label: mx.nd.NDArray) -> tuple[float, np.ndarray]:
         """One optimisation step on a batch (augmentation that runs on arrays included). Returns
         (summed loss, outputs); the weights are left untouched when the loss is not finite."""
-        if self.cfg.gray > 0 or self.cfg.blur > 0:
-            data = degrade(data, self.cfg.gray, self.cfg.blur)
-        if self.cfg.cutoff > 0:
-            data = random_erase(data, self.cfg.cutoff)
+        aug = self.cfg.augment
+        if aug.gray > 0 or aug.blur > 0:
+            data = degrade(data, aug.gray, aug.blur)
+        if aug.cutoff > 0:
+            data = random_erase(data, aug.cutoff)
         loss, outs = self.forward_backward(data, label)
         if math.isfinite(loss):
             self.update()
@@ -297,8 +291,7 @@ class Fit:
             raise UserError(f"nothing to do: {c.prefix} is already at epoch {self.begin_epoch} "
                             f"(--end-epoch {c.end_epoch})")
         train_iter = record_iter(self.train_rec, self.global_batch, train=True,
-                                 augment=Augment(c.rand_mirror, c.color, c.cutoff, c.rotate, c.scale, c.shift,
-                                                 c.gray, c.blur), threads=c.num_workers,
+                                 augment=c.augment, threads=c.num_workers,
                                  seed=c.seed, num_parts=self.workers, part_index=self.rank)
         log.info("training %s on %s: %d train faces, batch %d per context x %d context(s) x %d worker(s)",
                  c.network, ",".join(str(x) for x in self.ctx), self.num_train, c.batch_size, len(self.ctx),

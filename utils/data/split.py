@@ -6,7 +6,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from utils.sources import Sample
+from utils.data.sources import Sample
 
 
 def split_samples(samples: list[Sample], val_ratio: float, seed: int, salt: str = "") -> list[str]:

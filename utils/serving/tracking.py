@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from utils.face import Face
+from utils.data.face import Face
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:

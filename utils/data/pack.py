@@ -13,11 +13,11 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 from utils.atomic import write_atomic
-from utils.face import align_face, center_crop, load_detector, pick_main_face
-from utils.image import MAX_PIXELS, ImageError, encode_jpeg, read_image
-from utils.recordio import SplitWriter, split_paths
-from utils.sources import Parsed, Skip
-from utils.split import split_samples
+from utils.data.face import align_face, center_crop, load_detector, pick_main_face
+from utils.data.image import MAX_PIXELS, ImageError, encode_jpeg, read_image
+from utils.data.recordio import SplitWriter, split_paths
+from utils.data.sources import Parsed, Skip
+from utils.data.split import split_samples
 
 NO_FACE = "no_face"
 SPLITS = ("train", "val")

@@ -1,8 +1,8 @@
 """The attribute net behind one interface, whatever runs it: onnxruntime (`onnx`, the default: faster, and
 needs no MXNet) or MXNet (`mxnet`, for checkpoints, GPUs through mxnet-cu112, and training).
 
-Every engine maps aligned faces (N,3,112,112) float32 RGB 0-255 to the (N,202) output of utils/age.py.
-This module imports no MXNet; the MXNet engine lives in utils/predict.py and is imported on demand.
+Every engine maps aligned faces (N,3,112,112) float32 RGB 0-255 to the (N,202) output of utils/model/age.py.
+This module imports no MXNet; the MXNet engine lives in utils/model/mxnet_engine.py and is imported on demand.
 """
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import os
 
 import numpy as np
 
-from utils.age import DEFAULT_DECODE, NUM_AGE_BINS, decode
+from utils.model.age import DEFAULT_DECODE, NUM_AGE_BINS, decode
 from utils.errors import UserError, short_reason
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUNDLED_MODEL = os.path.join(ROOT, "models", "agegender")  # the model shipped in the repository, epoch 0
 BUNDLED_ONNX = BUNDLED_MODEL + ".onnx"                   # the same model exported by tools/export_onnx.py
 ENGINES = ("onnx", "mxnet")
@@ -130,7 +130,7 @@ def load_engine(model: str | None = None, engine: str | None = None, gpus: str =
         return _exported(model, threads, gpus)
     if is_onnx:
         raise UserError(f"--engine mxnet runs a PREFIX,EPOCH checkpoint, not {model}; use --engine onnx")
-    from utils.predict import MxnetEngine, resolve_model
+    from utils.model.mxnet_engine import MxnetEngine, resolve_model
 
     return MxnetEngine(*resolve_model(model), gpus=gpus)
 
@@ -140,8 +140,8 @@ def _exported(model: str | None, threads: int, gpus: str) -> Engine:
     import tempfile
 
     from symbols.onnx_export import export_onnx
-    from utils.demo_data import aligned_demo_faces
-    from utils.predict import resolve_model
+    from utils.data.demo import aligned_demo_faces
+    from utils.model.mxnet_engine import resolve_model
 
     prefix, epoch = resolve_model(model)
     try:

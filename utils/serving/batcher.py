@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from utils.analyzer import FaceAnalyzer
+from utils.serving.analyzer import FaceAnalyzer
 
 
 class FaceBatcher:

@@ -1,4 +1,4 @@
-"""infer.py's output side: which files to read, and the labelled faces (utils/analyzer.py) printed as lines,
+"""infer.py's output side: which files to read, and the labelled faces (utils/serving/analyzer.py) printed as lines,
 emitted as JSON, or drawn."""
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import time
 import cv2
 import numpy as np
 
-from utils.analyzer import ImageResult
+from utils.serving.analyzer import ImageResult
 from utils.atomic import check_writable, is_stream, write_atomic
 from utils.errors import UserError
-from utils.face import Face
+from utils.data.face import Face
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 WRITABLE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")  # what annotated copies can be

@@ -8,13 +8,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from utils.age import DEFAULT_DECODE
+from utils.model.age import DEFAULT_DECODE
 from utils.atomic import save_figure, write_atomic
-from utils.data import check_rec, eval_batches, record_iter
-from utils.distribution import load_labels
+from utils.data.iterators import check_rec, eval_batches, record_iter
+from utils.data.distribution import load_labels
 from utils.errors import UserError
-from utils.metrics import CS_LEVELS, band_table, summarize
-from utils.engine import Engine
+from utils.model.metrics import CS_LEVELS, band_table, summarize
+from utils.model.engine import Engine
 
 
 @dataclass
@@ -33,7 +33,7 @@ def predict_rec(predictor: Engine, rec: str, batch_size: int = 256, age_decode: 
     """Run the model over every record of `rec` in batches (ImageRecordIter decoding, file order)."""
     from tqdm import tqdm
 
-    from utils.age import decode
+    from utils.model.age import decode
 
     total = check_rec(rec)
     labels = load_labels(rec)  # file order, with source names from meta.json

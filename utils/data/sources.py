@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 MALE, FEMALE, UNKNOWN = 1, 0, -1
 
-# Skip reasons for label problems (image problems are in utils/image.py).
+# Skip reasons for label problems (image problems are in utils/data/image.py).
 BAD_NAME = "bad_name"
 BAD_AGE = "bad_age"
 BAD_GENDER = "bad_gender"

@@ -17,10 +17,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
-from utils.analyzer import FaceAnalyzer, FaceResult, ImageResult
-from utils.batcher import FaceBatcher
-from utils.image import MAX_PIXELS, TOO_LARGE, TRUNCATED, ImageError, decode_image
-from utils.inference import draw, to_json
+from utils.serving.analyzer import FaceAnalyzer, FaceResult, ImageResult
+from utils.serving.batcher import FaceBatcher
+from utils.data.image import MAX_PIXELS, TOO_LARGE, TRUNCATED, ImageError, decode_image
+from utils.serving.inference import draw, to_json
 
 MAX_BYTES = 10_000_000
 DET_FLOOR = 0.3  # the detector runs at this threshold; each request raises it with det_thresh

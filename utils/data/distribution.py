@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from utils.recordio import iter_records
-from utils.sources import parse_list
+from utils.data.recordio import iter_records
+from utils.data.sources import parse_list
 
 GENDER_NAMES = {1: "male", 0: "female", -1: "unknown"}
 GENDER_COLORS = {1: "#1f77b4", 0: "#d62728", -1: "#7f7f7f"}

@@ -1,5 +1,5 @@
 """The MXNet engine: a checkpoint (ours or InsightFace's) on one or several contexts, behind the interface
-of utils/engine.py. Also the split-over-contexts forward that training's validation uses."""
+of utils/model/engine.py. Also the split-over-contexts forward that training's validation uses."""
 from __future__ import annotations
 
 import os
@@ -8,8 +8,8 @@ import mxnet as mx
 import numpy as np
 
 from symbols import load_model, parse_model_spec
-from utils.devices import contexts
-from utils.engine import BUNDLED_MODEL, Engine, short_name
+from utils.model.devices import contexts
+from utils.model.engine import BUNDLED_MODEL, Engine, short_name
 from utils.errors import UserError, short_reason
 
 

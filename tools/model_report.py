@@ -1,0 +1,82 @@
+#!/usr/bin/env python
+"""The model card's tables for a model on a packed UTKFace split: every age decoding with and without flip,
+per age band, and per UTKFace race (read from each record's source file name, `<age>_<gender>_<race>_...`),
+as Markdown.
+
+    python tools/model_report.py --model models/agegender.onnx --rec dataset/utkface/val.rec
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from utils.cli import ArgumentParser  # noqa: E402
+from utils.errors import UserError, run_cli  # noqa: E402
+
+RACES = {0: "White", 1: "Black", 2: "Asian", 3: "Indian", 4: "Others"}
+
+
+def races_of(rec: str) -> list[int | None]:
+    """UTKFace's race field per record, from the `.lst` beside the `.rec` (None where the name has none)."""
+    lst = os.path.splitext(rec)[0] + ".lst"
+    if not os.path.isfile(lst):
+        raise UserError(f"{lst} not found: the race comes from the source file names listed there")
+    out = []
+    with open(lst, encoding="utf-8") as f:
+        for line in f:
+            parts = os.path.basename(line.rstrip("\n").split("\t")[-1]).split("_")
+            out.append(int(parts[2]) if len(parts) > 3 and parts[2].isdigit() else None)
+    return out
+
+
+def main() -> int:
+    p = ArgumentParser(description=__doc__)
+    p.add_argument("--model", default=None, help="a .onnx file or PREFIX,EPOCH (default: the bundled model)")
+    p.add_argument("--rec", default="dataset/utkface/val.rec", help="a packed UTKFace .rec (its .lst beside it)")
+    args = p.parse_args()
+
+    import numpy as np
+
+    from utils.data.iterators import check_rec, eval_batches, record_iter
+    from utils.model.age import AGE_DECODINGS, DEFAULT_DECODE, decode
+    from utils.model.engine import load_engine
+    from utils.model.metrics import band_table, summarize
+
+    engine = load_engine(args.model)
+    n = check_rec(args.rec)
+    outs, flips, labels = [], [], []
+    for data, label in eval_batches(record_iter(args.rec, 256, train=False), n):
+        x = data.asnumpy()
+        outs.append(engine.outputs(x))
+        flips.append(engine.outputs(x, flip=True))
+        labels.append(label.asnumpy())
+    out, flip, lab = np.concatenate(outs), np.concatenate(flips), np.concatenate(labels)
+    gender, age = lab[:, 0], lab[:, 1]
+    print(f"model {engine.name} on {args.rec} ({n} faces)\n")
+    print("| decoding | flip | gender acc. | MAE | CS@3 | CS@5 |\n|---|---|---|---|---|---|")
+    for how in AGE_DECODINGS:
+        for name, o in (("no", out), ("yes", flip)):
+            m = summarize(*decode(o, how), gender, age)
+            print(f"| {how} | {name} | {m['acc']:.4f} | {m['mae']:.2f} | {m['cs3']:.4f} | {m['cs5']:.4f} |")
+    p_male, pred = decode(out, DEFAULT_DECODE)
+    print(f"\nper age band ({DEFAULT_DECODE}, no flip: the default command)\n")
+    print("| band | faces | MAE | CS@5 | gender acc. |\n|---|---|---|---|---|")
+    for row in band_table(pred, age, p_male, gender):
+        print(f"| {row['band']} | {row['count']} | {row['mae']:.2f} | {row['cs5']:.4f} | {row['acc']:.4f} |")
+    race = races_of(args.rec)
+    if len(race) == n:
+        print("\nper UTKFace race (same decoding)\n")
+        print("| race | faces | gender acc. | MAE | CS@5 |\n|---|---|---|---|---|")
+        race = np.array([-1 if r is None else r for r in race])
+        for r, name in RACES.items():
+            sel = race == r
+            if sel.any():
+                m = summarize(p_male[sel], pred[sel], gender[sel], age[sel])
+                print(f"| {name} | {int(sel.sum())} | {m['acc']:.4f} | {m['mae']:.2f} | {m['cs5']:.4f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
