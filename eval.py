@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from utils.model.age import AGE_DECODINGS, DEFAULT_DECODE
+from utils.model.age import AGE_DECODINGS, DEFAULT_DECODE, DEFAULT_FLIP
 from utils.model.engine import ENGINES
 from utils.cli import BATCH, COUNT, ArgumentParser
 from utils.errors import UserError, run_cli
@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--age-decode", choices=AGE_DECODINGS, default=DEFAULT_DECODE,
                    help="prob: sum of P(age > k); vote: sum of the pairs' argmax; median: where P(age > k) "
                         "crosses 1/2")
-    p.add_argument("--flip", action="store_true", help="average each face with its mirror image")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=DEFAULT_FLIP,
+                   help="average each face's outputs with its mirror image's")
     p.add_argument("--json", metavar="FILE", help="write every number to this JSON file")
     p.add_argument("--plot", metavar="FILE", help="save MAE by age, predicted vs true age, gender confusion (PNG)")
     p.add_argument("--num-workers", type=COUNT, default=2, help="image decoding threads")

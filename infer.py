@@ -8,7 +8,7 @@ import argparse
 import os
 import sys
 
-from utils.model.age import AGE_DECODINGS, DEFAULT_DECODE
+from utils.model.age import AGE_DECODINGS, DEFAULT_DECODE, DEFAULT_FLIP
 from utils.cli import BATCH, COUNT, NON_NEGATIVE, NON_NEGATIVE_INT, PROBABILITY, ArgumentParser
 from utils.model.engine import ENGINES
 from utils.errors import UserError, run_cli
@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--age-decode", choices=AGE_DECODINGS, default=DEFAULT_DECODE,
                    help="prob: sum of P(age > k); vote: sum of the pairs' argmax; median: where P(age > k) "
                         "crosses 1/2")
-    p.add_argument("--flip", action="store_true", help="average each face with its mirror image")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=DEFAULT_FLIP,
+                   help="average each face's outputs with its mirror image's")
     p.add_argument("--gpus", default="", help="GPU ids such as 0,1 for the attribute net (empty = CPU); the "
                                               "onnx engine needs onnxruntime-gpu and uses the first")
     p.add_argument("--batch-size", type=BATCH, default=256, help="faces per forward pass")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import socket
 
-from utils.model.age import AGE_DECODINGS, DEFAULT_DECODE
+from utils.model.age import AGE_DECODINGS, DEFAULT_DECODE, DEFAULT_FLIP
 from utils.cli import BATCH, COUNT, NON_NEGATIVE, NON_NEGATIVE_INT, ArgumentParser, number
 from utils.model.engine import ENGINES
 from utils.errors import UserError, run_cli
@@ -23,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--det-model", metavar="ONNX", default=None, help="an InsightFace ONNX detector")
     p.add_argument("--max-size", type=NON_NEGATIVE_INT, default=1280, help="longest side seen by the detector")
     p.add_argument("--age-decode", choices=AGE_DECODINGS, default=DEFAULT_DECODE, help="age decoding")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=DEFAULT_FLIP,
+                   help="average each face's outputs with its mirror image's")
     p.add_argument("--max-bytes", type=COUNT, default=10_000_000, help="largest request body (413 above)")
     p.add_argument("--max-pixels", type=COUNT, default=MAX_PIXELS, help="largest image, from its header (413 above)")
     p.add_argument("--batch-window-ms", type=NON_NEGATIVE, default=5.0,
@@ -46,7 +48,7 @@ def main() -> int:
     from utils.serving.service import DET_FLOOR, create_app
 
     analyzer = FaceAnalyzer.from_options(args.model, args.engine, args.det_model, DET_FLOOR, args.max_size, args.gpus,
-                                         det_threads=1, net_threads=1, age_decode=args.age_decode)
+                                         det_threads=1, net_threads=1, age_decode=args.age_decode, flip=args.flip)
     app = create_app(analyzer, args.max_bytes, args.max_pixels, args.batch_window_ms, args.batch_faces, args.workers)
     # uvicorn handles Ctrl-C and SIGTERM: no new connections, in-flight requests finish, exit 0
     uvicorn.run(app, host=args.host, port=args.port, timeout_graceful_shutdown=30, log_level="info",

@@ -11,6 +11,7 @@ NUM_AGE_BINS = 100
 MAX_AGE = 100  # target ages are clamped to 0..MAX_AGE
 AGE_DECODINGS = ("prob", "vote", "median")
 DEFAULT_DECODE = "prob"  # the decoding eval.py, infer.py and the service use unless told otherwise
+DEFAULT_FLIP = False     # whether they average each face's outputs with its mirror image's
 
 
 def _softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -91,4 +92,4 @@ def age_gender_loss(F, output, label, gender_weight: float = 1.0, age_sigma: flo
     return gender_weight * g_loss + a_loss
 
 
-__all__ = ["decode", "AGE_DECODINGS", "DEFAULT_DECODE", "age_targets", "age_gender_loss", "NUM_AGE_BINS", "MAX_AGE"]
+__all__ = ["decode", "AGE_DECODINGS", "DEFAULT_DECODE", "DEFAULT_FLIP", "age_targets", "age_gender_loss", "NUM_AGE_BINS", "MAX_AGE"]

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from utils.model.age import DEFAULT_DECODE
+from utils.model.age import DEFAULT_DECODE, DEFAULT_FLIP
 from utils.atomic import save_figure, write_atomic
 from utils.data.iterators import check_rec, eval_batches, record_iter
 from utils.data.distribution import load_labels
@@ -29,7 +29,7 @@ class Predictions:
 
 
 def predict_rec(predictor: Engine, rec: str, batch_size: int = 256, age_decode: str = DEFAULT_DECODE,
-                flip: bool = False, progress: bool = True, threads: int = 2) -> Predictions:
+                flip: bool = DEFAULT_FLIP, progress: bool = True, threads: int = 2) -> Predictions:
     """Run the model over every record of `rec` in batches (ImageRecordIter decoding, file order)."""
     from tqdm import tqdm
 

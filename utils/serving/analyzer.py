@@ -20,7 +20,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from utils.model.age import DEFAULT_DECODE
+from utils.model.age import DEFAULT_DECODE, DEFAULT_FLIP
 from utils.model.engine import Engine, load_engine
 from utils.errors import UserError, short_reason
 from utils.data.face import Detector, Face, align_face, load_detector
@@ -72,7 +72,7 @@ class FaceAnalyzer:
     """A detector and an engine with the settings that turn a photo into labelled faces."""
 
     def __init__(self, detector: Detector, engine: Engine, age_decode: str = DEFAULT_DECODE, min_face: float = 0.0,
-                 flip: bool = False, batch_size: int = 256, max_pixels: int = MAX_PIXELS):
+                 flip: bool = DEFAULT_FLIP, batch_size: int = 256, max_pixels: int = MAX_PIXELS):
         self.detector, self.engine = detector, engine
         self.age_decode, self.min_face, self.flip, self.batch_size = age_decode, min_face, flip, batch_size
         self.max_pixels = max_pixels
