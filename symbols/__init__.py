@@ -13,8 +13,10 @@ import re
 import warnings
 from dataclasses import dataclass, field
 
-import mxnet as mx
-from mxnet import gluon
+os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")  # no "Subgraph backend MKLDNN is activated" on stderr
+
+import mxnet as mx  # noqa: E402
+from mxnet import gluon  # noqa: E402
 
 from symbols.common import NUM_OUTPUTS, OUTPUT_NAME
 from utils.atomic import atomic_path

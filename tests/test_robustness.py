@@ -235,7 +235,8 @@ def test_eval_names_the_bad_record_of_a_rec(tmp_path, broken, message):
     face = cv2.imencode(".jpg", np.full((112, 112, 3), 120, np.uint8))[1].tobytes()
     records = [(face, 1, 30)] * 5 + [(broken[0] or face, broken[1], broken[2])] + [(face, 0, 40)] * 5
     rec = _write_rec(tmp_path, records)
-    for script in (["eval.py", "--rec", rec, "--no-progress"], ["train.py", "--data-dir", str(tmp_path)]):
+    for script in (["eval.py", "--rec", rec, "--no-progress"],
+                   ["train.py", "--data-dir", str(tmp_path), "--prefix", str(tmp_path / "run" / "m")]):
         proc = run_script(*script)
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.startswith("error: ") and len(proc.stderr.splitlines()) == 1, proc.stderr
