@@ -10,8 +10,8 @@ import numpy as np
 NUM_AGE_BINS = 100
 MAX_AGE = 100  # target ages are clamped to 0..MAX_AGE
 AGE_DECODINGS = ("prob", "vote", "median")
-DEFAULT_DECODE = "prob"  # the decoding eval.py, infer.py and the service use unless told otherwise
-DEFAULT_FLIP = False     # whether they average each face's outputs with its mirror image's
+DEFAULT_DECODE = "vote"  # the decoding eval.py, infer.py and the service use unless told otherwise
+DEFAULT_FLIP = True      # whether they average each face's outputs with its mirror image's
 
 
 def _softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
