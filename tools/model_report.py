@@ -40,7 +40,7 @@ def main() -> int:
     import numpy as np
 
     from utils.data.iterators import check_rec, eval_batches, record_iter
-    from utils.model.age import AGE_DECODINGS, DEFAULT_DECODE, decode
+    from utils.model.age import AGE_DECODINGS, DEFAULT_DECODE, DEFAULT_FLIP, decode
     from utils.model.engine import load_engine
     from utils.model.metrics import band_table, summarize
 
@@ -60,14 +60,15 @@ def main() -> int:
         for name, o in (("no", out), ("yes", flip)):
             m = summarize(*decode(o, how), gender, age)
             print(f"| {how} | {name} | {m['acc']:.4f} | {m['mae']:.2f} | {m['cs3']:.4f} | {m['cs5']:.4f} |")
-    p_male, pred = decode(out, DEFAULT_DECODE)
-    print(f"\nper age band ({DEFAULT_DECODE}, no flip: the default command)\n")
+    p_male, pred = decode(flip if DEFAULT_FLIP else out, DEFAULT_DECODE)
+    how = f"{DEFAULT_DECODE}{', flip' if DEFAULT_FLIP else ''}"
+    print(f"\nper age band ({how}: the default command)\n")
     print("| band | faces | MAE | CS@5 | gender acc. |\n|---|---|---|---|---|")
     for row in band_table(pred, age, p_male, gender):
         print(f"| {row['band']} | {row['count']} | {row['mae']:.2f} | {row['cs5']:.4f} | {row['acc']:.4f} |")
     race = races_of(args.rec)
     if len(race) == n:
-        print("\nper UTKFace race (same decoding)\n")
+        print(f"\nper UTKFace race ({how})\n")
         print("| race | faces | gender acc. | MAE | CS@5 |\n|---|---|---|---|---|")
         race = np.array([-1 if r is None else r for r in race])
         for r, name in RACES.items():
