@@ -7,9 +7,9 @@ import argparse
 import os
 import sys
 
-from utils.cli import ArgumentParser, number, COUNT, NON_NEGATIVE_INT, PROBABILITY, RATIO
-from utils.errors import UserError, run_cli
+from utils.cli import COUNT, NON_NEGATIVE_INT, PROBABILITY, RATIO, ArgumentParser, number
 from utils.data.image import MAX_PIXELS
+from utils.errors import UserError, run_cli
 from utils.data.pack import FaceSettings, pack_dataset, summary_table, unique_source_names
 from utils.data.sources import parse_afad, parse_agedb, parse_list, parse_megaage, parse_utkface
 

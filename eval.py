@@ -9,7 +9,7 @@ import os
 from utils.model.age import AGE_DECODINGS, DEFAULT_DECODE, DEFAULT_FLIP
 from utils.model.engine import ENGINES
 from utils.cli import BATCH, COUNT, ArgumentParser
-from utils.errors import UserError, run_cli
+from utils.errors import run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,11 +3,10 @@
 or a `path,gender,age` list, and print count, mean/median age and the gender and source shares."""
 from __future__ import annotations
 
-import argparse
 
-from utils.data.distribution import load_labels, plot_histogram, summarize
-from utils.cli import ArgumentParser
 from utils.atomic import check_writable
+from utils.cli import ArgumentParser
+from utils.data.distribution import load_labels, plot_histogram, summarize
 from utils.errors import UserError, run_cli, short_reason
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import ROOT, insightface_model, run_script
 from utils.data.demo import aligned_demo_faces, wheel_image
-from utils.model.engine import BUNDLED_MODEL, BUNDLED_ONNX, OnnxEngine, load_engine
+from utils.model.engine import BUNDLED_MODEL, BUNDLED_ONNX, OnnxEngine
 from utils.errors import UserError
 from utils.data.image import read_image
 

@@ -11,7 +11,6 @@ import sys
 import threading
 
 import cv2
-import numpy as np
 
 from symbols import checkpoint_epochs
 from tests.conftest import ROOT, run_script

@@ -3,7 +3,6 @@ its JSON form and the plot."""
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 
 import numpy as np
