@@ -20,11 +20,11 @@ import cv2
 import numpy as np
 
 from utils.serving.analyzer import FaceAnalyzer
+from utils.serving.inference import COLORS_BGR
 from utils.atomic import check_writable, replace_with, temp_beside
 from utils.errors import UserError
 from utils.serving.tracking import Track, Tracker
 
-COLORS_BGR = {"male": (235, 140, 30), "female": (60, 60, 230), None: (128, 128, 128)}
 
 
 class CameraReader:
@@ -87,7 +87,7 @@ def draw_tracks(bgr: np.ndarray, tracks: list[Track]) -> np.ndarray:
     for t in tracks:
         x1, y1, x2, y2 = (int(round(float(v))) for v in t.face.box)
         side = max(1, min(x2 - x1, y2 - y1))
-        color = COLORS_BGR[t.gender]
+        color = COLORS_BGR.get(t.gender, (128, 128, 128))
         cv2.rectangle(bgr, (x1, y1), (x2, y2), color, max(1, round(side / 50)), cv2.LINE_AA)
         text = f"#{t.id} " + (f"{t.gender[0].upper()} {round(t.age)}" if t.gender else "?")
         scale = float(np.clip(side / 80, 0.4, 2.0))
