@@ -51,6 +51,16 @@ def number(kind: type = float, lo: float | None = None, hi: float | None = None,
     return parse
 
 
+def gpu_ids(text: str) -> list[int]:
+    """`--gpus 0,1` -> [0, 1]; empty -> [] (the CPU). UserError for anything else."""
+    from utils.errors import UserError
+
+    try:
+        return [int(g) for g in text.split(",") if g.strip()]
+    except ValueError:
+        raise UserError(f"--gpus takes GPU ids such as 0,1; got {text!r}") from None
+
+
 # the ranges the scripts use
 COUNT = number(int, 1)                  # epochs, intervals, threads: >= 1
 BATCH = number(int, 1, 4096)            # faces per forward pass (MXNet refuses tensors over 2^31 elements)
@@ -61,5 +71,5 @@ POSITIVE = number(float, 0, lo_open=True)  # learning rates, sizes
 NON_NEGATIVE = number(float, 0)         # pixel sizes, strengths (0 = off)
 
 
-__all__ = ["ArgumentParser", "number", "COUNT", "BATCH", "NON_NEGATIVE_INT", "PROBABILITY", "RATIO", "POSITIVE",
+__all__ = ["ArgumentParser", "number", "gpu_ids", "COUNT", "BATCH", "NON_NEGATIVE_INT", "PROBABILITY", "RATIO", "POSITIVE",
            "NON_NEGATIVE"]

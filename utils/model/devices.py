@@ -3,18 +3,15 @@ from __future__ import annotations
 
 import mxnet as mx
 
+from utils.cli import gpu_ids
 from utils.errors import UserError
 
 
 def contexts(gpus: str) -> list[mx.Context]:
     """`0,1` -> [gpu(0), gpu(1)]; empty -> [cpu()]. Raises UserError when a GPU is asked for and absent."""
-    ids = [g.strip() for g in gpus.split(",") if g.strip()]
-    if not ids:
+    ids_n = gpu_ids(gpus)
+    if not ids_n:
         return [mx.cpu()]
-    try:
-        ids_n = [int(g) for g in ids]
-    except ValueError:
-        raise UserError(f"--gpus takes GPU ids such as 0,1; got {gpus!r}") from None
     available = mx.context.num_gpus()
     missing = [g for g in ids_n if g >= available]
     if missing:

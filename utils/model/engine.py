@@ -10,8 +10,9 @@ import os
 
 import numpy as np
 
-from utils.model.age import DEFAULT_DECODE, NUM_AGE_BINS, decode
+from utils.cli import gpu_ids
 from utils.errors import UserError, short_reason
+from utils.model.age import DEFAULT_DECODE, NUM_AGE_BINS, decode
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUNDLED_MODEL = os.path.join(ROOT, "models", "agegender")  # the model shipped in the repository, epoch 0
@@ -71,11 +72,12 @@ class OnnxEngine(Engine):
 
     kind = "onnx"
 
-    def __init__(self, path: str, threads: int = 0, gpus: str = ""):
+    def __init__(self, path: str, threads: int = 0, gpus: str = "", model: bytes | None = None):
+        """`path`: the .onnx file, or only the name when the serialised `model` is given."""
         import onnxruntime as ort
 
         self.name = short_name(path)
-        if not os.path.isfile(path):
+        if model is None and not os.path.isfile(path):
             raise UserError(f"model file not found: {path}")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = max(0, threads)
@@ -84,19 +86,17 @@ class OnnxEngine(Engine):
         # no busy-waiting between runs: the net shares the cores with the detector's threads
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers: list = ["CPUExecutionProvider"]
-        ids = [g.strip() for g in gpus.split(",") if g.strip()]
+        ids = gpu_ids(gpus)
         if ids:
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise UserError("--gpus with the onnx engine needs onnxruntime-gpu (pip install onnxruntime-gpu in "
                                 "place of onnxruntime); this onnxruntime has only "
                                 f"{', '.join(ort.get_available_providers())}. Or use --engine mxnet with "
                                 "requirements-gpu.txt")
-            try:
-                providers = [("CUDAExecutionProvider", {"device_id": int(ids[0])}), "CPUExecutionProvider"]
-            except ValueError:
-                raise UserError(f"--gpus takes GPU ids such as 0,1; got {gpus!r}") from None
+            providers = [("CUDAExecutionProvider", {"device_id": ids[0]}), "CPUExecutionProvider"]
         try:
-            self.session = ort.InferenceSession(path, sess_options=opts, providers=providers)
+            self.session = ort.InferenceSession(path if model is None else model, sess_options=opts,
+                                                providers=providers)
         except Exception as exc:  # noqa: BLE001 -- onnxruntime raises its own types for bad files
             raise UserError(f"cannot load model {self.name}: {short_reason(exc)}") from None
         self.input = self.session.get_inputs()[0].name
@@ -137,8 +137,6 @@ def load_engine(model: str | None = None, engine: str | None = None, gpus: str =
 
 def _exported(model: str | None, threads: int, gpus: str) -> Engine:
     """`--engine onnx` for a checkpoint: exported (and checked) in memory, then run by onnxruntime."""
-    import tempfile
-
     from symbols.onnx_export import export_onnx
     from utils.data.demo import aligned_demo_faces
     from utils.model.mxnet_engine import resolve_model
@@ -148,13 +146,7 @@ def _exported(model: str | None, threads: int, gpus: str) -> Engine:
         data, _ = export_onnx(prefix, epoch, aligned_demo_faces())
     except Exception as exc:  # noqa: BLE001 -- MXNet, onnx and onnxruntime each raise their own types
         raise UserError(f"cannot export {prefix},{epoch} to ONNX: {short_reason(exc)}") from None
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, os.path.basename(prefix) + ".onnx")
-        with open(path, "wb") as f:
-            f.write(data)
-        eng = OnnxEngine(path, threads, gpus)
-    eng.name = f"{short_name(prefix)},{epoch} (exported to ONNX)"
-    return eng
+    return OnnxEngine(f"{short_name(prefix)},{epoch} (exported to ONNX)", threads, gpus, model=data)
 
 
 __all__ = ["Engine", "OnnxEngine", "load_engine", "BUNDLED_MODEL", "BUNDLED_ONNX", "ENGINES", "short_name"]
