@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add(o, "--age-sigma", type=number(float, 0, 30), default=0.0,
          help="soft age targets: label noise in years (0 = hard 0/1 steps)")
     _add(o, "--gender-smooth", type=number(float, 0, 1, hi_open=True), default=0.0, help="label smoothing of the gender targets")
+    _add(o, "--teacher-gender", default="", metavar="CSV",
+         help="soft gender labels of the train split from tools/teacher_gender.py (distillation)")
+    _add(o, "--teacher-weight", type=PROBABILITY, default=0.5,
+         help="share of the teacher in each gender target: (1 - w) x label + w x teacher")
     _add(o, "--age-balance", type=number(float, 0, 2), default=0.0,
          help="re-weight the age loss by 10-year band frequency ** -this (0 = off, 1 = fully balanced)")
     _add(o, "--lr-schedule", choices=("step", "cosine"), default="step",

@@ -28,6 +28,15 @@ def demo_sources(tmp_path_factory) -> dict[str, str]:
     return build_demo_sources(str(tmp_path_factory.mktemp("raw")))
 
 
+def as_in_a_terminal() -> None:
+    """preexec_fn for a child that the tests interrupt with SIGINT: a shell starts background jobs (CI's
+    `nohup ... &` included) with SIGINT ignored, which the child would inherit, and Python then never
+    raises KeyboardInterrupt; a user's Ctrl-C in a terminal reaches a process with the default action."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_script(script: str, *args: str, check: bool = False) -> subprocess.CompletedProcess:
     """Run one of the top-level scripts as a user would; returns the finished process."""
     proc = subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=ROOT,

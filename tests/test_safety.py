@@ -13,7 +13,7 @@ import threading
 import cv2
 
 from symbols import checkpoint_epochs
-from tests.conftest import ROOT, run_script
+from tests.conftest import ROOT, as_in_a_terminal, run_script
 from utils.data.demo import wheel_image
 
 T1 = wheel_image("t1.jpg")
@@ -124,7 +124,7 @@ def test_resume_wins_over_pretrained(packed_demo, tmp_path, random_model):
            "--multiplier", "0.25", "--version-input", "0", "--batch-size", "4", "--pretrained", random_model,
            "--log-interval", "1"]
     proc = subprocess.Popen(cmd + ["--end-epoch", "50"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=as_in_a_terminal)
     try:
         for line in proc.stdout:
             if "Epoch[0] Batch [2-3]" in line:

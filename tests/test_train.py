@@ -16,7 +16,7 @@ import pytest
 from mxnet.gluon import nn
 
 from symbols import checkpoint_epochs, get_network, load_model, load_weights
-from tests.conftest import ROOT, run_script, shared_path
+from tests.conftest import ROOT, as_in_a_terminal, run_script, shared_path
 from utils.errors import UserError
 from utils.model.metrics import band_table, summarize
 from utils.data.recordio import pack_record
@@ -221,7 +221,8 @@ def test_ctrl_c_saves_a_checkpoint_then_exits(packed_demo, tmp_path, sig, status
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), "--data-dir", data_dir, "--prefix", prefix,
                              "--multiplier", "0.25", "--version-input", "0", "--batch-size", "4", "--end-epoch",
                              "100000", "--log-interval", "1", "--save-every", "100000"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=as_in_a_terminal)
     try:
         for line in proc.stdout:  # wait until training runs
             if "Batch [" in line:
@@ -243,7 +244,7 @@ def test_interrupt_never_rewrites_a_completed_epoch_and_resume_continues_from_it
     cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--data-dir", data_dir, "--prefix", prefix,
            "--multiplier", "0.25", "--version-input", "0", "--batch-size", "4", "--log-interval", "1"]
     proc = subprocess.Popen(cmd + ["--end-epoch", "100000"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=as_in_a_terminal)
     try:
         seen = 0
         for line in proc.stdout:  # past epoch 1's checkpoint, into epoch 2

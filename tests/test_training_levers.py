@@ -112,3 +112,61 @@ def test_best_epoch_score_weighs_gender_and_age():
     assert val_score({"val_mae": 5.0, "val_acc": 0.90}) == pytest.approx(7.0)
     # one point of gender accuracy is worth 0.2 years of MAE
     assert val_score({"val_mae": 5.1, "val_acc": 0.92}) < val_score({"val_mae": 5.0, "val_acc": 0.90})
+
+
+def test_soft_gender_labels_give_the_hard_loss_at_0_and_1_and_a_mixed_one_between():
+    out = mx.nd.array(np.random.RandomState(0).randn(4, 202))
+    hard = mx.nd.array([[1, 30], [0, 30], [-1, 30], [0, 30]])
+    g_logp = np.log(np.exp(out.asnumpy()[:, :2]) / np.exp(out.asnumpy()[:, :2]).sum(1, keepdims=True))
+    loss = lambda lab: age_gender_loss(mx.nd, out, mx.nd.array(lab)).asnumpy()  # noqa: E731
+    base = loss([[-1, 30]] * 4)  # the age term alone
+    np.testing.assert_allclose(loss(hard) - base, [-g_logp[0, 1], -g_logp[1, 0], 0, -g_logp[3, 0]], atol=1e-4)
+    soft = loss([[0.7, 30]] * 4) - base
+    np.testing.assert_allclose(soft, -(0.7 * g_logp[:, 1] + 0.3 * g_logp[:, 0]), atol=1e-4)
+
+
+def test_teacher_labels_reach_the_training_iterator_by_record_index(packed_demo, tmp_path):
+    from utils.data.iterators import record_iter, to_numpy_labels
+    from utils.model.teacher import read_lst, write_sidecar, write_soft_lst
+
+    data_dir, _ = packed_demo
+    lst = f"{data_dir}/train.lst"
+    entries = read_lst(lst)
+    teacher = {e.index: (e.index % 10) / 10 for e in entries[:-1]}  # the last face has no teacher label
+    write_sidecar(str(tmp_path / "t.csv"), teacher)
+    n, labelled = write_soft_lst(lst, str(tmp_path / "t.csv"), 0.5, str(tmp_path / "soft.lst"))
+    known = [e for e in entries[:-1] if e.gender >= 0]
+    assert n == len(entries) and labelled == len(known)
+    want = {e.index: (0.5 * e.gender + 0.5 * teacher[e.index] if e.index in teacher and e.gender >= 0 else e.gender,
+                      e.age) for e in entries}
+    it = record_iter(f"{data_dir}/train.rec", 4, train=True, labels_lst=str(tmp_path / "soft.lst"))
+    seen = {}
+    for batch in it:
+        for g, a in batch.label[0].asnumpy():
+            match = [i for i, (wg, wa) in want.items() if abs(wg - g) < 1e-5 and wa == a]
+            assert match, (g, a)  # every label the iterator gives is one of the soft labels
+            seen[(round(float(g), 5), float(a))] = True
+    assert len(seen) == len({(round(g, 5), a) for g, a in want.values()})
+    gender, _ = to_numpy_labels(mx.nd.array([[0.7, 3], [0.2, 3], [-1, 3]]))
+    assert gender.tolist() == [1, 0, -1]  # training metrics count a soft label as its nearer gender
+
+
+def test_teacher_sidecar_errors_are_one_line(packed_demo, tmp_path):
+    from utils.errors import UserError
+    from utils.model.teacher import read_sidecar, write_soft_lst
+
+    data_dir, _ = packed_demo
+    bad = tmp_path / "bad.csv"
+    bad.write_text("index,p_male\n0,1.5\n")
+    with pytest.raises(UserError, match="not a probability"):
+        read_sidecar(str(bad))
+    bad.write_text("a,b\n")
+    with pytest.raises(UserError, match="not a teacher sidecar"):
+        read_sidecar(str(bad))
+    bad.write_text("index,p_male\n99999,0.5\n")
+    with pytest.raises(UserError, match="another split"):
+        write_soft_lst(f"{data_dir}/train.lst", str(bad), 0.5, str(tmp_path / "x.lst"))
+    proc = run_script("train.py", "--data-dir", data_dir, "--prefix", str(tmp_path / "m"), "--teacher-gender",
+                      str(tmp_path / "missing.csv"), "--end-epoch", "1", "--batch-size", "4")
+    assert proc.returncode == 2 and proc.stderr.startswith("error: teacher labels not found")
+    assert len(proc.stderr.splitlines()) == 1

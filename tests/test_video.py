@@ -8,13 +8,14 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections import defaultdict
 
 import cv2
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, run_script, shared_path
+from tests.conftest import ROOT, as_in_a_terminal, run_script, shared_path
 from utils.data.demo import pan_and_zoom, wheel_image
 from utils.serving.tracking import Tracker, iou_matrix
 from utils.data.face import Face
@@ -153,13 +154,12 @@ def test_ctrl_c_closes_the_video_and_the_json_lines_cleanly(tmp_path):
     out, jl = tmp_path / "out.mp4", tmp_path / "faces.jsonl"
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "infer.py"), "--video", video, "--output", str(out),
                              "--jsonl", str(jl), "--no-progress"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=as_in_a_terminal)
     try:
         while not [n for n in os.listdir(tmp_path) if n.startswith(".faces.jsonl")]:
             if proc.poll() is not None:
                 break
-        import time
-
+            time.sleep(0.05)
         time.sleep(2)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)

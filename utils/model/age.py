@@ -71,14 +71,17 @@ def age_gender_loss(F, output, label, gender_weight: float = 1.0, age_sigma: flo
     """Softmax cross-entropy of gender over [0:2] (unknown gender, -1, ignored) plus the sum over the
     100 pairs of the cross-entropy of "age > k", as InsightFace's 1 + 100 SoftmaxOutputs (a mean over
     the pairs would leave age a hundredth of the gradient), the gender term times `gender_weight`.
-    `label` is (N,2) = [gender, age] as packed. `age_sigma`: soft age targets (see `age_targets`);
+    `label` is (N,2) = [gender, age] as packed (gender may be a soft P(male), see `utils.model.teacher`). `age_sigma`: soft age targets (see `age_targets`);
     `gender_smooth`: label smoothing of gender; `sample_weight` (N,): a weight per face on the age
     term. Returns (N,) losses."""
     gender = F.slice_axis(label, axis=1, begin=0, end=1).reshape((-1,))
     age = F.slice_axis(label, axis=1, begin=1, end=2).reshape((-1,))
     g_logp = F.log_softmax(F.slice_axis(output, axis=1, begin=0, end=2), axis=-1)
     known = gender >= 0
-    g_nll = -F.pick(g_logp, F.maximum(gender, 0), axis=-1)
+    # a gender label is P(male): 1 or 0 as packed, or in between for a teacher's soft label
+    g = F.maximum(gender, 0)
+    g_nll = -(g * F.slice_axis(g_logp, axis=1, begin=1, end=2).reshape((-1,))
+              + (1 - g) * F.slice_axis(g_logp, axis=1, begin=0, end=1).reshape((-1,)))
     if gender_smooth > 0:
         g_nll = (1 - gender_smooth) * g_nll - gender_smooth * g_logp.mean(axis=-1)
     g_loss = g_nll * known

@@ -63,6 +63,8 @@ class TrainConfig:
     age_balance: float = 0.0
     lr_schedule: str = "step"
     warmup_epochs: float = 0.0
+    teacher_gender: str = ""
+    teacher_weight: float = 0.5
 
 
 def lr_at(cfg: TrainConfig, epoch: float) -> float:
@@ -137,6 +139,7 @@ class Fit:
 
             self.band_weights = mx.nd.array(age_band_weights(np.array(load_labels(self.train_rec).age),
                                                             cfg.age_balance))
+        self.train_labels = self._teacher_labels() if cfg.teacher_gender else ""
         self._init_params()
         self.trainer = gluon.Trainer(self.net.collect_params(), "sgd",
                                      {"learning_rate": lr_at(cfg, self.begin_epoch), "wd": cfg.wd,
@@ -161,6 +164,18 @@ class Fit:
                                 "start it with tools/launch.py (see README, 'Several machines')")
             return mx.kv.create(kind)
         return mx.kv.create(kind) if len(self.ctx) > 1 else None
+
+    def _teacher_labels(self) -> str:
+        """The train split's `.lst` with the teacher's soft genders mixed in, written beside the checkpoints
+        (`PREFIX-train-labels.lst`) for the record iterator."""
+        from utils.model.teacher import write_soft_lst
+
+        out = f"{self.cfg.prefix}-train-labels.lst"
+        n, labelled = write_soft_lst(os.path.splitext(self.train_rec)[0] + ".lst", self.cfg.teacher_gender,
+                                     self.cfg.teacher_weight, out)
+        log.info("teacher genders from %s for %d of %d train faces (weight %g): %s", self.cfg.teacher_gender,
+                 labelled, n, self.cfg.teacher_weight, out)
+        return out
 
     def _network(self) -> gluon.HybridBlock:
         c = self.cfg
@@ -292,7 +307,8 @@ class Fit:
                             f"(--end-epoch {c.end_epoch})")
         train_iter = record_iter(self.train_rec, self.global_batch, train=True,
                                  augment=c.augment, threads=c.num_workers,
-                                 seed=c.seed, num_parts=self.workers, part_index=self.rank)
+                                 seed=c.seed, num_parts=self.workers, part_index=self.rank,
+                                 labels_lst=self.train_labels)
         log.info("training %s on %s: %d train faces, batch %d per context x %d context(s) x %d worker(s)",
                  c.network, ",".join(str(x) for x in self.ctx), self.num_train, c.batch_size, len(self.ctx),
                  self.workers)
