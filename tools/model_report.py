@@ -35,6 +35,9 @@ def main() -> int:
     p = ArgumentParser(description=__doc__)
     p.add_argument("--model", default=None, help="a .onnx file or PREFIX,EPOCH (default: the bundled model)")
     p.add_argument("--rec", default="dataset/utkface/val.rec", help="a packed UTKFace .rec (its .lst beside it)")
+    p.add_argument("--teacher", metavar="CSV", default="",
+                   help="the teacher's P(male) for this split (tools/teacher_gender.py): gender per band of the "
+                        "teacher alone and averaged with the model")
     args = p.parse_args()
 
     import numpy as np
@@ -66,6 +69,19 @@ def main() -> int:
     print("| band | faces | MAE | CS@5 | gender acc. |\n|---|---|---|---|---|")
     for row in band_table(pred, age, p_male, gender):
         print(f"| {row['band']} | {row['count']} | {row['mae']:.2f} | {row['cs5']:.4f} | {row['acc']:.4f} |")
+    if args.teacher:
+        from utils.model.teacher import read_sidecar
+
+        t = read_sidecar(args.teacher)
+        if sorted(t) != list(range(n)):
+            raise UserError(f"{args.teacher} does not label every record of {args.rec}")
+        t = np.array([t[i] for i in range(n)])
+        print(f"\ngender accuracy with the teacher ({args.teacher}; {how})\n")
+        bands = [r["band"] for r in band_table(pred, age)]
+        print("| gender from | all | " + " | ".join(bands) + " |\n|---|---|" + "---|" * len(bands))
+        for name, p in (("the model", p_male), ("the teacher", t), ("mean of both", (p_male + t) / 2)):
+            print(f"| {name} | {summarize(p, pred, gender, age)['acc']:.4f} | "
+                  + " | ".join(f"{r['acc']:.4f}" for r in band_table(pred, age, p, gender)) + " |")
     race = races_of(args.rec)
     if len(race) == n:
         print(f"\nper UTKFace race ({how})\n")
