@@ -129,7 +129,9 @@ def create_app(analyzer: FaceAnalyzer, max_bytes: int = MAX_BYTES, max_pixels: i
                batch_window_ms: float = 5.0, batch_faces: int = 64, workers: int = 0) -> FastAPI:
     """The service around a loaded analyzer (its detector should run at DET_FLOOR)."""
     batcher = FaceBatcher(analyzer, batch_window_ms, batch_faces)
-    pool = ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1, thread_name_prefix="detect")
+    # one thread more than cores: while a thread does its Python work (decode set-up, alignment), the
+    # others keep every core in onnxruntime (load test: +10 % faces/s over one per core)
+    pool = ThreadPoolExecutor(max_workers=workers or (os.cpu_count() or 1) + 1, thread_name_prefix="detect")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
