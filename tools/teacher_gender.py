@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from utils.atomic import check_writable  # noqa: E402
 from utils.cli import ArgumentParser  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
-from utils.model.teacher import Teacher, read_lst, write_sidecar  # noqa: E402
+from utils.model.teacher import Teacher, label_split, read_lst, write_sidecar  # noqa: E402
 
 
 def main() -> int:
@@ -29,31 +29,12 @@ def main() -> int:
     p.add_argument("output", help="the sidecar CSV to write (index,p_male)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args()
-    entries = read_lst(args.lst)
+    read_lst(args.lst)  # a missing or malformed list fails before the teacher loads
     check_writable(args.output, "teacher labels")
-    teacher = Teacher()
-    try:
-        from tqdm import tqdm
-        items = tqdm(entries, unit="face", disable=args.no_progress, file=sys.stderr)
-    except ImportError:
-        items = entries
-    p_male, missing = {}, 0
-    agree = known = 0
-    for e in items:
-        path = e.path  # as create_dataset.py was given it: relative to where it ran, else to the list
-        if not os.path.isabs(path) and not os.path.exists(path):
-            path = os.path.join(os.path.dirname(args.lst), path)
-        p = teacher.p_male(path)
-        if p is None:
-            missing += 1
-            continue
-        p_male[e.index] = p
-        if e.gender >= 0:
-            known += 1
-            agree += (p >= 0.5) == (e.gender >= 0.5)
-    write_sidecar(args.output, p_male)
-    print(f"{len(p_male)} of {len(entries)} records labelled ({missing} photos unreadable); the teacher "
-          f"agrees with {agree} of the {known} known genders ({agree / max(1, known):.4f}); wrote {args.output}")
+    res = label_split(args.lst, Teacher(), progress=not args.no_progress)
+    write_sidecar(args.output, res.p_male)
+    print(f"{len(res.p_male)} records labelled ({res.unreadable} photos unreadable); the teacher agrees with "
+          f"{res.agree} of the {res.known} known genders ({res.agree / max(1, res.known):.4f}); wrote {args.output}")
     return 0
 
 

