@@ -71,9 +71,9 @@ def age_gender_loss(F, output, label, gender_weight: float = 1.0, age_sigma: flo
     """Softmax cross-entropy of gender over [0:2] (unknown gender, -1, ignored) plus the sum over the
     100 pairs of the cross-entropy of "age > k", as InsightFace's 1 + 100 SoftmaxOutputs (a mean over
     the pairs would leave age a hundredth of the gradient), the gender term times `gender_weight`.
-    `label` is (N,2) = [gender, age] as packed (gender may be a soft P(male), see `utils.model.teacher`). `age_sigma`: soft age targets (see `age_targets`);
-    `gender_smooth`: label smoothing of gender; `sample_weight` (N,): a weight per face on the age
-    term. Returns (N,) losses."""
+    `label` is (N,2) = [gender, age] as packed (gender may be a soft P(male), see `utils.model.teacher`).
+    `age_sigma`: soft age targets (see `age_targets`); `gender_smooth`: label smoothing of gender;
+    `sample_weight` (N,): a weight per face on the age term. Returns (N,) losses."""
     gender = F.slice_axis(label, axis=1, begin=0, end=1).reshape((-1,))
     age = F.slice_axis(label, axis=1, begin=1, end=2).reshape((-1,))
     g_logp = F.log_softmax(F.slice_axis(output, axis=1, begin=0, end=2), axis=-1)
