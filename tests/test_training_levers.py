@@ -188,7 +188,7 @@ def test_label_split_runs_a_teacher_over_every_source_photo(packed_demo, tmp_pat
             index = next(e.index for e in entries if path.endswith(e.path))
             return None if index == 0 else float(index % 2 == 0)
 
-    res = label_split(f"{data_dir}/train.lst", Stub(), progress=False)
+    res = label_split(entries, f"{data_dir}/train.lst", Stub(), progress=False)
     assert len(Stub.seen) == len(entries) and all(os.path.exists(p) for p in Stub.seen)
     assert res.unreadable == 1 and sorted(res.p_male) == [e.index for e in entries[1:]]
     want = [e for e in entries[1:] if e.gender >= 0]

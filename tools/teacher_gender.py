@@ -29,9 +29,9 @@ def main() -> int:
     p.add_argument("output", help="the sidecar CSV to write (index,p_male)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args()
-    read_lst(args.lst)  # a missing or malformed list fails before the teacher loads
+    entries = read_lst(args.lst)  # a missing or malformed list fails before the teacher loads
     check_writable(args.output, "teacher labels")
-    res = label_split(args.lst, Teacher(), progress=not args.no_progress)
+    res = label_split(entries, args.lst, Teacher(), progress=not args.no_progress)
     write_sidecar(args.output, res.p_male)
     print(f"{len(res.p_male)} records labelled ({res.unreadable} photos unreadable); the teacher agrees with "
           f"{res.agree} of the {res.known} known genders ({res.agree / max(1, res.known):.4f}); wrote {args.output}")

@@ -15,6 +15,8 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from utils.data.main_face import main_face_score
+
 # The ArcFace 112x112 template that InsightFace's face models (gender-age included) are trained on:
 # left eye, right eye, nose tip, left and right mouth corners, in pixels of the 112x112 crop.
 ARCFACE_TEMPLATE = np.array(
@@ -195,16 +197,10 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_thresh: float) -> list[int]:
 
 
 def pick_main_face(faces: list[Face], shape: tuple[int, ...]) -> Face | None:
-    """The largest, most central face: area minus twice the squared offset from the image centre."""
+    """The largest, most central face (`utils.data.main_face.main_face_score`)."""
     if not faces:
         return None
-    cy, cx = shape[0] / 2.0, shape[1] / 2.0
-
-    def value(f: Face) -> float:
-        fx, fy = (f.box[0] + f.box[2]) / 2.0, (f.box[1] + f.box[3]) / 2.0
-        return f.area - 2.0 * ((fx - cx) ** 2 + (fy - cy) ** 2)
-
-    return max(faces, key=value)
+    return max(faces, key=lambda f: main_face_score(f.box, shape[0], shape[1]))
 
 
 def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:

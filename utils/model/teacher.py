@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import os
 import sys
 from dataclasses import dataclass
 
 from utils.atomic import write_atomic
+from utils.data.main_face import main_face_score
 from utils.errors import UserError
 
 SIDECAR_HEADER = ("index", "p_male")
@@ -121,11 +121,10 @@ class SplitLabels:
     known: int       # records with a known gender that the teacher labelled
 
 
-def label_split(lst_path: str, teacher, progress: bool = True) -> SplitLabels:
-    """Run `teacher` (anything with `p_male(path) -> float | None`) over the source photo of every record
-    of a split's `.lst`. Paths are as create_dataset.py was given them: relative to where it ran, else to
-    the list's folder."""
-    entries = read_lst(lst_path)
+def label_split(entries: list[ListEntry], lst_path: str, teacher, progress: bool = True) -> SplitLabels:
+    """Run `teacher` (anything with `p_male(path) -> float | None`) over the source photo of every entry
+    of the split's `.lst` at `lst_path`. Paths are as create_dataset.py was given them: relative to where
+    it ran, else to the list's folder."""
     try:
         from tqdm import tqdm
         items = tqdm(entries, unit="face", disable=not progress, file=sys.stderr)
@@ -178,15 +177,8 @@ class Teacher:
         faces = self._model.predict(img)
         if not faces:
             return self._p_male(self._model.predict_face(img)["gender"])
-        w, h = img.size
-
-        def rank(face: dict) -> float:  # large and central first, as create_dataset.py picks its face
-            left, top, right, bottom = face["face"]
-            area = max(1, right - left) * max(1, bottom - top)
-            off = math.hypot((left + right) / 2 - w / 2, (top + bottom) / 2 - h / 2)
-            return area - 2.0 * off ** 2
-
-        return self._p_male(max(faces, key=rank)["gender"])
+        main = max(faces, key=lambda f: main_face_score(f["face"], img.height, img.width))
+        return self._p_male(main["gender"])
 
 
 __all__ = ["ListEntry", "read_lst", "SplitLabels", "label_split", "write_sidecar", "read_sidecar", "soft_gender", "write_soft_lst", "Teacher"]
