@@ -1,9 +1,11 @@
 #!/usr/bin/env python
-"""Load test of serve.py on 127.0.0.1 only: a bounded number of requests from concurrent clients (and a
-time cap), real 200x200 face photos from ../shared/data/utkface (t1.jpg, six faces, mixed in); prints
-requests/s, faces/s, latency percentiles and errors, and infer.py's pipeline on the same images.
+"""Load test of serve.py on 127.0.0.1 only: rounds of a bounded number of requests from concurrent clients
+(each round with a time cap), real 200x200 face photos from ../shared/data/utkface with t1.jpg (six faces)
+mixed in; prints requests/s, faces/s, latency percentiles and errors, and infer.py's pipeline on the same
+sequence of images, measured before each round and after the last (this machine's speed drifts by 10-20 %
+within minutes, so each round is compared with the pipeline runs on either side of it).
 
-    .venv/bin/python benchmarks/serve.py [--requests 1500] [--clients 16] [--cap 120]
+    .venv/bin/python benchmarks/serve.py [--requests 1500] [--rounds 3] [--clients 16] [--cap 120]
 """
 from __future__ import annotations
 
@@ -34,27 +36,67 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def image_mix(requests: int, t1_every: int) -> list[str]:
+    """The photos posted, in order: UTKFace photos spread over the folder, t1.jpg as every `t1_every`-th."""
+    utk = os.path.join(SHARED, "data", "utkface")
+    names = sorted(os.listdir(utk)) if os.path.isdir(utk) else []
+    photos = [os.path.join(utk, n) for n in names[:: max(1, len(names) // requests)][:requests]] or \
+        [wheel_image("t1.jpg")]
+    t1 = wheel_image("t1.jpg")
+    return [t1 if t1_every and i % t1_every == t1_every - 1 else photos[i % len(photos)] for i in range(requests)]
+
+
+class Round:
+    """One round of the load test: `len(bodies)` requests from `clients` keep-alive clients."""
+
+    def __init__(self, port: int, bodies: list[bytes], single: list[bool], clients: int, cap: float):
+        self.port, self.bodies, self.single, self.clients, self.cap = port, bodies, single, clients, cap
+        self.local = threading.local()
+
+    def post(self, i: int) -> tuple[bool, float, int, bool] | None:
+        """(single-face photo?, latency s, faces returned, error?) of request `i`; None past the cap."""
+        if time.perf_counter() - self.start > self.cap:
+            return None
+        t = time.perf_counter()
+        try:
+            if not hasattr(self.local, "conn"):  # one keep-alive connection per client, as real clients do
+                self.local.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+            self.local.conn.request("POST", "/v1/analyze", body=self.bodies[i])
+            r = self.local.conn.getresponse()
+            faces = len(json.loads(r.read())["faces"]) if r.status == 200 else 0
+            return self.single[i], time.perf_counter() - t, faces, r.status != 200
+        except Exception:  # noqa: BLE001 -- counted as an error
+            self.local.__dict__.pop("conn", None)
+            return self.single[i], time.perf_counter() - t, 0, True
+
+    def run(self) -> tuple[list[tuple], float]:
+        """The results of the requests sent, and the round's wall time."""
+        self.start = time.perf_counter()
+        with ThreadPoolExecutor(self.clients) as pool:
+            results = [r for r in pool.map(self.post, range(len(self.bodies))) if r is not None]
+        return results, time.perf_counter() - self.start
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--requests", type=int, default=1500)
+    p.add_argument("--requests", type=int, default=1500, help="requests per round")
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--clients", type=int, default=16)
-    p.add_argument("--cap", type=float, default=120.0, help="stop sending after this many seconds")
+    p.add_argument("--cap", type=float, default=120.0, help="a round stops sending after this many seconds")
     p.add_argument("--t1-every", type=int, default=50, help="every N-th request posts t1.jpg (6 faces)")
     p.add_argument("--server-args", default="", help="extra serve.py flags, e.g. '--workers 3'")
     args = p.parse_args()
-    utk = os.path.join(SHARED, "data", "utkface")
-    names = sorted(os.listdir(utk)) if os.path.isdir(utk) else []
-    paths = [os.path.join(utk, n) for n in names[:: max(1, len(names) // args.requests)][:args.requests]] or \
-        [wheel_image("t1.jpg")] * args.requests
+    paths = image_mix(args.requests, args.t1_every)
+    t1 = wheel_image("t1.jpg")
     bodies = [open(pth, "rb").read() for pth in paths]
-    t1 = open(wheel_image("t1.jpg"), "rb").read()
+    single = [pth != t1 for pth in paths]
 
-    rates = [pipeline_rate(paths)]  # before and after the load test: this machine's speed drifts
+    analyzer = pipeline(paths)
     port = free_port()
     server = subprocess.Popen([sys.executable, os.path.join(ROOT, "serve.py"), "--port", str(port),
                                *args.server_args.split()], cwd=ROOT,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    local = threading.local()
+    rates, rounds, client_cpu = [], [], 0.0
     try:
         for _ in range(300):
             try:
@@ -62,63 +104,64 @@ def main() -> None:
                 break
             except OSError:
                 time.sleep(0.1)
-        start = time.perf_counter()
-
-        def post(i: int):
-            if time.perf_counter() - start > args.cap:
-                return None
-            body = t1 if args.t1_every and i % args.t1_every == args.t1_every - 1 else bodies[i % len(bodies)]
-            t = time.perf_counter()
-            try:
-                if not hasattr(local, "conn"):  # one keep-alive connection per client, as real clients do
-                    local.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-                local.conn.request("POST", "/v1/analyze", body=body)
-                r = local.conn.getresponse()
-                faces = len(json.loads(r.read())["faces"]) if r.status == 200 else 0
-                return body is t1, time.perf_counter() - t, faces, r.status != 200
-            except Exception:  # noqa: BLE001 -- counted as an error
-                local.__dict__.pop("conn", None)
-                return body is t1, time.perf_counter() - t, 0, True
-
-        with ThreadPoolExecutor(args.clients) as pool:
-            post(0)  # warm-up
-            start = time.perf_counter()
-            results = [r for r in pool.map(post, range(args.requests)) if r is not None]
-        wall = time.perf_counter() - start
-        with open(f"/proc/{server.pid}/stat") as f:  # the server's CPU seconds (utime + stime)
-            server_cpu = sum(int(v) for v in f.read().split()[13:15]) / os.sysconf("SC_CLK_TCK")
-        client_cpu = time.process_time()
+        Round(port, bodies[:100], single, args.clients, args.cap).run()  # warm-up
+        cpu0 = server_cpu(server.pid)
+        for _ in range(args.rounds):
+            rates.append(pipeline_rate(analyzer, paths))
+            c = time.process_time()
+            rounds.append(Round(port, bodies, single, args.clients, args.cap).run())
+            client_cpu += time.process_time() - c
+        rates.append(pipeline_rate(analyzer, paths))
+        cpu = server_cpu(server.pid) - cpu0
     finally:
         server.terminate()
         server.wait(30)
+
+    results = [r for res, _ in rounds for r in res]
+    wall = sum(w for _, w in rounds)
     lat = np.array([r[1] for r in results]) * 1000
-    single = np.array([r[1] for r in results if not r[0]]) * 1000
+    one = np.array([r[1] for r in results if r[0]]) * 1000
     faces = sum(r[2] for r in results)
-    errors = sum(r[3] for r in results)
-    print(f"serve.py, {args.clients} concurrent clients, {len(results)} requests in {wall:.1f} s (CPU cores: "
-          f"{os.cpu_count()})")
-    print(f"  requests/s {len(results) / wall:.1f}   faces/s {faces / wall:.1f}   errors {errors}")
-    print(f"  CPU seconds: server {server_cpu:.1f} (start-up included), this load generator {client_cpu:.1f}")
+    print(f"serve.py, {args.clients} concurrent clients, {args.rounds} rounds, {len(results)} requests in "
+          f"{wall:.1f} s (CPU cores: {os.cpu_count()})")
+    print(f"  requests/s {len(results) / wall:.1f}   faces/s {faces / wall:.1f}   errors {sum(r[3] for r in results)}")
+    print(f"  CPU seconds during the rounds: server {cpu:.1f}, load generator {client_cpu:.1f}")
     print(f"  latency ms, all requests:       p50 {np.percentile(lat, 50):.0f}  p95 {np.percentile(lat, 95):.0f}  "
           f"p99 {np.percentile(lat, 99):.0f}")
-    print(f"  latency ms, single-face photos: p50 {np.percentile(single, 50):.0f}  p95 {np.percentile(single, 95):.0f}"
-          f"  p99 {np.percentile(single, 99):.0f}")
+    print(f"  latency ms, single-face photos: p50 {np.percentile(one, 50):.0f}  p95 {np.percentile(one, 95):.0f}"
+          f"  p99 {np.percentile(one, 99):.0f}")
+    print(f"infer.py's pipeline on the same {len(paths)} photos, before each round and after the last: "
+          + ", ".join(f"{r:.1f}" for r in rates) + " faces/s")
+    shares = []
+    for i, (res, w) in enumerate(rounds):
+        service = sum(r[2] for r in res) / w
+        shares.append(service / ((rates[i] + rates[i + 1]) / 2))
+        print(f"  round {i + 1}: service {service:.1f} faces/s = {shares[-1]:.0%} of the pipeline runs around it")
+    print(f"the service reaches {faces / wall / np.mean(rates):.0%} of the pipeline overall "
+          f"(rounds: {min(shares):.0%}-{max(shares):.0%})")
 
-    rates.append(pipeline_rate(paths))
-    rate = sum(rates) / 2
-    print(f"infer.py's pipeline on the same {len(paths)} photos: {rates[0]:.1f} faces/s before, {rates[1]:.1f} "
-          f"after; the service reaches {faces / wall / rate:.0%} of their mean")
 
-
-def pipeline_rate(paths: list[str]) -> float:
-    """infer.py's pipeline (FaceAnalyzer, as infer.py sets it up) on `paths`: faces/s."""
+def pipeline(paths: list[str]):
+    """infer.py's pipeline: FaceAnalyzer as infer.py sets it up, warmed up on the first photos."""
     from utils.serving.analyzer import FaceAnalyzer
 
-    analyzer = FaceAnalyzer.from_options(det_threads=1, net_threads=1)  # as infer.py
-    list(analyzer.analyze_paths(paths[:8]))
+    analyzer = FaceAnalyzer.from_options(det_threads=1, net_threads=1)
+    list(analyzer.analyze_paths(paths[:100]))
+    return analyzer
+
+
+def pipeline_rate(analyzer, paths: list[str]) -> float:
+    """Faces/s of infer.py's pipeline over `paths`."""
     t = time.perf_counter()
     n = sum(len(r.faces) for r in analyzer.analyze_paths(paths))
     return n / (time.perf_counter() - t)
+
+
+def server_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of a process so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        return sum(int(v) for v in f.read().split()[13:15]) / os.sysconf("SC_CLK_TCK")
+
 
 if __name__ == "__main__":
     main()
