@@ -7,10 +7,13 @@
 3. end to end on N real 200x200 face photos (one face each): the reference pipeline (RetinaFace,
    InsightFace's checkpoint, one face per MXNet forward, as InsightFace's example does it) and
    FaceAnalyzer.analyze_paths (what infer.py runs) with each engine, start-up excluded, per stage;
-4. whole runs of `infer.py --image FOLDER` as a user types it (start-up included), and the start-up
+   and with the speed settings a user can choose for folders of face crops (`--no-flip`, `--max-size 160`);
+4. what those settings cost in accuracy: the photos of the val split's list (`--rec`'s `.lst`) through
+   each, the main face of each photo against its labels;
+5. whole runs of `infer.py --image FOLDER` as a user types it (start-up included), and the start-up
    alone (infer.py on one photo).
 
-    .venv/bin/python benchmarks/infer.py [--photos 3000] [--rec dataset/utkface/val.rec]
+    .venv/bin/python benchmarks/infer.py [--photos 3000] [--rec dataset/utkface/val.rec] [--rounds 1]
 """
 from __future__ import annotations
 
@@ -86,15 +89,53 @@ def reference(paths: list[str]) -> tuple[int, float, dict]:
     return faces, time.perf_counter() - start, t
 
 
-def analyzer_run(engine: str, paths: list[str]) -> tuple[int, float, dict]:
+def analyzer_run(engine: str, paths: list[str], **settings) -> tuple[int, float, dict]:
+    """FaceAnalyzer.analyze_paths as infer.py sets it up (`settings`: max_size, flip), warmed up."""
     from utils.serving.analyzer import FaceAnalyzer
 
-    analyzer = FaceAnalyzer.from_options(engine=engine, det_threads=1, net_threads=1)  # as infer.py
+    max_size = settings.pop("max_size", 1280)
+    analyzer = FaceAnalyzer.from_options(engine=engine, max_size=max_size, det_threads=1, net_threads=1, **settings)
     list(analyzer.analyze_paths(paths[:8]))  # warm-up
     t: dict = {}
     start = time.perf_counter()
     faces = sum(len(r.faces) for r in analyzer.analyze_paths(paths, timings=t))
     return faces, time.perf_counter() - start, t
+
+
+SETTINGS = {"defaults": {}, "--no-flip": {"flip": False}, "--max-size 160": {"max_size": 160},
+            "--max-size 160 --no-flip": {"max_size": 160, "flip": False},
+            "--max-size 128": {"max_size": 128}}
+
+
+def settings_accuracy(lst: str) -> None:
+    """Gender accuracy and age MAE of each setting over the photos of a packed split's `.lst`."""
+    from utils.data.main_face import main_face_score
+    from utils.model.teacher import read_lst
+    from utils.serving.analyzer import FaceAnalyzer
+
+    entries = read_lst(lst)
+    gender = np.array([e.gender for e in entries])
+    age = np.array([e.age for e in entries])
+    print(f"\naccuracy of the settings on the {len(entries)} photos of {lst} (main face of each photo)")
+    for label, settings in SETTINGS.items():
+        settings = dict(settings)
+        analyzer = FaceAnalyzer.from_options(max_size=settings.pop("max_size", 1280), det_threads=1, net_threads=1,
+                                             **settings)
+        p_male, pred, missed = [], [], 0
+        for res in analyzer.analyze_paths([e.path for e in entries], keep_images=True):
+            if not res.faces:
+                missed += 1
+                p_male.append(np.nan)
+                pred.append(np.nan)
+                continue
+            h, w = res.image.shape[:2]
+            main = max(res.faces, key=lambda f: main_face_score(f.face.box, h, w))
+            p_male.append(main.p_male)
+            pred.append(main.age)
+        p_male, pred = np.array(p_male), np.array(pred)
+        ok = ~np.isnan(p_male)
+        print(f"  {label:<28} gender {np.mean((p_male[ok] > 0.5) == gender[ok]):.4f}   MAE "
+              f"{np.mean(np.abs(pred[ok] - age[ok])):.2f}   photos without a face {missed}", flush=True)
 
 
 def cli_seconds(args: list[str]) -> float:
@@ -108,6 +149,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--photos", type=int, default=3000, help="200x200 UTKFace photos for the end-to-end figures")
     p.add_argument("--rec", default="dataset/utkface/val.rec", help="packed .rec for the eval figures")
+    p.add_argument("--rounds", type=int, default=1, help="repeat the end-to-end table (the machine's speed drifts)")
     args = p.parse_args()
 
     from utils.model.engine import BUNDLED_MODEL, load_engine
@@ -132,26 +174,35 @@ def main() -> None:
             n = len(predict_rec(eng, args.rec, 256, progress=False).age)
             print(f"  {name:<6}{n / (time.perf_counter() - t):>8.0f}  ({n} faces)", flush=True)
 
+    lst = os.path.splitext(args.rec)[0] + ".lst"
+    if os.path.isfile(lst):
+        settings_accuracy(lst)
+
     utk = os.path.join(SHARED, "data", "utkface")
     if not os.path.isdir(utk):
         print(f"\n({utk} absent: end-to-end figures skipped)")
         return
     names = sorted(os.listdir(utk))
     paths = [os.path.join(utk, n) for n in names[:: max(1, len(names) // args.photos)][:args.photos]]
-    print(f"\nend to end on {len(paths)} UTKFace 200x200 photos, start-up excluded")
-    print(f"{'pipeline':<44}{'faces':>6}{'s':>7}{'faces/s':>9}{'x ref':>7}   ms per face (CPU, summed over threads)")
-    ref_rate = None
-    runs = [("reference (InsightFace ckpt, 1 face/forward)", lambda: reference(paths))] if \
-        os.path.isfile(INSIGHTFACE + "-0000.params") else []
+    print(f"\nend to end on {len(paths)} UTKFace 200x200 photos, start-up excluded; {args.rounds} round(s), "
+          "each against its own reference run")
+    print(f"{'pipeline':<52}{'faces':>6}{'s':>7}{'faces/s':>9}{'x ref':>7}   ms per face (summed over threads)")
+    has_ref = os.path.isfile(INSIGHTFACE + "-0000.params")
+    runs = [("reference (InsightFace ckpt, 1 face/forward)", lambda: reference(paths))] if has_ref else []
     runs += [(f"infer.py pipeline, --engine {e}", lambda e=e: analyzer_run(e, paths)) for e in ("mxnet", "onnx")]
+    # the speed settings a user can choose for folders of face crops (README: what they cost in accuracy)
+    runs += [(f"infer.py pipeline, onnx, {label}", lambda st=st: analyzer_run("onnx", paths, **st))
+             for label, st in SETTINGS.items() if st]
     ref_secs = None
-    for label, fn in runs:
-        faces, secs, t = fn()
-        r = faces / secs
-        ref_rate = ref_rate or r
-        ref_secs = ref_secs or secs
-        parts = "  ".join(f"{k} {1000 * v / max(1, faces):.2f}" for k, v in t.items())
-        print(f"{label:<44}{faces:>6}{secs:>7.2f}{r:>9.1f}{r / ref_rate:>7.2f}   {parts}", flush=True)
+    for _ in range(args.rounds):
+        ref_rate = None
+        for label, fn in runs:
+            faces, secs, t = fn()
+            r = faces / secs
+            ref_rate = ref_rate or r
+            ref_secs = ref_secs or secs
+            parts = "  ".join(f"{k} {1000 * v / max(1, faces):.2f}" for k, v in t.items())
+            print(f"{label:<52}{faces:>6}{secs:>7.2f}{r:>9.1f}{r / ref_rate:>7.2f}   {parts}", flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
         for pth in paths:
