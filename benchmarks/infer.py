@@ -13,7 +13,7 @@
 5. whole runs of `infer.py --image FOLDER` as a user types it (start-up included), and the start-up
    alone (infer.py on one photo).
 
-    .venv/bin/python benchmarks/infer.py [--photos 3000] [--rec dataset/utkface/val.rec] [--rounds 1]
+    .venv/bin/python benchmarks/infer.py [--photos 3000] [--rec dataset/utkface/val.rec] [--chunks 3]
 """
 from __future__ import annotations
 
@@ -62,44 +62,54 @@ def module_forward(prefix: str, epoch: int):
     return fwd
 
 
-def reference(paths: list[str]) -> tuple[int, float, dict]:
-    """RetinaFace + InsightFace's checkpoint, one face per forward, one thread of Python: (faces, s, stages)."""
+def reference(warm: list[str]):
+    """RetinaFace + InsightFace's checkpoint, one face per forward, one thread of Python: a function of a
+    list of photos -> (faces, s, seconds per stage)."""
     from utils.model.age import decode
     from utils.data.face import align_face, load_detector
     from utils.data.image import read_image
 
     detector = load_detector(thresh=0.8)
     fwd = module_forward(INSIGHTFACE, 0)
-    fwd(np.zeros((1, 3, 112, 112), np.float32))
-    t = {"read": 0.0, "detect+align": 0.0, "net": 0.0}
-    faces = 0
-    start = time.perf_counter()
-    for p in paths:
-        t0 = time.perf_counter()
-        rgb = read_image(p)
-        t1 = time.perf_counter()
-        crops = [align_face(rgb, f.landmarks) for f in detector.detect(rgb)]
-        t2 = time.perf_counter()
-        for c in crops:
-            decode(fwd(c.transpose(2, 0, 1)[None].astype(np.float32)), "vote")
-        t3 = time.perf_counter()
-        faces += len(crops)
-        for k, dt in (("read", t1 - t0), ("detect+align", t2 - t1), ("net", t3 - t2)):
-            t[k] += dt
-    return faces, time.perf_counter() - start, t
+
+    def run(paths: list[str]) -> tuple[int, float, dict]:
+        t = {"read": 0.0, "detect+align": 0.0, "net": 0.0}
+        faces = 0
+        start = time.perf_counter()
+        for p in paths:
+            t0 = time.perf_counter()
+            rgb = read_image(p)
+            t1 = time.perf_counter()
+            crops = [align_face(rgb, f.landmarks) for f in detector.detect(rgb)]
+            t2 = time.perf_counter()
+            for c in crops:
+                decode(fwd(c.transpose(2, 0, 1)[None].astype(np.float32)), "vote")
+            t3 = time.perf_counter()
+            faces += len(crops)
+            for k, dt in (("read", t1 - t0), ("detect+align", t2 - t1), ("net", t3 - t2)):
+                t[k] += dt
+        return faces, time.perf_counter() - start, t
+
+    run(warm)
+    return run
 
 
-def analyzer_run(engine: str, paths: list[str], **settings) -> tuple[int, float, dict]:
-    """FaceAnalyzer.analyze_paths as infer.py sets it up (`settings`: max_size, flip), warmed up."""
+def pipeline(engine: str, warm: list[str], **settings):
+    """FaceAnalyzer.analyze_paths as infer.py sets it up (`settings`: max_size, flip), warmed up: a
+    function of a list of photos -> (faces, s, seconds per stage)."""
     from utils.serving.analyzer import FaceAnalyzer
 
     max_size = settings.pop("max_size", 1280)
     analyzer = FaceAnalyzer.from_options(engine=engine, max_size=max_size, det_threads=1, net_threads=1, **settings)
-    list(analyzer.analyze_paths(paths[:8]))  # warm-up
-    t: dict = {}
-    start = time.perf_counter()
-    faces = sum(len(r.faces) for r in analyzer.analyze_paths(paths, timings=t))
-    return faces, time.perf_counter() - start, t
+
+    def run(paths: list[str]) -> tuple[int, float, dict]:
+        t: dict = {}
+        start = time.perf_counter()
+        faces = sum(len(r.faces) for r in analyzer.analyze_paths(paths, timings=t))
+        return faces, time.perf_counter() - start, t
+
+    run(warm)
+    return run
 
 
 SETTINGS = {"defaults": {}, "--no-flip": {"flip": False}, "--max-size 160": {"max_size": 160},
@@ -149,7 +159,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--photos", type=int, default=3000, help="200x200 UTKFace photos for the end-to-end figures")
     p.add_argument("--rec", default="dataset/utkface/val.rec", help="packed .rec for the eval figures")
-    p.add_argument("--rounds", type=int, default=1, help="repeat the end-to-end table (the machine's speed drifts)")
+    p.add_argument("--chunks", type=int, default=3, help="the end-to-end photos are run in this many chunks, every "
+                   "pipeline on each in turn (the machine's speed drifts)")
     args = p.parse_args()
 
     from utils.model.engine import BUNDLED_MODEL, load_engine
@@ -184,25 +195,37 @@ def main() -> None:
         return
     names = sorted(os.listdir(utk))
     paths = [os.path.join(utk, n) for n in names[:: max(1, len(names) // args.photos)][:args.photos]]
-    print(f"\nend to end on {len(paths)} UTKFace 200x200 photos, start-up excluded; {args.rounds} round(s), "
-          "each against its own reference run")
-    print(f"{'pipeline':<52}{'faces':>6}{'s':>7}{'faces/s':>9}{'x ref':>7}   ms per face (summed over threads)")
-    has_ref = os.path.isfile(INSIGHTFACE + "-0000.params")
-    runs = [("reference (InsightFace ckpt, 1 face/forward)", lambda: reference(paths))] if has_ref else []
-    runs += [(f"infer.py pipeline, --engine {e}", lambda e=e: analyzer_run(e, paths)) for e in ("mxnet", "onnx")]
+    size = -(-len(paths) // max(1, args.chunks))
+    chunks = [paths[i:i + size] for i in range(0, len(paths), size)]
+    print(f"\nend to end on {len(paths)} UTKFace 200x200 photos, start-up excluded: in {len(chunks)} chunks, "
+          "every pipeline on each chunk in turn (the order rotating), so that the machine's drift is shared")
+    warm = paths[:16]
+    runs = [("reference (InsightFace ckpt, 1 face/forward)", reference(warm))] if \
+        os.path.isfile(INSIGHTFACE + "-0000.params") else []
+    runs += [(f"infer.py pipeline, --engine {e}", pipeline(e, warm)) for e in ("mxnet", "onnx")]
     # the speed settings a user can choose for folders of face crops (README: what they cost in accuracy)
-    runs += [(f"infer.py pipeline, onnx, {label}", lambda st=st: analyzer_run("onnx", paths, **st))
-             for label, st in SETTINGS.items() if st]
-    ref_secs = None
-    for _ in range(args.rounds):
-        ref_rate = None
-        for label, fn in runs:
-            faces, secs, t = fn()
-            r = faces / secs
-            ref_rate = ref_rate or r
-            ref_secs = ref_secs or secs
-            parts = "  ".join(f"{k} {1000 * v / max(1, faces):.2f}" for k, v in t.items())
-            print(f"{label:<52}{faces:>6}{secs:>7.2f}{r:>9.1f}{r / ref_rate:>7.2f}   {parts}", flush=True)
+    runs += [(f"infer.py pipeline, onnx, {label}", pipeline("onnx", warm, **st)) for label, st in SETTINGS.items() if st]
+    totals = {label: [0, 0.0, {}] for label, _ in runs}
+    per_chunk: dict = {label: [] for label, _ in runs}
+    for k, part in enumerate(chunks):
+        for label, run in runs[k % len(runs):] + runs[:k % len(runs)]:
+            faces, secs, t = run(part)
+            total = totals[label]
+            total[0] += faces
+            total[1] += secs
+            for stage, v in t.items():
+                total[2][stage] = total[2].get(stage, 0.0) + v
+            per_chunk[label].append(faces / secs)
+    first = runs[0][0]
+    ref_rate = totals[first][0] / totals[first][1]
+    ref_secs = totals[first][1]
+    print(f"{'pipeline':<52}{'faces':>6}{'s':>7}{'faces/s':>9}{'x ref':>7}{'chunks':>12}   ms per face (summed over threads)")
+    for label, _ in runs:
+        faces, secs, t = totals[label]
+        ratios = np.array(per_chunk[label]) / np.array(per_chunk[first])
+        parts = "  ".join(f"{k} {1000 * v / max(1, faces):.2f}" for k, v in t.items())
+        print(f"{label:<52}{faces:>6}{secs:>7.2f}{faces / secs:>9.1f}{faces / secs / ref_rate:>7.2f}"
+              f"{f'{ratios.min():.2f}-{ratios.max():.2f}':>12}   {parts}", flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
         for pth in paths:
