@@ -94,13 +94,17 @@ def reference(warm: list[str]):
     return run
 
 
-def pipeline(engine: str, warm: list[str], **settings):
-    """FaceAnalyzer.analyze_paths as infer.py sets it up (`settings`: max_size, flip), warmed up: a
-    function of a list of photos -> (faces, s, seconds per stage)."""
+def analyzer_for(engine: str = "onnx", max_size: int = 1280, **settings):
+    """A FaceAnalyzer as infer.py sets it up, with infer.py's `--max-size` and FaceAnalyzer's `settings`."""
     from utils.serving.analyzer import FaceAnalyzer
 
-    max_size = settings.pop("max_size", 1280)
-    analyzer = FaceAnalyzer.from_options(engine=engine, max_size=max_size, det_threads=1, net_threads=1, **settings)
+    return FaceAnalyzer.from_options(engine=engine, max_size=max_size, det_threads=1, net_threads=1, **settings)
+
+
+def pipeline(engine: str, warm: list[str], **settings):
+    """FaceAnalyzer.analyze_paths as infer.py runs it (`settings`: max_size, flip), warmed up: a function
+    of a list of photos -> (faces, s, seconds per stage)."""
+    analyzer = analyzer_for(engine, **settings)
 
     def run(paths: list[str]) -> tuple[int, float, dict]:
         t: dict = {}
@@ -119,18 +123,15 @@ SETTINGS = {"defaults": {}, "--no-flip": {"flip": False}, "--max-size 160": {"ma
 
 def settings_accuracy(lst: str) -> None:
     """Gender accuracy and age MAE of each setting over the photos of a packed split's `.lst`."""
-    from utils.data.main_face import main_face_score
+    from utils.data.face import pick_main_face
     from utils.model.teacher import read_lst
-    from utils.serving.analyzer import FaceAnalyzer
 
     entries = read_lst(lst)
     gender = np.array([e.gender for e in entries])
     age = np.array([e.age for e in entries])
     print(f"\naccuracy of the settings on the {len(entries)} photos of {lst} (main face of each photo)")
     for label, settings in SETTINGS.items():
-        settings = dict(settings)
-        analyzer = FaceAnalyzer.from_options(max_size=settings.pop("max_size", 1280), det_threads=1, net_threads=1,
-                                             **settings)
+        analyzer = analyzer_for(**settings)
         p_male, pred, missed = [], [], 0
         for res in analyzer.analyze_paths([e.path for e in entries], keep_images=True):
             if not res.faces:
@@ -138,8 +139,8 @@ def settings_accuracy(lst: str) -> None:
                 p_male.append(np.nan)
                 pred.append(np.nan)
                 continue
-            h, w = res.image.shape[:2]
-            main = max(res.faces, key=lambda f: main_face_score(f.face.box, h, w))
+            main_face = pick_main_face([f.face for f in res.faces], res.image.shape)
+            main = next(f for f in res.faces if f.face is main_face)
             p_male.append(main.p_male)
             pred.append(main.age)
         p_male, pred = np.array(p_male), np.array(pred)

@@ -2,7 +2,7 @@
 """Load test of serve.py on 127.0.0.1 only: rounds of a bounded number of requests from concurrent clients
 (each round with a time cap), real 200x200 face photos from ../shared/data/utkface with t1.jpg (six faces)
 mixed in; prints requests/s, faces/s, latency percentiles and errors, and infer.py's pipeline on the same
-sequence of images, measured before each round and after the last (this machine's speed drifts by 10-20 %
+sequence of images, measured before each round and after the last (this machine's speed drifts by 10-40 %
 within minutes, so each round is compared with the pipeline runs on either side of it).
 
     .venv/bin/python benchmarks/serve.py [--requests 1500] [--rounds 3] [--clients 16] [--cap 120]
