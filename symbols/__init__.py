@@ -51,14 +51,37 @@ def save_checkpoint(net: gluon.HybridBlock, prefix: str, epoch: int) -> str:
     arg, aux = {}, {}
     for name, param in net.collect_params().items():
         (aux if name in aux_names else arg)[name] = param.data(param.list_ctx()[0]).copyto(mx.cpu())
+    return write_checkpoint(sym, arg, aux, prefix, epoch)
+
+
+def write_checkpoint(sym: mx.sym.Symbol, arg: dict, aux: dict, prefix: str, epoch: int) -> str:
+    """The files mx.model.save_checkpoint writes, each through a temporary name. Returns the params path."""
     if os.path.dirname(prefix):
         os.makedirs(os.path.dirname(prefix), exist_ok=True)
-    # the files mx.model.save_checkpoint writes, each through a temporary name
     params = f"{prefix}-{epoch:04d}.params"
     with atomic_path(prefix + "-symbol.json") as tmp_sym, atomic_path(params) as tmp_params:
         sym.save(tmp_sym)
         mx.nd.save(tmp_params, {**{f"arg:{k}": v for k, v in arg.items()}, **{f"aux:{k}": v for k, v in aux.items()}})
     return params
+
+
+def average_checkpoints(prefix: str, epochs: list[int]) -> tuple[mx.sym.Symbol, dict, dict]:
+    """The mean of several epochs' weights of one run (stochastic weight averaging over the epochs of a
+    constant learning rate), BatchNorm statistics averaged likewise. Raises ValueError when the epochs do
+    not hold the same parameters."""
+    if not epochs:
+        raise ValueError("no epochs to average")
+    sym, arg, aux = read_checkpoint(prefix, epochs[0])
+    sums = [{k: v.astype("float64") for k, v in d.items()} for d in (arg, aux)]
+    for epoch in epochs[1:]:
+        _, *parts = read_checkpoint(prefix, epoch)
+        for total, part in zip(sums, parts):
+            if set(part) != set(total) or any(part[k].shape != total[k].shape for k in total):
+                raise ValueError(f"{prefix}-{epoch:04d}.params does not hold the parameters of epoch {epochs[0]}")
+            for k in total:
+                total[k] += part[k].astype("float64")
+    arg, aux = ({k: (v / len(epochs)).astype("float32") for k, v in total.items()} for total in sums)
+    return sym, arg, aux
 
 
 def checkpoint_epochs(prefix: str) -> list[int]:
@@ -188,5 +211,5 @@ def load_model(prefix: str, epoch: int, ctx=None) -> gluon.SymbolBlock:
     return block
 
 
-__all__ = ["get_network", "save_checkpoint", "read_checkpoint", "load_model", "load_weights", "checkpoint_epochs", "parse_model_spec",
+__all__ = ["get_network", "save_checkpoint", "write_checkpoint", "average_checkpoints", "read_checkpoint", "load_model", "load_weights", "checkpoint_epochs", "parse_model_spec",
            "to_symbol", "TransferReport", "NUM_OUTPUTS"]

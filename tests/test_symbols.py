@@ -52,6 +52,37 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
         0, 255, (2, 3, 112, 112)))).asnumpy(), expected, rtol=1e-5, atol=1e-5)
 
 
+def test_averaged_checkpoint_is_the_mean_of_the_epochs(tmp_path):
+    """tools/average_checkpoints.py: every weight and BatchNorm statistic is the mean of the epochs'."""
+    prefix = str(tmp_path / "run")
+    saved = []
+    for epoch, seed in ((1, 1), (2, 2), (3, 3)):
+        mx.random.seed(seed)
+        net = get_network("m50", multiplier=0.25)
+        net.initialize(mx.init.Xavier())
+        net(mx.nd.zeros((1, 3, 112, 112)))  # shapes are known after a first forward
+        for name, param in net.collect_params().items():  # distinct BatchNorm statistics per epoch too
+            if name.endswith(("running_mean", "running_var")):
+                param.set_data(mx.nd.random.uniform(0.5, 1.5, param.shape))
+        net.hybridize()
+        save_checkpoint(net, prefix, epoch)
+        saved.append(mx.model.load_checkpoint(prefix, epoch))
+    out = str(tmp_path / "mean")
+    proc = run_script("tools/average_checkpoints.py", prefix, "1-2,3", out, check=True)
+    assert "3 epochs" in proc.stdout
+    _, arg, aux = mx.model.load_checkpoint(out, 0)
+    for got, index in ((arg, 1), (aux, 2)):
+        for name, value in got.items():
+            mean = sum(s[index][name].asnumpy() for s in saved) / 3
+            np.testing.assert_allclose(value.asnumpy(), mean, rtol=1e-5, atol=1e-6)
+    assert any(k.endswith("running_var") for k in aux)
+
+    missing = run_script("tools/average_checkpoints.py", prefix, "1-4", out)
+    assert missing.returncode != 0 and "model file not found" in missing.stderr and "Traceback" not in missing.stderr
+    bad = run_script("tools/average_checkpoints.py", prefix, "3-1", out)
+    assert bad.returncode == 2 and "bad epochs" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_decode_hand_made_logits():
     out = np.zeros((2, 202))
     out[0, :2] = [0.0, np.log(3.0)]          # P(male) = 0.75

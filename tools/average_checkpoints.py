@@ -1,0 +1,55 @@
+#!/usr/bin/env python
+"""Average the weights of several epochs of one training run into one checkpoint (stochastic weight
+averaging: the epochs of a constant learning rate, e.g. `train.py --lr-schedule step` without steps):
+
+    python tools/average_checkpoints.py models/swa/model 1-10 models/swa-mean/model
+    python eval.py --model models/swa-mean/model,0
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from utils.cli import ArgumentParser  # noqa: E402
+from utils.errors import UserError, run_cli  # noqa: E402
+
+
+def parse_epochs(text: str) -> list[int]:
+    """`1-10`, `4,6,8` or a mix such as `1-3,7` -> sorted epochs; a one-line error otherwise."""
+    epochs: set[int] = set()
+    for part in text.split(","):
+        lo, dash, hi = part.strip().partition("-")
+        try:
+            first, last = int(lo), int(hi) if dash else int(lo)
+        except ValueError:
+            raise UserError(f"bad epochs {text!r}: expected e.g. 1-10 or 4,6,8") from None
+        if first < 0 or last < first:
+            raise UserError(f"bad epochs {text!r}: a range goes from a lower epoch to a higher one")
+        epochs.update(range(first, last + 1))
+    return sorted(epochs)
+
+
+def main() -> int:
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("prefix", help="the run's checkpoint prefix (PREFIX-%%04d.params)")
+    p.add_argument("epochs", help="the epochs to average: 1-10, 4,6,8, ...")
+    p.add_argument("output", help="prefix of the result (written as OUTPUT-0000.params and OUTPUT-symbol.json)")
+    args = p.parse_args()
+
+    from symbols import average_checkpoints, write_checkpoint
+
+    epochs = parse_epochs(args.epochs)
+    try:
+        sym, arg, aux = average_checkpoints(args.prefix, epochs)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    path = write_checkpoint(sym, arg, aux, args.output, 0)
+    print(f"{len(epochs)} epochs of {args.prefix} ({epochs[0]}-{epochs[-1]}) averaged into {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
