@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from utils.cli import ArgumentParser, number, COUNT, POSITIVE  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
-from utils.model.launch import check_host, launch  # noqa: E402
+from utils.model.launch import JobError, check_host, launch  # noqa: E402
 
 
 def main() -> int:
@@ -44,7 +44,7 @@ def main() -> int:
                 raise UserError(f"{args.hostfile}: {exc} (one host name, IP or user@host per line)") from None
     try:
         codes = launch(command, args.num_workers, args.num_servers, hosts, args.port, args.timeout, os.getcwd())
-    except TimeoutError as exc:
+    except (TimeoutError, JobError) as exc:
         raise UserError(f"job stopped: {exc}") from None
     bad = [c for c in codes if c != 0]
     if bad:

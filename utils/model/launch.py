@@ -43,6 +43,10 @@ def check_host(host: str) -> str:
     return host
 
 
+class JobError(RuntimeError):
+    """A process of the job other than a worker failed."""
+
+
 class Job:
     """The processes of one job; `wait()` returns the workers' exit codes, `stop()` ends everything."""
 
@@ -67,22 +71,28 @@ class Job:
         self._threads.append(t)
 
     def wait(self, timeout: float | None) -> list[int]:
-        """Wait for every worker (servers and scheduler exit after them); raises TimeoutError."""
+        """Wait for every worker (servers and scheduler exit after them); the exit codes of the workers
+        that ended. Stops waiting at a failed worker (the others would wait forever on the kvstore);
+        raises JobError when a server or the scheduler dies first (the workers would hang), TimeoutError
+        past `timeout`."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        codes = []
-        for tag, proc in self.procs:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                code = proc.wait(left)
-            except subprocess.TimeoutExpired:
-                raise TimeoutError(f"{tag} still running after {timeout:.0f} s") from None
-            if tag.startswith("worker"):
-                codes.append(code)
-                if code != 0:  # a failed worker leaves the others waiting forever on the kvstore
-                    break
+        workers = [(tag, proc) for tag, proc in self.procs if tag.startswith("worker")]
+        others = [(tag, proc) for tag, proc in self.procs if not tag.startswith("worker")]
+        while True:
+            codes = [proc.poll() for _, proc in workers]
+            if all(c is not None for c in codes) or any(c not in (None, 0) for c in codes):
+                break
+            for tag, proc in others:
+                if proc.poll() not in (None, 0):
+                    raise JobError(f"{tag} exited with code {proc.returncode} before the workers finished "
+                                   "(its output is above)")
+            if deadline is not None and time.monotonic() > deadline:
+                late = next(tag for (tag, _), c in zip(workers, codes) if c is None)
+                raise TimeoutError(f"{late} still running after {timeout:.0f} s")
+            time.sleep(0.1)
         for t in self._threads:
             t.join(timeout=2)
-        return codes
+        return [c for c in codes if c is not None]
 
     def stop(self) -> None:
         """Terminate whatever still runs (whole process groups), then kill what ignores that."""
@@ -133,4 +143,4 @@ def launch(command: list[str], num_workers: int, num_servers: int = 1, hosts: li
         job.stop()
 
 
-__all__ = ["launch", "job_env", "free_port", "check_host", "Job"]
+__all__ = ["launch", "job_env", "free_port", "check_host", "Job", "JobError"]
