@@ -136,8 +136,6 @@ def launch(command: list[str], num_workers: int, num_servers: int = 1, hosts: li
         for i in range(num_workers):
             job.start(f"worker {i}", command, job_env("worker", root, port, num_workers, num_servers),
                       place(i), cwd, out)
-        # workers first: they decide when the job is over
-        job.procs.sort(key=lambda tp: not tp[0].startswith("worker"))
         return job.wait(timeout)
     finally:
         job.stop()
