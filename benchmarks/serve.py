@@ -13,7 +13,6 @@ import argparse
 import http.client
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -27,13 +26,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
 
+from benchmarks.infer import pipeline  # noqa: E402 -- infer.py's pipeline, as the infer benchmark runs it
 from utils.data.demo import wheel_image  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from utils.model.launch import free_port  # noqa: E402
 
 
 def image_mix(requests: int, t1_every: int) -> list[str]:
@@ -91,7 +86,7 @@ def main() -> None:
     bodies = [open(pth, "rb").read() for pth in paths]
     single = [pth != t1 for pth in paths]
 
-    analyzer = pipeline(paths)
+    run_pipeline = pipeline("onnx", paths[:100])
     port = free_port()
     server = subprocess.Popen([sys.executable, os.path.join(ROOT, "serve.py"), "--port", str(port),
                                *args.server_args.split()], cwd=ROOT,
@@ -107,11 +102,11 @@ def main() -> None:
         Round(port, bodies[:100], single, args.clients, args.cap).run()  # warm-up
         cpu0 = server_cpu(server.pid)
         for _ in range(args.rounds):
-            rates.append(pipeline_rate(analyzer, paths))
+            rates.append(pipeline_rate(run_pipeline, paths))
             c = time.process_time()
             rounds.append(Round(port, bodies, single, args.clients, args.cap).run())
             client_cpu += time.process_time() - c
-        rates.append(pipeline_rate(analyzer, paths))
+        rates.append(pipeline_rate(run_pipeline, paths))
         cpu = server_cpu(server.pid) - cpu0
     finally:
         server.terminate()
@@ -141,20 +136,10 @@ def main() -> None:
           f"(rounds: {min(shares):.0%}-{max(shares):.0%})")
 
 
-def pipeline(paths: list[str]):
-    """infer.py's pipeline: FaceAnalyzer as infer.py sets it up, warmed up on the first photos."""
-    from utils.serving.analyzer import FaceAnalyzer
-
-    analyzer = FaceAnalyzer.from_options(det_threads=1, net_threads=1)
-    list(analyzer.analyze_paths(paths[:100]))
-    return analyzer
-
-
-def pipeline_rate(analyzer, paths: list[str]) -> float:
+def pipeline_rate(run_pipeline, paths: list[str]) -> float:
     """Faces/s of infer.py's pipeline over `paths`."""
-    t = time.perf_counter()
-    n = sum(len(r.faces) for r in analyzer.analyze_paths(paths))
-    return n / (time.perf_counter() - t)
+    faces, secs, _ = run_pipeline(paths)
+    return faces / secs
 
 
 def server_cpu(pid: int) -> float:
