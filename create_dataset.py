@@ -82,6 +82,10 @@ def main() -> int:
     except ValueError as exc:
         raise UserError(str(exc)) from None
     print(summary_table(result.counts))
+    for name, c in result.counts.items():
+        if c["train"] + c["val"] and c["crop_in_photo"] < 0.9:
+            print(f"note: {name}'s aligned crops lie {c['crop_in_photo']:.0%} inside their photos; the rest is "
+                  "black border (tight source crops), which photos at inference do not have")
     print(f"wrote {args.output}/{{train,val}}.{{rec,idx,lst}}, meta.json, skipped.csv", file=sys.stdout)
     return 0
 

@@ -55,7 +55,7 @@ def test_every_good_face_is_packed_with_its_label(packed, demo_sources):
     import mxnet as mx
     for rec in records:
         assert mx.image.imdecode(rec.jpeg).shape == (112, 112, 3)
-    assert "total" in proc.stdout and "skipped" in proc.stdout
+    assert "total" in proc.stdout and "skipped" in proc.stdout and "in photo" in proc.stdout
 
 
 def test_every_bad_input_is_reported_with_its_reason(packed):
@@ -75,6 +75,7 @@ def test_every_bad_input_is_reported_with_its_reason(packed):
     assert meta["splits"]["train"]["count"] + meta["splits"]["val"]["count"] == 25
     assert meta["face"]["align"] == "retinaface" and meta["seed"] == 0
     assert meta["versions"]["mxnet"] == "1.9.1"
+    assert all(0 < s["crop_in_photo"] <= 1 for s in meta["sources"] if s["train"] + s["val"])
 
 
 def test_identity_groups_stay_in_one_split(packed):

@@ -6,7 +6,7 @@ import pytest
 
 from tests.conftest import shared_path
 from utils.data.demo import wheel_image
-from utils.data.face import (ARCFACE_TEMPLATE, Face, align_face, center_crop, load_detector, nms,
+from utils.data.face import (ARCFACE_TEMPLATE, Face, align_face, center_crop, crop_in_image, load_detector, nms,
                         pick_main_face)
 from utils.data.image import read_image
 
@@ -78,6 +78,23 @@ def test_alignment_warps_the_image_points_onto_the_template():
         y, x = int(round(ty)), int(round(tx))
         assert crop[y - 1:y + 2, x - 1:x + 2].max() > 100, (tx, ty)
     assert crop.sum(axis=2).astype(bool).sum() < 5 * 16  # nothing else bright
+
+
+def test_crop_in_image_is_the_share_of_the_crop_that_comes_from_the_photo():
+    """What create_dataset.py reports per source: tight source crops give aligned crops with black borders."""
+    # landmarks exactly on the template: the crop is the photo's top-left 112x112, all inside a larger photo
+    assert crop_in_image((300, 300, 3), ARCFACE_TEMPLATE) == pytest.approx(1.0)
+    # the same landmarks in a photo 56 px wide: the right half of the crop is border
+    assert crop_in_image((112, 56, 3), ARCFACE_TEMPLATE) == pytest.approx(0.5, abs=1e-6)
+    # a face twice as large, rotated 15 degrees, centred in a 300x300 photo: the crop (224 px rotated) fits
+    angle = np.deg2rad(15)
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    points = (ARCFACE_TEMPLATE - 56) @ rot.T * 2.0 + [150, 150]
+    assert crop_in_image((300, 300, 3), points) == pytest.approx(1.0)
+    # and agrees with what align_face actually warps from inside a tighter 200x200 photo
+    inside = align_face(np.full((200, 200, 3), 255, np.uint8), points - 50, 112)[..., 0] > 127
+    assert crop_in_image((200, 200, 3), points - 50) == pytest.approx(inside.mean(), abs=0.02)
+    assert crop_in_image((200, 200, 3), points - 50) < 0.9
 
 
 def test_pick_main_face_prefers_large_and_central():

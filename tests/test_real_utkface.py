@@ -17,7 +17,8 @@ def test_pack_520_real_utkface_faces(tmp_path):
     for n in names:
         os.symlink(os.path.join(src, n), sub / n)
     out = tmp_path / "out"
-    run_script("create_dataset.py", "--utkface", str(sub), "--output", str(out), "--val-ratio", "0.05", check=True)
+    proc = run_script("create_dataset.py", "--utkface", str(sub), "--output", str(out), "--val-ratio", "0.05",
+                      check=True)
 
     import mxnet as mx
     from utils.data.recordio import iter_records
@@ -39,3 +40,8 @@ def test_pack_520_real_utkface_faces(tmp_path):
         assert label == expected[name], name
     for name, reason in skipped.items():  # only malformed names or undetectable faces, each with its reason
         assert reason in ("bad_name", "no_face"), (name, reason)
+    # UTKFace's chips are tighter than the ArcFace crop: about a third of every aligned crop is border
+    import json
+    inside = json.load(open(out / "meta.json"))["sources"][0]["crop_in_photo"]
+    assert 0.55 < inside < 0.8, inside
+    assert f"{inside:.0%}" in proc.stdout and "black border" in proc.stdout

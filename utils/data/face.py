@@ -232,6 +232,20 @@ def align_face(rgb: np.ndarray, landmarks: np.ndarray, size: int = 112) -> np.nd
     return cv2.warpAffine(rgb, m, (size, size), borderValue=0.0)
 
 
+def crop_in_image(shape: tuple[int, ...], landmarks: np.ndarray, size: int = 112) -> float:
+    """The share of `align_face`'s crop that comes from inside the image (the rest is its black border):
+    the crop square mapped back into the image, intersected with the image rectangle. Tight source chips
+    (UTKFace's) give far less than 1, photos with room around the face give 1."""
+    m = similarity_transform(np.asarray(landmarks, np.float32).reshape(5, 2), ARCFACE_TEMPLATE * (size / 112))
+    inv = cv2.invertAffineTransform(m)
+    corners = np.array([[0, 0], [size, 0], [size, size], [0, size]], np.float64)
+    quad = (corners @ inv[:, :2].T + inv[:, 2]).astype(np.float32)
+    h, w = shape[:2]
+    frame = np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float32)
+    area, _ = cv2.intersectConvexConvex(quad, frame)
+    return float(min(1.0, max(0.0, area) / abs(cv2.contourArea(quad))))
+
+
 def center_crop(rgb: np.ndarray, size: int = 112) -> np.ndarray:
     """The central square of an image, resized to size x size (for crops that are already aligned)."""
     h, w = rgb.shape[:2]

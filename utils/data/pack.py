@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 from utils.atomic import write_atomic
-from utils.data.face import align_face, center_crop, load_detector, pick_main_face
+from utils.data.face import align_face, center_crop, crop_in_image, load_detector, pick_main_face
 from utils.data.image import MAX_PIXELS, ImageError, encode_jpeg, read_image
 from utils.data.recordio import SplitWriter, split_paths
 from utils.data.sources import Parsed, Skip
@@ -61,28 +61,26 @@ def _init_worker(settings: FaceSettings, threads: int, in_pool: bool = False) ->
                                          max_size=settings.det_max_size, threads=threads)
 
 
-def face_jpeg(path: str, settings: FaceSettings, detector) -> bytes:
-    """Read one image and return the JPEG of its aligned face; raises ImageError with a skip reason."""
+def face_jpeg(path: str, settings: FaceSettings, detector) -> tuple[bytes, float]:
+    """Read one image and return the JPEG of its aligned face and the share of the crop that lies inside
+    the photo (`crop_in_image`; 1 for centre crops); raises ImageError with a skip reason."""
     rgb = read_image(path, settings.max_pixels)
-    if settings.align == "none":
-        return encode_jpeg(center_crop(rgb, settings.image_size), settings.quality)
-    face = pick_main_face(detector.detect(rgb), rgb.shape)
-    if face is None:
-        if settings.no_face != "center":
-            raise ImageError(NO_FACE)
-        crop = center_crop(rgb, settings.image_size)
-    else:
+    face = None if settings.align == "none" else pick_main_face(detector.detect(rgb), rgb.shape)
+    if face is not None:
         crop = align_face(rgb, face.landmarks, settings.image_size)
-    return encode_jpeg(crop, settings.quality)
+        return encode_jpeg(crop, settings.quality), crop_in_image(rgb.shape, face.landmarks, settings.image_size)
+    if settings.align != "none" and settings.no_face != "center":
+        raise ImageError(NO_FACE)
+    return encode_jpeg(center_crop(rgb, settings.image_size), settings.quality), 1.0
 
 
-def _work(path: str) -> tuple[bytes | None, str, str]:
+def _work(path: str) -> tuple[bytes | None, float, str, str]:
     try:
-        return face_jpeg(path, _worker_settings, _worker_detector), "", ""
+        return *face_jpeg(path, _worker_settings, _worker_detector), "", ""
     except ImageError as exc:
-        return None, exc.reason, exc.detail
+        return None, 0.0, exc.reason, exc.detail
     except Exception as exc:  # a broken file must cost one skip, never the whole run
-        return None, "error", f"{type(exc).__name__}: {exc}"
+        return None, 0.0, "error", f"{type(exc).__name__}: {exc}"
 
 
 def _versions() -> dict:
@@ -144,7 +142,8 @@ def pack_dataset(sources: list[Parsed], out_dir: str, settings: FaceSettings, va
             bar = tqdm(zip(parsed.samples, splits, results), total=len(parsed.samples),
                        desc=f"{parsed.name:>12}", unit="face", disable=not progress,
                        file=sys.stderr, dynamic_ncols=True)
-            for sample, split, (jpeg, reason, detail) in bar:
+            inside = 0.0
+            for sample, split, (jpeg, in_photo, reason, detail) in bar:
                 if jpeg is None:
                     skipped.append(Skip(sample.path, reason, detail))
                     c["skipped"][reason] += 1
@@ -152,8 +151,11 @@ def pack_dataset(sources: list[Parsed], out_dir: str, settings: FaceSettings, va
                 writers[split].write(jpeg, sample.gender, sample.age, source_id, sample.path)
                 labels[split].append((sample.gender, sample.age))
                 c[split] += 1
+                inside += in_photo
             bar.close()
             c["skipped"] = dict(sorted(c["skipped"].items()))
+            # a crop that reaches past its photo has a black border there, which photos at inference do not
+            c["crop_in_photo"] = round(inside / max(1, c["train"] + c["val"]), 4)
             counts[parsed.name] = c
     except BaseException:
         for w in writers.values():
@@ -209,17 +211,20 @@ def _write_skipped(out_dir: str, skipped: list[Skip]) -> None:
 
 def summary_table(counts: dict[str, dict]) -> str:
     """A plain-text table: one row per source, with the skip reasons spelt out."""
-    rows = [("source", "found", "train", "val", "skipped", "reasons")]
+    rows = [("source", "found", "train", "val", "skipped", "in photo", "reasons")]
     tot = Counter()
     for name, c in counts.items():
         n_skip = sum(c["skipped"].values())
         reasons = ", ".join(f"{k} {v}" for k, v in c["skipped"].items()) or "-"
-        rows.append((name, str(c["found"]), str(c["train"]), str(c["val"]), str(n_skip), reasons))
-        tot.update({"found": c["found"], "train": c["train"], "val": c["val"], "skipped": n_skip})
+        rows.append((name, str(c["found"]), str(c["train"]), str(c["val"]), str(n_skip),
+                     f"{c['crop_in_photo']:.0%}", reasons))
+        tot.update({"found": c["found"], "train": c["train"], "val": c["val"], "skipped": n_skip,
+                    "inside": c["crop_in_photo"] * (c["train"] + c["val"])})
     if len(counts) > 1:
-        rows.append(("total", str(tot["found"]), str(tot["train"]), str(tot["val"]), str(tot["skipped"]), ""))
+        rows.append(("total", str(tot["found"]), str(tot["train"]), str(tot["val"]), str(tot["skipped"]),
+                     f"{tot['inside'] / max(1, tot['train'] + tot['val']):.0%}", ""))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(v.ljust(widths[i]) if i in (0, 5) else v.rjust(widths[i]) for i, v in enumerate(r))
+    lines = ["  ".join(v.ljust(widths[i]) if i in (0, 6) else v.rjust(widths[i]) for i, v in enumerate(r))
              for r in rows]
     lines.insert(1, "-" * len(lines[0]))
     return "\n".join(line.rstrip() for line in lines)
