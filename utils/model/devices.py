@@ -1,5 +1,7 @@
-"""Which MXNet contexts a `--gpus` flag means."""
+"""Which MXNet contexts a `--gpus` flag means, and the kvstore that sums gradients over them."""
 from __future__ import annotations
+
+import os
 
 import mxnet as mx
 
@@ -20,4 +22,20 @@ def contexts(gpus: str) -> list[mx.Context]:
     return [mx.gpu(g) for g in ids_n]
 
 
-__all__ = ["contexts"]
+KVSTORES = ("local", "device", "dist_sync", "dist_device_sync", "dist_async")
+
+
+def kvstore(kind: str, num_contexts: int) -> mx.kvstore.KVStore | None:
+    """The `--kvstore` for training: None on a single context of a single machine (Gluon's Trainer then
+    updates locally); a `dist_*` kind needs the DMLC_* environment that tools/launch.py sets."""
+    if kind not in KVSTORES:
+        raise UserError(f"--kvstore must be one of {', '.join(KVSTORES)}; got {kind!r}")
+    if kind.startswith("dist"):
+        if "DMLC_ROLE" not in os.environ:
+            raise UserError(f"--kvstore {kind} needs the DMLC_* environment of a parameter-server job: "
+                            "start it with tools/launch.py (see README, 'Several machines')")
+        return mx.kv.create(kind)
+    return mx.kv.create(kind) if num_contexts > 1 else None
+
+
+__all__ = ["contexts", "kvstore"]

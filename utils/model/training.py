@@ -14,18 +14,17 @@ import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
 
-from symbols import checkpoint_epochs, get_network, load_weights, parse_model_spec, save_checkpoint
+from symbols import get_network, load_weights, parse_model_spec
 from utils.model.age import age_gender_loss, decode
 from utils.data.iterators import Augment, check_rec, degrade, eval_batches, random_erase, record_iter, to_numpy_labels
-from utils.model.devices import contexts
+from utils.model.devices import contexts, kvstore
 from utils.errors import Terminated, UserError
-from utils.model.run_files import (curves_path, history_path, interrupted_prefix, load_optimizer_state, plot_history,
-                             read_history, save_optimizer_state, write_history)
+from utils.model.checkpoints import RunCheckpoints
+from utils.model.run_files import curves_path, history_path, plot_history, read_history, write_history
 from utils.model.metrics import AgeGenderMetric
 from utils.model.mxnet_engine import forward_split
 
 log = logging.getLogger("train")
-
 
 
 @dataclass
@@ -111,6 +110,7 @@ class Fit:
     def __init__(self, cfg: TrainConfig, ctx: list[mx.Context] | None = None, net: gluon.HybridBlock | None = None):
         self.cfg = cfg
         self.ctx = ctx or contexts(cfg.gpus)
+        self.checkpoints = RunCheckpoints(cfg.prefix)
         self.train_rec = os.path.join(cfg.data_dir, "train.rec")
         self.val_rec = os.path.join(cfg.data_dir, "val.rec")
         self.num_train = check_rec(self.train_rec)
@@ -120,7 +120,7 @@ class Fit:
             self._rec_counts[self.val_rec] = check_rec(self.val_rec)
         if cfg.batch_size < 1:
             raise UserError("--batch-size must be at least 1")
-        self.kv = self._kvstore()
+        self.kv = kvstore(cfg.kvstore, len(self.ctx))
         self.rank = self.kv.rank if self.kv is not None else 0
         self.workers = self.kv.num_workers if self.kv is not None else 1
         self.global_batch = cfg.batch_size * len(self.ctx)  # per context x contexts, on this worker
@@ -147,24 +147,13 @@ class Fit:
                                      kvstore=self.kv if self.kv is not None else "local",
                                      update_on_kvstore=False if self.kv is None or "dist" not in self.kv.type
                                      else None)
-        if self.resumed:
-            self._load_states()
+        if self.resumed and self.checkpoints.load_states(self.trainer):
+            self.trainer.set_learning_rate(lr_at(cfg, self.begin_epoch))
         self.step = 0
         self._stop: StopOnSignal | None = None
         self._eval_iters: dict[str, mx.io.DataIter] = {}
 
     # --- set-up -------------------------------------------------------------------------------------------
-    def _kvstore(self):
-        kind = self.cfg.kvstore
-        if kind not in ("local", "device", "dist_sync", "dist_device_sync", "dist_async"):
-            raise UserError(f"--kvstore must be local, device, dist_sync, dist_device_sync or dist_async; got {kind!r}")
-        if kind.startswith("dist"):
-            if "DMLC_ROLE" not in os.environ:
-                raise UserError(f"--kvstore {kind} needs the DMLC_* environment of a parameter-server job: "
-                                "start it with tools/launch.py (see README, 'Several machines')")
-            return mx.kv.create(kind)
-        return mx.kv.create(kind) if len(self.ctx) > 1 else None
-
     def _teacher_labels(self) -> str:
         """The train split's `.lst` with the teacher's soft genders mixed in, written beside the checkpoints
         (`PREFIX-train-labels.lst`) for the record iterator."""
@@ -191,9 +180,9 @@ class Fit:
         with autograd.predict_mode():
             net(mx.nd.zeros((1, 3, 112, 112), ctx=self.ctx[0]))  # settle deferred shapes
         self.resumed = resumed = False
-        if c.resume and (checkpoint_epochs(c.prefix) or checkpoint_epochs(interrupted_prefix(c.prefix))):
+        if c.resume and self.checkpoints.exist():
             self.resumed = resumed = True
-            epoch, source = self._resume_point()
+            epoch, source = self.checkpoints.resume_point()
             report = load_weights(net, source, epoch)
             if report.mismatched or report.missing or report.by_order:
                 raise UserError(f"--resume: {c.prefix}-{epoch:04d}.params is not a checkpoint of this network "
@@ -215,32 +204,6 @@ class Fit:
                 raise UserError(f"--pretrained {c.pretrained}: no parameter fits this network ({report})")
             log.info("pretrained %s,%d: %s", prefix, epoch, report)
         net.hybridize(static_alloc=True, static_shape=True)
-
-    def _resume_point(self) -> tuple[int, str]:
-        """(completed epochs, checkpoint prefix) to resume from: the newest completed epoch, or the state
-        saved when the epoch after it was interrupted."""
-        done = checkpoint_epochs(self.cfg.prefix)
-        last = done[-1] if done else 0
-        partial = checkpoint_epochs(interrupted_prefix(self.cfg.prefix))
-        if partial and partial[-1] >= last:
-            return partial[-1], interrupted_prefix(self.cfg.prefix)
-        return last, self.cfg.prefix
-
-    def _states_path(self, epoch: int, prefix: str | None = None) -> str:
-        return f"{prefix or self.cfg.prefix}-{epoch:04d}.states"
-
-    def _load_states(self) -> None:
-        path = self._states_path(*self._resume_point())
-        if not os.path.isfile(path):
-            log.warning("no optimizer state %s: momentum restarts from zero", path)
-            return
-        try:
-            load_optimizer_state(self.trainer, path)
-        except ValueError as exc:
-            log.warning("%s; momentum restarts from zero", exc)
-            return
-        self.trainer.set_learning_rate(lr_at(self.cfg, self.begin_epoch))
-        log.info("optimizer state restored from %s", path)
 
     # --- one batch ------------------------------------------------------------------------------------------
     def forward_backward(self, data: mx.nd.NDArray, label: mx.nd.NDArray) -> tuple[float, np.ndarray]:
@@ -325,7 +288,7 @@ class Fit:
             if stop.signal:
                 # checked between batches: the signal never lands inside MXNet, the iterator or a save
                 if self.rank == 0:
-                    path = self._save_interrupted(done)
+                    path = self.checkpoints.save_interrupted(self.net, self.trainer, done)
                     log.info("interrupted: saved %s (%d epochs completed); continue with --resume", path, done)
                 del train_iter
                 mx.nd.waitall()
@@ -349,10 +312,8 @@ class Fit:
             label = batch.label[0]
             loss, outs = self.train_batch(batch.data[0], label)
             if not math.isfinite(loss):
-                last = checkpoint_epochs(c.prefix)
-                keep = f"{c.prefix}-{last[-1]:04d}.params" if last else "none was written yet"
                 raise UserError(f"loss became {loss} at epoch {epoch} batch {nbatch}: training stopped; "
-                                f"last good checkpoint: {keep} (try a lower --lr)")
+                                f"last good checkpoint: {self.checkpoints.last_completed()} (try a lower --lr)")
             gender, age = to_numpy_labels(label)
             p_male, age_pred = decode(outs, c.age_decode)
             metric.update(p_male, age_pred, gender, age)
@@ -376,7 +337,8 @@ class Fit:
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / max(1, rows), "train_acc": m["acc"],
                "train_mae": m["mae"], "train_cs5": m["cs5"]}
         if self.rank == 0 and (stopped or (epoch + 1) % c.save_every == 0 or epoch + 1 == c.end_epoch):
-            log.info("saved %s", self._save(epoch + 1))  # before validation: a bad val.rec costs no epoch
+            # before validation: a bad val.rec costs no epoch
+            log.info("saved %s", self.checkpoints.save(self.net, self.trainer, epoch + 1))
         if self.has_val:
             v = self.evaluate(self.val_rec)
             row.update(val_loss=v["loss"], val_acc=v["acc"], val_mae=v["mae"], val_cs3=v["cs3"], val_cs5=v["cs5"])
@@ -389,39 +351,12 @@ class Fit:
         if self.rank == 0:
             if self.has_val and val_score(row) < self.best_score:
                 self.best_score = val_score(row)
-                self._save_best(epoch + 1)
+                log.info("best val score so far %.4f (MAE + 20 x gender error): saved %s", self.best_score,
+                         self.checkpoints.save_best(self.net, epoch + 1))
             write_history(history_path(c.prefix), self.history)
             plot_history(curves_path(c.prefix), self.history)
         row["stopped"] = stopped
         return row
-
-    # --- checkpoints ----------------------------------------------------------------------------------------
-    def _save(self, epoch: int) -> str:
-        path = save_checkpoint(self.net, self.cfg.prefix, epoch)
-        self._save_states(self._states_path(epoch))
-        return path
-
-    def _save_states(self, states: str) -> None:
-        save_optimizer_state(self.trainer, states)
-
-    def _save_interrupted(self, done: int) -> str:
-        """The weights and optimizer state of an unfinished epoch, after `done` completed ones, under a name
-        of their own (`P-interrupted-%04d`): a completed epoch's files are never rewritten."""
-        prefix = interrupted_prefix(self.cfg.prefix)
-        for e in checkpoint_epochs(prefix):
-            os.remove(f"{prefix}-{e:04d}.params")
-        path = save_checkpoint(self.net, prefix, done)
-        self._save_states(f"{prefix}-{done:04d}.states")
-        return path
-
-    def _save_best(self, epoch: int) -> None:
-        best = f"{self.cfg.prefix}-best"
-        old = checkpoint_epochs(best)
-        path = save_checkpoint(self.net, best, epoch)
-        for e in old:
-            if e != epoch:
-                os.remove(f"{best}-{e:04d}.params")
-        log.info("best val score so far %.4f (MAE + 20 x gender error): saved %s", self.best_score, path)
 
 
 class StopOnSignal:
