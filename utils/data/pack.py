@@ -217,7 +217,7 @@ def summary_table(counts: dict[str, dict]) -> str:
         n_skip = sum(c["skipped"].values())
         reasons = ", ".join(f"{k} {v}" for k, v in c["skipped"].items()) or "-"
         rows.append((name, str(c["found"]), str(c["train"]), str(c["val"]), str(n_skip),
-                     f"{c['crop_in_photo']:.0%}", reasons))
+                     f"{c['crop_in_photo']:.0%}" if c["train"] + c["val"] else "-", reasons))
         tot.update({"found": c["found"], "train": c["train"], "val": c["val"], "skipped": n_skip,
                     "inside": c["crop_in_photo"] * (c["train"] + c["val"])})
     if len(counts) > 1:
