@@ -222,13 +222,18 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return m
 
 
+def alignment_matrix(landmarks: np.ndarray, size: int = 112) -> np.ndarray:
+    """The 2x3 warp that puts a face's 5 landmarks on the ArcFace template scaled to `size`."""
+    return similarity_transform(np.asarray(landmarks, np.float32).reshape(5, 2), ARCFACE_TEMPLATE * (size / 112))
+
+
 def align_face(rgb: np.ndarray, landmarks: np.ndarray, size: int = 112) -> np.ndarray:
     """Warp a face so its 5 landmarks land on the ArcFace template (scaled to `size`): InsightFace's
     `norm_crop` (a least-squares similarity, black outside the image), so crops match what InsightFace's
     released models were trained on. `size` must be a multiple of 112. Used by packing and inference."""
     if size % 112:
         raise ValueError(f"aligned size must be a multiple of 112, got {size}")
-    m = similarity_transform(np.asarray(landmarks, np.float32).reshape(5, 2), ARCFACE_TEMPLATE * (size / 112))
+    m = alignment_matrix(landmarks, size)
     return cv2.warpAffine(rgb, m, (size, size), borderValue=0.0)
 
 
@@ -236,7 +241,7 @@ def crop_in_image(shape: tuple[int, ...], landmarks: np.ndarray, size: int = 112
     """The share of `align_face`'s crop that comes from inside the image (the rest is its black border):
     the crop square mapped back into the image, intersected with the image rectangle. Tight source chips
     (UTKFace's) give far less than 1, photos with room around the face give 1."""
-    m = similarity_transform(np.asarray(landmarks, np.float32).reshape(5, 2), ARCFACE_TEMPLATE * (size / 112))
+    m = alignment_matrix(landmarks, size)
     inv = cv2.invertAffineTransform(m)
     corners = np.array([[0, 0], [size, 0], [size, size], [0, size]], np.float64)
     quad = (corners @ inv[:, :2].T + inv[:, 2]).astype(np.float32)
