@@ -1,7 +1,8 @@
-"""The files of a training run under its prefix P: checkpoints are symbols/'s business; here are the
-metrics history (`P-metrics.csv`), its curves (`P-curves.png`), the optimizer state (`P-%04d.states`,
-without pickle), the unfinished epoch's state (`P-interrupted-%04d.*`), and the rule that a prefix holding
-a run is never overwritten by accident."""
+"""The files of a training run under its prefix P: the checkpoint format is symbols/'s business and which
+checkpoints a run keeps is utils/model/checkpoints.py's; here are the metrics history (`P-metrics.csv`),
+its curves (`P-curves.png`), the optimizer state's file format (`P-%04d.states`, without pickle), the name
+of the unfinished epoch's files (`P-interrupted-%04d.*`), and the rule that a prefix holding a run is never
+overwritten by accident."""
 from __future__ import annotations
 
 import csv
