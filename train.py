@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add(d, "--shift", type=number(int, 0, 56), default=0, help="random shift of the aligned face, max pixels")
     _add(d, "--gray", type=PROBABILITY, default=0.0, help="share of the faces turned greyscale")
     _add(d, "--blur", type=PROBABILITY, default=0.0, help="share of the faces blurred (down- and up-scaled)")
+    _add(d, "--mixup", type=NON_NEGATIVE, default=0.0,
+         help="mixup: blend each face with another of its batch by lam ~ Beta(a, a), the loss by lam (0 = off)")
     n = p.add_argument_group("network")
     _add(n, "--network", default="m50", help="m50 (MobileNet v1) or r18/r34/r50/r100 (face ResNet)")
     _add(n, "--multiplier", type=POSITIVE, default=1.0, help="MobileNet width (0.25 / 0.5 for CPUs)")
@@ -93,7 +95,8 @@ def main() -> int:
     cfg = TrainConfig(**{f.name: values[f.name] for f in dataclasses.fields(TrainConfig) if f.name in values})
     cfg.lr_steps = _steps(args.lr_steps)
     cfg.augment = Augment(mirror=bool(args.rand_mirror), color=args.color, cutoff=args.cutoff, rotate=args.rotate,
-                          scale=args.scale, shift=args.shift, gray=args.gray, blur=args.blur)
+                          scale=args.scale, shift=args.shift, gray=args.gray, blur=args.blur,
+                          mixup=args.mixup)
     from utils.atomic import check_writable
     from utils.model.run_files import claim_prefix
 

@@ -56,21 +56,24 @@ def test_tiny_overfit_run_drives_the_loss_down(packed_utkface, tmp_path):
     assert after["acc"] >= 0.9
 
 
-def _linear_fit(data_dir: str, prefix: str, ctx: list[mx.Context], per_ctx: int) -> Fit:
+def _linear_fit(data_dir: str, prefix: str, ctx: list[mx.Context], per_ctx: int, mixup: float = 0.0) -> Fit:
     net = nn.HybridSequential()
     net.add(nn.Dense(202))
-    fit = Fit(_cfg(data_dir, prefix, batch_size=per_ctx, lr=1e-6, end_epoch=2), ctx=ctx, net=net)
+    fit = Fit(_cfg(data_dir, prefix, batch_size=per_ctx, lr=1e-6, end_epoch=2, augment=Augment(mixup=mixup)),
+              ctx=ctx, net=net)
     fit.run()
     return fit
 
 
-def test_two_contexts_give_the_same_training_as_one(packed_demo, tmp_path):
-    """Global batch 8 as 1 context x 8 or 2 contexts x 4: same labels with the same images, gradients
-    summed and normalised by the global batch, so the weights agree. (A BatchNorm-free net: BatchNorm
-    statistics over 4 rows instead of 8 legitimately differ.)"""
+@pytest.mark.parametrize("mixup", [0.0, 0.4])
+def test_two_contexts_give_the_same_training_as_one(packed_demo, tmp_path, mixup):
+    """Global batch 8 as 1 context x 8 or 2 contexts x 4: same labels with the same images (and, with
+    mixup, the same partners' labels), gradients summed and normalised by the global batch, so the
+    weights agree. (A BatchNorm-free net: BatchNorm statistics over 4 rows instead of 8 legitimately
+    differ.)"""
     data_dir, _ = packed_demo
-    one = _linear_fit(data_dir, str(tmp_path / "one"), [mx.cpu(0)], 8)
-    two = _linear_fit(data_dir, str(tmp_path / "two"), [mx.cpu(0), mx.cpu(1)], 4)
+    one = _linear_fit(data_dir, str(tmp_path / "one"), [mx.cpu(0)], 8, mixup)
+    two = _linear_fit(data_dir, str(tmp_path / "two"), [mx.cpu(0), mx.cpu(1)], 4, mixup)
     assert two.global_batch == 8
     w1 = one.net.collect_params()
     w2 = two.net.collect_params()

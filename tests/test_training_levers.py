@@ -1,5 +1,5 @@
 """The training levers of the round-2 model: function-preserving widening, soft age targets, gender label
-smoothing, age-band re-weighting, the lr schedules, the face degradations and the best-epoch score.
+smoothing, age-band re-weighting, mixup, the lr schedules, the face degradations and the best-epoch score.
 Runs everywhere: only the repository and the insightface wheel's images are needed."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from symbols import load_model
 from tests.conftest import run_script
 from utils.model.age import age_gender_loss, age_targets
-from utils.data.iterators import degrade
+from utils.data.iterators import degrade, mix_batch
 from utils.data.demo import wheel_image
 from utils.data.face import align_face, load_detector
 from utils.data.image import read_image
@@ -108,6 +108,20 @@ def test_degrade_greys_and_blurs_only_a_share_of_the_faces(aligned_t1):
     soft = degrade(data, blur=1.0).asnumpy()
     sharpness = lambda x: np.abs(np.diff(x, axis=3)).mean()  # noqa: E731
     assert sharpness(soft) < 0.9 * sharpness(data.asnumpy())
+
+
+def test_mixup_blends_each_face_with_the_partner_whose_labels_it_returns():
+    n = 16
+    data = mx.nd.array(np.arange(n, dtype=np.float32).reshape(n, 1, 1, 1) * np.ones((1, 3, 4, 4), np.float32))
+    label = mx.nd.array(np.stack([np.arange(n) % 2, np.arange(n) + 20.0], axis=1))
+    np.random.seed(3)
+    mixed, partners, lam = mix_batch(data, label, alpha=0.4)
+    assert 0 < lam < 1
+    own = np.arange(n)
+    partner = partners.asnumpy()[:, 1] - 20  # the partner's index, from its age label
+    np.testing.assert_allclose(mixed.asnumpy()[:, 0, 0, 0], lam * own + (1 - lam) * partner, rtol=1e-5)
+    np.testing.assert_array_equal(partners.asnumpy()[:, 0], partner % 2)  # gender travels with its age
+    assert sorted(partner.astype(int)) == list(range(n)) and (partner != own).any()  # a permutation
 
 
 def test_best_epoch_score_weighs_gender_and_age():

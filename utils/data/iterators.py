@@ -65,7 +65,8 @@ def check_rec(rec_path: str, image_size: int = INPUT_SIZE) -> int:
 class Augment:
     """Training augmentation: random mirror, colour jitter strength, random-erasing square side; and
     what the detector does to faces at inference: rotation (max degrees), scale (max relative change),
-    shift (max pixels), greyscale and blur (share of the faces)."""
+    shift (max pixels), greyscale and blur (share of the faces); and mixup (the Beta(a, a) of each batch's
+    blend of two faces and their labels, 0 = off)."""
 
     mirror: bool = False
     color: float = 0.0
@@ -75,6 +76,7 @@ class Augment:
     shift: int = 0
     gray: float = 0.0
     blur: float = 0.0
+    mixup: float = 0.0
 
 
 def record_iter(rec_path: str, batch_size: int, train: bool, augment: Augment | None = None,
@@ -124,6 +126,15 @@ def random_erase(data: mx.nd.NDArray, size: int, prob: float = 0.5) -> mx.nd.NDA
     return mx.nd.broadcast_add(mx.nd.broadcast_mul(data, 1 - mask), mask * 127.5)
 
 
+def mix_batch(data: mx.nd.NDArray, label: mx.nd.NDArray, alpha: float) -> tuple[mx.nd.NDArray, mx.nd.NDArray, float]:
+    """Mixup: every image blended with another of the batch, lam x image + (1 - lam) x partner, one
+    lam ~ Beta(alpha, alpha) for the batch. Returns (blended images, the partners' labels, lam); the loss is
+    then lam x loss(own labels) + (1 - lam) x loss(partners' labels)."""
+    lam = float(np.random.beta(alpha, alpha))
+    partner = mx.nd.array(np.random.permutation(data.shape[0]), dtype="int64")
+    return lam * data + (1 - lam) * data.take(partner), label.take(partner), lam
+
+
 def degrade(data: mx.nd.NDArray, gray: float = 0.0, blur: float = 0.0) -> mx.nd.NDArray:
     """Greyscale a share `gray` of the faces, and blur a share `blur` of them by a down- and up-scaling
     to a random side between 32 and 80 pixels (small or soft faces at inference). Array ops."""
@@ -139,6 +150,20 @@ def degrade(data: mx.nd.NDArray, gray: float = 0.0, blur: float = 0.0) -> mx.nd.
         on = (mx.nd.random.uniform(0, 1, shape=(n, 1, 1, 1)) < blur)
         data = mx.nd.where(on.broadcast_to(data.shape), soft, data)
     return data
+
+
+def augment_batch(data: mx.nd.NDArray, label: mx.nd.NDArray, augment: Augment
+                  ) -> tuple[mx.nd.NDArray, tuple[mx.nd.NDArray, float] | None]:
+    """The augmentation that runs on a decoded training batch (the record iterator does the rest):
+    greyscale and blur, random erasing, then mixup. Returns (images, (partners' labels, lam) or None)."""
+    if augment.gray > 0 or augment.blur > 0:
+        data = degrade(data, augment.gray, augment.blur)
+    if augment.cutoff > 0:
+        data = random_erase(data, augment.cutoff)
+    if augment.mixup <= 0:
+        return data, None
+    data, partners, lam = mix_batch(data, label, augment.mixup)
+    return data, (partners, lam)
 
 
 def eval_batches(it: mx.io.DataIter, total: int):

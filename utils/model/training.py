@@ -16,7 +16,7 @@ from mxnet import autograd, gluon
 
 from symbols import get_network, load_weights, parse_model_spec
 from utils.model.age import age_gender_loss, decode
-from utils.data.iterators import Augment, check_rec, degrade, eval_batches, random_erase, record_iter, to_numpy_labels
+from utils.data.iterators import Augment, augment_batch, check_rec, eval_batches, record_iter, to_numpy_labels
 from utils.model.devices import contexts, kvstore
 from utils.errors import Terminated, UserError
 from utils.model.checkpoints import RunCheckpoints
@@ -206,14 +206,19 @@ class Fit:
         net.hybridize(static_alloc=True, static_shape=True)
 
     # --- one batch ------------------------------------------------------------------------------------------
-    def forward_backward(self, data: mx.nd.NDArray, label: mx.nd.NDArray) -> tuple[float, np.ndarray]:
+    def forward_backward(self, data: mx.nd.NDArray, label: mx.nd.NDArray,
+                         mix: tuple[mx.nd.NDArray, float] | None = None) -> tuple[float, np.ndarray]:
         """Split a batch evenly over the contexts (labels with their images), forward, loss, backward.
-        Returns (summed loss, outputs (N,202) in batch order)."""
+        `mix`: (the mixup partners' labels, lam) for blended images. Returns (summed loss, outputs (N,202)
+        in batch order)."""
         datas = gluon.utils.split_and_load(data, self.ctx, even_split=False)
         labels = gluon.utils.split_and_load(label, self.ctx, even_split=False)
+        partners = gluon.utils.split_and_load(mix[0], self.ctx, even_split=False) if mix else labels
+        lam = mix[1] if mix else 1.0
         with autograd.record():
             outs = [self.net(x) for x in datas]
-            losses = [self._loss(o, y) for o, y in zip(outs, labels)]
+            losses = [self._loss(o, y) if lam == 1.0 else lam * self._loss(o, y) + (1 - lam) * self._loss(o, yb)
+                      for o, y, yb in zip(outs, labels, partners)]
         autograd.backward(losses)
         total = sum(float(l.sum().asscalar()) for l in losses)
         return total, np.concatenate([o.asnumpy() for o in outs])
@@ -234,12 +239,8 @@ class Fit:
     def train_batch(self, data: mx.nd.NDArray, label: mx.nd.NDArray) -> tuple[float, np.ndarray]:
         """One optimisation step on a batch (augmentation that runs on arrays included). Returns
         (summed loss, outputs); the weights are left untouched when the loss is not finite."""
-        aug = self.cfg.augment
-        if aug.gray > 0 or aug.blur > 0:
-            data = degrade(data, aug.gray, aug.blur)
-        if aug.cutoff > 0:
-            data = random_erase(data, aug.cutoff)
-        loss, outs = self.forward_backward(data, label)
+        data, mix = augment_batch(data, label, self.cfg.augment)
+        loss, outs = self.forward_backward(data, label, mix)
         if math.isfinite(loss):
             self.update()
             self.step += 1
