@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add(d, "--shift", type=number(int, 0, 56), default=0, help="random shift of the aligned face, max pixels")
     _add(d, "--gray", type=PROBABILITY, default=0.0, help="share of the faces turned greyscale")
     _add(d, "--blur", type=PROBABILITY, default=0.0, help="share of the faces blurred (down- and up-scaled)")
+    _add(d, "--jpeg", type=PROBABILITY, default=0.0,
+         help="share of the faces JPEG-recompressed at a random quality of 15-75")
     _add(d, "--mixup", type=NON_NEGATIVE, default=0.0,
          help="mixup: blend each face with another of its batch by lam ~ Beta(a, a), the loss by lam (0 = off)")
     n = p.add_argument_group("network")
@@ -96,7 +98,7 @@ def main() -> int:
     cfg.lr_steps = _steps(args.lr_steps)
     cfg.augment = Augment(mirror=bool(args.rand_mirror), color=args.color, cutoff=args.cutoff, rotate=args.rotate,
                           scale=args.scale, shift=args.shift, gray=args.gray, blur=args.blur,
-                          mixup=args.mixup)
+                          jpeg=args.jpeg, mixup=args.mixup)
     from utils.atomic import check_writable
     from utils.model.run_files import claim_prefix
 

@@ -88,6 +88,24 @@ def test_insightface_checkpoint_on_real_faces(packed_utkface):
     assert acc > 0.7 and mae < 12  # a real model on real faces, not noise
 
 
+def test_model_report_tables_on_real_faces_and_their_degraded_copies(packed_utkface):
+    """tools/model_report.py on 36 real faces: the decoding table, bands, races, and the robustness rows;
+    the "as packed" row is eval.py's default figures, and the faces at JPEG quality 10 really are degraded
+    (they read worse)."""
+    rec = os.path.join(packed_utkface, "train.rec")
+    proc = run_script("tools/model_report.py", "--rec", rec, "--robustness", check=True)
+    rows = {m[1]: [float(v) for v in m.groups()[1:]] for m in re.finditer(
+        r"^\| (as packed|JPEG quality \d+|downscaled to \d+ px) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([-+\d.]+) \|",
+        proc.stdout, re.M)}
+    assert list(rows) == ["as packed", "JPEG quality 75", "JPEG quality 40", "JPEG quality 20", "JPEG quality 10",
+                          "downscaled to 64 px", "downscaled to 48 px"]
+    got = _printed(run_script("eval.py", "--rec", rec, "--no-progress", check=True).stdout)
+    assert rows["as packed"][0] == pytest.approx(got["gender accuracy"], abs=1e-4)
+    assert rows["as packed"][1] == pytest.approx(got["age MAE"], abs=0.01)
+    assert rows["JPEG quality 10"][1] > rows["as packed"][1] + 0.5
+    assert "| vote | yes |" in proc.stdout and "| White |" in proc.stdout
+
+
 @pytest.mark.parametrize("args,message", [
     (["--rec", "nowhere/val.rec", "--model", "{model}"], "record file not found"),
     (["--rec", "{rec}", "--model", "nowhere/model,3"], "model file not found"),

@@ -1,5 +1,5 @@
 """The training levers of the round-2 model: function-preserving widening, soft age targets, gender label
-smoothing, age-band re-weighting, mixup, the lr schedules, the face degradations and the best-epoch score.
+smoothing, age-band re-weighting, JPEG recompression, mixup, the lr schedules, the face degradations and the best-epoch score.
 Runs everywhere: only the repository and the insightface wheel's images are needed."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from symbols import load_model
 from tests.conftest import run_script
 from utils.model.age import age_gender_loss, age_targets
-from utils.data.iterators import degrade, mix_batch
+from utils.data.iterators import degrade, mix_batch, recompress
 from utils.data.demo import wheel_image
 from utils.data.face import align_face, load_detector
 from utils.data.image import read_image
@@ -108,6 +108,21 @@ def test_degrade_greys_and_blurs_only_a_share_of_the_faces(aligned_t1):
     soft = degrade(data, blur=1.0).asnumpy()
     sharpness = lambda x: np.abs(np.diff(x, axis=3)).mean()  # noqa: E731
     assert sharpness(soft) < 0.9 * sharpness(data.asnumpy())
+
+
+def test_jpeg_recompression_keeps_colours_and_touches_only_its_share(aligned_t1):
+    data = mx.nd.concat(*[aligned_t1] * 11, dim=0)[:64]
+    np.random.seed(0)
+    half = recompress(data, 0.5).asnumpy()
+    changed = np.abs(half - data.asnumpy()).max(axis=(1, 2, 3)) > 0
+    assert 16 < changed.sum() < 48
+    np.testing.assert_array_equal(half[~changed], data.asnumpy()[~changed])
+    low = recompress(data, 1.0, quality=(15, 15)).asnumpy()
+    high = recompress(data, 1.0, quality=(75, 75)).asnumpy()
+    err = lambda x: np.abs(x - data.asnumpy()).mean()  # noqa: E731
+    assert 0 < err(high) < err(low) < 12
+    # the channels stay in RGB order: each channel's mean is kept (a red/blue swap moves them by 20+)
+    np.testing.assert_allclose(low.mean(axis=(0, 2, 3)), data.asnumpy().mean(axis=(0, 2, 3)), atol=2.0)
 
 
 def test_mixup_blends_each_face_with_the_partner_whose_labels_it_returns():

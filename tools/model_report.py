@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """The model card's tables for a model on a packed UTKFace split: every age decoding with and without flip,
-per age band, and per UTKFace race (read from each record's source file name, `<age>_<gender>_<race>_...`),
-as Markdown.
+per age band, per UTKFace race (read from each record's source file name, `<age>_<gender>_<race>_...`),
+and, with --robustness, on the same faces JPEG-recompressed or downscaled, as Markdown.
 
-    python tools/model_report.py --model models/agegender.onnx --rec dataset/utkface/val.rec
+    python tools/model_report.py --model models/agegender.onnx --rec dataset/utkface/val.rec --robustness
 """
 from __future__ import annotations
 
@@ -31,6 +31,36 @@ def races_of(rec: str) -> list[int | None]:
     return out
 
 
+def robustness(engine, faces, gender, age, how: str) -> None:
+    """The default command's figures on `faces` (N,3,112,112 mx.nd, RGB 0-255) recompressed or downscaled:
+    the mean error shows which way each degradation pushes the age."""
+    import mxnet as mx
+    import numpy as np
+
+    from utils.data.iterators import recompress
+    from utils.model.age import DEFAULT_DECODE, DEFAULT_FLIP, decode
+    from utils.model.metrics import summarize
+
+    def smaller(side: int):
+        low = mx.nd.contrib.BilinearResize2D(faces, height=side, width=side)
+        return mx.nd.contrib.BilinearResize2D(low, height=112, width=112)
+
+    settings = [("as packed", lambda: faces)]
+    settings += [(f"JPEG quality {q}", lambda q=q: recompress(faces, 1.0, (q, q))) for q in (75, 40, 20, 10)]
+    settings += [(f"downscaled to {s} px", lambda s=s: smaller(s)) for s in (64, 48)]
+    print(f"\nrobustness ({how}; mean error = predicted - true age)\n")
+    print("| faces | gender acc. | MAE | CS@5 | mean error | mean error 20-29 |\n|---|---|---|---|---|---|")
+    young = (age >= 20) & (age < 30)
+    for name, make in settings:
+        x = make().asnumpy()
+        out = np.concatenate([engine.outputs(x[i:i + 256], flip=DEFAULT_FLIP) for i in range(0, len(x), 256)])
+        p_male, pred = decode(out, DEFAULT_DECODE)
+        m = summarize(p_male, pred, gender, age)
+        bias_young = f"{np.mean(pred[young] - age[young]):+.2f}" if young.any() else ""
+        print(f"| {name} | {m['acc']:.4f} | {m['mae']:.2f} | {m['cs5']:.4f} | {np.mean(pred - age):+.2f} | "
+              f"{bias_young} |")
+
+
 def main() -> int:
     p = ArgumentParser(description=__doc__)
     p.add_argument("--model", default=None, help="a .onnx file or PREFIX,EPOCH (default: the bundled model)")
@@ -38,8 +68,12 @@ def main() -> int:
     p.add_argument("--teacher", metavar="CSV", default="",
                    help="the teacher's P(male) for this split (tools/teacher_gender.py): gender per band of the "
                         "teacher alone and averaged with the model")
+    p.add_argument("--robustness", action="store_true",
+                   help="also the default command on the faces JPEG-recompressed (quality 75-10) and downscaled "
+                        "(64 and 48 px, then back to 112)")
     args = p.parse_args()
 
+    import mxnet as mx
     import numpy as np
 
     from utils.data.iterators import check_rec, eval_batches, record_iter
@@ -49,9 +83,10 @@ def main() -> int:
 
     engine = load_engine(args.model)
     n = check_rec(args.rec)
-    outs, flips, labels = [], [], []
+    outs, flips, labels, faces = [], [], [], []
     for data, label in eval_batches(record_iter(args.rec, 256, train=False), n):
         x = data.asnumpy()
+        faces.append(data.copy())  # the iterator reuses its batch buffer
         outs.append(engine.outputs(x))
         flips.append(engine.outputs(x, flip=True))
         labels.append(label.asnumpy())
@@ -82,6 +117,8 @@ def main() -> int:
         for name, p in (("the model", p_male), ("the teacher", t), ("mean of both", (p_male + t) / 2)):
             print(f"| {name} | {summarize(p, pred, gender, age)['acc']:.4f} | "
                   + " | ".join(f"{r['acc']:.4f}" for r in band_table(pred, age, p, gender)) + " |")
+    if args.robustness:
+        robustness(engine, mx.nd.concat(*faces, dim=0), gender, age, how)
     race = races_of(args.rec)
     if len(race) == n:
         print(f"\nper UTKFace race ({how})\n")

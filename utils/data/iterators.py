@@ -65,7 +65,7 @@ def check_rec(rec_path: str, image_size: int = INPUT_SIZE) -> int:
 class Augment:
     """Training augmentation: random mirror, colour jitter strength, random-erasing square side; and
     what the detector does to faces at inference: rotation (max degrees), scale (max relative change),
-    shift (max pixels), greyscale and blur (share of the faces); and mixup (the Beta(a, a) of each batch's
+    shift (max pixels), greyscale, blur and JPEG recompression (share of the faces); and mixup (the Beta(a, a) of each batch's
     blend of two faces and their labels, 0 = off)."""
 
     mirror: bool = False
@@ -76,6 +76,7 @@ class Augment:
     shift: int = 0
     gray: float = 0.0
     blur: float = 0.0
+    jpeg: float = 0.0
     mixup: float = 0.0
 
 
@@ -152,12 +153,34 @@ def degrade(data: mx.nd.NDArray, gray: float = 0.0, blur: float = 0.0) -> mx.nd.
     return data
 
 
+JPEG_QUALITY = (15, 75)  # UTKFace's chips are quality 75 already; heavily compressed photos go far lower
+
+
+def recompress(data: mx.nd.NDArray, share: float, quality: tuple[int, int] = JPEG_QUALITY) -> mx.nd.NDArray:
+    """JPEG-encode and decode a share `share` of the faces at a random quality in `quality` (inclusive):
+    the blocking and ringing of compressed photos, which make the model read faces older."""
+    from utils.data.image import decode_image, encode_jpeg
+
+    on = np.flatnonzero(np.random.uniform(size=data.shape[0]) < share)
+    if on.size == 0:
+        return data
+    faces = data.asnumpy()
+    for i in on:
+        rgb = np.clip(faces[i].transpose(1, 2, 0) + 0.5, 0, 255).astype(np.uint8)
+        quality_i = int(np.random.randint(quality[0], quality[1] + 1))
+        faces[i] = decode_image(encode_jpeg(rgb, quality_i)).transpose(2, 0, 1)
+    return mx.nd.array(faces, ctx=data.context)
+
+
 def augment_batch(data: mx.nd.NDArray, label: mx.nd.NDArray, augment: Augment
                   ) -> tuple[mx.nd.NDArray, tuple[mx.nd.NDArray, float] | None]:
     """The augmentation that runs on a decoded training batch (the record iterator does the rest):
-    greyscale and blur, random erasing, then mixup. Returns (images, (partners' labels, lam) or None)."""
+    greyscale and blur, JPEG recompression, random erasing, then mixup. Returns (images, (partners' labels,
+    lam) or None)."""
     if augment.gray > 0 or augment.blur > 0:
         data = degrade(data, augment.gray, augment.blur)
+    if augment.jpeg > 0:
+        data = recompress(data, augment.jpeg)
     if augment.cutoff > 0:
         data = random_erase(data, augment.cutoff)
     if augment.mixup <= 0:
