@@ -65,22 +65,26 @@ def write_checkpoint(sym: mx.sym.Symbol, arg: dict, aux: dict, prefix: str, epoc
     return params
 
 
-def average_checkpoints(prefix: str, epochs: list[int]) -> tuple[mx.sym.Symbol, dict, dict]:
+def average_checkpoints(prefix: str | list[str], epochs: list[int]) -> tuple[mx.sym.Symbol, dict, dict]:
     """The mean of several epochs' weights of one run (stochastic weight averaging over the epochs of a
-    constant learning rate), BatchNorm statistics averaged likewise. Raises ValueError when the epochs do
-    not hold the same parameters."""
+    constant learning rate), or of the same epochs of several runs from one starting point (a list of
+    prefixes), BatchNorm statistics averaged likewise. Raises ValueError when the checkpoints do not hold
+    the same parameters."""
     if not epochs:
         raise ValueError("no epochs to average")
-    sym, arg, aux = read_checkpoint(prefix, epochs[0])
+    prefixes = [prefix] if isinstance(prefix, str) else list(prefix)
+    files = [(p, e) for p in prefixes for e in epochs]
+    sym, arg, aux = read_checkpoint(*files[0])
     sums = [{k: v.astype("float64") for k, v in d.items()} for d in (arg, aux)]
-    for epoch in epochs[1:]:
-        _, *parts = read_checkpoint(prefix, epoch)
+    for run, epoch in files[1:]:
+        _, *parts = read_checkpoint(run, epoch)
         for total, part in zip(sums, parts):
             if set(part) != set(total) or any(part[k].shape != total[k].shape for k in total):
-                raise ValueError(f"{prefix}-{epoch:04d}.params does not hold the parameters of epoch {epochs[0]}")
+                raise ValueError(f"{run}-{epoch:04d}.params does not hold the parameters of "
+                                 f"{files[0][0]}-{files[0][1]:04d}.params")
             for k in total:
                 total[k] += part[k].astype("float64")
-    arg, aux = ({k: (v / len(epochs)).astype("float32") for k, v in total.items()} for total in sums)
+    arg, aux = ({k: (v / len(files)).astype("float32") for k, v in total.items()} for total in sums)
     return sym, arg, aux
 
 

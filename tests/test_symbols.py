@@ -77,6 +77,23 @@ def test_averaged_checkpoint_is_the_mean_of_the_epochs(tmp_path):
             np.testing.assert_allclose(value.asnumpy(), mean, rtol=1e-5, atol=1e-6)
     assert any(k.endswith("running_var") for k in aux)
 
+    # two runs (the same epochs of each): the mean of all their checkpoints
+    other = str(tmp_path / "other")
+    for epoch in (1, 3):
+        mx.random.seed(10 + epoch)
+        net = get_network("m50", multiplier=0.25)
+        net.initialize(mx.init.Xavier())
+        net(mx.nd.zeros((1, 3, 112, 112)))
+        net.hybridize()
+        save_checkpoint(net, other, epoch)
+    both = str(tmp_path / "both")
+    proc = run_script("tools/average_checkpoints.py", f"{prefix},{other}", "1,3", both, check=True)
+    assert f"{prefix} and {other}" in proc.stdout
+    pool = [saved[0], saved[2]] + [mx.model.load_checkpoint(other, e) for e in (1, 3)]
+    _, arg, _ = mx.model.load_checkpoint(both, 0)
+    for name, value in arg.items():
+        np.testing.assert_allclose(value.asnumpy(), sum(s[1][name].asnumpy() for s in pool) / 4, rtol=1e-5, atol=1e-6)
+
     missing = run_script("tools/average_checkpoints.py", prefix, "1-4", out)
     assert missing.returncode != 0 and "model file not found" in missing.stderr and "Traceback" not in missing.stderr
     bad = run_script("tools/average_checkpoints.py", prefix, "3-1", out)

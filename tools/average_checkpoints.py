@@ -4,6 +4,10 @@ averaging: the epochs of a constant learning rate, e.g. `train.py --lr-schedule 
 
     python tools/average_checkpoints.py models/swa/model 1-10 models/swa-mean/model
     python eval.py --model models/swa-mean/model,0
+
+Several runs from the same starting weights (e.g. two seeds) average together, the same epochs of each:
+
+    python tools/average_checkpoints.py models/a/model,models/b/model 1-10 models/ab-mean/model
 """
 from __future__ import annotations
 
@@ -34,7 +38,7 @@ def parse_epochs(text: str) -> list[int]:
 
 def main() -> int:
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("prefix", help="the run's checkpoint prefix (PREFIX-%%04d.params)")
+    p.add_argument("prefix", help="the run's checkpoint prefix (PREFIX-%%04d.params); several runs: PREFIX,PREFIX")
     p.add_argument("epochs", help="the epochs to average: 1-10, 4,6,8, ...")
     p.add_argument("output", help="prefix of the result (written as OUTPUT-0000.params and OUTPUT-symbol.json)")
     args = p.parse_args()
@@ -42,12 +46,13 @@ def main() -> int:
     from symbols import average_checkpoints, write_checkpoint
 
     epochs = parse_epochs(args.epochs)
+    runs = [r for r in args.prefix.split(",") if r]
     try:
-        sym, arg, aux = average_checkpoints(args.prefix, epochs)
+        sym, arg, aux = average_checkpoints(runs, epochs)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     path = write_checkpoint(sym, arg, aux, args.output, 0)
-    print(f"{len(epochs)} epochs of {args.prefix} ({epochs[0]}-{epochs[-1]}) averaged into {path}")
+    print(f"{len(epochs)} epochs of {' and '.join(runs)} ({epochs[0]}-{epochs[-1]}) averaged into {path}")
     return 0
 
 
