@@ -83,6 +83,22 @@ def test_two_contexts_give_the_same_training_as_one(packed_demo, tmp_path, mixup
     assert one.history[-1]["val_mae"] == pytest.approx(two.history[-1]["val_mae"], rel=1e-4)
 
 
+def test_mixup_loss_is_the_lam_weighted_sum_of_both_labels_losses(packed_demo, tmp_path):
+    from utils.model.age import age_gender_loss
+
+    data_dir, _ = packed_demo
+    net = nn.HybridSequential()
+    net.add(nn.Dense(202))
+    fit = Fit(_cfg(data_dir, str(tmp_path / "m"), batch_size=4, gender_weight=2.0), ctx=[mx.cpu(0)], net=net)
+    x = mx.nd.array(np.random.RandomState(0).uniform(0, 255, (4, 3, 112, 112)))
+    own = mx.nd.array([[1, 30], [0, 5], [1, 70], [0, 41]])
+    partner = mx.nd.array([[0, 41], [1, 70], [0, 5], [1, 30]])
+    total, out = fit.forward_backward(x, own, (partner, 0.3))
+    loss = lambda y: float(age_gender_loss(mx.nd, mx.nd.array(out), y, 2.0).sum().asscalar())  # noqa: E731
+    assert total == pytest.approx(0.3 * loss(own) + 0.7 * loss(partner), rel=1e-5)
+    assert abs(loss(own) - loss(partner)) > 1.0  # the two label sets really weigh differently
+
+
 def test_two_contexts_train_the_real_network(packed_demo, tmp_path):
     data_dir, _ = packed_demo
     fit = Fit(_cfg(data_dir, str(tmp_path / "m"), batch_size=4), ctx=[mx.cpu(0), mx.cpu(1)])

@@ -1,5 +1,6 @@
 """The training levers of the round-2 model: function-preserving widening, soft age targets, gender label
-smoothing, age-band re-weighting, JPEG recompression, mixup, the lr schedules, the face degradations and the best-epoch score.
+smoothing, age-band re-weighting, JPEG recompression, mixup, the lr schedules, the face degradations and
+the best-epoch score.
 Runs everywhere: only the repository and the insightface wheel's images are needed."""
 from __future__ import annotations
 

@@ -63,10 +63,10 @@ def check_rec(rec_path: str, image_size: int = INPUT_SIZE) -> int:
 
 @dataclass
 class Augment:
-    """Training augmentation: random mirror, colour jitter strength, random-erasing square side; and
-    what the detector does to faces at inference: rotation (max degrees), scale (max relative change),
-    shift (max pixels), greyscale, blur and JPEG recompression (share of the faces); and mixup (the Beta(a, a) of each batch's
-    blend of two faces and their labels, 0 = off)."""
+    """Training augmentation: random mirror, colour jitter strength, random-erasing square side; what the
+    detector and the photo do to faces at inference: rotation (max degrees), scale (max relative change),
+    shift (max pixels), greyscale, blur and JPEG recompression (share of the faces); and mixup (the `a` of
+    each batch's Beta(a, a) blend of two faces and their labels, 0 = off)."""
 
     mirror: bool = False
     color: float = 0.0
@@ -208,4 +208,5 @@ def to_numpy_labels(label: mx.nd.NDArray) -> tuple[np.ndarray, np.ndarray]:
     return gender, lab[:, 1]
 
 
-__all__ = ["check_rec", "record_iter", "Augment", "random_erase", "degrade", "eval_batches", "to_numpy_labels", "INPUT_SIZE"]
+__all__ = ["check_rec", "record_iter", "Augment", "augment_batch", "random_erase", "degrade", "recompress", "mix_batch",
+           "eval_batches", "to_numpy_labels", "INPUT_SIZE"]
