@@ -286,6 +286,25 @@ def test_interrupt_never_rewrites_a_completed_epoch_and_resume_continues_from_it
     assert checkpoint_epochs(prefix) == [1, 2]
 
 
+def test_a_newer_interrupted_state_replaces_the_older_one_and_its_optimizer_file(tmp_path):
+    from mxnet import gluon
+
+    from utils.model.checkpoints import RunCheckpoints
+
+    net = nn.HybridSequential()
+    net.add(nn.Dense(202))
+    net.initialize()
+    net(mx.nd.zeros((1, 3, 112, 112)))
+    net.hybridize()
+    trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.1, "momentum": 0.9})
+    runs = RunCheckpoints(str(tmp_path / "m"))
+    runs.save_interrupted(net, trainer, 0)
+    runs.save_interrupted(net, trainer, 1)
+    assert sorted(os.listdir(tmp_path)) == ["m-interrupted-0001.params", "m-interrupted-0001.states",
+                                            "m-interrupted-symbol.json"]
+    assert runs.resume_point() == (1, str(tmp_path / "m-interrupted"))
+
+
 def test_dist_sync_loopback_workers_end_with_identical_parameters(packed_demo, tmp_path):
     """One scheduler, one server and two workers on 127.0.0.1 through tools/launch.py."""
     data_dir, _ = packed_demo

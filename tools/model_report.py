@@ -31,30 +31,28 @@ def races_of(rec: str) -> list[int | None]:
     return out
 
 
-def robustness(engine, faces, gender, age, how: str) -> None:
-    """The default command's figures on `faces` (N,3,112,112 mx.nd, RGB 0-255) recompressed or downscaled:
-    the mean error shows which way each degradation pushes the age."""
-    import mxnet as mx
+def robustness(engine, faces, packed_out, gender, age, how: str) -> None:
+    """The default command's figures on `faces` (N,3,112,112 mx.nd, RGB 0-255) as packed (their outputs
+    `packed_out`, already computed), recompressed and downscaled: the mean error shows which way each
+    degradation pushes the age."""
     import numpy as np
 
-    from utils.data.iterators import recompress
+    from utils.data.iterators import downscale, recompress
     from utils.model.age import DEFAULT_DECODE, DEFAULT_FLIP, decode
     from utils.model.metrics import summarize
 
-    def smaller(side: int):
-        low = mx.nd.contrib.BilinearResize2D(faces, height=side, width=side)
-        return mx.nd.contrib.BilinearResize2D(low, height=112, width=112)
+    def outputs(degraded) -> np.ndarray:
+        x = degraded.asnumpy()
+        return np.concatenate([engine.outputs(x[i:i + 256], flip=DEFAULT_FLIP) for i in range(0, len(x), 256)])
 
-    settings = [("as packed", lambda: faces)]
-    settings += [(f"JPEG quality {q}", lambda q=q: recompress(faces, 1.0, (q, q))) for q in (75, 40, 20, 10)]
-    settings += [(f"downscaled to {s} px", lambda s=s: smaller(s)) for s in (64, 48)]
+    settings = [("as packed", lambda: packed_out)]
+    settings += [(f"JPEG quality {q}", lambda q=q: outputs(recompress(faces, 1.0, (q, q)))) for q in (75, 40, 20, 10)]
+    settings += [(f"downscaled to {s} px", lambda s=s: outputs(downscale(faces, s))) for s in (64, 48)]
     print(f"\nrobustness ({how}; mean error = predicted - true age)\n")
     print("| faces | gender acc. | MAE | CS@5 | mean error | mean error 20-29 |\n|---|---|---|---|---|---|")
     young = (age >= 20) & (age < 30)
     for name, make in settings:
-        x = make().asnumpy()
-        out = np.concatenate([engine.outputs(x[i:i + 256], flip=DEFAULT_FLIP) for i in range(0, len(x), 256)])
-        p_male, pred = decode(out, DEFAULT_DECODE)
+        p_male, pred = decode(make(), DEFAULT_DECODE)
         m = summarize(p_male, pred, gender, age)
         bias_young = f"{np.mean(pred[young] - age[young]):+.2f}" if young.any() else ""
         print(f"| {name} | {m['acc']:.4f} | {m['mae']:.2f} | {m['cs5']:.4f} | {np.mean(pred - age):+.2f} | "
@@ -86,7 +84,8 @@ def main() -> int:
     outs, flips, labels, faces = [], [], [], []
     for data, label in eval_batches(record_iter(args.rec, 256, train=False), n):
         x = data.asnumpy()
-        faces.append(data.copy())  # the iterator reuses its batch buffer
+        if args.robustness:
+            faces.append(data.copy())  # the iterator reuses its batch buffer
         outs.append(engine.outputs(x))
         flips.append(engine.outputs(x, flip=True))
         labels.append(label.asnumpy())
@@ -118,7 +117,7 @@ def main() -> int:
             print(f"| {name} | {summarize(p, pred, gender, age)['acc']:.4f} | "
                   + " | ".join(f"{r['acc']:.4f}" for r in band_table(pred, age, p, gender)) + " |")
     if args.robustness:
-        robustness(engine, mx.nd.concat(*faces, dim=0), gender, age, how)
+        robustness(engine, mx.nd.concat(*faces, dim=0), flip if DEFAULT_FLIP else out, gender, age, how)
     race = races_of(args.rec)
     if len(race) == n:
         print(f"\nper UTKFace race ({how})\n")

@@ -136,18 +136,22 @@ def mix_batch(data: mx.nd.NDArray, label: mx.nd.NDArray, alpha: float) -> tuple[
     return lam * data + (1 - lam) * data.take(partner), label.take(partner), lam
 
 
+def downscale(data: mx.nd.NDArray, side: int) -> mx.nd.NDArray:
+    """Faces scaled down to `side` x `side` pixels and back up to their size: the softness of a small face."""
+    small = mx.nd.contrib.BilinearResize2D(data, height=side, width=side)
+    return mx.nd.contrib.BilinearResize2D(small, height=data.shape[2], width=data.shape[3])
+
+
 def degrade(data: mx.nd.NDArray, gray: float = 0.0, blur: float = 0.0) -> mx.nd.NDArray:
     """Greyscale a share `gray` of the faces, and blur a share `blur` of them by a down- and up-scaling
     to a random side between 32 and 80 pixels (small or soft faces at inference). Array ops."""
-    n, _, h, w = data.shape
+    n = data.shape[0]
     if gray > 0:
         luma = (data[:, 0:1] * 0.299 + data[:, 1:2] * 0.587 + data[:, 2:3] * 0.114).broadcast_to(data.shape)
         on = (mx.nd.random.uniform(0, 1, shape=(n, 1, 1, 1)) < gray)
         data = mx.nd.where(on.broadcast_to(data.shape), luma, data)
     if blur > 0:
-        side = int(np.random.randint(32, 81))
-        small = mx.nd.contrib.BilinearResize2D(data, height=side, width=side)
-        soft = mx.nd.contrib.BilinearResize2D(small, height=h, width=w)
+        soft = downscale(data, int(np.random.randint(32, 81)))
         on = (mx.nd.random.uniform(0, 1, shape=(n, 1, 1, 1)) < blur)
         data = mx.nd.where(on.broadcast_to(data.shape), soft, data)
     return data
@@ -208,5 +212,5 @@ def to_numpy_labels(label: mx.nd.NDArray) -> tuple[np.ndarray, np.ndarray]:
     return gender, lab[:, 1]
 
 
-__all__ = ["check_rec", "record_iter", "Augment", "augment_batch", "random_erase", "degrade", "recompress", "mix_batch",
-           "eval_batches", "to_numpy_labels", "INPUT_SIZE"]
+__all__ = ["check_rec", "record_iter", "Augment", "augment_batch", "random_erase", "degrade", "downscale", "recompress",
+           "mix_batch", "eval_batches", "to_numpy_labels", "INPUT_SIZE"]

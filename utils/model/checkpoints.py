@@ -67,6 +67,8 @@ class RunCheckpoints:
         name of their own; an older interrupted state is replaced."""
         for e in checkpoint_epochs(self.interrupted):
             os.remove(f"{self.interrupted}-{e:04d}.params")
+            if os.path.exists(_states_path(self.interrupted, e)):
+                os.remove(_states_path(self.interrupted, e))
         path = save_checkpoint(net, self.interrupted, done)
         save_optimizer_state(trainer, _states_path(self.interrupted, done))
         return path
