@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add(n, "--version-input", type=int, default=1, choices=(0, 1), help="1: stride-1 first conv; 0: stride 2")
     _add(n, "--version-output", default="GAP", help="output head (GAP)")
     _add(n, "--use-se", action="store_true", help="squeeze-and-excitation in ResNet units")
+    _add(n, "--learn-output-scale", action="store_true",
+         help="the output BatchNorm learns its gamma (InsightFace's holds it at 1, which caps every logit's "
+              "spread); starts from the same outputs")
     c = p.add_argument_group("checkpoints")
     _add(c, "--prefix", default="models/model", help="checkpoint prefix: PREFIX-symbol.json, PREFIX-%%04d.params")
     _add(c, "--pretrained", default="", help="PREFIX,EPOCH of a checkpoint to start from (ours or InsightFace's)")

@@ -11,7 +11,10 @@
 4. what those settings cost in accuracy: the photos of the val split's list (`--rec`'s `.lst`) through
    each, the main face of each photo against its labels;
 5. whole runs of `infer.py --image FOLDER` as a user types it (start-up included), and the start-up
-   alone (infer.py on one photo).
+   alone (infer.py on one photo);
+6. the ceiling: each stage's cost on one core, run alone, per photo, and the faces/s that a pipeline
+   built on these stages would reach if it kept every core busy with no overhead at all, against the
+   reference measured on the same photos.
 
     .venv/bin/python benchmarks/infer.py [--photos 3000] [--rec dataset/utkface/val.rec] [--chunks 3]
 """
@@ -149,6 +152,45 @@ def settings_accuracy(lst: str) -> None:
               f"{np.mean(np.abs(pred[ok] - age[ok])):.2f}   photos without a face {missed}", flush=True)
 
 
+def ceiling(paths: list[str], ref_run) -> None:
+    """One core per stage, stages run alone: read, detect, align, net (batch 256, with and without flip).
+    Their sum per face, spread over every core with nothing lost, bounds any pipeline on this detector."""
+    from utils.data.face import align_face, load_detector
+    from utils.data.image import read_image
+    from utils.model.age import DEFAULT_DECODE
+    from utils.model.engine import load_engine
+
+    detector, engine = load_detector(thresh=0.8, threads=1), load_engine(engine="onnx", threads=1)
+    ref_faces, ref_secs, _ = ref_run(paths)
+    t = {"read": 0.0, "detect": 0.0, "align": 0.0}
+    crops = []
+    for p in paths:
+        t0 = time.perf_counter()
+        rgb = read_image(p)
+        t1 = time.perf_counter()
+        faces = detector.detect(rgb)
+        t2 = time.perf_counter()
+        crops += [align_face(rgb, f.landmarks) for f in faces]
+        t3 = time.perf_counter()
+        for k, dt in (("read", t1 - t0), ("detect", t2 - t1), ("align", t3 - t2)):
+            t[k] += dt
+    batch = np.stack(crops)
+    for flip in (True, False):
+        engine.predict_faces(batch[:256], 256, DEFAULT_DECODE, flip)
+        t0 = time.perf_counter()
+        engine.predict_faces(batch, 256, DEFAULT_DECODE, flip)
+        t["net, flip" if flip else "net, no flip"] = time.perf_counter() - t0
+    n, cores, ref_rate = len(crops), os.cpu_count() or 1, ref_faces / ref_secs
+    print(f"\nthe ceiling on {len(paths)} photos ({n} faces): each stage alone on one core, ms per face")
+    print("  " + "   ".join(f"{k} {1000 * v / n:.2f}" for k, v in t.items()))
+    print(f"  reference, as run (its own threads): {ref_rate:.1f} faces/s")
+    for flip in (True, False):
+        per_face = (t["read"] + t["detect"] + t["align"] + t["net, flip" if flip else "net, no flip"]) / n
+        best = cores / per_face
+        print(f"  {'with' if flip else 'without'} flip: {1000 * per_face:.2f} core-ms per face; every one of {cores} "
+              f"cores busy, nothing lost: {best:.0f} faces/s = {best / ref_rate:.2f}x the reference", flush=True)
+
+
 def cli_seconds(args: list[str]) -> float:
     t = time.perf_counter()
     subprocess.run([sys.executable, os.path.join(ROOT, "infer.py"), *args], cwd=ROOT, check=True,
@@ -162,6 +204,7 @@ def main() -> None:
     p.add_argument("--rec", default="dataset/utkface/val.rec", help="packed .rec for the eval figures")
     p.add_argument("--chunks", type=int, default=3, help="the end-to-end photos are run in this many chunks, every "
                    "pipeline on each in turn (the machine's speed drifts)")
+    p.add_argument("--ceiling-photos", type=int, default=1000, help="photos for the per-stage ceiling")
     args = p.parse_args()
 
     from utils.model.engine import BUNDLED_MODEL, load_engine
@@ -227,6 +270,8 @@ def main() -> None:
         parts = "  ".join(f"{k} {1000 * v / max(1, faces):.2f}" for k, v in t.items())
         print(f"{label:<52}{faces:>6}{secs:>7.2f}{faces / secs:>9.1f}{faces / secs / ref_rate:>7.2f}"
               f"{f'{ratios.min():.2f}-{ratios.max():.2f}':>12}   {parts}", flush=True)
+    if first.startswith("reference"):
+        ceiling(paths[:args.ceiling_photos], runs[0][1])
 
     with tempfile.TemporaryDirectory() as tmp:
         for pth in paths:

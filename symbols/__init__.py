@@ -8,6 +8,7 @@ each side's code loads the other's files.
 from __future__ import annotations
 
 import glob
+import json
 import os
 import re
 import warnings
@@ -25,16 +26,18 @@ from symbols.resnet import UNITS, FaceResNet
 
 
 def get_network(name: str, multiplier: float = 1.0, version_input: int = 1, version_output: str = "GAP",
-                use_se: bool = False) -> gluon.HybridBlock:
-    """`m50` (or any `m...`): MobileNet v1 at `multiplier`; `r18`/`r34`/`r50`/`r100`: face ResNet."""
+                use_se: bool = False, learn_output_scale: bool = False) -> gluon.HybridBlock:
+    """`m50` (or any `m...`): MobileNet v1 at `multiplier`; `r18`/`r34`/`r50`/`r100`: face ResNet.
+    `learn_output_scale`: the output BatchNorm learns its gamma (`symbols.common.GAPHead`)."""
     if version_output.upper() != "GAP":
         raise ValueError(f"only the GAP output head is implemented, got {version_output!r}")
     # a fixed prefix gives the same parameter names in every process, however many nets it built
     if re.fullmatch(r"m\d*", name):
-        return MobileNet(multiplier=multiplier, version_input=version_input, prefix="mobilenet_")
+        return MobileNet(multiplier=multiplier, version_input=version_input, learn_output_scale=learn_output_scale,
+                         prefix="mobilenet_")
     m = re.fullmatch(r"r(\d+)", name)
     if m and int(m[1]) in UNITS:
-        return FaceResNet(depth=int(m[1]), use_se=use_se, prefix="resnet_")
+        return FaceResNet(depth=int(m[1]), use_se=use_se, learn_output_scale=learn_output_scale, prefix="resnet_")
     raise ValueError(f"unknown network {name!r}: use m50 (MobileNet, see --multiplier) or r18/r34/r50/r100")
 
 
@@ -138,6 +141,14 @@ def read_checkpoint(prefix: str, epoch: int) -> tuple[mx.sym.Symbol, dict, dict]
     return sym, arg, aux
 
 
+def fixed_gammas(sym: mx.sym.Symbol) -> set[str]:
+    """Names of the gammas of BatchNorms with fix_gamma (MXNet's default): the op ignores their stored
+    values, which InsightFace's checkpoint leaves far from 1, and treats them as 1."""
+    nodes = json.loads(sym.tojson())["nodes"]
+    return {nodes[n["inputs"][1][0]]["name"] for n in nodes if n["op"] == "BatchNorm"
+            and n.get("attrs", {}).get("fix_gamma", "True").lower() in ("true", "1")}
+
+
 @dataclass
 class TransferReport:
     """What `load_weights` did: parameters copied, re-initialised for a shape mismatch, not found."""
@@ -165,7 +176,8 @@ def load_weights(net: gluon.HybridBlock, prefix: str, epoch: int) -> TransferRep
     Parameters are matched by name; when most names differ (a checkpoint written by other code, such
     as InsightFace's MobileNet-0.25, which is our m50 x0.25 --version-input 1 layer for layer) they are
     matched by their order in the graph. A parameter whose shape differs keeps its initial value and
-    is reported."""
+    is reported. A gamma that the checkpoint holds fixed is loaded as the 1 it acts as, so a network
+    whose BatchNorm learns that gamma starts from the checkpoint's function."""
     sym, arg, aux = read_checkpoint(prefix, epoch)
     theirs = sym.get_internals()[f"{OUTPUT_NAME}_output"] if f"{OUTPUT_NAME}_output" in \
         sym.get_internals().list_outputs() else sym
@@ -173,6 +185,8 @@ def load_weights(net: gluon.HybridBlock, prefix: str, epoch: int) -> TransferRep
     params = net.collect_params()
     pairs: list[tuple[str, str | None]] = []  # (our name, their name)
     named = {**arg, **aux}
+    for name in fixed_gammas(sym) & set(named):
+        named[name] = mx.nd.ones_like(named[name])
     ours = [n for n in ours_sym.list_arguments() if n != "data"] + ours_sym.list_auxiliary_states()
     report = TransferReport()
     if sum(n in named for n in ours) >= len(ours) / 2:
@@ -215,5 +229,5 @@ def load_model(prefix: str, epoch: int, ctx=None) -> gluon.SymbolBlock:
     return block
 
 
-__all__ = ["get_network", "save_checkpoint", "write_checkpoint", "average_checkpoints", "read_checkpoint", "load_model", "load_weights", "checkpoint_epochs", "parse_model_spec",
+__all__ = ["get_network", "save_checkpoint", "write_checkpoint", "average_checkpoints", "read_checkpoint", "load_model", "load_weights", "fixed_gammas", "checkpoint_epochs", "parse_model_spec",
            "to_symbol", "TransferReport", "NUM_OUTPUTS"]

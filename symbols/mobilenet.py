@@ -19,9 +19,10 @@ class MobileNet(HybridBlock):
         multiplier: channel width factor (1.0; 0.25 and 0.5 are the CPU-sized ones).
         version_input: 1 = stride-1 first conv (InsightFace's 112x112 face nets, 7x7 final map);
             0 = stride 2, about 4x cheaper.
+        learn_output_scale: the output BatchNorm learns its gamma (`GAPHead`).
     """
 
-    def __init__(self, multiplier: float = 1.0, version_input: int = 1, **kwargs):
+    def __init__(self, multiplier: float = 1.0, version_input: int = 1, learn_output_scale: bool = False, **kwargs):
         super().__init__(**kwargs)
         width = lambda c: max(8, int(c * multiplier))  # noqa: E731
         # BatchNorm as InsightFace's fmobilenet (MXNet defaults: fix_gamma, eps 1e-3), so its released
@@ -35,7 +36,7 @@ class MobileNet(HybridBlock):
             for c, s in _BLOCKS:
                 self.features.add(conv(c_in, 3, s, groups=c_in), conv(width(c), 1, 1))
                 c_in = width(c)
-            self.output = GAPHead(in_channels=c_in)
+            self.output = GAPHead(in_channels=c_in, learn_scale=learn_output_scale)
 
     def hybrid_forward(self, F, x):
         return self.output(self.features(self.normalize(x)))

@@ -26,7 +26,7 @@ TOLERANCE = 1e-4  # max abs difference allowed between the MXNet and the onnxrun
 
 
 def _load(prefix: str, epoch: int) -> tuple[mx.sym.Symbol, dict]:
-    from symbols import read_checkpoint
+    from symbols import fixed_gammas, read_checkpoint
 
     sym, arg, aux = read_checkpoint(prefix, epoch)
     internals = sym.get_internals()
@@ -34,14 +34,9 @@ def _load(prefix: str, epoch: int) -> tuple[mx.sym.Symbol, dict]:
         raise ValueError(f"{prefix}-symbol.json has no {OUTPUT}")
     out = internals[OUTPUT]
     params = {**arg, **aux}
-    # BatchNorm with fix_gamma (MXNet's default) ignores the stored gamma, which the exporter copies as it
-    # is: InsightFace's checkpoint stores gammas far from 1 there
-    nodes = json.loads(out.tojson())["nodes"]
-    for node in nodes:
-        if node["op"] == "BatchNorm" and node.get("attrs", {}).get("fix_gamma", "True").lower() in ("true", "1"):
-            gamma = nodes[node["inputs"][1][0]]["name"]
-            if gamma in params:
-                params[gamma] = mx.nd.ones_like(params[gamma])
+    # the exporter copies a fixed gamma as stored, not as the 1 that MXNet uses
+    for gamma in fixed_gammas(out) & set(params):
+        params[gamma] = mx.nd.ones_like(params[gamma])
     return out, params
 
 

