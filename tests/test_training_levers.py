@@ -277,3 +277,42 @@ def test_every_engine_uses_a_learned_output_scale(tmp_path, aligned_t1):
     np.testing.assert_allclose(load_model(prefix, 0)(aligned_t1).asnumpy(), want, atol=1e-4)
     run_script("tools/export_onnx.py", f"{prefix},0", str(tmp_path / "g.onnx"), check=True)
     np.testing.assert_allclose(OnnxEngine(str(tmp_path / "g.onnx")).forward(aligned_t1.asnumpy()), want, atol=1e-4)
+
+
+def test_subset_tool_keeps_a_seeded_share_of_train_byte_for_byte_and_the_same_val(packed_demo, tmp_path):
+    import json
+
+    from utils.data.recordio import iter_records
+
+    data_dir, _ = packed_demo
+    full = list(iter_records(f"{data_dir}/train.rec"))
+    outs = {}
+    for name, seed in (("a", "3"), ("b", "3"), ("c", "4")):
+        out = str(tmp_path / name)
+        proc = run_script("tools/subset_rec.py", data_dir, "0.5", out, "--seed", seed, check=True)
+        assert f"{round(0.5 * len(full))} train records" in proc.stdout
+        outs[name] = out
+    kept = list(iter_records(f"{outs['a']}/train.rec"))
+    assert len(kept) == round(0.5 * len(full))
+    source_lines = open(f"{data_dir}/train.lst").read().splitlines()
+    lines = open(f"{outs['a']}/train.lst").read().splitlines()
+    origin = {line.split("\t")[3]: j for j, line in enumerate(source_lines)}
+    picked = [origin[line.split("\t")[3]] for line in lines]
+    assert picked == sorted(picked)  # in their original order
+    for i, (rec, line, orig) in enumerate(zip(kept, lines, picked)):
+        assert rec.jpeg == full[orig].jpeg  # the very image bytes
+        assert (rec.index, rec.gender, rec.age, rec.source_id) == (i, full[orig].gender, full[orig].age,
+                                                                   full[orig].source_id)
+        assert line.split("\t")[:3] == [str(i)] + source_lines[orig].split("\t")[1:3]
+    for ext in ("rec", "idx", "lst"):
+        assert open(f"{outs['a']}/val.{ext}", "rb").read() == open(f"{data_dir}/val.{ext}", "rb").read()
+    meta = json.load(open(f"{outs['a']}/meta.json"))
+    assert meta["subset"]["share"] == 0.5 and meta["subset"]["train_records"] == len(kept)
+    read = lambda d: open(f"{d}/train.rec", "rb").read()  # noqa: E731
+    assert read(outs["a"]) == read(outs["b"]) and read(outs["a"]) != read(outs["c"])  # seeded
+    assert not [f for f in os.listdir(outs["a"]) if f.endswith(".tmp")]
+
+    for args in ((data_dir, "0", str(tmp_path / "z")), (data_dir, "1.5", str(tmp_path / "z")),
+                 (str(tmp_path / "none"), "0.5", str(tmp_path / "z")), (data_dir, "0.5", data_dir)):
+        proc = run_script("tools/subset_rec.py", *args)
+        assert proc.returncode == 2 and proc.stderr.startswith("error: ") and len(proc.stderr.splitlines()) == 1
