@@ -157,6 +157,7 @@ class TransferReport:
     by_order: bool = False
     mismatched: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    gamma_differs: list[str] = field(default_factory=list)  # learned on one side, fixed on the other
 
     def __str__(self) -> str:
         how = " (matched by graph order: the checkpoint names its layers differently)" if self.by_order else ""
@@ -167,6 +168,9 @@ class TransferReport:
         if self.missing:
             text += f"; {len(self.missing)} not in the checkpoint, initialised: " + ", ".join(self.missing[:8])
             text += " ..." if len(self.missing) > 8 else ""
+        if self.gamma_differs:
+            text += "; BatchNorm gamma learned on one side and fixed on the other (--learn-output-scale): " + \
+                ", ".join(self.gamma_differs)
         return text
 
 
@@ -185,7 +189,8 @@ def load_weights(net: gluon.HybridBlock, prefix: str, epoch: int) -> TransferRep
     params = net.collect_params()
     pairs: list[tuple[str, str | None]] = []  # (our name, their name)
     named = {**arg, **aux}
-    for name in fixed_gammas(sym) & set(named):
+    theirs_fixed, ours_fixed = fixed_gammas(sym), fixed_gammas(ours_sym)
+    for name in theirs_fixed & set(named):
         named[name] = mx.nd.ones_like(named[name])
     ours = [n for n in ours_sym.list_arguments() if n != "data"] + ours_sym.list_auxiliary_states()
     report = TransferReport()
@@ -207,6 +212,8 @@ def load_weights(net: gluon.HybridBlock, prefix: str, epoch: int) -> TransferRep
         else:
             param.set_data(named[their_name])
             report.loaded += 1
+            if (ours_name in ours_fixed) != (their_name in theirs_fixed):
+                report.gamma_differs.append(ours_name)
     return report
 
 

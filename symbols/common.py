@@ -35,7 +35,7 @@ class GAPHead(HybridBlock):
             self.act = nn.PReLU(in_channels=in_channels)
             self.pool = nn.GlobalAvgPool2D()
             self.fc = nn.Dense(num_outputs, flatten=True)
-            self.bn2 = batch_norm(scale=learn_scale)  # InsightFace's `fc1` BatchNorm: fix_gamma=True
+            self.bn2 = batch_norm(scale=learn_scale)  # InsightFace's `fc1` BatchNorm: fix_gamma=True, unless learn_scale
 
     def hybrid_forward(self, F, x):
         return self.bn2(self.fc(self.pool(self.act(self.bn1(x)))))

@@ -14,7 +14,7 @@ import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
 
-from symbols import fixed_gammas, get_network, load_weights, parse_model_spec, read_checkpoint, to_symbol
+from symbols import get_network, load_weights, parse_model_spec
 from utils.model.age import age_gender_loss, decode
 from utils.data.iterators import Augment, augment_batch, check_rec, eval_batches, record_iter, to_numpy_labels
 from utils.model.devices import contexts, kvstore
@@ -186,12 +186,9 @@ class Fit:
             self.resumed = resumed = True
             epoch, source = self.checkpoints.resume_point()
             report = load_weights(net, source, epoch)
-            if report.mismatched or report.missing or report.by_order:
+            if report.mismatched or report.missing or report.by_order or report.gamma_differs:
                 raise UserError(f"--resume: {c.prefix}-{epoch:04d}.params is not a checkpoint of this network "
-                                f"({report}); use the same --network/--multiplier/--version-input")
-            if fixed_gammas(read_checkpoint(source, epoch)[0]) != fixed_gammas(to_symbol(net)):
-                raise UserError(f"--resume: {c.prefix} was trained {'without' if c.learn_output_scale else 'with'} "
-                                "--learn-output-scale; resume it with the same setting")
+                                f"({report}); use the same --network/--multiplier/--version-input/--learn-output-scale")
             self.begin_epoch = epoch
             self.history = read_history(history_path(c.prefix), before=epoch)
             scores = [val_score(r) for r in self.history if r.get("val_mae") == r.get("val_mae")]
