@@ -316,3 +316,27 @@ def test_subset_tool_keeps_a_seeded_share_of_train_byte_for_byte_and_the_same_va
                  (str(tmp_path / "none"), "0.5", str(tmp_path / "z")), (data_dir, "0.5", data_dir)):
         proc = run_script("tools/subset_rec.py", *args)
         assert proc.returncode == 2 and proc.stderr.startswith("error: ") and len(proc.stderr.splitlines()) == 1
+
+
+def test_learning_curve_fits_the_gain_per_doubling_and_reads_every_run(packed_demo, tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("learning_curve", os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "learning_curve.py"))
+    lc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lc)
+    a, b, se = lc.fit_per_doubling([1000, 2000, 4000, 4000], [5.0, 4.8, 4.6, 4.6])
+    assert b == pytest.approx(-0.2) and a + b * np.log2(1000) == pytest.approx(5.0) and se == pytest.approx(0, abs=1e-9)
+
+    data_dir, _ = packed_demo
+    plot = str(tmp_path / "lc.png")
+    proc = run_script("tools/learning_curve.py", f"100={BUNDLED_MODEL},0", f"200={BUNDLED_MODEL},0",
+                      "--rec", f"{data_dir}/val.rec", "--plot", plot, check=True)
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| 1") or line.startswith("| 2")]
+    assert len(rows) == 2 and rows[0].split("|")[3:] == rows[1].split("|")[3:]  # the same model twice
+    assert "gender      +0.0000" in proc.stdout and "MAE         +0.0000" in proc.stdout
+    assert "gender 0-9  n/a" in proc.stdout  # no child in this split
+    assert os.path.getsize(plot) > 10_000
+    for bad in (["x=models/agegender,0", f"200={BUNDLED_MODEL},0"], [f"100={BUNDLED_MODEL},0"]):
+        proc = run_script("tools/learning_curve.py", *bad, "--rec", f"{data_dir}/val.rec")
+        assert proc.returncode == 2 and proc.stderr.startswith("error: ") and len(proc.stderr.splitlines()) == 1
