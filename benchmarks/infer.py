@@ -152,16 +152,16 @@ def settings_accuracy(lst: str) -> None:
               f"{np.mean(np.abs(pred[ok] - age[ok])):.2f}   photos without a face {missed}", flush=True)
 
 
-def ceiling(paths: list[str], ref_run) -> None:
+def ceiling(paths: list[str], ref_rate: float) -> None:
     """One core per stage, stages run alone: read, detect, align, net (batch 256, with and without flip).
-    Their sum per face, spread over every core with nothing lost, bounds any pipeline on this detector."""
+    Their sum per face, spread over every core with nothing lost, bounds any pipeline on this detector;
+    `ref_rate`: the reference's faces/s from the end-to-end run, whose first photos these are."""
     from utils.data.face import align_face, load_detector
     from utils.data.image import read_image
     from utils.model.age import DEFAULT_DECODE
     from utils.model.engine import load_engine
 
     detector, engine = load_detector(thresh=0.8, threads=1), load_engine(engine="onnx", threads=1)
-    ref_faces, ref_secs, _ = ref_run(paths)
     t = {"read": 0.0, "detect": 0.0, "align": 0.0}
     crops = []
     for p in paths:
@@ -180,10 +180,10 @@ def ceiling(paths: list[str], ref_run) -> None:
         t0 = time.perf_counter()
         engine.predict_faces(batch, 256, DEFAULT_DECODE, flip)
         t["net, flip" if flip else "net, no flip"] = time.perf_counter() - t0
-    n, cores, ref_rate = len(crops), os.cpu_count() or 1, ref_faces / ref_secs
+    n, cores = len(crops), os.cpu_count() or 1
     print(f"\nthe ceiling on {len(paths)} photos ({n} faces): each stage alone on one core, ms per face")
     print("  " + "   ".join(f"{k} {1000 * v / n:.2f}" for k, v in t.items()))
-    print(f"  reference, as run (its own threads): {ref_rate:.1f} faces/s")
+    print(f"  reference, as run above (its own threads): {ref_rate:.1f} faces/s")
     for flip in (True, False):
         per_face = (t["read"] + t["detect"] + t["align"] + t["net, flip" if flip else "net, no flip"]) / n
         best = cores / per_face
@@ -271,7 +271,7 @@ def main() -> None:
         print(f"{label:<52}{faces:>6}{secs:>7.2f}{faces / secs:>9.1f}{faces / secs / ref_rate:>7.2f}"
               f"{f'{ratios.min():.2f}-{ratios.max():.2f}':>12}   {parts}", flush=True)
     if first.startswith("reference"):
-        ceiling(paths[:args.ceiling_photos], runs[0][1])
+        ceiling(paths[:args.ceiling_photos], ref_rate)
 
     with tempfile.TemporaryDirectory() as tmp:
         for pth in paths:

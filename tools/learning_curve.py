@@ -35,16 +35,14 @@ def parse_run(text: str) -> tuple[int, str]:
 
 def evaluate(model: str, rec: str) -> dict:
     """The default command's figures of `model` on `rec`, and gender accuracy at ages 0-9."""
-    import numpy as np
-
     from utils.model.engine import load_engine
     from utils.model.evaluation import predict_rec
-    from utils.model.metrics import summarize
+    from utils.model.metrics import band_table, summarize
 
     pred = predict_rec(load_engine(model), rec, progress=False)
     m = summarize(pred.p_male, pred.age_pred, pred.gender, pred.age)
-    young = (pred.age < 10) & (pred.gender >= 0)
-    m["acc_0_9"] = float(np.mean((pred.p_male[young] >= 0.5) == pred.gender[young])) if young.any() else float("nan")
+    bands = {b["band"]: b for b in band_table(pred.age_pred, pred.age, pred.p_male, pred.gender)}
+    m["acc_0_9"] = bands["0-9"]["acc"] if "0-9" in bands else math.nan
     return m
 
 

@@ -36,6 +36,7 @@ def write_subset(src: str, share: float, seed: int, out: str) -> int:
     """Write the subset folder (see the module docstring); returns the number of train records kept."""
     from utils.atomic import atomic_path, write_atomic
     from utils.data.recordio import SplitWriter, iter_records, split_paths
+    from utils.model.teacher import read_lst
 
     train = split_paths(src, "train")
     for path in (train["rec"], train["lst"]):
@@ -43,22 +44,22 @@ def write_subset(src: str, share: float, seed: int, out: str) -> int:
             raise UserError(f"{path} not found: SOURCE must be a folder written by create_dataset.py")
     if os.path.realpath(src) == os.path.realpath(out):
         raise UserError("OUTPUT must not be SOURCE: the subset would replace the split it is drawn from")
-    with open(train["lst"], encoding="utf-8") as f:
-        paths = [line.rstrip("\n").split("\t")[3] for line in f if line.strip()]
+    paths = [e.path for e in read_lst(train["lst"])]
     keep = set(choose(len(paths), share, seed))
     os.makedirs(out, exist_ok=True)
     writer = SplitWriter(out, "train")
     try:
-        for i, rec in enumerate(iter_records(train["rec"])):
-            if i in keep:
-                writer.write(rec.jpeg, rec.gender, rec.age, rec.source_id, paths[i])
-        if i + 1 != len(paths):
-            raise UserError(f"{train['rec']} holds {i + 1} records but its .lst {len(paths)} lines")
+        n = 0
+        for n, rec in enumerate(iter_records(train["rec"]), 1):
+            if n - 1 in keep:
+                writer.write(rec.jpeg, rec.gender, rec.age, rec.source_id, paths[n - 1])
+        if n != len(paths):
+            raise UserError(f"{train['rec']} holds {n} records but its .lst {len(paths)} lines")
     except BaseException:
         writer.abort()
         raise
     writer.commit()
-    for ext, path in split_paths(src, "val").items():
+    for path in split_paths(src, "val").values():
         if os.path.isfile(path):
             with atomic_path(os.path.join(out, os.path.basename(path))) as tmp:
                 shutil.copyfile(path, tmp)
