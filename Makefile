@@ -20,14 +20,14 @@ $(VENV)/.installed: requirements.txt requirements-common.txt
 # bundled RetinaFace, aligned, and labelled by the bundled model; the annotated image goes to $(DEMO).
 demo: install
 	@mkdir -p $(DEMO)
-	$(PY) infer.py --image "$$($(PY) -c 'from utils.data.demo import wheel_image; print(wheel_image("t1.jpg"))')" \
+	$(PY) infer.py --image "$$($(PY) -c 'from agegender.data.demo import wheel_image; print(wheel_image("t1.jpg"))')" \
 	    --output $(DEMO)/t1_agegender.jpg
 	@echo "annotated image: $(DEMO)/t1_agegender.jpg"
 
 # Packing, on the miniature source layouts (real faces from the insightface wheel, bad files included),
 # with RetinaFace alignment, then the histogram of what was packed.
 demo-pack: install
-	$(PY) -m utils.data.demo $(DEMO)/raw
+	$(PY) -m agegender.data.demo $(DEMO)/raw
 	$(PY) create_dataset.py --afad $(DEMO)/raw/afad --megaage $(DEMO)/raw/megaage --agedb $(DEMO)/raw/agedb \
 	    --utkface $(DEMO)/raw/utkface --list $(DEMO)/raw/list/labels.csv --val-ratio 0.2 --output $(DEMO)
 	$(PY) show_age_distribution.py $(DEMO)/train.rec --output $(DEMO)/age_distribution.png

@@ -7,11 +7,11 @@ import argparse
 import os
 import sys
 
-from utils.cli import COUNT, NON_NEGATIVE_INT, PROBABILITY, RATIO, ArgumentParser, number
-from utils.data.image import MAX_PIXELS
-from utils.errors import UserError, run_cli
-from utils.data.pack import FaceSettings, pack_dataset, summary_table, unique_source_names
-from utils.data.sources import parse_afad, parse_agedb, parse_list, parse_megaage, parse_utkface
+from agegender.cli import COUNT, NON_NEGATIVE_INT, PROBABILITY, RATIO, ArgumentParser, number
+from agegender.data.image import MAX_PIXELS
+from agegender.errors import UserError, run_cli
+from agegender.data.pack import FaceSettings, pack_dataset, summary_table, unique_source_names
+from agegender.data.sources import parse_afad, parse_agedb, parse_list, parse_megaage, parse_utkface
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import argparse
 import os
 
-from utils.model.age import AGE_DECODINGS, DEFAULT_DECODE, DEFAULT_FLIP
-from utils.model.engine import ENGINES
-from utils.cli import BATCH, COUNT, ArgumentParser
-from utils.errors import run_cli
+from agegender.model.age import AGE_DECODINGS, DEFAULT_DECODE, DEFAULT_FLIP
+from agegender.model.engine import ENGINES
+from agegender.cli import BATCH, COUNT, ArgumentParser
+from agegender.errors import run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,9 +40,9 @@ def main() -> int:
     args = build_parser().parse_args()
     rec = args.rec or os.path.join(args.data_dir or "dataset", "val.rec")
 
-    from utils.atomic import check_writable
-    from utils.model.engine import load_engine
-    from utils.model.evaluation import format_report, plot_predictions, predict_rec, report, write_json
+    from agegender.atomic import check_writable
+    from agegender.model.loading import load_engine
+    from agegender.model.evaluation import format_report, plot_predictions, predict_rec, report, write_json
 
     for path, flag in ((args.json, "--json"), (args.plot, "--plot")):
         if path:

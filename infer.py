@@ -8,11 +8,11 @@ import argparse
 import os
 import sys
 
-from utils.model.age import AGE_DECODINGS, DEFAULT_DECODE, DEFAULT_FLIP
-from utils.cli import BATCH, COUNT, NON_NEGATIVE, NON_NEGATIVE_INT, PROBABILITY, ArgumentParser
-from utils.model.engine import ENGINES
-from utils.errors import UserError, run_cli
-from utils.data.image import MAX_PIXELS
+from agegender.model.age import AGE_DECODINGS, DEFAULT_DECODE, DEFAULT_FLIP
+from agegender.cli import BATCH, COUNT, NON_NEGATIVE, NON_NEGATIVE_INT, PROBABILITY, ArgumentParser
+from agegender.model.engine import ENGINES
+from agegender.errors import UserError, run_cli
+from agegender.data.image import MAX_PIXELS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,8 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main() -> int:
     args = build_parser().parse_args()
-    from utils.serving.analyzer import FaceAnalyzer
-    from utils.serving.inference import Outputs, find_images
+    from agegender.serving.analyzer import FaceAnalyzer
+    from agegender.serving.inference import Outputs, find_images
 
     if args.show and sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or
                                                                os.environ.get("WAYLAND_DISPLAY")):
@@ -88,8 +88,8 @@ def main() -> int:
 
 def run_video(args: argparse.Namespace) -> int:
     """--video: a file or a camera, annotated video (--output) and JSON lines (--jsonl), one line of summary."""
-    from utils.serving.analyzer import FaceAnalyzer
-    from utils.serving.video import process_video
+    from agegender.serving.analyzer import FaceAnalyzer
+    from agegender.serving.video import process_video
 
     if args.output_dir or args.json:
         raise UserError("with --video, write the annotated video with --output FILE.mp4 and the faces with --jsonl")

@@ -7,11 +7,11 @@ from __future__ import annotations
 import argparse
 import socket
 
-from utils.model.age import AGE_DECODINGS, DEFAULT_DECODE, DEFAULT_FLIP
-from utils.cli import BATCH, COUNT, NON_NEGATIVE, NON_NEGATIVE_INT, ArgumentParser, number
-from utils.model.engine import ENGINES
-from utils.errors import UserError, run_cli
-from utils.data.image import MAX_PIXELS
+from agegender.model.age import AGE_DECODINGS, DEFAULT_DECODE, DEFAULT_FLIP
+from agegender.cli import BATCH, COUNT, NON_NEGATIVE, NON_NEGATIVE_INT, ArgumentParser, number
+from agegender.model.engine import ENGINES
+from agegender.errors import UserError, run_cli
+from agegender.data.image import MAX_PIXELS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,8 +44,8 @@ def main() -> int:
             raise UserError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
     import uvicorn
 
-    from utils.serving.analyzer import FaceAnalyzer
-    from utils.serving.service import DET_FLOOR, create_app
+    from agegender.serving.analyzer import FaceAnalyzer
+    from agegender.serving.service import DET_FLOOR, create_app
 
     analyzer = FaceAnalyzer.from_options(args.model, args.engine, args.det_model, DET_FLOOR, args.max_size, args.gpus,
                                          det_threads=1, net_threads=1, age_decode=args.age_decode, flip=args.flip)

@@ -4,10 +4,10 @@ or a `path,gender,age` list, and print count, mean/median age and the gender and
 from __future__ import annotations
 
 
-from utils.atomic import check_writable
-from utils.cli import ArgumentParser
-from utils.data.distribution import load_labels, plot_histogram, summarize
-from utils.errors import UserError, run_cli, short_reason
+from agegender.atomic import check_writable
+from agegender.cli import ArgumentParser
+from agegender.data.distribution import load_labels, plot_histogram, summarize
+from agegender.errors import UserError, run_cli, short_reason
 
 
 def main() -> int:

@@ -8,8 +8,8 @@ import logging
 import os
 import sys
 
-from utils.cli import ArgumentParser, number, COUNT, BATCH, NON_NEGATIVE_INT, PROBABILITY, POSITIVE, NON_NEGATIVE
-from utils.errors import UserError, run_cli
+from agegender.cli import ArgumentParser, number, COUNT, BATCH, NON_NEGATIVE_INT, PROBABILITY, POSITIVE, NON_NEGATIVE
+from agegender.errors import UserError, run_cli
 
 
 def _add(p: argparse._ActionsContainer, flag: str, **kwargs) -> None:
@@ -93,8 +93,8 @@ def _steps(text: str) -> list[int]:
 
 def main() -> int:
     args = build_parser().parse_args()
-    from utils.data.iterators import Augment
-    from utils.model.training import Fit, TrainConfig
+    from agegender.data.iterators import Augment
+    from agegender.model.training import Fit, TrainConfig
 
     values = vars(args)
     cfg = TrainConfig(**{f.name: values[f.name] for f in dataclasses.fields(TrainConfig) if f.name in values})
@@ -102,8 +102,8 @@ def main() -> int:
     cfg.augment = Augment(mirror=bool(args.rand_mirror), color=args.color, cutoff=args.cutoff, rotate=args.rotate,
                           scale=args.scale, shift=args.shift, gray=args.gray, blur=args.blur,
                           jpeg=args.jpeg, mixup=args.mixup)
-    from utils.atomic import check_writable
-    from utils.model.run_files import claim_prefix
+    from agegender.atomic import check_writable
+    from agegender.model.run_files import claim_prefix
 
     if os.path.dirname(cfg.prefix):
         try:

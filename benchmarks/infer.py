@@ -68,9 +68,9 @@ def module_forward(prefix: str, epoch: int):
 def reference(warm: list[str]):
     """RetinaFace + InsightFace's checkpoint, one face per forward, one thread of Python: a function of a
     list of photos -> (faces, s, seconds per stage)."""
-    from utils.model.age import decode
-    from utils.data.face import align_face, load_detector
-    from utils.data.image import read_image
+    from agegender.model.age import decode
+    from agegender.data.face import align_face, load_detector
+    from agegender.data.image import read_image
 
     detector = load_detector(thresh=0.8)
     fwd = module_forward(INSIGHTFACE, 0)
@@ -99,7 +99,7 @@ def reference(warm: list[str]):
 
 def analyzer_for(engine: str = "onnx", max_size: int = 1280, **settings):
     """A FaceAnalyzer as infer.py sets it up, with infer.py's `--max-size` and FaceAnalyzer's `settings`."""
-    from utils.serving.analyzer import FaceAnalyzer
+    from agegender.serving.analyzer import FaceAnalyzer
 
     return FaceAnalyzer.from_options(engine=engine, max_size=max_size, det_threads=1, net_threads=1, **settings)
 
@@ -126,8 +126,8 @@ SETTINGS = {"defaults": {}, "--no-flip": {"flip": False}, "--max-size 160": {"ma
 
 def settings_accuracy(lst: str) -> None:
     """Gender accuracy and age MAE of each setting over the photos of a packed split's `.lst`."""
-    from utils.data.face import pick_main_face
-    from utils.model.teacher import read_lst
+    from agegender.data.face import pick_main_face
+    from agegender.model.teacher import read_lst
 
     entries = read_lst(lst)
     gender = np.array([e.gender for e in entries])
@@ -156,10 +156,10 @@ def ceiling(paths: list[str], ref_rate: float) -> None:
     """One core per stage, stages run alone: read, detect, align, net (batch 256, with and without flip).
     Their sum per face, spread over every core with nothing lost, bounds any pipeline on this detector;
     `ref_rate`: the reference's faces/s from the end-to-end run, whose first photos these are."""
-    from utils.data.face import align_face, load_detector
-    from utils.data.image import read_image
-    from utils.model.age import DEFAULT_DECODE
-    from utils.model.engine import load_engine
+    from agegender.data.face import align_face, load_detector
+    from agegender.data.image import read_image
+    from agegender.model.age import DEFAULT_DECODE
+    from agegender.model.loading import load_engine
 
     detector, engine = load_detector(thresh=0.8, threads=1), load_engine(engine="onnx", threads=1)
     t = {"read": 0.0, "detect": 0.0, "align": 0.0}
@@ -207,7 +207,8 @@ def main() -> None:
     p.add_argument("--ceiling-photos", type=int, default=1000, help="photos for the per-stage ceiling")
     args = p.parse_args()
 
-    from utils.model.engine import BUNDLED_MODEL, load_engine
+    from agegender.model.engine import BUNDLED_MODEL
+    from agegender.model.loading import load_engine
 
     engines = {"onnx": load_engine(engine="onnx"), "mxnet": load_engine(engine="mxnet")}
     module = module_forward(BUNDLED_MODEL, 0)
@@ -220,7 +221,7 @@ def main() -> None:
               f"{rate(engines['mxnet'].forward, batch, n):>14.0f}{rate(module, batch, n):>14.0f}", flush=True)
 
     if os.path.isfile(args.rec):
-        from utils.model.evaluation import predict_rec
+        from agegender.model.evaluation import predict_rec
 
         print(f"\neval.py's loop on {args.rec} (batch 256), faces/s")
         for name, eng in engines.items():
@@ -280,7 +281,7 @@ def main() -> None:
         if os.path.isfile(INSIGHTFACE + "-0000.params"):
             t = time.perf_counter()
             subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); import mxnet as mx; "
-                            "from utils.data.face import load_detector; load_detector(); "
+                            "from agegender.data.face import load_detector; load_detector(); "
                             "mx.model.load_checkpoint(sys.argv[2], 0)", ROOT, INSIGHTFACE], check=True,
                            stderr=subprocess.DEVNULL)
             ref_start = time.perf_counter() - t

@@ -17,10 +17,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from utils.data.face import load_detector  # noqa: E402
-from utils.data.image import read_image  # noqa: E402
-from utils.data.pack import FaceSettings, face_jpeg, pack_dataset  # noqa: E402
-from utils.data.sources import parse_utkface  # noqa: E402
+from agegender.data.face import load_detector  # noqa: E402
+from agegender.data.image import read_image  # noqa: E402
+from agegender.data.pack import FaceSettings, face_jpeg, pack_dataset  # noqa: E402
+from agegender.data.sources import parse_utkface  # noqa: E402
 
 DEFAULT_SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                            "shared", "data", "utkface")

@@ -27,8 +27,8 @@ sys.path.insert(0, ROOT)
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
 
 from benchmarks.infer import pipeline  # noqa: E402 -- infer.py's pipeline, as the infer benchmark runs it
-from utils.data.demo import wheel_image  # noqa: E402
-from utils.model.launch import free_port  # noqa: E402
+from agegender.data.demo import wheel_image  # noqa: E402
+from agegender.model.launch import free_port  # noqa: E402
 
 
 def image_mix(requests: int, t1_every: int) -> list[str]:

@@ -18,11 +18,11 @@ import mxnet as mx  # noqa: E402
 import numpy as np  # noqa: E402
 from mxnet import autograd, gluon  # noqa: E402
 
-from symbols import get_network  # noqa: E402
-from utils.model.age import age_gender_loss, decode  # noqa: E402
-from utils.data.iterators import Augment, record_iter  # noqa: E402
-from utils.model.metrics import AgeGenderMetric  # noqa: E402
-from utils.model.training import Fit, TrainConfig  # noqa: E402
+from agegender.symbols import get_network  # noqa: E402
+from agegender.model.age import age_gender_loss, decode  # noqa: E402
+from agegender.data.iterators import Augment, record_iter  # noqa: E402
+from agegender.model.metrics import AgeGenderMetric  # noqa: E402
+from agegender.model.training import Fit, TrainConfig  # noqa: E402
 
 CONFIGS = [("m50", 0.25, 1), ("m50", 0.25, 0), ("m50", 0.5, 1), ("m50", 0.5, 0), ("m50", 1.0, 1), ("m50", 1.0, 0),
            ("r50", 1.0, 1)]

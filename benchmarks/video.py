@@ -13,9 +13,9 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from utils.serving.analyzer import FaceAnalyzer  # noqa: E402
-from utils.data.demo import pan_and_zoom, wheel_image  # noqa: E402  the tests' clip: figures and tests agree
-from utils.serving.video import process_video  # noqa: E402
+from agegender.serving.analyzer import FaceAnalyzer  # noqa: E402
+from agegender.data.demo import pan_and_zoom, wheel_image  # noqa: E402  the tests' clip: figures and tests agree
+from agegender.serving.video import process_video  # noqa: E402
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ def shared_path(*parts: str) -> str:
 
 @pytest.fixture(scope="session")
 def demo_sources(tmp_path_factory) -> dict[str, str]:
-    from utils.data.demo import build_demo_sources
+    from agegender.data.demo import build_demo_sources
 
     return build_demo_sources(str(tmp_path_factory.mktemp("raw")))
 
@@ -77,7 +77,7 @@ def random_model(tmp_path_factory) -> str:
     """An untrained m50 x0.25 checkpoint, `PREFIX,0`: for tests of formats and plumbing, not of accuracy."""
     import mxnet as mx
 
-    from symbols import get_network, save_checkpoint
+    from agegender.symbols import get_network, save_checkpoint
 
     net = get_network("m50", multiplier=0.25, version_input=0)
     net.initialize()

@@ -9,10 +9,11 @@ import re
 import numpy as np
 
 from tests.conftest import run_script
-from utils.data.demo import wheel_image
-from utils.data.image import read_image
-from utils.model.engine import BUNDLED_MODEL, load_engine
-from utils.model.mxnet_engine import resolve_model
+from agegender.data.demo import wheel_image
+from agegender.data.image import read_image
+from agegender.model.engine import BUNDLED_MODEL
+from agegender.model.loading import load_engine
+from agegender.model.mxnet_engine import resolve_model
 
 
 def test_bundled_model_is_in_the_repository_and_small():

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from tests.conftest import run_script
-from utils.data.demo import synthetic_face_image
-from utils.data.image import encode_jpeg
-from utils.data.recordio import iter_records
+from agegender.data.demo import synthetic_face_image
+from agegender.data.image import encode_jpeg
+from agegender.data.recordio import iter_records
 
 
 def _all_sources(demo: dict[str, str]) -> list[str]:
@@ -148,9 +148,9 @@ def test_no_face_is_skipped_or_centre_cropped(tmp_path):
 
 
 def test_interrupted_run_keeps_the_previous_output(demo_sources, tmp_path, monkeypatch):
-    from utils.data import pack
-    from utils.data.pack import FaceSettings, pack_dataset
-    from utils.data.sources import parse_agedb
+    from agegender.data import pack
+    from agegender.data.pack import FaceSettings, pack_dataset
+    from agegender.data.sources import parse_agedb
 
     out = str(tmp_path)
     pack_dataset([parse_agedb(demo_sources["agedb"])], out, FaceSettings(), val_ratio=0.0, workers=1, progress=False)

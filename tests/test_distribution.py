@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import run_script
-from utils.data.distribution import load_labels, summarize
+from agegender.data.distribution import load_labels, summarize
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,10 @@ import onnx
 import pytest
 
 from tests.conftest import ROOT, insightface_model, run_script
-from utils.data.demo import aligned_demo_faces, wheel_image
-from utils.model.engine import BUNDLED_MODEL, BUNDLED_ONNX, OnnxEngine
-from utils.errors import UserError
-from utils.data.image import read_image
+from agegender.data.demo import aligned_demo_faces, wheel_image
+from agegender.model.engine import BUNDLED_MODEL, BUNDLED_ONNX, OnnxEngine
+from agegender.errors import UserError
+from agegender.data.image import read_image
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def faces() -> np.ndarray:
 
 def test_shipped_onnx_equals_shipped_mxnet_checkpoint(faces):
     """A model update that forgets tools/export_onnx.py fails here."""
-    from utils.model.mxnet_engine import MxnetEngine
+    from agegender.model.mxnet_engine import MxnetEngine
 
     assert os.path.isfile(BUNDLED_ONNX), "models/agegender.onnx must be committed beside the MXNet files"
     onnx_out = OnnxEngine(BUNDLED_ONNX).outputs(faces)
@@ -37,8 +37,8 @@ def test_shipped_onnx_equals_shipped_mxnet_checkpoint(faces):
 
 
 def test_shipped_onnx_equals_mxnet_on_real_utkface_faces(packed_utkface):
-    from utils.data.iterators import eval_batches, record_iter
-    from utils.model.mxnet_engine import MxnetEngine
+    from agegender.data.iterators import eval_batches, record_iter
+    from agegender.model.mxnet_engine import MxnetEngine
 
     rec = os.path.join(packed_utkface, "train.rec")
     data = np.concatenate([d.asnumpy() for d, _ in eval_batches(record_iter(rec, 16, train=False), 36)])
@@ -61,7 +61,7 @@ def test_export_tool_writes_a_checked_model_with_metadata_and_a_dynamic_batch(tm
     assert many.shape == (len(faces), 202)
     np.testing.assert_allclose(one[0], many[0], atol=1e-4)
     # InsightFace's own reading of its model: gender argmax, age = sum of the pairs' argmax
-    from symbols import load_model
+    from agegender.symbols import load_model
 
     prefix = insightface_model().split(",")[0]
     ref = load_model(prefix, 0)(__import__("mxnet").nd.array(faces)).asnumpy()
@@ -141,7 +141,7 @@ def test_eval_onnx_and_mxnet_engines_give_the_same_report(packed_utkface, tmp_pa
 
 
 def test_face_analyzer_api_labels_a_photo():
-    from utils.serving.analyzer import FaceAnalyzer
+    from agegender.serving.analyzer import FaceAnalyzer
 
     analyzer = FaceAnalyzer.from_options()
     assert analyzer.engine.kind == "onnx"

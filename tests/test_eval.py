@@ -9,9 +9,9 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from symbols import load_model
+from agegender.symbols import load_model
 from tests.conftest import insightface_model, run_script
-from utils.data.recordio import iter_records
+from agegender.data.recordio import iter_records
 
 
 def _by_hand(model: str, rec: str, vote: bool = False):
@@ -120,8 +120,8 @@ def test_errors_are_one_line(args, message, packed_demo, random_model):
 
 
 def test_without_a_bundled_model_model_is_required(monkeypatch, tmp_path):
-    import utils.model.mxnet_engine as predict
-    from utils.errors import UserError
+    import agegender.model.mxnet_engine as predict
+    from agegender.errors import UserError
 
     monkeypatch.setattr(predict, "BUNDLED_MODEL", str(tmp_path / "absent"))
     with pytest.raises(UserError, match="--model is required"):

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from tests.conftest import shared_path
-from utils.data.demo import wheel_image
-from utils.data.face import (ARCFACE_TEMPLATE, Face, align_face, center_crop, crop_in_image, load_detector, nms,
+from agegender.data.demo import wheel_image
+from agegender.data.face import (ARCFACE_TEMPLATE, Face, align_face, center_crop, crop_in_image, load_detector, nms,
                         pick_main_face)
-from utils.data.image import read_image
+from agegender.data.image import read_image
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +122,7 @@ def test_our_alignment_is_insightfaces_norm_crop():
     """align_face is our own least-squares similarity; it must give InsightFace's crops (what its models
     and ours were trained on) to within one grey level."""
     face_align = pytest.importorskip("insightface.utils.face_align")
-    from utils.data.face import ARCFACE_TEMPLATE, similarity_transform
+    from agegender.data.face import ARCFACE_TEMPLATE, similarity_transform
 
     img = read_image(wheel_image("t1.jpg"))
     for f in load_detector().detect(img):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from utils.data.demo import synthetic_face_image
-from utils.data.image import ImageError, decode_image, encode_jpeg, read_image
+from agegender.data.demo import synthetic_face_image
+from agegender.data.image import ImageError, decode_image, encode_jpeg, read_image
 
 
 def _png(arr: np.ndarray) -> bytes:

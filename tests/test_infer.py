@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 
 from tests.conftest import insightface_model, run_script, shared_path
-from utils.data.demo import wheel_image
-from utils.data.face import align_face, load_detector
-from utils.data.image import read_image
+from agegender.data.demo import wheel_image
+from agegender.data.face import align_face, load_detector
+from agegender.data.image import read_image
 
 LINE = re.compile(r"^face (\d+), box \((-?\d+), (-?\d+), (-?\d+), (-?\d+)\), gender: (male|female), age: (\d+)$")
 

@@ -21,7 +21,7 @@ def test_pack_520_real_utkface_faces(tmp_path):
                       check=True)
 
     import mxnet as mx
-    from utils.data.recordio import iter_records
+    from agegender.data.recordio import iter_records
 
     rx = re.compile(r"^(\d+)_([01])_\d+_\d+\.jpg\.chip\.jpg$")
     expected = {n: (1 - int(m[2]), float(m[1])) for n in names if (m := rx.match(n))}  # 0=male -> 1

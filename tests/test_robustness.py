@@ -18,8 +18,8 @@ import pytest
 from PIL import Image
 
 from tests.conftest import ROOT, run_script
-from utils.data.demo import wheel_image
-from utils.model.engine import BUNDLED_MODEL
+from agegender.data.demo import wheel_image
+from agegender.model.engine import BUNDLED_MODEL
 
 T1 = wheel_image("t1.jpg")
 

@@ -12,9 +12,9 @@ import threading
 
 import cv2
 
-from symbols import checkpoint_epochs
+from agegender.symbols import checkpoint_epochs
 from tests.conftest import ROOT, as_in_a_terminal, run_script
-from utils.data.demo import wheel_image
+from agegender.data.demo import wheel_image
 
 T1 = wheel_image("t1.jpg")
 

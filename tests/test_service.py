@@ -21,15 +21,15 @@ from fastapi.testclient import TestClient
 
 from tests.conftest import ROOT, SHARED, run_script
 from tests.test_robustness import bomb_png
-from utils.data.demo import wheel_image
+from agegender.data.demo import wheel_image
 
 T1 = wheel_image("t1.jpg")
 
 
 @pytest.fixture(scope="module")
 def client():
-    from utils.serving.analyzer import FaceAnalyzer
-    from utils.serving.service import DET_FLOOR, create_app
+    from agegender.serving.analyzer import FaceAnalyzer
+    from agegender.serving.service import DET_FLOOR, create_app
 
     analyzer = FaceAnalyzer.from_options(det_thresh=DET_FLOOR, det_threads=1, net_threads=1)
     app = create_app(analyzer, max_bytes=2_000_000, max_pixels=20_000_000, batch_window_ms=50)

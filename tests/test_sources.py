@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from utils.data.sources import (FEMALE, MALE, UNKNOWN, parse_afad, parse_age, parse_agedb, parse_gender,
+from agegender.data.sources import (FEMALE, MALE, UNKNOWN, parse_afad, parse_age, parse_agedb, parse_gender,
                            parse_list, parse_megaage, parse_utkface)
 
 

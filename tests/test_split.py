@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from utils.data.sources import Sample
-from utils.data.split import split_samples
+from agegender.data.sources import Sample
+from agegender.data.split import split_samples
 
 
 def _samples(n_people: int, per_person: int) -> list[Sample]:

@@ -7,9 +7,9 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from symbols import get_network, load_model, save_checkpoint, to_symbol
+from agegender.symbols import get_network, load_model, save_checkpoint, to_symbol
 from tests.conftest import run_script, shared_path
-from utils.model.age import age_gender_loss, age_targets, decode
+from agegender.model.age import age_gender_loss, age_targets, decode
 
 
 def _forward(net, n=2, seed=0):
@@ -145,7 +145,7 @@ def real_faces(tmp_path_factory):
         os.symlink(os.path.join(src, n), tmp / "utk" / n)
     run_script("create_dataset.py", "--utkface", str(tmp / "utk"), "--val-ratio", "0", "--output", str(tmp / "out"),
                check=True)
-    from utils.data.recordio import iter_records
+    from agegender.data.recordio import iter_records
     recs = list(iter_records(str(tmp / "out" / "train.rec")))
     imgs = np.stack([mx.image.imdecode(r.jpeg).asnumpy() for r in recs]).transpose(0, 3, 1, 2).astype(np.float32)
     return imgs, np.array([r.gender for r in recs]), np.array([r.age for r in recs])

@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 from mxnet.gluon import nn
 
-from symbols import checkpoint_epochs, get_network, load_model, load_weights
+from agegender.symbols import checkpoint_epochs, get_network, load_model, load_weights
 from tests.conftest import ROOT, as_in_a_terminal, run_script, shared_path
-from utils.errors import UserError
-from utils.model.metrics import band_table, summarize
-from utils.data.recordio import pack_record
-from utils.data.iterators import Augment
-from utils.model.training import Fit, TrainConfig
+from agegender.errors import UserError
+from agegender.model.metrics import band_table, summarize
+from agegender.data.recordio import pack_record
+from agegender.data.iterators import Augment
+from agegender.model.training import Fit, TrainConfig
 
 
 
@@ -84,7 +84,7 @@ def test_two_contexts_give_the_same_training_as_one(packed_demo, tmp_path, mixup
 
 
 def test_mixup_loss_is_the_lam_weighted_sum_of_both_labels_losses(packed_demo, tmp_path):
-    from utils.model.age import age_gender_loss
+    from agegender.model.age import age_gender_loss
 
     data_dir, _ = packed_demo
     net = nn.HybridSequential()
@@ -105,7 +105,7 @@ def test_two_contexts_train_the_real_network(packed_demo, tmp_path):
     row = fit.run()
     assert np.isfinite(row["train_loss"]) and fit.global_batch == 8
     # a last evaluation batch with fewer rows than contexts still goes through
-    from utils.model.mxnet_engine import forward_split
+    from agegender.model.mxnet_engine import forward_split
 
     assert forward_split(fit.net, mx.nd.zeros((1, 3, 112, 112)), fit.ctx).shape == (1, 202)
     out = load_model(str(tmp_path / "m"), 1)(mx.nd.zeros((2, 3, 112, 112)))
@@ -179,7 +179,7 @@ def _write_rec(path: str, records: list[bytes]) -> None:
 
 
 def _jpeg(size: int) -> bytes:
-    from utils.data.image import encode_jpeg
+    from agegender.data.image import encode_jpeg
 
     return encode_jpeg(np.full((size, size, 3), 120, np.uint8))
 
@@ -294,7 +294,7 @@ def test_interrupt_never_rewrites_a_completed_epoch_and_resume_continues_from_it
 def test_a_newer_interrupted_state_replaces_the_older_one_and_its_optimizer_file(tmp_path):
     from mxnet import gluon
 
-    from utils.model.checkpoints import RunCheckpoints
+    from agegender.model.checkpoints import RunCheckpoints
 
     net = nn.HybridSequential()
     net.add(nn.Dense(202))
@@ -341,7 +341,7 @@ def test_dist_sync_loopback_workers_end_with_identical_parameters(packed_demo, t
 def test_launcher_stops_the_job_when_a_server_dies_or_a_worker_fails():
     """A dead server leaves the workers waiting on the kvstore forever: the job ends at once, with the
     server named; a failed worker ends the wait too; stop() leaves nothing running."""
-    from utils.model.launch import Job, JobError
+    from agegender.model.launch import Job, JobError
 
     sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
     job = Job()

@@ -10,15 +10,15 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from symbols import load_model
+from agegender.symbols import load_model
 from tests.conftest import run_script
-from utils.model.age import age_gender_loss, age_targets
-from utils.data.iterators import degrade, mix_batch, recompress
-from utils.data.demo import wheel_image
-from utils.data.face import align_face, load_detector
-from utils.data.image import read_image
-from utils.model.mxnet_engine import BUNDLED_MODEL
-from utils.model.training import TrainConfig, age_band_weights, lr_at, val_score
+from agegender.model.age import age_gender_loss, age_targets
+from agegender.data.iterators import degrade, mix_batch, recompress
+from agegender.data.demo import wheel_image
+from agegender.data.face import align_face, load_detector
+from agegender.data.image import read_image
+from agegender.model.engine import BUNDLED_MODEL
+from agegender.model.training import TrainConfig, age_band_weights, lr_at, val_score
 
 
 @pytest.fixture(scope="module")
@@ -158,8 +158,8 @@ def test_soft_gender_labels_give_the_hard_loss_at_0_and_1_and_a_mixed_one_betwee
 
 
 def test_teacher_labels_reach_the_training_iterator_by_record_index(packed_demo, tmp_path):
-    from utils.data.iterators import record_iter, to_numpy_labels
-    from utils.model.teacher import read_lst, write_sidecar, write_soft_lst
+    from agegender.data.iterators import record_iter, to_numpy_labels
+    from agegender.model.teacher import read_lst, write_sidecar, write_soft_lst
 
     data_dir, _ = packed_demo
     lst = f"{data_dir}/train.lst"
@@ -184,8 +184,8 @@ def test_teacher_labels_reach_the_training_iterator_by_record_index(packed_demo,
 
 
 def test_teacher_sidecar_errors_are_one_line(packed_demo, tmp_path):
-    from utils.errors import UserError
-    from utils.model.teacher import read_sidecar, write_soft_lst
+    from agegender.errors import UserError
+    from agegender.model.teacher import read_sidecar, write_soft_lst
 
     data_dir, _ = packed_demo
     bad = tmp_path / "bad.csv"
@@ -205,7 +205,7 @@ def test_teacher_sidecar_errors_are_one_line(packed_demo, tmp_path):
 
 
 def test_label_split_runs_a_teacher_over_every_source_photo(packed_demo, tmp_path):
-    from utils.model.teacher import label_split, read_lst
+    from agegender.model.teacher import label_split, read_lst
 
     data_dir, _ = packed_demo
     entries = read_lst(f"{data_dir}/train.lst")
@@ -236,8 +236,8 @@ def test_teacher_tool_without_its_package_says_how_to_get_it(packed_demo, tmp_pa
 
 
 def test_learned_output_scale_starts_from_the_checkpoint_and_is_trained(packed_demo, tmp_path, aligned_t1):
-    from symbols import fixed_gammas
-    from utils.model.training import Fit
+    from agegender.symbols import fixed_gammas
+    from agegender.model.training import Fit
 
     data_dir, _ = packed_demo
     prefix = str(tmp_path / "scale" / "model")
@@ -260,8 +260,8 @@ def test_learned_output_scale_starts_from_the_checkpoint_and_is_trained(packed_d
 
 
 def test_every_engine_uses_a_learned_output_scale(tmp_path, aligned_t1):
-    from symbols import get_network, load_weights, save_checkpoint
-    from utils.model.engine import OnnxEngine
+    from agegender.symbols import get_network, load_weights, save_checkpoint
+    from agegender.model.engine import OnnxEngine
 
     net = get_network("m50", multiplier=0.25, version_input=1, learn_output_scale=True)
     net.initialize()
@@ -282,7 +282,7 @@ def test_every_engine_uses_a_learned_output_scale(tmp_path, aligned_t1):
 def test_subset_tool_keeps_a_seeded_share_of_train_byte_for_byte_and_the_same_val(packed_demo, tmp_path):
     import json
 
-    from utils.data.recordio import iter_records
+    from agegender.data.recordio import iter_records
 
     data_dir, _ = packed_demo
     full = list(iter_records(f"{data_dir}/train.rec"))

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT, as_in_a_terminal, run_script, shared_path
-from utils.data.demo import pan_and_zoom, wheel_image
-from utils.serving.tracking import Tracker, iou_matrix
-from utils.data.face import Face
+from agegender.data.demo import pan_and_zoom, wheel_image
+from agegender.serving.tracking import Tracker, iou_matrix
+from agegender.data.face import Face
 
 
 def _lines(path) -> list[dict]:

@@ -17,8 +17,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from utils.cli import ArgumentParser  # noqa: E402
-from utils.errors import UserError, run_cli  # noqa: E402
+from agegender.cli import ArgumentParser  # noqa: E402
+from agegender.errors import UserError, run_cli  # noqa: E402
 
 
 def parse_epochs(text: str) -> list[int]:
@@ -43,7 +43,7 @@ def main() -> int:
     p.add_argument("output", help="prefix of the result (written as OUTPUT-0000.params and OUTPUT-symbol.json)")
     args = p.parse_args()
 
-    from symbols import average_checkpoints, write_checkpoint
+    from agegender.symbols import average_checkpoints, write_checkpoint
 
     epochs = parse_epochs(args.epochs)
     runs = [r for r in args.prefix.split(",") if r]

@@ -16,8 +16,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from utils.cli import ArgumentParser  # noqa: E402
-from utils.errors import UserError, run_cli, short_reason  # noqa: E402
+from agegender.cli import ArgumentParser  # noqa: E402
+from agegender.errors import UserError, run_cli, short_reason  # noqa: E402
 
 
 def main() -> int:
@@ -28,10 +28,10 @@ def main() -> int:
     if not args.output.endswith(".onnx"):
         raise UserError(f"the output must be a .onnx file: {args.output}")
 
-    from symbols import parse_model_spec
-    from symbols.onnx_export import TOLERANCE, export_onnx
-    from utils.atomic import write_atomic
-    from utils.data.demo import aligned_demo_faces
+    from agegender.symbols import parse_model_spec
+    from agegender.symbols.onnx_export import TOLERANCE, export_onnx
+    from agegender.atomic import write_atomic
+    from agegender.data.demo import aligned_demo_faces
 
     try:
         prefix, epoch = parse_model_spec(args.model)

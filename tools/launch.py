@@ -12,9 +12,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from utils.cli import ArgumentParser, number, COUNT, POSITIVE  # noqa: E402
-from utils.errors import UserError, run_cli  # noqa: E402
-from utils.model.launch import JobError, check_host, launch  # noqa: E402
+from agegender.cli import ArgumentParser, number, COUNT, POSITIVE  # noqa: E402
+from agegender.errors import UserError, run_cli  # noqa: E402
+from agegender.model.launch import JobError, check_host, launch  # noqa: E402
 
 
 def main() -> int:

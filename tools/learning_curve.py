@@ -17,10 +17,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from utils.cli import ArgumentParser  # noqa: E402
-from utils.errors import UserError, run_cli  # noqa: E402
+from agegender.cli import ArgumentParser  # noqa: E402
+from agegender.errors import UserError, run_cli  # noqa: E402
 
-# (key of utils.model.metrics.summarize, column title, plot title)
+# (key of agegender.model.metrics.summarize, column title, plot title)
 METRICS = [("acc", "gender", "gender accuracy"), ("acc_0_9", "gender 0-9", "gender accuracy, ages 0-9"),
            ("mae", "MAE", "age MAE (years)"), ("cs5", "CS@5", "age CS@5")]
 
@@ -35,9 +35,9 @@ def parse_run(text: str) -> tuple[int, str]:
 
 def evaluate(model: str, rec: str) -> dict:
     """The default command's figures of `model` on `rec`, and gender accuracy at ages 0-9."""
-    from utils.model.engine import load_engine
-    from utils.model.evaluation import predict_rec
-    from utils.model.metrics import band_table, summarize
+    from agegender.model.loading import load_engine
+    from agegender.model.evaluation import predict_rec
+    from agegender.model.metrics import band_table, summarize
 
     pred = predict_rec(load_engine(model), rec, progress=False)
     m = summarize(pred.p_male, pred.age_pred, pred.gender, pred.age)
@@ -68,7 +68,7 @@ def plot(faces: list[int], rows: list[dict], fits: dict, path: str) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from utils.atomic import save_figure
+    from agegender.atomic import save_figure
 
     fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.4))
     xs = np.geomspace(min(faces), 8 * max(faces), 50)

@@ -12,8 +12,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from utils.cli import ArgumentParser  # noqa: E402
-from utils.errors import UserError, run_cli  # noqa: E402
+from agegender.cli import ArgumentParser  # noqa: E402
+from agegender.errors import UserError, run_cli  # noqa: E402
 
 RACES = {0: "White", 1: "Black", 2: "Asian", 3: "Indian", 4: "Others"}
 
@@ -37,9 +37,9 @@ def robustness(engine, faces, packed_out, gender, age, how: str) -> None:
     degradation pushes the age."""
     import numpy as np
 
-    from utils.data.iterators import downscale, recompress
-    from utils.model.age import DEFAULT_DECODE, DEFAULT_FLIP, decode
-    from utils.model.metrics import summarize
+    from agegender.data.iterators import downscale, recompress
+    from agegender.model.age import DEFAULT_DECODE, DEFAULT_FLIP, decode
+    from agegender.model.metrics import summarize
 
     def outputs(degraded) -> np.ndarray:
         x = degraded.asnumpy()
@@ -74,10 +74,10 @@ def main() -> int:
     import mxnet as mx
     import numpy as np
 
-    from utils.data.iterators import check_rec, eval_batches, record_iter
-    from utils.model.age import AGE_DECODINGS, DEFAULT_DECODE, DEFAULT_FLIP, decode
-    from utils.model.engine import load_engine
-    from utils.model.metrics import band_table, summarize
+    from agegender.data.iterators import check_rec, eval_batches, record_iter
+    from agegender.model.age import AGE_DECODINGS, DEFAULT_DECODE, DEFAULT_FLIP, decode
+    from agegender.model.loading import load_engine
+    from agegender.model.metrics import band_table, summarize
 
     engine = load_engine(args.model)
     n = check_rec(args.rec)
@@ -104,7 +104,7 @@ def main() -> int:
     for row in band_table(pred, age, p_male, gender):
         print(f"| {row['band']} | {row['count']} | {row['mae']:.2f} | {row['cs5']:.4f} | {row['acc']:.4f} |")
     if args.teacher:
-        from utils.model.teacher import read_sidecar
+        from agegender.model.teacher import read_sidecar
 
         t = read_sidecar(args.teacher)
         if sorted(t) != list(range(n)):

@@ -20,8 +20,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from utils.cli import ArgumentParser, number  # noqa: E402
-from utils.errors import UserError, run_cli  # noqa: E402
+from agegender.cli import ArgumentParser, number  # noqa: E402
+from agegender.errors import UserError, run_cli  # noqa: E402
 
 
 def choose(n: int, share: float, seed: int) -> list[int]:
@@ -34,9 +34,9 @@ def choose(n: int, share: float, seed: int) -> list[int]:
 
 def write_subset(src: str, share: float, seed: int, out: str) -> int:
     """Write the subset folder (see the module docstring); returns the number of train records kept."""
-    from utils.atomic import atomic_path, write_atomic
-    from utils.data.recordio import SplitWriter, iter_records, split_paths
-    from utils.model.teacher import read_lst
+    from agegender.atomic import atomic_path, write_atomic
+    from agegender.data.recordio import SplitWriter, iter_records, split_paths
+    from agegender.model.teacher import read_lst
 
     train = split_paths(src, "train")
     for path in (train["rec"], train["lst"]):

@@ -17,10 +17,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from utils.atomic import check_writable  # noqa: E402
-from utils.cli import ArgumentParser  # noqa: E402
-from utils.errors import run_cli  # noqa: E402
-from utils.model.teacher import Teacher, label_split, read_lst, write_sidecar  # noqa: E402
+from agegender.atomic import check_writable  # noqa: E402
+from agegender.cli import ArgumentParser  # noqa: E402
+from agegender.errors import run_cli  # noqa: E402
+from agegender.model.teacher import Teacher, label_split, read_lst, write_sidecar  # noqa: E402
 
 
 def main() -> int:

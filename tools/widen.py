@@ -13,8 +13,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from utils.cli import ArgumentParser, number, NON_NEGATIVE_INT, POSITIVE  # noqa: E402
-from utils.errors import UserError, run_cli  # noqa: E402
+from agegender.cli import ArgumentParser, number, NON_NEGATIVE_INT, POSITIVE  # noqa: E402
+from agegender.errors import UserError, run_cli  # noqa: E402
 
 
 def main() -> int:
@@ -32,8 +32,8 @@ def main() -> int:
     import mxnet as mx
     import numpy as np
 
-    from symbols import get_network, load_weights, parse_model_spec, save_checkpoint
-    from symbols.widen import widen_into
+    from agegender.symbols import get_network, load_weights, parse_model_spec, save_checkpoint
+    from agegender.symbols.widen import widen_into
 
     try:
         prefix, epoch = parse_model_spec(args.source)

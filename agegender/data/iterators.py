@@ -1,0 +1,216 @@
+"""Batches for training and evaluation: packed `.rec` files through `mx.io.ImageRecordIter` (C++ decode,
+threads), checked up front so a wrong file is a one-line error rather than a crash inside MXNet."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import mxnet as mx
+import numpy as np
+
+from agegender.errors import UserError, short_reason
+from agegender.data.recordio import LABEL_WIDTH, unpack_record
+
+INPUT_SIZE = 112
+
+
+MAX_LABEL_AGE = 120
+
+
+def check_rec(rec_path: str, image_size: int = INPUT_SIZE) -> int:
+    """Check every record of a packed `.rec` (its `.idx` beside it): a parsable [gender, age] label with
+    gender -1, 0 or 1 and a finite age in 0..120, and a decodable `image_size` face. Returns the record
+    count; raises UserError naming the first bad record (MXNet's iterator would crash on it mid-run)."""
+    import cv2
+
+    idx_path = os.path.splitext(rec_path)[0] + ".idx"
+    if not os.path.isfile(rec_path):
+        raise UserError(f"record file not found: {rec_path} (pack one with create_dataset.py)")
+    if not os.path.isfile(idx_path):
+        raise UserError(f"index file not found: {idx_path} (it is written beside the .rec by create_dataset.py)")
+    try:
+        reader = mx.recordio.MXIndexedRecordIO(idx_path, rec_path, "r")
+    except (mx.base.MXNetError, ValueError, OSError) as exc:
+        raise UserError(f"cannot open {rec_path}: {short_reason(exc)}") from None
+    try:
+        keys = reader.keys
+        if not keys:
+            raise UserError(f"{rec_path} holds no records")
+        for n, key in enumerate(keys):
+            where = f"{rec_path}, record {n} (index key {key})"
+            try:
+                raw = reader.read_idx(key)
+            except Exception:  # noqa: BLE001 -- MXNet raises assorted errors on a corrupt file
+                raise UserError(f"{where}: cannot be read; the .rec is corrupt or does not match {idx_path}") from None
+            try:
+                rec = unpack_record(raw)
+            except ValueError as exc:
+                raise UserError(f"{where}: {exc}") from None
+            except Exception:  # noqa: BLE001
+                raise UserError(f"{where}: cannot be parsed; the .rec is corrupt") from None
+            if not (np.isfinite(rec.age) and 0 <= rec.age <= MAX_LABEL_AGE):
+                raise UserError(f"{where}: age {rec.age:g} is not a number of years in 0..{MAX_LABEL_AGE}")
+            img = cv2.imdecode(np.frombuffer(rec.jpeg, np.uint8), cv2.IMREAD_UNCHANGED)
+            if img is None:
+                raise UserError(f"{where}: holds no decodable image; repack the dataset")
+            if img.shape[:2] != (image_size, image_size):
+                raise UserError(f"{rec_path} holds {img.shape[1]}x{img.shape[0]} images; the network takes "
+                                f"{image_size}x{image_size} (pack with --image-size {image_size})")
+        return len(keys)
+    finally:
+        reader.close()
+
+
+@dataclass
+class Augment:
+    """Training augmentation: random mirror, colour jitter strength, random-erasing square side; what the
+    detector and the photo do to faces at inference: rotation (max degrees), scale (max relative change),
+    shift (max pixels), greyscale, blur and JPEG recompression (share of the faces); and mixup (the `a` of
+    each batch's Beta(a, a) blend of two faces and their labels, 0 = off)."""
+
+    mirror: bool = False
+    color: float = 0.0
+    cutoff: int = 0
+    rotate: float = 0.0
+    scale: float = 0.0
+    shift: int = 0
+    gray: float = 0.0
+    blur: float = 0.0
+    jpeg: float = 0.0
+    mixup: float = 0.0
+
+
+def record_iter(rec_path: str, batch_size: int, train: bool, augment: Augment | None = None,
+                threads: int = 2, seed: int = 0, num_parts: int = 1, part_index: int = 0,
+                labels_lst: str = "") -> mx.io.DataIter:
+    """An ImageRecordIter giving `data` (N,3,112,112) RGB 0-255 float and `label` (N,2) = [gender, age].
+
+    `train`: shuffled, augmented, last batch wrapped around; otherwise file order (read it through
+    `eval_batches`, which drops the stale rows of the last batch). `labels_lst`: an im2rec `.lst` whose
+    labels replace the records' own, matched by record index (the teacher's soft genders)."""
+    augment = augment or Augment()
+    kwargs = dict(path_imgrec=rec_path, path_imgidx=os.path.splitext(rec_path)[0] + ".idx",
+                  data_shape=(3, INPUT_SIZE, INPUT_SIZE), label_width=LABEL_WIDTH, batch_size=batch_size,
+                  preprocess_threads=max(1, threads), num_parts=num_parts, part_index=part_index,
+                  verbose=False, ctx="cpu")
+    if labels_lst:
+        kwargs.update(path_imglist=labels_lst)
+    if train:
+        kwargs.update(shuffle=True, seed=seed, seed_aug=seed, rand_mirror=augment.mirror, round_batch=True)
+        if augment.color > 0:
+            kwargs.update(brightness=augment.color, contrast=augment.color, saturation=augment.color)
+        if augment.rotate > 0:
+            kwargs.update(max_rotate_angle=int(round(augment.rotate)))
+        if augment.scale > 0:
+            kwargs.update(max_random_scale=1 + augment.scale, min_random_scale=1 - augment.scale, rand_crop=True)
+        if augment.shift > 0:  # pad, then a random 112x112 crop: a shift of up to `shift` pixels
+            kwargs.update(pad=int(augment.shift), rand_crop=True)
+        if augment.rotate > 0 or augment.scale > 0 or augment.shift > 0:
+            kwargs.update(fill_value=0)  # black, as the corners of an aligned crop of a tight photo
+    else:
+        kwargs.update(shuffle=False, round_batch=False)
+    return mx.io.ImageRecordIter(**kwargs)
+
+
+def random_erase(data: mx.nd.NDArray, size: int, prob: float = 0.5) -> mx.nd.NDArray:
+    """Cutout: with probability `prob` per image, a `size`x`size` square at a random centre is set to grey
+    (127.5, zero after the network's normalisation). Array ops over the whole batch."""
+    n, _, h, w = data.shape
+    cy = mx.nd.random.uniform(0, h, shape=(n, 1, 1, 1))
+    cx = mx.nd.random.uniform(0, w, shape=(n, 1, 1, 1))
+    on = mx.nd.random.uniform(0, 1, shape=(n, 1, 1, 1)) < prob
+    ys = mx.nd.arange(h).reshape((1, 1, h, 1))
+    xs = mx.nd.arange(w).reshape((1, 1, 1, w))
+    inside = mx.nd.broadcast_mul(mx.nd.abs(mx.nd.broadcast_sub(ys, cy)) < size / 2,
+                                 mx.nd.abs(mx.nd.broadcast_sub(xs, cx)) < size / 2)
+    mask = mx.nd.broadcast_mul(inside, on)
+    return mx.nd.broadcast_add(mx.nd.broadcast_mul(data, 1 - mask), mask * 127.5)
+
+
+def mix_batch(data: mx.nd.NDArray, label: mx.nd.NDArray, alpha: float) -> tuple[mx.nd.NDArray, mx.nd.NDArray, float]:
+    """Mixup: every image blended with another of the batch, lam x image + (1 - lam) x partner, one
+    lam ~ Beta(alpha, alpha) for the batch. Returns (blended images, the partners' labels, lam); the loss is
+    then lam x loss(own labels) + (1 - lam) x loss(partners' labels)."""
+    lam = float(np.random.beta(alpha, alpha))
+    partner = mx.nd.array(np.random.permutation(data.shape[0]), dtype="int64")
+    return lam * data + (1 - lam) * data.take(partner), label.take(partner), lam
+
+
+def downscale(data: mx.nd.NDArray, side: int) -> mx.nd.NDArray:
+    """Faces scaled down to `side` x `side` pixels and back up to their size: the softness of a small face."""
+    small = mx.nd.contrib.BilinearResize2D(data, height=side, width=side)
+    return mx.nd.contrib.BilinearResize2D(small, height=data.shape[2], width=data.shape[3])
+
+
+def degrade(data: mx.nd.NDArray, gray: float = 0.0, blur: float = 0.0) -> mx.nd.NDArray:
+    """Greyscale a share `gray` of the faces, and blur a share `blur` of them by a down- and up-scaling
+    to a random side between 32 and 80 pixels (small or soft faces at inference). Array ops."""
+    n = data.shape[0]
+    if gray > 0:
+        luma = (data[:, 0:1] * 0.299 + data[:, 1:2] * 0.587 + data[:, 2:3] * 0.114).broadcast_to(data.shape)
+        on = (mx.nd.random.uniform(0, 1, shape=(n, 1, 1, 1)) < gray)
+        data = mx.nd.where(on.broadcast_to(data.shape), luma, data)
+    if blur > 0:
+        soft = downscale(data, int(np.random.randint(32, 81)))
+        on = (mx.nd.random.uniform(0, 1, shape=(n, 1, 1, 1)) < blur)
+        data = mx.nd.where(on.broadcast_to(data.shape), soft, data)
+    return data
+
+
+JPEG_QUALITY = (15, 75)  # UTKFace's chips are quality 75 already; heavily compressed photos go far lower
+
+
+def recompress(data: mx.nd.NDArray, share: float, quality: tuple[int, int] = JPEG_QUALITY) -> mx.nd.NDArray:
+    """JPEG-encode and decode a share `share` of the faces at a random quality in `quality` (inclusive):
+    the blocking and ringing of compressed photos, which make the model read faces older."""
+    from agegender.data.image import decode_image, encode_jpeg
+
+    on = np.flatnonzero(np.random.uniform(size=data.shape[0]) < share)
+    if on.size == 0:
+        return data
+    faces = data.asnumpy()
+    for i in on:
+        rgb = np.clip(faces[i].transpose(1, 2, 0) + 0.5, 0, 255).astype(np.uint8)
+        quality_i = int(np.random.randint(quality[0], quality[1] + 1))
+        faces[i] = decode_image(encode_jpeg(rgb, quality_i)).transpose(2, 0, 1)
+    return mx.nd.array(faces, ctx=data.context)
+
+
+def augment_batch(data: mx.nd.NDArray, label: mx.nd.NDArray, augment: Augment
+                  ) -> tuple[mx.nd.NDArray, tuple[mx.nd.NDArray, float] | None]:
+    """The augmentation that runs on a decoded training batch (the record iterator does the rest):
+    greyscale and blur, JPEG recompression, random erasing, then mixup. Returns (images, (partners' labels,
+    lam) or None)."""
+    if augment.gray > 0 or augment.blur > 0:
+        data = degrade(data, augment.gray, augment.blur)
+    if augment.jpeg > 0:
+        data = recompress(data, augment.jpeg)
+    if augment.cutoff > 0:
+        data = random_erase(data, augment.cutoff)
+    if augment.mixup <= 0:
+        return data, None
+    data, partners, lam = mix_batch(data, label, augment.mixup)
+    return data, (partners, lam)
+
+
+def eval_batches(it: mx.io.DataIter, total: int):
+    """Yield (data, label) of an evaluation iterator with the tail cut to `total` records: with
+    round_batch=False ImageRecordIter fills its last batch with stale rows and reports pad 0."""
+    seen = 0
+    for batch in it:
+        n = min(batch.data[0].shape[0], total - seen)
+        if n <= 0:
+            break
+        seen += n
+        yield batch.data[0][:n], batch.label[0][:n]
+
+
+def to_numpy_labels(label: mx.nd.NDArray) -> tuple[np.ndarray, np.ndarray]:
+    """(gender, age) columns of a (N,2) label batch, a soft gender rounded to 1 / 0 (-1 stays unknown)."""
+    lab = label.asnumpy()
+    gender = np.where(lab[:, 0] < 0, -1.0, (lab[:, 0] >= 0.5).astype(np.float32))
+    return gender, lab[:, 1]
+
+
+__all__ = ["check_rec", "record_iter", "Augment", "augment_batch", "random_erase", "degrade", "downscale", "recompress",
+           "mix_batch", "eval_batches", "to_numpy_labels", "INPUT_SIZE"]

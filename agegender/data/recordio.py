@@ -1,0 +1,121 @@
+"""The record contract of the packed `.rec/.idx/.lst` files, and atomic writing of them.
+
+Each record: `IRHeader(flag=2, label=[gender, age] float32, id=<running index>, id2=<source id>)`
+followed by a JPEG of the 112x112 aligned face in the source's RGB colours. Gender 1 = male,
+0 = female, -1 = unknown; age in years as the source gave it. `.lst` lines are im2rec-style:
+`index\tgender\tage\tsource-path`. Training, evaluation and the histogram all read this module.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from agegender.atomic import replace_with, temp_beside
+
+LABEL_WIDTH = 2  # [gender, age]
+GENDER, AGE = 0, 1  # positions in the label
+
+
+def pack_record(jpeg: bytes, gender: float, age: float, index: int, source_id: int) -> bytes:
+    """One record's bytes, per the contract above."""
+    import mxnet as mx
+
+    header = mx.recordio.IRHeader(LABEL_WIDTH, np.array([gender, age], dtype=np.float32),
+                                  int(index), int(source_id))
+    return mx.recordio.pack(header, jpeg)
+
+
+@dataclass
+class Record:
+    """A record read back."""
+
+    index: int
+    source_id: int
+    gender: int
+    age: float
+    jpeg: bytes
+
+
+def unpack_record(raw: bytes) -> Record:
+    """Parse a record's bytes; raises ValueError when its label is not [gender, age]."""
+    import mxnet as mx
+
+    header, jpeg = mx.recordio.unpack(raw)
+    label = np.atleast_1d(np.asarray(header.label, dtype=np.float32))
+    if header.flag != LABEL_WIDTH or label.size != LABEL_WIDTH:
+        raise ValueError(f"record {header.id} has label width {label.size}, expected {LABEL_WIDTH} "
+                         "([gender, age]); was it packed by create_dataset.py?")
+    if label[GENDER] not in (-1, 0, 1):  # NaN included
+        raise ValueError(f"record {header.id} has gender {label[GENDER]:g}, not -1, 0 or 1 (unknown, female, male)")
+    return Record(int(header.id), int(header.id2), int(label[GENDER]), float(label[AGE]), jpeg)
+
+
+def iter_records(rec_path: str, with_images: bool = True):
+    """Yield every Record of a `.rec` file in file order (sequential read: no .idx needed)."""
+    import mxnet as mx
+
+    if not os.path.isfile(rec_path):
+        raise FileNotFoundError(f"record file not found: {rec_path}")
+    reader = mx.recordio.MXRecordIO(rec_path, "r")
+    try:
+        while True:
+            raw = reader.read()
+            if raw is None:
+                break
+            rec = unpack_record(raw)
+            if not with_images:
+                rec.jpeg = b""
+            yield rec
+    finally:
+        reader.close()
+
+
+def split_paths(out_dir: str, split: str) -> dict[str, str]:
+    """The .rec/.idx/.lst paths of one split."""
+    return {ext: os.path.join(out_dir, f"{split}.{ext}") for ext in ("rec", "idx", "lst")}
+
+
+class SplitWriter:
+    """Writes one split's .rec/.idx/.lst under temporary names; `commit()` renames them into place.
+
+    An interrupted run (exception, Ctrl-C, kill) never replaces a good `train.rec` with a partial one:
+    `abort()` removes the temporary files (created exclusively, `.NAME.XXXX.tmp`).
+    """
+
+    def __init__(self, out_dir: str, split: str):
+        import mxnet as mx
+
+        self.paths = split_paths(out_dir, split)
+        self.count = 0
+        self._tmp = {k: temp_beside(p) for k, p in self.paths.items()}
+        self._rec = mx.recordio.MXIndexedRecordIO(self._tmp["idx"], self._tmp["rec"], "w")
+        self._lst = open(self._tmp["lst"], "w", encoding="utf-8")
+
+    def write(self, jpeg: bytes, gender: int, age: float, source_id: int, source_path: str) -> int:
+        """Append one face; returns its running index."""
+        index = self.count
+        self._rec.write_idx(index, pack_record(jpeg, gender, age, index, source_id))
+        self._lst.write(f"{index}\t{gender:d}\t{age:g}\t{source_path}\n")
+        self.count += 1
+        return index
+
+    def _close(self) -> None:
+        if self._lst is not None:
+            self._rec.close()
+            self._lst.close()
+            self._lst = None
+
+    def commit(self) -> None:
+        """Close and rename the temporary files into place."""
+        self._close()
+        for key, path in self.paths.items():
+            replace_with(self._tmp[key], path)
+
+    def abort(self) -> None:
+        """Close and delete the temporary files; the files in place stay untouched."""
+        self._close()
+        for tmp in self._tmp.values():
+            if os.path.exists(tmp):
+                os.remove(tmp)

@@ -1,0 +1,230 @@
+"""Label parsing for each raw dataset layout: AFAD, MegaAge(-Asian), AgeDB, UTKFace and list files.
+
+Every parser returns the samples it could label and a list of skips (path, reason) for the inputs it
+could not, so nothing is dropped silently. Gender is coded as the project codes it everywhere:
+1 = male, 0 = female, -1 = unknown (MegaAge has no gender; we never invent one).
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+
+MALE, FEMALE, UNKNOWN = 1, 0, -1
+
+# Skip reasons for label problems (image problems are in agegender/data/image.py).
+BAD_NAME = "bad_name"
+BAD_AGE = "bad_age"
+BAD_GENDER = "bad_gender"
+BAD_LINE = "bad_list_line"
+
+# The order sources get their `id2` in (lists follow, in the order given).
+SOURCE_ORDER = ("afad", "megaage", "agedb", "utkface")
+
+
+@dataclass
+class Sample:
+    """One labelled input image."""
+
+    path: str                 # file to read
+    gender: int               # 1 male, 0 female, -1 unknown
+    age: float                # years, as the source gives it (> 100 kept)
+    group: str                # identity key: samples sharing it land in the same split
+    split: str | None = None  # forced split ("train"/"val"), e.g. MegaAge's official lists
+
+
+@dataclass
+class Skip:
+    """One input that will not be packed, and why."""
+
+    path: str
+    reason: str
+    detail: str = ""
+
+
+@dataclass
+class Parsed:
+    """What a source folder or list file yielded."""
+
+    name: str
+    root: str
+    samples: list[Sample] = field(default_factory=list)
+    skips: list[Skip] = field(default_factory=list)
+
+
+def parse_age(text: str) -> float | None:
+    """A non-negative finite age in years, or None."""
+    try:
+        age = float(text.strip())
+    except ValueError:
+        return None
+    if not (age >= 0 and age < 1e4):  # rejects NaN, inf and negatives
+        return None
+    return age
+
+
+def parse_gender(text: str) -> int | None:
+    """1/0/-1 or m/f/male/female/unknown (any case) in the project's coding, or None."""
+    t = text.strip().lower()
+    table = {"1": MALE, "m": MALE, "male": MALE, "0": FEMALE, "f": FEMALE, "female": FEMALE,
+             "-1": UNKNOWN, "u": UNKNOWN, "unknown": UNKNOWN, "": None}
+    return table.get(t)
+
+
+def _files_under(root: str) -> list[str]:
+    """Every non-hidden file below root, sorted, so runs are deterministic."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        out.extend(os.path.join(dirpath, f) for f in filenames if not f.startswith("."))
+    return sorted(out)
+
+
+def _require_dir(path: str, what: str) -> None:
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{what} folder not found: {path}")
+
+
+def parse_afad(root: str) -> Parsed:
+    """AFAD: root/<age>/<111|112>/<name>.jpg, 111 = male, 112 = female; <id>-<n>.jpg groups by <id>."""
+    _require_dir(root, "AFAD")
+    out = Parsed("afad", root)
+    for path in _files_under(root):
+        parts = os.path.relpath(path, root).split(os.sep)
+        if len(parts) != 3:
+            if len(parts) > 1:  # files at the root (README, lists) are not part of the layout
+                out.skips.append(Skip(path, BAD_NAME, "expected <age>/<111|112>/<file>"))
+            continue
+        age = parse_age(parts[0]) if parts[0].isdigit() else None
+        if age is None:
+            out.skips.append(Skip(path, BAD_AGE, f"age folder {parts[0]!r}"))
+            continue
+        gender = {"111": MALE, "112": FEMALE}.get(parts[1])
+        if gender is None:
+            out.skips.append(Skip(path, BAD_GENDER, f"gender folder {parts[1]!r}"))
+            continue
+        stem = os.path.splitext(parts[2])[0]
+        ident = stem.split("-")[0] if "-" in stem else stem
+        out.samples.append(Sample(path, gender, age, group=f"afad:{ident}"))
+    return out
+
+
+def parse_megaage(root: str, official_split: bool = False) -> Parsed:
+    """MegaAge(-Asian): root/{train,test}/<name>, with root/list/{train,test}_{name,age}.txt.
+
+    Line i of a name list pairs with line i of its age list. There is no gender: recorded as -1.
+    With `official_split`, the test list goes to val and the train list to train.
+    """
+    _require_dir(root, "MegaAge")
+    out = Parsed("megaage", root)
+    found = False
+    for part in ("train", "test"):
+        names_file = os.path.join(root, "list", f"{part}_name.txt")
+        ages_file = os.path.join(root, "list", f"{part}_age.txt")
+        if not (os.path.isfile(names_file) and os.path.isfile(ages_file)):
+            continue
+        found = True
+        with open(names_file, encoding="utf-8", errors="replace") as f:
+            names = [line.strip() for line in f]
+        with open(ages_file, encoding="utf-8", errors="replace") as f:
+            ages = [line.strip() for line in f]
+        while names and not names[-1]:
+            names.pop()
+        while ages and not ages[-1]:
+            ages.pop()
+        for i in range(max(len(names), len(ages))):
+            where = f"{names_file}:{i + 1}"
+            if i >= len(names) or i >= len(ages) or not names[i]:
+                out.skips.append(Skip(where, BAD_LINE, "name and age lists differ in length"))
+                continue
+            path = os.path.join(root, part, names[i])
+            age = parse_age(ages[i])
+            if age is None:
+                out.skips.append(Skip(path, BAD_AGE, repr(ages[i])))
+                continue
+            split = ("val" if part == "test" else "train") if official_split else None
+            out.samples.append(Sample(path, UNKNOWN, age, group=f"megaage:{part}/{names[i]}",
+                                      split=split))
+    if not found:
+        raise FileNotFoundError(f"MegaAge lists not found: {root}/list/{{train,test}}_{{name,age}}.txt")
+    return out
+
+
+_AGEDB = re.compile(r"^(?P<id>\d+)_(?P<name>.+)_(?P<age>-?\d+)_(?P<gender>[mfMF])$")
+
+
+def parse_agedb(root: str) -> Parsed:
+    """AgeDB: <id>_<Name>_<age>_<m|f>.jpg; all images of one <Name> share a split."""
+    _require_dir(root, "AgeDB")
+    out = Parsed("agedb", root)
+    for path in _files_under(root):
+        m = _AGEDB.match(os.path.splitext(os.path.basename(path))[0])
+        if not m:
+            out.skips.append(Skip(path, BAD_NAME, "expected <id>_<Name>_<age>_<m|f>.jpg"))
+            continue
+        age = parse_age(m["age"])
+        if age is None:
+            out.skips.append(Skip(path, BAD_AGE, m["age"]))
+            continue
+        gender = MALE if m["gender"].lower() == "m" else FEMALE
+        out.samples.append(Sample(path, gender, age, group=f"agedb:{m['name'].lower()}"))
+    return out
+
+
+_UTK = re.compile(r"^(?P<age>\d+)_(?P<gender>\d+)_(?P<race>\d+)_(?P<date>\d+)\.jpg(\.chip\.jpg)?$")
+
+
+def parse_utkface(root: str) -> Parsed:
+    """UTKFace: <age>_<gender>_<race>_<date>.jpg[.chip.jpg] with gender 0 = male, 1 = female.
+
+    The gender is converted to the project's coding (1 = male). Names with a field missing or
+    misspelt are skipped as bad_name: with a field gone, which one is gender cannot be known.
+    """
+    _require_dir(root, "UTKFace")
+    out = Parsed("utkface", root)
+    for path in _files_under(root):
+        m = _UTK.match(os.path.basename(path))
+        if not m:
+            out.skips.append(Skip(path, BAD_NAME, "expected <age>_<gender>_<race>_<date>.jpg.chip.jpg"))
+            continue
+        gender = {"0": MALE, "1": FEMALE}.get(m["gender"])
+        if gender is None:
+            out.skips.append(Skip(path, BAD_GENDER, m["gender"]))
+            continue
+        out.samples.append(Sample(path, gender, float(m["age"]), group=f"utkface:{os.path.basename(path)}"))
+    return out
+
+
+def parse_list(list_file: str) -> Parsed:
+    """A `path,gender,age` list (path relative to the list file; gender 1/0/-1 or m/f).
+
+    Blank lines, `#` comments and a `path,gender,age` header line are ignored.
+    """
+    if not os.path.isfile(list_file):
+        raise FileNotFoundError(f"list file not found: {list_file}")
+    base = os.path.dirname(os.path.abspath(list_file))
+    out = Parsed(f"list:{os.path.basename(list_file)}", base)
+    with open(list_file, encoding="utf-8", errors="replace") as f:
+        lines = f.read().splitlines()
+    for no, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        where = f"{list_file}:{no}"
+        fields = [x.strip() for x in text.rsplit(",", 2)]
+        if len(fields) != 3 or not fields[0]:
+            out.skips.append(Skip(where, BAD_LINE, text[:80]))
+            continue
+        if no == 1 and fields[1].lower() == "gender" and fields[2].lower() == "age":
+            continue
+        path = os.path.normpath(os.path.join(base, fields[0]))
+        gender = parse_gender(fields[1])
+        if gender is None:
+            out.skips.append(Skip(path, BAD_GENDER, f"{where}: {fields[1]!r}"))
+            continue
+        age = parse_age(fields[2])
+        if age is None:
+            out.skips.append(Skip(path, BAD_AGE, f"{where}: {fields[2]!r}"))
+            continue
+        out.samples.append(Sample(path, gender, age, group=f"{out.name}:{fields[0]}"))
+    return out

@@ -1,0 +1,111 @@
+"""The attribute net behind one interface, whatever runs it: onnxruntime (`onnx`, the default: faster, and
+needs no MXNet) or MXNet (`mxnet`, for checkpoints, GPUs through mxnet-cu112, and training).
+
+Every engine maps aligned faces (N,3,112,112) float32 RGB 0-255 to the (N,202) output of agegender/model/age.py.
+This module imports no MXNet; the MXNet engine lives in agegender/model/mxnet_engine.py, and
+agegender/model/loading.py picks one of the two (importing MXNet only when asked to).
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from agegender.cli import gpu_ids
+from agegender.errors import UserError, short_reason
+from agegender.model.age import DEFAULT_DECODE, NUM_AGE_BINS, decode
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BUNDLED_MODEL = os.path.join(ROOT, "models", "agegender")  # the model shipped in the repository, epoch 0
+BUNDLED_ONNX = BUNDLED_MODEL + ".onnx"                   # the same model exported by tools/export_onnx.py
+ENGINES = ("onnx", "mxnet")
+NUM_OUTPUTS = 2 + 2 * NUM_AGE_BINS
+
+
+def short_name(path: str) -> str:
+    """A model path as typed when outside the working folder, relative when inside it."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
+
+
+class Engine:
+    """What eval, infer, video and the service need from the attribute net."""
+
+    kind = ""
+    name = ""
+
+    def forward(self, batch: np.ndarray) -> np.ndarray:
+        """(N,3,112,112) float32 -> (N,202) float32."""
+        raise NotImplementedError
+
+    def outputs(self, batch: np.ndarray, flip: bool = False) -> np.ndarray:
+        """(N,202) outputs of a batch; `flip`: the mean over each face and its mirror image."""
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        out = self.forward(batch)
+        if flip:
+            out = (out + self.forward(np.ascontiguousarray(batch[..., ::-1]))) / 2
+        return out
+
+    def check(self) -> None:
+        """Refuse, at load time, a model whose output is not the (N,202) layout."""
+        try:
+            shape = np.shape(self.forward(np.zeros((2, 3, 112, 112), np.float32)))
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001 -- any runtime's error: the model does not take our input
+            raise UserError(f"model {self.name} does not take (N,3,112,112) faces: {short_reason(exc)}") from None
+        if tuple(shape) != (2, NUM_OUTPUTS):
+            raise UserError(f"model {self.name} outputs {tuple(shape)[1:]} per face, not ({NUM_OUTPUTS},): "
+                            "not a gender/age model of this project's layout")
+
+    def predict_faces(self, faces: np.ndarray, batch_size: int = 256, age_decode: str = DEFAULT_DECODE,
+                      flip: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Aligned faces (N,112,112,3) RGB uint8 -> (P(male), age) per face, in batches."""
+        if len(faces) == 0:
+            return np.zeros(0), np.zeros(0)
+        outs = [self.outputs(faces[i:i + batch_size].transpose(0, 3, 1, 2), flip)
+                for i in range(0, len(faces), batch_size)]
+        return decode(np.concatenate(outs), age_decode)
+
+
+class OnnxEngine(Engine):
+    """An ONNX model (tools/export_onnx.py) run by onnxruntime; `gpus` uses its CUDA provider."""
+
+    kind = "onnx"
+
+    def __init__(self, path: str, threads: int = 0, gpus: str = "", model: bytes | None = None):
+        """`path`: the .onnx file, or only the name when the serialised `model` is given."""
+        import onnxruntime as ort
+
+        self.name = short_name(path)
+        if model is None and not os.path.isfile(path):
+            raise UserError(f"model file not found: {path}")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = max(0, threads)
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        # no busy-waiting between runs: the net shares the cores with the detector's threads
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        providers: list = ["CPUExecutionProvider"]
+        ids = gpu_ids(gpus)
+        if ids:
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise UserError("--gpus with the onnx engine needs onnxruntime-gpu (pip install onnxruntime-gpu in "
+                                "place of onnxruntime); this onnxruntime has only "
+                                f"{', '.join(ort.get_available_providers())}. Or use --engine mxnet with "
+                                "requirements-gpu.txt")
+            providers = [("CUDAExecutionProvider", {"device_id": ids[0]}), "CPUExecutionProvider"]
+        try:
+            self.session = ort.InferenceSession(path if model is None else model, sess_options=opts,
+                                                providers=providers)
+        except Exception as exc:  # noqa: BLE001 -- onnxruntime raises its own types for bad files
+            raise UserError(f"cannot load model {self.name}: {short_reason(exc)}") from None
+        self.input = self.session.get_inputs()[0].name
+        self.providers = self.session.get_providers()
+        self.check()
+
+    def forward(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input: batch})[0]
+
+
+__all__ = ["Engine", "OnnxEngine", "BUNDLED_MODEL", "BUNDLED_ONNX", "ENGINES", "NUM_OUTPUTS", "short_name"]

@@ -1,0 +1,395 @@
+"""The training loop behind train.py: contexts, kvstore, data, logging, checkpoints, resume, faults."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+
+import mxnet as mx
+import numpy as np
+from mxnet import autograd, gluon
+
+from agegender.symbols import get_network, load_weights, parse_model_spec
+from agegender.model.age import age_gender_loss, decode
+from agegender.data.iterators import Augment, augment_batch, check_rec, eval_batches, record_iter, to_numpy_labels
+from agegender.model.devices import contexts, kvstore
+from agegender.errors import Terminated, UserError
+from agegender.model.checkpoints import RunCheckpoints
+from agegender.model.run_files import curves_path, history_path, plot_history, read_history, write_history
+from agegender.model.metrics import AgeGenderMetric
+from agegender.model.mxnet_engine import forward_split
+
+log = logging.getLogger("train")
+
+
+@dataclass
+class TrainConfig:
+    """Everything train.py's flags set (see README for each)."""
+
+    data_dir: str = "dataset"
+    network: str = "m50"
+    multiplier: float = 1.0
+    version_input: int = 1
+    version_output: str = "GAP"
+    use_se: bool = False
+    learn_output_scale: bool = False
+    prefix: str = "models/model"
+    pretrained: str = ""
+    resume: bool = False
+    end_epoch: int = 30
+    lr: float = 0.1
+    lr_steps: list[int] = field(default_factory=list)
+    lr_factor: float = 0.1
+    wd: float = 5e-4
+    mom: float = 0.9
+    batch_size: int = 128
+    gpus: str = ""
+    kvstore: str = "device"
+    augment: Augment = field(default_factory=lambda: Augment(mirror=True))
+    num_workers: int = 2
+    log_interval: int = 20
+    seed: int = 0
+    max_steps: int = 0
+    save_every: int = 1
+    age_decode: str = "prob"
+    gender_weight: float = 1.0
+    age_sigma: float = 0.0
+    gender_smooth: float = 0.0
+    age_balance: float = 0.0
+    lr_schedule: str = "step"
+    warmup_epochs: float = 0.0
+    teacher_gender: str = ""
+    teacher_weight: float = 0.5
+
+
+def lr_at(cfg: TrainConfig, epoch: float) -> float:
+    """Learning rate at a (fractional) epoch. `step`: `lr` times `lr_factor` for each of `lr_steps`
+    already reached; `cosine`: from `lr` down to 0 at `end_epoch`. Both ramp up linearly over the
+    first `warmup_epochs`."""
+    if cfg.lr_schedule == "cosine":
+        lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, epoch / max(1, cfg.end_epoch))))
+    else:
+        lr = cfg.lr * cfg.lr_factor ** sum(int(epoch) >= s for s in cfg.lr_steps)
+    if epoch < cfg.warmup_epochs:
+        lr *= max(0.01, epoch / cfg.warmup_epochs)
+    return lr
+
+
+def val_score(row: dict) -> float:
+    """The number the best epoch is chosen by (lower is better): age MAE plus 20 x the gender error,
+    so one point of gender accuracy weighs as much as 0.2 years of MAE."""
+    return row["val_mae"] + 20.0 * (1.0 - row["val_acc"])
+
+
+def age_band_weights(ages: np.ndarray, power: float, band: float = 10.0) -> np.ndarray:
+    """Weight per 10-year band (index = age // 10, last band 70+) that re-balances the training ages:
+    (band count / mean band count) ** -power, scaled so the average face weighs 1."""
+    idx = np.minimum(np.asarray(ages) // band, 7).astype(int)
+    counts = np.bincount(idx, minlength=8).astype(np.float64)
+    w = np.where(counts > 0, (np.maximum(counts, 1) / counts[counts > 0].mean()) ** -power, 0.0)
+    return w / (w[idx].mean())
+
+
+def params_digest(net: gluon.Block) -> str:
+    """SHA-1 of the trainable parameters (BatchNorm running statistics excluded: each worker keeps its
+    own); equal digests on two workers mean identical weights."""
+    h = hashlib.sha1()
+    for name, p in sorted(net.collect_params().items()):
+        if p.grad_req != "null":
+            h.update(p.data(p.list_ctx()[0]).asnumpy().astype(np.float32).tobytes())
+    return h.hexdigest()
+
+
+class Fit:
+    """One training run. `run()` trains; the pieces are methods so tests can drive them."""
+
+    def __init__(self, cfg: TrainConfig, ctx: list[mx.Context] | None = None, net: gluon.HybridBlock | None = None):
+        self.cfg = cfg
+        self.ctx = ctx or contexts(cfg.gpus)
+        self.checkpoints = RunCheckpoints(cfg.prefix)
+        self.train_rec = os.path.join(cfg.data_dir, "train.rec")
+        self.val_rec = os.path.join(cfg.data_dir, "val.rec")
+        self.num_train = check_rec(self.train_rec)
+        self.has_val = os.path.exists(self.val_rec)
+        self._rec_counts = {self.train_rec: self.num_train}
+        if self.has_val:
+            self._rec_counts[self.val_rec] = check_rec(self.val_rec)
+        if cfg.batch_size < 1:
+            raise UserError("--batch-size must be at least 1")
+        self.kv = kvstore(cfg.kvstore, len(self.ctx))
+        self.rank = self.kv.rank if self.kv is not None else 0
+        self.workers = self.kv.num_workers if self.kv is not None else 1
+        self.global_batch = cfg.batch_size * len(self.ctx)  # per context x contexts, on this worker
+        mx.random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        self.net = net if net is not None else self._network()
+        if self.global_batch > self.num_train:
+            raise UserError(f"--batch-size {cfg.batch_size} x {len(self.ctx)} context(s) is more than the "
+                            f"{self.num_train} records of {self.train_rec}; use a smaller --batch-size")
+        self.begin_epoch = 0
+        self.history: list[dict] = []
+        self.best_score = math.inf
+        self.band_weights = None
+        if cfg.age_balance > 0:
+            from agegender.data.distribution import load_labels
+
+            self.band_weights = mx.nd.array(age_band_weights(np.array(load_labels(self.train_rec).age),
+                                                            cfg.age_balance))
+        self.train_labels = self._teacher_labels() if cfg.teacher_gender else ""
+        self._init_params()
+        self.trainer = gluon.Trainer(self.net.collect_params(), "sgd",
+                                     {"learning_rate": lr_at(cfg, self.begin_epoch), "wd": cfg.wd,
+                                      "momentum": cfg.mom},
+                                     kvstore=self.kv if self.kv is not None else "local",
+                                     update_on_kvstore=False if self.kv is None or "dist" not in self.kv.type
+                                     else None)
+        if self.resumed and self.checkpoints.load_states(self.trainer):
+            self.trainer.set_learning_rate(lr_at(cfg, self.begin_epoch))
+        self.step = 0
+        self._stop: StopOnSignal | None = None
+        self._eval_iters: dict[str, mx.io.DataIter] = {}
+
+    # --- set-up -------------------------------------------------------------------------------------------
+    def _teacher_labels(self) -> str:
+        """The train split's `.lst` with the teacher's soft genders mixed in, written beside the checkpoints
+        (`PREFIX-train-labels.lst`) for the record iterator."""
+        from agegender.model.teacher import write_soft_lst
+
+        out = f"{self.cfg.prefix}-train-labels.lst"
+        n, labelled = write_soft_lst(os.path.splitext(self.train_rec)[0] + ".lst", self.cfg.teacher_gender,
+                                     self.cfg.teacher_weight, out)
+        log.info("teacher genders from %s for %d of %d train faces (weight %g): %s", self.cfg.teacher_gender,
+                 labelled, n, self.cfg.teacher_weight, out)
+        return out
+
+    def _network(self) -> gluon.HybridBlock:
+        c = self.cfg
+        try:
+            return get_network(c.network, multiplier=c.multiplier, version_input=c.version_input,
+                               version_output=c.version_output, use_se=c.use_se,
+                               learn_output_scale=c.learn_output_scale)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+
+    def _init_params(self) -> None:
+        net, c = self.net, self.cfg
+        net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="out", magnitude=2), ctx=self.ctx)
+        with autograd.predict_mode():
+            net(mx.nd.zeros((1, 3, 112, 112), ctx=self.ctx[0]))  # settle deferred shapes
+        self.resumed = resumed = False
+        if c.resume and self.checkpoints.exist():
+            self.resumed = resumed = True
+            epoch, source = self.checkpoints.resume_point()
+            report = load_weights(net, source, epoch)
+            if report.mismatched or report.missing or report.by_order or report.gamma_differs:
+                raise UserError(f"--resume: {c.prefix}-{epoch:04d}.params is not a checkpoint of this network "
+                                f"({report}); use the same --network/--multiplier/--version-input/--learn-output-scale")
+            self.begin_epoch = epoch
+            self.history = read_history(history_path(c.prefix), before=epoch)
+            scores = [val_score(r) for r in self.history if r.get("val_mae") == r.get("val_mae")]
+            self.best_score = min(scores) if scores else math.inf
+            log.info("resumed from %s-%04d.params: continuing at epoch %d", source, epoch, epoch)
+        elif c.resume:
+            log.info("--resume: no checkpoint %s-NNNN.params yet, starting from scratch", c.prefix)
+        if c.pretrained and not resumed:  # resuming always wins over --pretrained
+            try:
+                prefix, epoch = parse_model_spec(c.pretrained)
+                report = load_weights(net, prefix, epoch)
+            except (ValueError, OSError, mx.base.MXNetError) as exc:
+                raise UserError(f"--pretrained {c.pretrained}: {str(exc).splitlines()[0]}") from None
+            if report.loaded == 0:
+                raise UserError(f"--pretrained {c.pretrained}: no parameter fits this network ({report})")
+            log.info("pretrained %s,%d: %s", prefix, epoch, report)
+        net.hybridize(static_alloc=True, static_shape=True)
+
+    # --- one batch ------------------------------------------------------------------------------------------
+    def forward_backward(self, data: mx.nd.NDArray, label: mx.nd.NDArray,
+                         mix: tuple[mx.nd.NDArray, float] | None = None) -> tuple[float, np.ndarray]:
+        """Split a batch evenly over the contexts (labels with their images), forward, loss, backward.
+        `mix`: (the mixup partners' labels, lam) for blended images. Returns (summed loss, outputs (N,202)
+        in batch order)."""
+        datas = gluon.utils.split_and_load(data, self.ctx, even_split=False)
+        labels = gluon.utils.split_and_load(label, self.ctx, even_split=False)
+        partners = gluon.utils.split_and_load(mix[0], self.ctx, even_split=False) if mix else labels
+        lam = mix[1] if mix else 1.0
+        with autograd.record():
+            outs = [self.net(x) for x in datas]
+            losses = [self._loss(o, y) if lam == 1.0 else lam * self._loss(o, y) + (1 - lam) * self._loss(o, yb)
+                      for o, y, yb in zip(outs, labels, partners)]
+        autograd.backward(losses)
+        total = sum(float(l.sum().asscalar()) for l in losses)
+        return total, np.concatenate([o.asnumpy() for o in outs])
+
+    def _loss(self, out: mx.nd.NDArray, label: mx.nd.NDArray) -> mx.nd.NDArray:
+        c = self.cfg
+        weight = None
+        if self.band_weights is not None:
+            band = mx.nd.minimum(mx.nd.floor(label[:, 1] / 10), 7).as_in_context(mx.cpu())
+            weight = self.band_weights.take(band).as_in_context(out.context)
+        return age_gender_loss(mx.nd, out, label, c.gender_weight, age_sigma=c.age_sigma,
+                               gender_smooth=c.gender_smooth, sample_weight=weight)
+
+    def update(self) -> None:
+        # gradients are summed over contexts (and over workers by a dist kvstore): normalise by all rows
+        self.trainer.step(self.global_batch * self.workers)
+
+    def train_batch(self, data: mx.nd.NDArray, label: mx.nd.NDArray) -> tuple[float, np.ndarray]:
+        """One optimisation step on a batch (augmentation that runs on arrays included). Returns
+        (summed loss, outputs); the weights are left untouched when the loss is not finite."""
+        data, mix = augment_batch(data, label, self.cfg.augment)
+        loss, outs = self.forward_backward(data, label, mix)
+        if math.isfinite(loss):
+            self.update()
+            self.step += 1
+        return loss, outs
+
+    # --- loops ----------------------------------------------------------------------------------------------
+    def evaluate(self, rec: str) -> dict:
+        """Loss and metrics over every record of the train or val `.rec`, in predict mode."""
+        if rec not in self._eval_iters:
+            self._eval_iters[rec] = record_iter(rec, self.global_batch, train=False, threads=self.cfg.num_workers)
+        it = self._eval_iters[rec]
+        it.reset()
+        metric, loss_sum = AgeGenderMetric(), 0.0
+        for data, label in eval_batches(it, self._rec_counts[rec]):
+            outs = forward_split(self.net, data, self.ctx)
+            loss_sum += float(age_gender_loss(mx.nd, mx.nd.array(outs), label, self.cfg.gender_weight).sum().asscalar())
+            gender, age = to_numpy_labels(label)
+            metric.update(*decode(outs, self.cfg.age_decode), gender, age)
+        res = metric.get()
+        res["loss"] = loss_sum / max(1, res["count"])
+        return res
+
+    def run(self) -> dict:
+        """Train from `begin_epoch` to `end_epoch`; returns the last epoch's row of the history."""
+        c = self.cfg
+        if self.begin_epoch >= c.end_epoch:
+            raise UserError(f"nothing to do: {c.prefix} is already at epoch {self.begin_epoch} "
+                            f"(--end-epoch {c.end_epoch})")
+        train_iter = record_iter(self.train_rec, self.global_batch, train=True,
+                                 augment=c.augment, threads=c.num_workers,
+                                 seed=c.seed, num_parts=self.workers, part_index=self.rank,
+                                 labels_lst=self.train_labels)
+        log.info("training %s on %s: %d train faces, batch %d per context x %d context(s) x %d worker(s)",
+                 c.network, ",".join(str(x) for x in self.ctx), self.num_train, c.batch_size, len(self.ctx),
+                 self.workers)
+        row: dict = {}
+        epoch = self.begin_epoch
+        done = self.begin_epoch  # completed epochs
+        with StopOnSignal() as stop:
+            self._stop = stop
+            for epoch in range(self.begin_epoch, c.end_epoch):
+                row = self._epoch(epoch, train_iter)
+                done = epoch if row.get("interrupted") else epoch + 1
+                if row.get("stopped") or stop.signal:
+                    break
+            if stop.signal:
+                # checked between batches: the signal never lands inside MXNet, the iterator or a save
+                if self.rank == 0:
+                    path = self.checkpoints.save_interrupted(self.net, self.trainer, done)
+                    log.info("interrupted: saved %s (%d epochs completed); continue with --resume", path, done)
+                del train_iter
+                mx.nd.waitall()
+                raise stop.exception()
+        log.info("final parameters sha1 (worker %d): %s", self.rank, params_digest(self.net))
+        return row
+
+    def _epoch(self, epoch: int, train_iter: mx.io.DataIter) -> dict:
+        c = self.cfg
+        lr = lr_at(c, epoch)
+        self.trainer.set_learning_rate(lr)
+        train_iter.reset()  # ImageRecordIter reshuffles on reset, from its seeded generator
+        metric, window = AgeGenderMetric(), AgeGenderMetric()
+        loss_sum, rows, t0, tic, nbatch = 0.0, 0, time.time(), time.time(), 0
+        stopped = False
+        per_epoch = max(1, math.ceil(self.num_train / (self.global_batch * self.workers)))
+        for nbatch, batch in enumerate(train_iter):
+            if c.lr_schedule != "step" or epoch < c.warmup_epochs:
+                lr = lr_at(c, epoch + nbatch / per_epoch)
+                self.trainer.set_learning_rate(lr)
+            label = batch.label[0]
+            loss, outs = self.train_batch(batch.data[0], label)
+            if not math.isfinite(loss):
+                raise UserError(f"loss became {loss} at epoch {epoch} batch {nbatch}: training stopped; "
+                                f"last good checkpoint: {self.checkpoints.last_completed()} (try a lower --lr)")
+            gender, age = to_numpy_labels(label)
+            p_male, age_pred = decode(outs, c.age_decode)
+            metric.update(p_male, age_pred, gender, age)
+            window.update(p_male, age_pred, gender, age)
+            loss_sum += loss
+            rows += len(outs)
+            if (nbatch + 1) % c.log_interval == 0:
+                m = window.get()
+                speed = c.log_interval * self.global_batch / (time.time() - tic)
+                log.info("Epoch[%d] Batch [%d-%d]\tSpeed: %.2f samples/sec\tacc=%.6f\tMAE=%.6f\tCUM_5=%.6f\tloss=%.6f",
+                         epoch, nbatch + 1 - c.log_interval, nbatch + 1, speed, m["acc"], m["mae"], m["cs5"],
+                         loss_sum / rows)
+                window.reset()
+                tic = time.time()
+            if c.max_steps and self.step >= c.max_steps:
+                stopped = True
+                break
+            if self._stop is not None and self._stop.signal:
+                return {"stopped": True, "interrupted": True}
+        m = metric.get()
+        row = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / max(1, rows), "train_acc": m["acc"],
+               "train_mae": m["mae"], "train_cs5": m["cs5"]}
+        if self.rank == 0 and (stopped or (epoch + 1) % c.save_every == 0 or epoch + 1 == c.end_epoch):
+            # before validation: a bad val.rec costs no epoch
+            log.info("saved %s", self.checkpoints.save(self.net, self.trainer, epoch + 1))
+        if self.has_val:
+            v = self.evaluate(self.val_rec)
+            row.update(val_loss=v["loss"], val_acc=v["acc"], val_mae=v["mae"], val_cs3=v["cs3"], val_cs5=v["cs5"])
+            log.info("Epoch[%d] Validation: acc=%.6f\tMAE=%.6f\tCUM_3=%.6f\tCUM_5=%.6f\tloss=%.6f",
+                     epoch, v["acc"], v["mae"], v["cs3"], v["cs5"], v["loss"])
+        row["time_s"] = time.time() - t0
+        log.info("Epoch[%d] Train: acc=%.6f\tMAE=%.6f\tCUM_5=%.6f\tloss=%.6f\tlr=%g\tTime cost=%.1f s",
+                 epoch, m["acc"], m["mae"], m["cs5"], row["train_loss"], lr, row["time_s"])
+        self.history.append(row)
+        if self.rank == 0:
+            if self.has_val and val_score(row) < self.best_score:
+                self.best_score = val_score(row)
+                log.info("best val score so far %.4f (MAE + 20 x gender error): saved %s", self.best_score,
+                         self.checkpoints.save_best(self.net, epoch + 1))
+            write_history(history_path(c.prefix), self.history)
+            plot_history(curves_path(c.prefix), self.history)
+        row["stopped"] = stopped
+        return row
+
+
+class StopOnSignal:
+    """While active, the first Ctrl-C (SIGINT) or SIGTERM only sets `signal`; the training loop looks at it
+    between batches, saves, and stops. Raising at the moment the signal arrives could land inside MXNet,
+    the record iterator's prefetching or a checkpoint write. A second signal interrupts at once."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._old: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signal is not None:
+            raise self.exception(signum)
+        self.signal = signum
+        log.info("%s received: stopping after this batch (send it again to stop at once)",
+                 "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C")
+
+    def exception(self, signum: int | None = None) -> KeyboardInterrupt:
+        return Terminated() if (signum or self.signal) == signal.SIGTERM else KeyboardInterrupt()
+
+    def __enter__(self) -> "StopOnSignal":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+__all__ = ["TrainConfig", "Fit", "StopOnSignal", "lr_at", "val_score", "age_band_weights", "params_digest"]
