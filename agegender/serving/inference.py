@@ -151,14 +151,15 @@ def save_image(path: str, bgr: np.ndarray) -> None:
 
 class Outputs:
     """Where infer.py's results go, image by image as they complete: text lines (stdout), one JSON document
-    (stdout, at the end), JSON lines (`--jsonl`, flushed per image), annotated copies (`--output FILE`, or
+    (stdout, at the end), JSON lines (`--jsonl`, flushed per image), Parquet (`--parquet`, row groups as images
+    complete, renamed into place at the end; agegender/serving/batch.py), annotated copies (`--output FILE`, or
     one per image under `--output-dir`, each written atomically as it completes); `error: PATH: reason` on
     stderr for each image that fails; a summary line and the exit status at the end. Every output is
     checked before the work starts."""
 
     def __init__(self, paths: list[str], problems: list[tuple[str, str]] = (), text: bool = True,
                  json_doc: bool = False, jsonl: str | None = None, output: str | None = None,
-                 output_dir: str | None = None, show: bool = False):
+                 output_dir: str | None = None, show: bool = False, parquet: str | None = None):
         self.text, self.json_doc, self.show = text, json_doc, show
         self.problems = list(problems)
         self.multi = len(paths) + len(self.problems) > 1
@@ -185,6 +186,11 @@ class Outputs:
         if jsonl:
             check_writable(jsonl, "--jsonl")
             self.jsonl = sys.stdout if jsonl == "-" else open(os.path.realpath(jsonl), "w", encoding="utf-8")
+        self.parquet_path, self.parquet = parquet, None
+        if parquet:
+            from agegender.serving.batch import check_target  # pyarrow only when asked for
+
+            check_target(parquet)
         self.draws = bool(self.single or self.targets or show)
         self.docs: list[dict] = []
         self.shown: list[ImageResult] = []
@@ -193,6 +199,10 @@ class Outputs:
         self.complete = False
 
     def __enter__(self) -> "Outputs":
+        if self.parquet_path:  # opened here, not in __init__: a model that fails to load leaves no temp file
+            from agegender.serving.batch import ParquetSink
+
+            self.parquet = ParquetSink(self.parquet_path)
         for spec, reason in self.problems:  # inputs that gave no file: reported first, the run goes on
             self.failed(spec, reason)
         return self
@@ -201,6 +211,8 @@ class Outputs:
         self.complete = exc_type is None
         if self.jsonl is not None and self.jsonl is not sys.stdout:
             self.jsonl.close()  # every completed image is in it, also after Ctrl-C
+        if self.parquet is not None:  # complete: renamed into place; interrupted: the old file stays
+            self.parquet.close() if self.complete else self.parquet.abort()
         if self.complete and self.json_doc:
             print(dumps_json(self.docs) if self.docs else "[]", flush=True)
         if self.multi or not self.complete:
@@ -216,6 +228,8 @@ class Outputs:
         if self.jsonl is not None:
             self.jsonl.write(json.dumps(doc) + "\n")
             self.jsonl.flush()
+        if self.parquet is not None:
+            self.parquet.add(doc)
 
     def failed(self, path: str, reason: str) -> None:
         """An input that could not be processed: reported, counted, and the run goes on."""
