@@ -42,7 +42,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 SHARD_RE = re.compile(r"^part-(\d+)\.parquet$")
 MANIFEST_DIR = "_manifest"
 DIE_ONCE_ENV = "AGEGENDER_RAY_TEST_DIE_ONCE"  # tests: the first net actor to find this file missing creates it and dies
-LIST_COLUMNS = ("path", "image")  # the column of paths in a .parquet list of inputs
+LIST_COLUMNS = ("path", "image")
+# What a detection task reserves: a decoded photo, its detector input and the crops. Declaring it also keeps
+# Ray from fusing detection into the net's actors (their resources differ), so detection stays spread over
+# every CPU of the cluster. A task whose worker dies is run again (Ray's default, 3 times).
+DETECT_MEMORY = 400 * 2 ** 20  # the column of paths in a .parquet list of inputs
 
 
 @dataclass(frozen=True)
@@ -313,7 +317,7 @@ def build_dataset(paths: list[str], settings: Settings, files_per_task: int = 8)
     blocks = max(1, min(len(paths) // files_per_task + 1, 4096))
     ds = ray.data.from_arrow(pa.table({"path": pa.array(paths, pa.string())})).repartition(blocks)
     ds = ds.map_batches(detect_batch, fn_kwargs={"settings": settings}, batch_size=files_per_task,
-                        batch_format="pyarrow", num_cpus=1)
+                        batch_format="pyarrow", num_cpus=1, memory=DETECT_MEMORY)
     if gpus:  # one actor per GPU; Ray sets CUDA_VISIBLE_DEVICES, so each actor's GPU is its device 0
         net = {"compute": ActorPoolStrategy(size=gpus), "num_gpus": 1, "fn_constructor_kwargs":
                {"settings": settings, "gpus": "0"}}
