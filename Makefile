@@ -1,4 +1,5 @@
-# `make demo` and `make test` set up .venv from requirements.txt on first use (offline afterwards).
+# `make demo` and `make test` set up .venv from requirements.txt on first use (offline afterwards), with
+# requirements-ray.txt (infer.py --ray / --parquet, tested by tests/test_ray.py).
 PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -8,12 +9,12 @@ DEMO   := dataset/demo
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt requirements-common.txt
+$(VENV)/.installed: requirements.txt requirements-common.txt requirements-ray.txt
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11'"; exit 2; }
 	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if (3, 8) <= v <= (3, 11) else "error: Python %d.%d is not supported: MXNet 1.9.1 needs numpy 1.23.5, which exists for Python 3.8-3.11 (3.11 recommended)" % v)'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-ray.txt
 	@touch $@
 
 # The main job: every face of a real photo (t1.jpg, shipped inside the insightface wheel) found by the

@@ -7,12 +7,14 @@ import glob
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import cv2
 import numpy as np
 import pytest
 
-from tests.conftest import run_script, shared_path
+from tests.conftest import ROOT, run_script, shared_path
 from agegender.data.demo import wheel_image
 
 try:
@@ -162,6 +164,23 @@ def test_cli_ray_over_a_list_of_paths(wheel_folder, tmp_path):
     summary = proc.stderr.strip().splitlines()[-1]
     assert summary.startswith(f"summary: 4 images, {sum(len(d['faces']) for d in docs)} faces, 3 failed") and \
         "photos/s" in summary and str(out) in summary, proc.stderr
+
+
+@needs_ray
+def test_two_node_cluster_on_loopback(wheel_folder, tmp_path):
+    """tools/ray_two_node.sh: a head and a second node on this machine, 1 CPU each, the same job on them."""
+    import socket
+
+    folder, paths, docs = wheel_folder
+    with socket.socket() as s:  # a free port for the head, so that a Ray already running here is left alone
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PORT": str(port), "PYTHON": sys.executable}
+    proc = subprocess.run(["bash", os.path.join(ROOT, "tools", "ray_two_node.sh"), str(tmp_path / "out"), folder,
+                           "--", "--shard-size", "2"], capture_output=True, text=True, timeout=400, env=env)
+    assert proc.returncode == 1, proc.stderr  # the bad files
+    assert "cluster: 2 nodes x 1 CPU" in proc.stderr, proc.stderr
+    assert _shard_docs(str(tmp_path / "out")) == docs
 
 
 @needs_ray
