@@ -292,8 +292,8 @@ def connect(address: str | None, num_cpus: int | None = None, object_store_mb: i
                     "configure_logging": True}
     if address:
         kwargs["address"] = address
-    else:
-        kwargs.update(num_cpus=num_cpus, object_store_memory=object_store_mb * 2 ** 20 if object_store_mb else None,
+    else:  # "local": a new Ray, even where `ray start` runs one (joining it is `--ray auto`)
+        kwargs.update(address="local", num_cpus=num_cpus, object_store_memory=object_store_mb * 2 ** 20 if object_store_mb else None,
                       include_dashboard=False)
     try:
         ray.init(**kwargs)
