@@ -147,6 +147,17 @@ def test_parquet_usage_errors(tmp_path):
         assert proc.stderr.count("\n") == 1, proc.stderr
 
 
+def test_plain_infer_imports_neither_ray_nor_pyarrow():
+    """Ray and pyarrow are optional: infer.py without --ray / --parquet must not load them."""
+    code = ("import contextlib, io, runpy, sys\n"
+            f"sys.argv = ['infer.py', '--image', {wheel_image('t1.jpg')!r}, '--json']\n"
+            "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+            f"    runpy.run_path({os.path.join(ROOT, 'infer.py')!r}, run_name='__main__')\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'ray', 'pyarrow', 'pandas'}))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout + proc.stderr
+
+
 # --- Ray --------------------------------------------------------------------------------------------------
 @needs_ray
 def test_cli_ray_over_a_list_of_paths(wheel_folder, tmp_path):
