@@ -125,7 +125,7 @@ def run_video(args: argparse.Namespace) -> int:
     from agegender.serving.analyzer import FaceAnalyzer
     from agegender.serving.video import process_video
 
-    if args.output_dir or args.json:
+    if args.output_dir or args.json or args.parquet or args.ray:
         raise UserError("with --video, write the annotated video with --output FILE.mp4 and the faces with --jsonl")
     analyzer = FaceAnalyzer.from_options(args.model, args.engine, args.det_model, args.det_thresh, args.max_size,
                                          args.gpus, det_threads=0, net_threads=1, age_decode=args.age_decode,

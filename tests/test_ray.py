@@ -147,6 +147,17 @@ def test_parquet_usage_errors(tmp_path):
         assert proc.stderr.count("\n") == 1, proc.stderr
 
 
+@needs_pyarrow
+def test_a_folder_of_someone_elses_part_files_is_refused_not_emptied(tmp_path):
+    from agegender.errors import UserError
+    from agegender.serving.ray_batch import Settings, prepare_output
+
+    (tmp_path / "part-00000.parquet").write_bytes(b"spark's")
+    with pytest.raises(UserError, match="did not write"):
+        prepare_output(str(tmp_path), [["a.jpg"]], Settings())
+    assert (tmp_path / "part-00000.parquet").read_bytes() == b"spark's"
+
+
 def test_plain_infer_imports_neither_ray_nor_pyarrow():
     """Ray and pyarrow are optional: infer.py without --ray / --parquet must not load them."""
     code = ("import contextlib, io, runpy, sys\n"

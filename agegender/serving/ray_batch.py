@@ -46,7 +46,10 @@ LIST_COLUMNS = ("path", "image")
 # What a detection task reserves: a decoded photo, its detector input and the crops. Declaring it also keeps
 # Ray from fusing detection into the net's actors (their resources differ), so detection stays spread over
 # every CPU of the cluster. A task whose worker dies is run again (Ray's default, 3 times).
-DETECT_MEMORY = 400 * 2 ** 20  # the column of paths in a .parquet list of inputs
+DETECT_MEMORY = 400 * 2 ** 20
+# A CPU net actor reserves a quarter of a core: the net is a small share of the work next to detection, and a
+# whole core reserved for it would leave one detection task on a 2-core node instead of two.
+NET_CPUS = 0  # the column of paths in a .parquet list of inputs
 
 
 @dataclass(frozen=True)
@@ -160,8 +163,13 @@ def _read_manifest(out_dir: str, name: str) -> dict | None:
 
 def prepare_output(out_dir: str, shards: list[list[str]], settings: Settings) -> dict[int, dict]:
     """Create `out_dir` if needed, and return the manifests of the shards already complete (same files, same
-    settings, Parquet file present), by shard index. Shards of this layout that are not complete, and left-over
-    temporary files of an interrupted run, are removed so that no input can appear twice."""
+    settings, Parquet file present), by shard index. Shards that are not complete, and left-over temporary
+    files of an interrupted run, are removed so that no input can appear twice; a folder with part files but
+    no manifest folder is not ours, and is refused."""
+    if os.path.isdir(out_dir) and not os.path.isdir(os.path.join(out_dir, MANIFEST_DIR)) and any(
+            SHARD_RE.match(n) for n in os.listdir(out_dir)):  # someone else's part files: never removed
+        raise UserError(f"{out_dir} holds part-*.parquet files that infer.py --ray did not write (no "
+                        f"{MANIFEST_DIR}/); choose a new or empty folder")
     try:
         os.makedirs(os.path.join(out_dir, MANIFEST_DIR), exist_ok=True)
     except OSError as exc:
@@ -322,7 +330,7 @@ def build_dataset(paths: list[str], settings: Settings, files_per_task: int = 8)
         net = {"compute": ActorPoolStrategy(size=gpus), "num_gpus": 1, "fn_constructor_kwargs":
                {"settings": settings, "gpus": "0"}}
     else:  # the net is light next to detection: a few CPU actors keep up with the rest of the cores
-        net = {"compute": ActorPoolStrategy(min_size=1, max_size=max(1, cpus // 8)), "num_cpus": 1,
+        net = {"compute": ActorPoolStrategy(min_size=1, max_size=max(1, cpus // 8)), "num_cpus": NET_CPUS,
                "fn_constructor_kwargs": {"settings": settings}}
     return ds.map_batches(NetLabeller, batch_size=4 * files_per_task, batch_format="pyarrow", **net)
 
