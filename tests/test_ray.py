@@ -135,13 +135,14 @@ def test_parquet_is_written_in_row_groups_and_only_complete_files_appear(tmp_pat
     assert (meta.num_rows, meta.num_row_groups) == (9, 2)
 
 
-@needs_pyarrow
-def test_parquet_usage_errors(tmp_path):
+@needs_ray
+def test_parquet_and_ray_usage_errors(tmp_path):
     for args, message in [(["--parquet", "-"], "needs a file name"),
                           (["--parquet", str(tmp_path)], "is a folder"),
                           (["--parquet", str(tmp_path / "no" / "x.parquet")], "does not exist"),
                           (["--ray", "--json"], "give the output folder with --parquet"),
-                          (["--ray", "--parquet", str(tmp_path / "d"), "--json"], "--parquet DIR only")]:
+                          (["--ray", "--parquet", str(tmp_path / "d"), "--json"], "--parquet DIR only"),
+                          (["--ray", "127.0.0.1:1", "--parquet", str(tmp_path / "d")], "cannot reach the Ray cluster")]:
         proc = run_script("infer.py", "--image", wheel_image("t1.jpg"), *args)
         assert proc.returncode == 2 and proc.stderr.startswith("error: ") and message in proc.stderr, proc.stderr
         assert proc.stderr.count("\n") == 1, proc.stderr

@@ -285,6 +285,19 @@ def _die_once_for_tests() -> None:
         os._exit(1)
 
 
+def _check_reachable(address: str) -> None:
+    """A HOST:PORT that nothing answers on is one line of error (Ray itself would retry for minutes)."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or "://" in address:
+        return  # `auto` and the like: Ray's own resolution
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise UserError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from None
+
+
 def connect(address: str | None, num_cpus: int | None = None, object_store_mb: int | None = None) -> bool:
     """Join the cluster at `address` (`auto`: the one `ray start` runs here), or start a local Ray (None);
     an already connected driver (a test's) is reused. Returns True when this call connected (then `run`
@@ -299,10 +312,15 @@ def connect(address: str | None, num_cpus: int | None = None, object_store_mb: i
     kwargs: dict = {"runtime_env": {"env_vars": env}, "logging_level": logging.WARNING, "log_to_driver": False,
                     "configure_logging": True}
     if address:
+        _check_reachable(address)
         kwargs["address"] = address
+        if "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN") or os.path.isfile(
+                os.path.expanduser("~/.ray/auth_token"))):
+            # clusters that `ray start` makes check a token; a driver that does not send it waits forever
+            os.environ["RAY_AUTH_MODE"] = "token"
     else:  # "local": a new Ray, even where `ray start` runs one (joining it is `--ray auto`)
-        kwargs.update(address="local", num_cpus=num_cpus, object_store_memory=object_store_mb * 2 ** 20 if object_store_mb else None,
-                      include_dashboard=False)
+        kwargs.update(address="local", num_cpus=num_cpus, include_dashboard=False,
+                      object_store_memory=object_store_mb * 2 ** 20 if object_store_mb else None)
     try:
         ray.init(**kwargs)
     except ConnectionError as exc:
