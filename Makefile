@@ -42,6 +42,7 @@ bench: install
 	$(PY) benchmarks/infer.py
 	$(PY) benchmarks/video.py
 	$(PY) benchmarks/serve.py
+	$(PY) benchmarks/ray.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache
