@@ -136,7 +136,8 @@ def _parquet_list(path: str) -> list[str]:
         raise UserError(f"cannot read the list of inputs {path}: {exc}") from None
     col = next((c for c in LIST_COLUMNS if c in names), None)
     if col is None:
-        raise UserError(f"the list of inputs {path} has no column {' or '.join(LIST_COLUMNS)} (has: {', '.join(names)})")
+        raise UserError(f"the list of inputs {path} has no column {' or '.join(LIST_COLUMNS)} "
+                        f"(has: {', '.join(names)})")
     return [p for p in pq.read_table(path, columns=[col]).column(col).to_pylist() if p]
 
 
