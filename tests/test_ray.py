@@ -159,6 +159,23 @@ def test_a_folder_of_someone_elses_part_files_is_refused_not_emptied(tmp_path):
     assert (tmp_path / "part-00000.parquet").read_bytes() == b"spark's"
 
 
+@needs_pyarrow
+def test_inputs_from_folders_globs_and_lists(wheel_folder, tmp_path):
+    from agegender.errors import UserError
+    from agegender.serving.ray_batch import expand_inputs
+
+    folder, paths, _ = wheel_folder
+    pq.write_table(pa.table({"path": paths[:2] + ["elsewhere.jpg"]}), tmp_path / "list.parquet")
+    (tmp_path / "list.txt").write_text(f"# two\n{paths[0]}\n\n{paths[3]}\n")
+    got, problems = expand_inputs([str(tmp_path / "list.parquet"), str(tmp_path / "list.txt"), folder,
+                                   os.path.join(folder, "*.png"), str(tmp_path / "gone")])
+    assert got == paths[:2] + ["elsewhere.jpg"] + [paths[3]] + [p for p in paths if p not in paths[:2] + [paths[3]]]
+    assert problems == [(str(tmp_path / "gone"), "not found")]
+    pq.write_table(pa.table({"file": ["a.jpg"]}), tmp_path / "other.parquet")
+    with pytest.raises(UserError, match="no column path or image"):
+        expand_inputs([str(tmp_path / "other.parquet")])
+
+
 def test_plain_infer_imports_neither_ray_nor_pyarrow():
     """Ray and pyarrow are optional: infer.py without --ray / --parquet must not load them."""
     code = ("import contextlib, io, runpy, sys\n"
