@@ -93,19 +93,26 @@ class FaceAnalyzer:
             raise UserError(f"cannot load detector {det_model}: {short_reason(exc)}") from None
         return cls(detector, load_engine(model, engine, gpus, net_threads), **settings)
 
-    def detect(self, rgb: np.ndarray, det_thresh: float = 0.0, min_face: float | None = None,
-               max_faces: int = 0) -> tuple[list[Face], list[np.ndarray]]:
-        """Every face at least `min_face` pixels (default: the analyzer's) on its shorter box side, left to
-        right, and its aligned 112x112 crop. `det_thresh` raises the detector's own threshold for this call;
-        `max_faces` (> 0) keeps that many, the highest scores."""
+    def find(self, rgb: np.ndarray, det_thresh: float = 0.0, min_face: float | None = None) -> list[Face]:
+        """Every face at least `min_face` pixels (default: the analyzer's) on its shorter box side, scoring at
+        least `det_thresh` (which raises the detector's own threshold for this call)."""
         with self._lock:
             found = self.detector.detect(rgb)
         least = self.min_face if min_face is None else min_face
-        faces = [f for f in found if f.score >= det_thresh and min(f.box[2] - f.box[0], f.box[3] - f.box[1]) >= least]
+        return [f for f in found if f.score >= det_thresh and min(f.box[2] - f.box[0], f.box[3] - f.box[1]) >= least]
+
+    @staticmethod
+    def keep(rgb: np.ndarray, faces: list[Face], max_faces: int = 0) -> tuple[list[Face], list[np.ndarray]]:
+        """The `max_faces` (> 0) best-scoring of `faces` (all with 0), left to right, and their aligned crops."""
         if max_faces > 0:
             faces = sorted(faces, key=lambda f: -f.score)[:max_faces]
-        faces.sort(key=lambda f: (float(f.box[0]), float(f.box[1])))
+        faces = sorted(faces, key=lambda f: (float(f.box[0]), float(f.box[1])))
         return faces, [align_face(rgb, f.landmarks) for f in faces]
+
+    def detect(self, rgb: np.ndarray, det_thresh: float = 0.0, min_face: float | None = None,
+               max_faces: int = 0) -> tuple[list[Face], list[np.ndarray]]:
+        """The faces of `find`, `max_faces` (> 0) of them kept as `keep` does, and their aligned 112x112 crops."""
+        return self.keep(rgb, self.find(rgb, det_thresh, min_face), max_faces)
 
     def label(self, crops: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """(P(male), age) of aligned crops, through the engine in batches."""
