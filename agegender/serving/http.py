@@ -101,11 +101,32 @@ def protocol_class(limits: Limits) -> type:
                                                  f"{limits.max_header_bytes} bytes"))
                 self.transport.close()
 
+        def send_400_response(self, msg: str) -> None:  # a request that is not HTTP: our format too
+            self.transport.write(error_bytes(400, "Bad Request", "bad_http", "the request is not valid HTTP/1.1"))
+            self.transport.close()
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._head_size = 0
+
+        def on_url(self, url: bytes) -> None:
+            super().on_url(url)
+            self._head_size += len(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            super().on_header(name, value)
+            self._head_size += len(name) + len(value) + 4
+
         def on_headers_complete(self) -> None:
+            # a head that arrived in one read is measured here; one arriving in pieces in data_received
+            too_large = self._head_size > limits.max_header_bytes
             self._in_head, self._in_body, self._head_bytes = False, True, 0
             self.limit_concurrency = None  # the cap is ours: it answers in our format
-            if self._over_cap:
-                self.app = _busy
+            self.app = _busy if self._over_cap else self.config.loaded_app
+            if too_large:
+                LOG.warning("431 %s:%s: request line and headers over %d bytes, connection closed",
+                            *(self.client or ("?", 0)), limits.max_header_bytes)
+                self.app = _headers_too_large(limits.max_header_bytes)
             super().on_headers_complete()
 
         def on_message_complete(self) -> None:
@@ -123,6 +144,18 @@ async def _busy(scope, receive, send) -> None:
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             (b"retry-after", b"1"), (b"connection", b"close")]})
     await send({"type": "http.response.body", "body": body})
+
+
+def _headers_too_large(cap: int):
+    body = json.dumps({"error": {"code": "headers_too_large",
+                                 "message": f"the request line and headers are over {cap} bytes"}}).encode()
+
+    async def app(scope, receive, send) -> None:
+        await send({"type": "http.response.start", "status": 431,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+    return app
 
 
 def _has_body(scope) -> bool:
