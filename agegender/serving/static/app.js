@@ -79,6 +79,8 @@
     return state.doc ? state.doc.faces.filter((f) => score(f) >= t) : [];
   }
   function drawFace(ctx, f, scale, text) {
+    // canvas pixels per CSS pixel: labels stay readable where the canvas is shown smaller (phones)
+    const k = Math.max(1, ctx.canvas.width / Math.max(1, ctx.canvas.getBoundingClientRect().width));
     const [x1, y1, x2, y2] = box(f).map((v) => v * scale);
     const side = Math.max(1, Math.min(x2 - x1, y2 - y1));
     const color = COLORS[gender(f)] || "#888";
@@ -89,7 +91,7 @@
     for (const [x, y] of landmarks(f)) {
       ctx.beginPath(); ctx.arc(x * scale, y * scale, Math.max(2, side / 45), 0, 2 * Math.PI); ctx.fill();
     }
-    const size = Math.max(12, Math.min(28, side / 4));
+    const size = Math.max(11 * k, Math.min(28 * k, side / 4));
     ctx.font = `600 ${size}px system-ui, sans-serif`;
     const w = ctx.measureText(text).width + 6, h = size + 4;
     const ty = y1 - h >= 0 ? y1 - h : y2;
