@@ -196,6 +196,7 @@ class Front:
                  "headers": scope.get("headers", [])}
 
         async def recv():
+            state["asked"] = True
             msg = await receive()
             if msg["type"] == "http.request":
                 state["received"] += len(msg.get("body", b""))
@@ -241,6 +242,8 @@ class Front:
         """Read and drop the rest of the body, within the limits; True when it was all read."""
         deadline = time.perf_counter() + self.limits.drain_seconds
         start = state["received"]
+        if not state.get("asked") and (b"expect", b"100-continue") in [(k, v.lower()) for k, v in state["headers"]]:
+            return False  # the client waits for "100 Continue" before sending: it never gets it, nothing to drain
         declared = dict(state["headers"]).get(b"content-length", b"").strip()
         if declared.isdigit() and int(declared) - start > self.limits.drain_bytes:
             return False  # more than the bound is coming: answer now and close

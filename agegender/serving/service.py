@@ -447,6 +447,7 @@ def create_app(analyzer: FaceAnalyzer, max_bytes: int = MAX_BYTES, max_pixels: i
                 tracker, index = entry[0], entry[1]
                 entry[1] += 1
                 seen = tracker.update(index, [fr.face for fr in res.faces], [(fr.p_male, fr.age) for fr in res.faces])
+                tracker.finished.clear()  # a stream may run for hours: ended tracks are not kept
                 line = frame_json(index, time.monotonic() - entry[4], seen)
         finally:
             in_progress[0] -= 1
