@@ -322,3 +322,28 @@ def test_port_in_use_is_one_line():
         proc = run_script("serve.py", "--port", str(s.getsockname()[1]))
     assert proc.returncode == 2 and proc.stderr.startswith("error: cannot listen on") and \
         len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_access_log_can_be_switched_off(analyzer, caplog):
+    import logging
+
+    with _app(analyzer, access_log=False) as c, caplog.at_level(logging.INFO, logger="agegender.access"):
+        r = c.get("/health")
+    assert r.status_code == 200 and r.headers["x-request-id"]  # the id stays; only the log line goes
+    assert not [rec for rec in caplog.records if rec.name == "agegender.access"]
+
+
+def test_api_key_comes_from_a_file_or_the_environment(tmp_path, monkeypatch):
+    sys.path.insert(0, ROOT)
+    from serve import API_KEY_ENV, read_api_key
+
+    key = tmp_path / "key"
+    key.write_text("s3cret\nignored\n")
+    monkeypatch.delenv(API_KEY_ENV, raising=False)
+    assert read_api_key(str(key)) == "s3cret" and read_api_key(None) is None
+    monkeypatch.setenv(API_KEY_ENV, " fromenv ")
+    assert read_api_key(None) == "fromenv" and read_api_key(str(key)) == "s3cret"  # the file wins
+    (tmp_path / "empty").write_text("\n")
+    for path, why in ((str(tmp_path / "missing"), "cannot read --api-key-file"), (str(tmp_path / "empty"), "empty")):
+        proc = run_script("serve.py", "--api-key-file", path, "--port", "0")
+        assert proc.returncode == 2 and why in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
