@@ -151,6 +151,11 @@ def test_camera_mode_tracks_faces_with_stable_ids(server, tmp_path):
         _wait(driver, lambda d: d.execute_script("return window.ageGender.frames.length") >= 32, 180, "32 frames")
         frames = driver.execute_script("return window.ageGender.frames")
         _full_screenshot(driver, tmp_path / "camera-1280.png")
+        driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {"width": PHONE[0], "height": PHONE[1],
+                                                                      "deviceScaleFactor": 2, "mobile": True})
+        time.sleep(1.0)  # a few more frames drawn at the phone's width
+        assert driver.execute_script("return document.documentElement.scrollWidth") <= PHONE[0] + 1
+        driver.save_screenshot(str(tmp_path / f"camera-{PHONE[0]}.png"))
         driver.find_element(By.ID, "cam-stop").click()
     finally:
         driver.quit()

@@ -48,7 +48,6 @@ def protocol_class(limits: Limits) -> type:
         def connection_made(self, transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self._head_bytes, self._in_head, self._in_body, self._timer = 0, False, False, None
-            self._request_start = 0.0
             self._over_cap = len(self.connections) > limits.max_connections
             self._arm(limits.idle_timeout, self._idle_expired)
 

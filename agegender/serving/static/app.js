@@ -95,8 +95,9 @@
     ctx.font = `600 ${size}px system-ui, sans-serif`;
     const w = ctx.measureText(text).width + 6, h = size + 4;
     const ty = y1 - h >= 0 ? y1 - h : y2;
-    ctx.fillStyle = color; ctx.fillRect(x1, ty, w, h);
-    ctx.fillStyle = "#fff"; ctx.textBaseline = "top"; ctx.fillText(text, x1 + 3, ty + 2);
+    const tx = Math.max(0, Math.min(x1, ctx.canvas.width - w));  // a face at the edge keeps its whole label
+    ctx.fillStyle = color; ctx.fillRect(tx, ty, w, h);
+    ctx.fillStyle = "#fff"; ctx.textBaseline = "top"; ctx.fillText(text, tx + 3, ty + 2);
   }
   function render() {
     const canvas = $("canvas"), img = state.image;
