@@ -35,14 +35,15 @@ pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER and HAVE_SELENIUM),
 PHONE, DESKTOP = (390, 844), (1280, 900)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def _serve(folder, env: dict | None = None):
+    """A serve.py process on a free port, and its URL."""
     with __import__("socket").socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    log = open(tmp_path_factory.mktemp("serve") / "server.log", "w")
+    log = open(folder / "server.log", "w")
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "serve.py"), "--port", str(port)], cwd=ROOT,
-                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
     while time.time() < deadline:
@@ -52,6 +53,12 @@ def server(tmp_path_factory):
         except OSError:
             assert proc.poll() is None, "serve.py exited"
             time.sleep(0.2)
+    return proc, log, url
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    proc, log, url = _serve(tmp_path_factory.mktemp("serve"))
     yield url
     proc.terminate()
     proc.wait(30)
@@ -193,3 +200,28 @@ def test_swagger_try_it_out_uploads_a_photo(server, tmp_path):
         _full_screenshot(driver, tmp_path / "docs-1280.png")
     finally:
         driver.quit()
+
+
+def test_page_asks_for_the_api_key_once(tmp_path):
+    from selenium.webdriver.common.by import By
+
+    proc, log, url = _serve(tmp_path, {"AGEGENDER_API_KEY": "s3cret"})
+    driver = _driver(tmp_path, DESKTOP)
+    try:
+        driver.get(url + "/")
+        driver.find_element(By.ID, "file").send_keys(T1)
+        prompt = _wait(driver, lambda d: d.switch_to.alert, 60, "the page to ask for the key")
+        prompt.send_keys("s3cret")
+        prompt.accept()
+        _wait(driver, lambda d: d.find_element(By.ID, "canvas").get_attribute("data-faces") == "6", what="6 faces")
+        driver.find_element(By.ID, "file").send_keys(T1)  # the key is kept: no second question
+        time.sleep(2)
+        assert driver.find_element(By.ID, "canvas").get_attribute("data-faces") == "6"
+        assert driver.find_element(By.ID, "status").get_attribute("class") == "status"
+    finally:
+        driver.quit()
+        proc.terminate()
+        proc.wait(30)
+        log.close()
+    text = (tmp_path / "server.log").read_text()
+    assert text.count("POST /v1/analyze 401") == 1 and text.count("POST /v1/analyze 200") == 2, text

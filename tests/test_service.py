@@ -111,7 +111,7 @@ def test_page_and_docs_are_served_from_local_files(client):
     docs = client.get("/docs").text
     for html in (page.text, docs):  # every script and stylesheet comes from this server
         refs = re.findall(r'(?:src|href)="([^"]+)"', html)
-        assert refs and all(r.startswith(("/", "#")) for r in refs), refs
+        assert refs and all(r.startswith(("/", "#", "data:")) for r in refs), refs
         for ref in refs:
             if ref.startswith("/") and not ref.startswith("/docs") or ref.startswith("/docs-assets"):
                 assert client.get(ref).status_code == 200, ref

@@ -132,7 +132,10 @@
     document.body.appendChild(a); a.click(); a.remove();
   }
 
-  $("file").addEventListener("change", (e) => analyse(e.target.files[0]));
+  $("file").addEventListener("change", (e) => {
+    analyse(e.target.files[0]);
+    e.target.value = "";  // picking the same photo again analyses it again
+  });
   const drop = $("drop");
   drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
   drop.addEventListener("dragleave", () => drop.classList.remove("over"));
