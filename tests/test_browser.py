@@ -210,7 +210,9 @@ def test_page_asks_for_the_api_key_once(tmp_path):
     try:
         driver.get(url + "/")
         driver.find_element(By.ID, "file").send_keys(T1)
-        prompt = _wait(driver, lambda d: d.switch_to.alert, 60, "the page to ask for the key")
+        from selenium.webdriver.support import expected_conditions
+
+        prompt = _wait(driver, expected_conditions.alert_is_present(), 60, "the page to ask for the key")
         prompt.send_keys("s3cret")
         prompt.accept()
         _wait(driver, lambda d: d.find_element(By.ID, "canvas").get_attribute("data-faces") == "6", what="6 faces")
