@@ -110,6 +110,8 @@ def log_config() -> dict:
                                                         "stream": "ext://sys.stdout"}}
     for name in ("agegender.serve", "agegender.access"):
         conf["loggers"][name] = {"handlers": ["service"], "level": "INFO", "propagate": False}
+    # a malformed multipart body is answered 400 and access-logged: the parser's own warning adds nothing
+    conf["loggers"]["python_multipart"] = {"handlers": ["service"], "level": "ERROR", "propagate": False}
     return conf
 
 

@@ -347,3 +347,17 @@ def test_api_key_comes_from_a_file_or_the_environment(tmp_path, monkeypatch):
     for path, why in ((str(tmp_path / "missing"), "cannot read --api-key-file"), (str(tmp_path / "empty"), "empty")):
         proc = run_script("serve.py", "--api-key-file", path, "--port", "0")
         assert proc.returncode == 2 and why in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_an_unexpected_error_is_a_json_500_with_its_id(analyzer, monkeypatch, caplog):
+    import logging
+
+    def broken(*a, **kw):
+        raise RuntimeError("boom")
+
+    with _app(analyzer) as c, caplog.at_level(logging.ERROR, logger="agegender.serve"):
+        monkeypatch.setattr(analyzer, "find", broken)
+        r = c.post("/v1/analyze", content=open(T1, "rb").read(), headers={"X-Request-ID": "req-1"})
+    assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"
+    assert r.headers["x-request-id"] == "req-1"
+    assert any("req-1" in rec.getMessage() for rec in caplog.records)  # the bug is in the log, with the id

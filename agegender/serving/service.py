@@ -234,6 +234,7 @@ class Streams:
         self._live: OrderedDict[str, list] = OrderedDict()  # id -> [tracker, frame index, last use, lock, start]
 
     def get(self, session: str) -> list:
+        """[tracker, next frame index, last use, lock, start time] of stream `session`, new if unknown."""
         now = time.monotonic()
         for sid in [s for s, v in self._live.items() if now - v[2] > self.idle_s]:
             del self._live[sid]
