@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -37,7 +38,7 @@ PHONE, DESKTOP = (390, 844), (1280, 900)
 
 def _serve(folder, env: dict | None = None):
     """A serve.py process on a free port, and its URL."""
-    with __import__("socket").socket() as s:
+    with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     log = open(folder / "server.log", "w")

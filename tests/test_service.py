@@ -144,6 +144,8 @@ def test_several_images_in_order_and_every_form_of_multipart(client):
     assert [len(d["faces"]) for d in docs] == [6, 0]
     r = client.post("/v1/analyze?annotated=1", files=[("image", ("a.jpg", data)), ("image", ("b.jpg", data))])
     assert r.status_code == 400 and r.json()["error"]["code"] == "several_images"
+    r = client.post("/v1/analyze", files=[("image", (None, b"x"))] * 9)  # 9 plain fields: over the 8 allowed
+    assert r.status_code == 400 and r.json()["error"]["code"] == "too_many_images"
     # an image as a plain (non-file) field, past Starlette's 1 MB default, up to --max-bytes
     big = cv2.imencode(".png", cv2.resize(cv2.imread(T1), (1000, 700)))[1].tobytes()
     assert 1_100_000 < len(big) < 1_900_000

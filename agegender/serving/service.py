@@ -185,6 +185,8 @@ async def _images(request: Request, body: bytes, max_bytes: int) -> list[tuple[b
         await form.close()
     if not found:
         raise ApiError(400, "no_image_field", "a multipart upload needs the image in the field 'image'")
+    if len(found) > MAX_IMAGES:
+        raise ApiError(400, "too_many_images", f"{len(found)} images in one request: at most {MAX_IMAGES}")
     return found
 
 
