@@ -161,6 +161,7 @@ def test_header_cap_is_431(server):
     status, headers, body = _raw(server.port, b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 +
                                  b"\r\n\r\n")
     assert status == 431 and _is_our_error(body) and json.loads(body)["error"]["code"] == "headers_too_large"
+    assert headers["x-request-id"]
     status, _, _ = _raw(server.port, b"GET /health HTTP/1.1\r\nHost: x\r\nX-Ok: " + b"a" * 8000 + b"\r\n\r\n")
     assert status == 200
 
@@ -185,6 +186,7 @@ def test_trickled_request_gets_408_and_one_log_line(server):
         except OSError:
             pass
     assert got.startswith(b"HTTP/1.1 408") and time.time() - t < READ_TIMEOUT + 3, got
+    assert b"x-request-id: " in got
     assert _is_our_error(got.partition(b"\r\n\r\n")[2])
     time.sleep(0.3)
     log = server.text()
@@ -205,7 +207,7 @@ def test_connection_cap_is_503(server):
     try:
         time.sleep(0.2)
         status, headers, body = _raw(server.port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert status == 503 and headers["retry-after"] == "1" and _is_our_error(body)
+        assert status == 503 and headers["retry-after"] == "1" and _is_our_error(body) and headers["x-request-id"]
     finally:
         for s in held:
             s.close()

@@ -34,11 +34,11 @@ class Limits:
     drain_seconds: float = 10.0         # ... for at most this long, then answers and closes
 
 
-def error_bytes(status: int, reason: str, code: str, message: str, extra: bytes = b"") -> bytes:
+def error_bytes(status: int, reason: str, code: str, message: str, rid: str = "") -> bytes:
     """A complete HTTP/1.1 error answer in the service's JSON format that closes the connection."""
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
     return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
-            f"connection: close\r\n").encode() + extra + b"\r\n" + body
+            f"x-request-id: {rid or uuid.uuid4().hex}\r\nconnection: close\r\n\r\n").encode() + body
 
 
 def protocol_class(limits: Limits) -> type:
@@ -70,9 +70,11 @@ def protocol_class(limits: Limits) -> type:
 
         def _read_expired(self) -> None:
             """The request did not arrive in time: 408 (unless an answer has begun), close, one log line."""
-            where = f"{self.scope.get('method', '?')} {self.scope.get('path', '?')}" if self.scope else "?"
-            LOG.warning("408 %s:%s %s: the request did not arrive within %.0f s, connection closed",
-                        *(self.client or ("?", 0)), where, limits.read_timeout)
+            scope = self.scope or {}
+            where = f"{scope['method']} {scope['path']}" if "path" in scope else "(headers incomplete)"
+            rid = scope.get("state", {}).get("request_id") or request_id(scope)
+            LOG.warning("408 %s:%s %s: the request did not arrive within %.0f s, connection closed (request %s)",
+                        *(self.client or ("?", 0)), where, limits.read_timeout, rid)
             if self.cycle is not None and not self.cycle.response_complete:
                 self.scope["agegender.timed_out"] = True
                 started = self.cycle.response_started
@@ -82,7 +84,7 @@ def protocol_class(limits: Limits) -> type:
                 started = False
             if not started and not self.transport.is_closing():
                 self.transport.write(error_bytes(408, "Request Timeout", "request_timeout",
-                                                 f"the request did not arrive within {limits.read_timeout:g} s"))
+                                                 f"the request did not arrive within {limits.read_timeout:g} s", rid))
             self.transport.close()
 
         def data_received(self, data: bytes) -> None:
@@ -123,8 +125,6 @@ def protocol_class(limits: Limits) -> type:
             self.limit_concurrency = None  # the cap is ours: it answers in our format
             self.app = _busy if self._over_cap else self.config.loaded_app
             if too_large:
-                LOG.warning("431 %s:%s: request line and headers over %d bytes, connection closed",
-                            *(self.client or ("?", 0)), limits.max_header_bytes)
                 self.app = _headers_too_large(limits.max_header_bytes)
             super().on_headers_complete()
 
@@ -136,25 +136,28 @@ def protocol_class(limits: Limits) -> type:
     return GuardedProtocol
 
 
-async def _busy(scope, receive, send) -> None:
-    body = json.dumps({"error": {"code": "too_many_connections",
-                                 "message": "the server holds its maximum of connections; retry shortly"}}).encode()
-    await send({"type": "http.response.start", "status": 503,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"retry-after", b"1"), (b"connection", b"close")]})
-    await send({"type": "http.response.body", "body": body})
+def _refusal(status: int, code: str, message: str, extra: tuple = ()):
+    """An ASGI app that answers every request with this error, its id, and a closed connection."""
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+
+    async def app(scope, receive, send) -> None:
+        rid = request_id(scope)
+        client = scope.get("client") or ("?", 0)
+        LOG.warning("%d %s:%s %s %s: %s (request %s)", status, client[0], client[1], scope["method"], scope["path"],
+                    code, rid)
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"x-request-id", rid.encode()), (b"connection", b"close"), *extra]})
+        await send({"type": "http.response.body", "body": body})
+    return app
+
+
+_busy = _refusal(503, "too_many_connections", "the server holds its maximum of connections; retry shortly",
+                 ((b"retry-after", b"1"),))
 
 
 def _headers_too_large(cap: int):
-    body = json.dumps({"error": {"code": "headers_too_large",
-                                 "message": f"the request line and headers are over {cap} bytes"}}).encode()
-
-    async def app(scope, receive, send) -> None:
-        await send({"type": "http.response.start", "status": 431,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
-    return app
+    return _refusal(431, "headers_too_large", f"the request line and headers are over {cap} bytes")
 
 
 def _has_body(scope) -> bool:
@@ -222,7 +225,7 @@ class Front:
             if not scope.get("agegender.timed_out"):
                 LOG.info("%s %s: the client went away after sending %d bytes (request %s)", scope["method"],
                          scope["path"], state["received"], rid)
-            state["status"] = state["status"] or 499
+            state["status"] = state["status"] or (408 if scope.get("agegender.timed_out") else 499)
         except Exception:  # noqa: BLE001 -- a bug: its traceback in the log, the client a JSON 500
             LOG.exception("500 %s %s (request %s)", scope["method"], scope["path"], rid)
             if not state["status"]:
