@@ -20,6 +20,7 @@ from PIL import Image
 from tests.conftest import ROOT, run_script
 from agegender.data.demo import wheel_image
 from agegender.model.engine import BUNDLED_MODEL
+from agegender.schema import validate
 
 T1 = wheel_image("t1.jpg")
 
@@ -93,7 +94,7 @@ MEASURE = ("import atexit, resource, runpy, sys; "
 
 def test_corpus_of_bad_files_mixed_with_good_photos(corpus, tmp_path):
     folder, good, bad = corpus
-    clean = json.loads(run_script("infer.py", "--image", T1, "--json", check=True).stdout)
+    clean = json.loads(run_script("infer.py", "--image", T1, "--json", check=True).stdout)[0]
     jsonl = tmp_path / "out.jsonl"
     proc = subprocess.run([sys.executable, "-c", MEASURE, os.path.join(ROOT, "infer.py"), "--image", str(folder),
                            "--jsonl", str(jsonl), "--output-dir", str(tmp_path / "drawn")],
@@ -191,7 +192,8 @@ def test_a_model_that_emits_nan_is_reported_per_face_never_printed(tmp_path):
     assert text.returncode == 1 and "nan" not in text.stdout.lower()
     assert text.stdout.count("error: the model's output for this face is not finite") == 6
     js = run_script("infer.py", "--image", T1, "--model", str(model), "--json")
-    doc = json.loads(js.stdout, parse_constant=lambda c: pytest.fail(f"invalid JSON constant {c}"))
+    doc = json.loads(js.stdout, parse_constant=lambda c: pytest.fail(f"invalid JSON constant {c}"))[0]
+    validate(doc, "image")
     assert len(doc["faces"]) == 6 and all(f["gender"] is None and f["age"] is None and f["error"] for f in doc["faces"])
 
 

@@ -57,6 +57,26 @@ class FaceResult:
     def landmarks(self) -> np.ndarray:
         return self.face.landmarks
 
+    def to_dict(self) -> dict:
+        """The schema's face object (agegender/schema/face.schema.json): box, score, landmarks, gender,
+        p_male, age; the labels are null, with an `error`, when the model's output was not finite."""
+        return face_dict(self.face, self.p_male, self.age)
+
+
+NOT_FINITE = "the model's output for this face is not finite"
+
+
+def face_dict(face: Face, p_male: float | None, age: float | None) -> dict:
+    """The schema's face object for a detection and its labels (None or not finite: null labels + error)."""
+    out = {"box": [int(round(float(v))) for v in face.box], "score": round(float(face.score), 4),
+           "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in face.landmarks]}
+    if p_male is not None and age is not None and np.isfinite(p_male) and np.isfinite(age):
+        out.update(gender="male" if p_male >= 0.5 else "female", p_male=round(float(p_male), 4),
+                   age=round(float(age), 1))
+    else:
+        out.update(gender=None, p_male=None, age=None, error=NOT_FINITE)
+    return out
+
 
 @dataclass
 class ImageResult:
@@ -64,6 +84,12 @@ class ImageResult:
     image: np.ndarray | None  # RGB, orientation applied (None unless kept for drawing)
     faces: list[FaceResult] = field(default_factory=list)
     error: str | None = None  # why the image could not be read or analysed (then no faces)
+
+    def to_dict(self) -> dict:
+        """The schema's image object: {"image", "faces": [face objects]}, or {"image", "error", "faces": []}."""
+        if self.error:
+            return {"image": self.path, "error": self.error, "faces": []}
+        return {"image": self.path, "faces": [fr.to_dict() for fr in self.faces]}
 
 
 _TIMINGS_LOCK = threading.Lock()
@@ -193,4 +219,4 @@ class FaceAnalyzer:
                 yield from inflight.popleft().result()
 
 
-__all__ = ["FaceAnalyzer", "FaceResult", "ImageResult"]
+__all__ = ["FaceAnalyzer", "FaceResult", "ImageResult", "face_dict", "NOT_FINITE"]

@@ -39,7 +39,7 @@ class FaceOut(BaseModel):
     landmarks: list[list[float]] = Field(description="eyes, nose, mouth corners: 5 x (x, y)")
     gender: Optional[str] = Field(description="male or female; null when the model's output was not finite",
                                   examples=["female"])
-    gender_prob: Optional[float] = Field(description="probability of the gender given", examples=[0.9075])
+    p_male: Optional[float] = Field(description="P(male); gender is male when >= 0.5", examples=[0.0925])
     age: Optional[float] = Field(description="decoded age in years", examples=[25.6])
     error: Optional[str] = Field(default=None, description="why this face has no labels")
 
