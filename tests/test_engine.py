@@ -47,7 +47,8 @@ def test_shipped_onnx_equals_mxnet_on_real_utkface_faces(packed_utkface):
 
 def test_export_tool_writes_a_checked_model_with_metadata_and_a_dynamic_batch(tmp_path, faces):
     out = tmp_path / "insightface.onnx"
-    proc = run_script("tools/export_onnx.py", insightface_model(), str(out), check=True)
+    proc = run_script("tools/export_onnx.py", insightface_model(), str(out), "--license", "InsightFace's terms",
+                      check=True)
     assert "outputs equal to MXNet's" in proc.stdout
     model = onnx.load(str(out))
     onnx.checker.check_model(model)
@@ -56,7 +57,11 @@ def test_export_tool_writes_a_checked_model_with_metadata_and_a_dynamic_batch(tm
     meta = {p.key: p.value for p in model.metadata_props}
     assert {"input", "output", "age_decoding", "gender_coding", "source_checkpoint", "versions"} <= set(meta)
     assert "RGB 0-255" in meta["input"] and json.loads(meta["versions"])["mxnet"] == "1.9.1"
+    from agegender import __version__
+
+    assert meta["agegender_version"] == model.producer_version == __version__
     eng = OnnxEngine(str(out))
+    assert eng.version == __version__ and eng.license == "InsightFace's terms"  # the engine reports them
     one, many = eng.outputs(faces[:1]), eng.outputs(faces)
     assert many.shape == (len(faces), 202)
     np.testing.assert_allclose(one[0], many[0], atol=1e-4)

@@ -77,6 +77,10 @@ def test_health_model_and_docs(client):
     assert client.get("/health").json() == {"status": "ok", "model_loaded": True}
     m = client.get("/v1/model").json()
     assert m["engine"] == "onnx" and m["limits"]["max_bytes"] == 2_000_000 and "RGB" in m["input"]
+    from agegender import __version__
+
+    assert m["version"] == __version__ and m["license"]["code"] == "Apache-2.0"
+    assert "non-commercial" in m["license"]["model"]
     spec = client.get("/openapi.json").json()
     post = spec["paths"]["/v1/analyze"]["post"]
     assert {"200", "400", "413", "415", "422"} <= set(post["responses"])
