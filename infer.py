@@ -107,10 +107,12 @@ def run_video(args: argparse.Namespace) -> int:
     res = process_video(args.video, analyzer, args.output, args.jsonl, args.detect_every, args.track_max_missed,
                         args.show, progress=False if args.no_progress else None)
     labelled = [t for t in res.tracks if t.gender]
+    human = sys.stderr if "-" in (args.jsonl, args.output) else sys.stdout  # stdout carries the JSON lines
     print(f"{res.frames} frames ({res.detected} detected) in {res.seconds:.1f} s = {res.frames / res.seconds:.1f} "
-          f"frames/s; {len(res.tracks)} tracks")
+          f"frames/s; {len(res.tracks)} tracks", file=human)
     for t in labelled:
-        print(f"track {t.id}: frames {t.first_frame}-{t.last_frame}, gender: {t.gender}, age: {round(t.age)}")
+        print(f"track {t.id}: frames {t.first_frame}-{t.last_frame}, gender: {t.gender}, age: {round(t.age)}",
+              file=human)
     if res.ended_early:
         print(f"error: {args.video}: the stream ended early; the {res.frames} frames read are written", file=sys.stderr)
         return 1

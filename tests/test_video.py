@@ -71,6 +71,15 @@ def test_one_track_per_person_spanning_the_video_with_steady_labels(t1_video, tm
     assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp") or ".tmp." in n]
 
 
+def test_jsonl_to_stdout_leaves_only_json_there(t1_video):
+    proc = run_script("infer.py", "--video", t1_video, "--jsonl", "-", "--detect-every", "4", check=True)
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["frame"] for r in rows] == list(range(60))
+    for row in rows:
+        validate(row, "frame")
+    assert "6 tracks" in proc.stderr and "track 1: frames 0-59" in proc.stderr
+
+
 def test_detect_every_carries_tracked_boxes_between_detections(t1_video, tmp_path):
     jl = tmp_path / "faces.jsonl"
     run_script("infer.py", "--video", t1_video, "--jsonl", str(jl), "--detect-every", "3", check=True)

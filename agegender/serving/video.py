@@ -21,7 +21,7 @@ import numpy as np
 
 from agegender.serving.analyzer import FaceAnalyzer, face_dict
 from agegender.serving.inference import COLORS_BGR
-from agegender.atomic import check_writable, replace_with, temp_beside
+from agegender.atomic import check_writable, is_stream, replace_with, temp_beside
 from agegender.errors import UserError
 from agegender.serving.tracking import Track, Tracker
 
@@ -138,7 +138,9 @@ def process_video(source: str, analyzer: FaceAnalyzer, output: str | None = None
     bar = tqdm(total=total or None, unit="frame", desc="video", file=sys.stderr, dynamic_ncols=True,
                disable=None if progress is None else not progress)  # None: shown on a terminal only
     try:
-        if jsonl:
+        if jsonl and is_stream(jsonl):  # `-`, a FIFO, a device: written through, line by line
+            lines = sys.stdout if jsonl == "-" else open(os.path.realpath(jsonl), "w", encoding="utf-8")
+        elif jsonl:
             tmp_jsonl = temp_beside(jsonl)
             lines = open(tmp_jsonl, "w", encoding="utf-8")
         while True:
@@ -164,6 +166,8 @@ def process_video(source: str, analyzer: FaceAnalyzer, output: str | None = None
             if lines is not None:
                 timestamp = frames / fps if not camera else time.perf_counter() - start
                 lines.write(json.dumps(frame_json(frames, timestamp, seen, detecting)) + "\n")
+                if tmp_jsonl is None:
+                    lines.flush()
             if writer is not None or show:
                 drawn = draw_tracks(bgr, seen)
                 if writer is not None:
@@ -184,7 +188,7 @@ def process_video(source: str, analyzer: FaceAnalyzer, output: str | None = None
         cap.release()
         if writer is not None:
             writer.release()
-        if lines is not None:
+        if lines is not None and lines is not sys.stdout:
             lines.close()
         if show:
             with contextlib.suppress(cv2.error):
