@@ -19,6 +19,9 @@ COMMANDS = {  # command: (script, what it does)
     "distribution": ("show_age_distribution.py", "age histogram of a packed .rec or a label list"),
 }
 _HERE = os.path.dirname(os.path.abspath(__file__))
+# a module missing at run time -> the extra that installs it (pyproject.toml)
+EXTRAS = {"fastapi": "serve", "uvicorn": "serve", "multipart": "serve", "python_multipart": "serve",
+          "mxnet": "train", "onnx": "train", "matplotlib": "train", "skimage": "train", "insightface": "insightface"}
 
 
 def script_path(script: str) -> str:
@@ -41,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     """Dispatch to a command's script (which exits with its own status); 0/2 for --help/--version/usage."""
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] in ("-h", "--help"):
-        print(usage())
+        print(usage(), file=sys.stdout if args else sys.stderr)
         return 0 if args else 2
     if args[0] in ("-V", "--version"):
         print(f"agegender {__version__}\ncode: {CODE_LICENSE}\nweights: {WEIGHTS_TERMS}")
@@ -56,7 +59,15 @@ def main(argv: list[str] | None = None) -> int:
     with open(path, encoding="utf-8") as f:
         code = compile(f.read(), path, "exec")
     # run as a script would be (runpy would reset argv[0] to the file's path); it ends in sys.exit
-    exec(code, {"__name__": "__main__", "__file__": path, "__builtins__": __builtins__})
+    try:
+        exec(code, {"__name__": "__main__", "__file__": path, "__builtins__": __builtins__})
+    except ModuleNotFoundError as exc:
+        top = (exc.name or "").split(".")[0]
+        if top not in EXTRAS:
+            raise
+        print(f"error: agegender {name} needs {top}, which this installation lacks: "
+              f"pip install 'agegender[{EXTRAS[top]}]' (or the checkout's requirements.txt)", file=sys.stderr)
+        return 2
     return 0
 
 

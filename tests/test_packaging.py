@@ -105,3 +105,5 @@ def test_wheel_installs_into_a_fresh_venv_and_works_from_any_folder(tmp_path):
     assert json.loads(cli.stdout)[0]["faces"] == doc["faces"]
     version = _run(str(venv / "bin" / "agegender"), "--version", cwd=str(elsewhere))
     assert version.stdout.startswith(f"agegender {agegender.__version__}")
+    serve = _run(str(venv / "bin" / "agegender"), "serve", "--port", "0", cwd=str(elsewhere))  # no [serve] extra
+    assert serve.returncode == 2 and serve.stderr.count("\n") == 1 and "agegender[serve]" in serve.stderr

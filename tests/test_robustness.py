@@ -10,6 +10,7 @@ import signal
 import struct
 import subprocess
 import sys
+import time
 import zlib
 
 import cv2
@@ -262,9 +263,12 @@ def test_create_dataset_skips_bombs_keeps_trailing_data_and_stops_cleanly_on_sig
                              str(out), "--workers", "2"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:
-        seen = ""
-        while "face" not in seen:  # the progress bar has started
-            seen += proc.stderr.read(1)
+        # mid-run: records are being written (no progress bar to wait for: stderr is a pipe, not a terminal)
+        deadline = time.monotonic() + 300
+        while not [n for n in os.listdir(out) if n.startswith(".val.lst.") or n.startswith(".train.lst.")
+                   if os.path.getsize(out / n) > 0]:
+            assert proc.poll() is None and time.monotonic() < deadline, "create_dataset.py never got going"
+            time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
     finally:
