@@ -32,7 +32,10 @@ def load_schema() -> dict:
 
 @functools.lru_cache(maxsize=None)
 def _validator(kind: str):
-    import jsonschema  # only validation needs it (the tests); producing output does not
+    try:
+        import jsonschema  # only validation needs it (the tests); producing output does not
+    except ImportError:
+        raise ImportError("agegender.schema.validate needs jsonschema: pip install jsonschema") from None
 
     schema = load_schema()
     sub = {"$schema": schema["$schema"], "$defs": schema["$defs"], "$ref": f"#/$defs/{kind}"}
