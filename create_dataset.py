@@ -15,8 +15,7 @@ from agegender.data.sources import parse_aaf, parse_afad, parse_agedb, parse_lis
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(description=__doc__)
     src = p.add_argument_group("sources (any combination, at least one)")
     src.add_argument("--afad", metavar="DIR", help="AFAD root: DIR/<age>/<111|112>/<name>.jpg")
     src.add_argument("--megaage", metavar="DIR",

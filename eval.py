@@ -34,13 +34,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="FILE", help="write every number to this JSON file")
     p.add_argument("--plot", metavar="FILE", help="save MAE by age, predicted vs true age, gender confusion (PNG)")
     p.add_argument("--num-workers", type=COUNT, default=2, help="image decoding threads")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (shown on a terminal only)")
+    p.add_argument("--verbose", action="store_true", help="also show MXNet's native INFO log lines")
     return p
 
 
 def main() -> int:
     args = build_parser().parse_args()
     recs = args.rec or [os.path.join(d, "val.rec") for d in (args.data_dir or ["dataset"])]
+    from agegender.native_logs import set_verbose
+
+    set_verbose(args.verbose)
 
     from agegender.atomic import check_writable
     from agegender.model.loading import load_engine

@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add(r, "--kvstore", default="device", help="local, device, dist_sync, dist_device_sync")
     _add(r, "--log-interval", type=COUNT, default=20, help="log every N batches")
     _add(r, "--age-decode", choices=("prob", "vote"), default="prob", help="age decoding for the metrics")
+    r.add_argument("--verbose", action="store_true", help="also show MXNet's native INFO log lines")
     return p
 
 
@@ -108,6 +109,9 @@ def _weights(text: str) -> list[float]:
 
 def main() -> int:
     args = build_parser().parse_args()
+    from agegender.native_logs import set_verbose
+
+    set_verbose(args.verbose)
     from agegender.data.iterators import Augment
     from agegender.model.training import Fit, TrainConfig
 

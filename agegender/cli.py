@@ -8,11 +8,22 @@ import sys
 from typing import Callable, NoReturn
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows `(default: X)` only where it tells something: not for None, False, or a help text that
+    already says what the default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False) or "default" in text.lower():
+            return text
+        return super()._get_help_string(action)
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with `error: ...` on one line (no usage dump) and exit status 2."""
 
     def __init__(self, *args, **kwargs):
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
@@ -71,5 +82,5 @@ POSITIVE = number(float, 0, lo_open=True)  # learning rates, sizes
 NON_NEGATIVE = number(float, 0)         # pixel sizes, strengths (0 = off)
 
 
-__all__ = ["ArgumentParser", "number", "gpu_ids", "COUNT", "BATCH", "NON_NEGATIVE_INT", "PROBABILITY", "RATIO", "POSITIVE",
+__all__ = ["ArgumentParser", "DefaultsHelpFormatter", "number", "gpu_ids", "COUNT", "BATCH", "NON_NEGATIVE_INT", "PROBABILITY", "RATIO", "POSITIVE",
            "NON_NEGATIVE"]

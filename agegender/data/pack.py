@@ -140,7 +140,7 @@ def pack_dataset(sources: list[Parsed], out_dir: str, settings: FaceSettings, va
             skipped.extend(parsed.skips)
             results = run([s.path for s in parsed.samples])
             bar = tqdm(zip(parsed.samples, splits, results), total=len(parsed.samples),
-                       desc=f"{parsed.name:>12}", unit="face", disable=not progress,
+                       desc=f"{parsed.name:>12}", unit="face", disable=None if progress else True,  # TTY only
                        file=sys.stderr, dynamic_ncols=True)
             inside = 0.0
             for sample, split, (jpeg, in_photo, reason, detail) in bar:

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from agegender.serving.analyzer import FaceAnalyzer
+from agegender.serving.analyzer import FaceAnalyzer, face_dict
 from agegender.serving.inference import COLORS_BGR
-from agegender.atomic import check_writable, replace_with, temp_beside
+from agegender.atomic import check_writable, is_stream, replace_with, temp_beside
 from agegender.errors import UserError
 from agegender.serving.tracking import Track, Tracker
 
@@ -100,20 +100,19 @@ def draw_tracks(bgr: np.ndarray, tracks: list[Track]) -> np.ndarray:
     return bgr
 
 
-def frame_json(index: int, timestamp: float, tracks: list[Track]) -> dict:
-    """One JSON line: the frame, and per face its track, box, score, this frame's raw P(male) and age (null
-    between detections) and the track's smoothed gender and age."""
+def frame_json(index: int, timestamp: float, tracks: list[Track], detected: bool = True) -> dict:
+    """One JSON line (the schema's `frame`): per face the schema's face object -- this frame's box and the
+    labels of the track's latest labelled frame (this one when `detected`) -- and its `track`: id, frames
+    labelled, and the smoothed gender, P(male) and age (gender never null once labelled)."""
     faces = []
     for t in tracks:
-        raw_p, raw_age = t.raw if t.raw is not None else (None, None)
-        ok = raw_p is not None and np.isfinite(raw_p) and np.isfinite(raw_age)
-        faces.append({"track": t.id, "box": [int(round(float(v))) for v in t.face.box],
-                      "score": round(float(t.face.score), 4),
-                      "p_male": round(float(raw_p), 4) if ok else None, "age": round(float(raw_age), 1) if ok else None,
-                      "gender_smoothed": t.gender,
-                      "p_male_smoothed": round(t.p_male, 4) if t.labelled else None,
-                      "age_smoothed": round(t.age, 1) if t.labelled else None})
-    return {"frame": index, "time": round(timestamp, 3), "faces": faces}
+        p_male, age = t.raw or t.last or (None, None)
+        face = face_dict(t.face, p_male, age)
+        face["track"] = {"id": t.id, "labelled": t.labelled, "settled": t.settled, "gender": t.gender_so_far,
+                         "p_male": round(t.p_male, 4) if t.labelled else None,
+                         "age": round(t.age, 1) if t.labelled else None}
+        faces.append(face)
+    return {"frame": index, "time": round(timestamp, 3), "detected": detected, "faces": faces}
 
 
 def process_video(source: str, analyzer: FaceAnalyzer, output: str | None = None, jsonl: str | None = None,
@@ -139,7 +138,9 @@ def process_video(source: str, analyzer: FaceAnalyzer, output: str | None = None
     bar = tqdm(total=total or None, unit="frame", desc="video", file=sys.stderr, dynamic_ncols=True,
                disable=None if progress is None else not progress)  # None: shown on a terminal only
     try:
-        if jsonl:
+        if jsonl and is_stream(jsonl):  # `-`, a FIFO, a device: written through, line by line
+            lines = sys.stdout if jsonl == "-" else open(os.path.realpath(jsonl), "w", encoding="utf-8")
+        elif jsonl:
             tmp_jsonl = temp_beside(jsonl)
             lines = open(tmp_jsonl, "w", encoding="utf-8")
         while True:
@@ -153,7 +154,8 @@ def process_video(source: str, analyzer: FaceAnalyzer, output: str | None = None
                 writer = cv2.VideoWriter(tmp_video, cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
                 if not writer.isOpened():
                     raise UserError(f"cannot write video {output}: no encoder for its extension (use .mp4)")
-            if frames % detect_every == 0:
+            detecting = frames % detect_every == 0
+            if detecting:
                 rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
                 faces, crops = analyzer.detect(rgb)
                 p_male, age = analyzer.label(crops)
@@ -163,7 +165,9 @@ def process_video(source: str, analyzer: FaceAnalyzer, output: str | None = None
                 seen = tracker.carry(frames)
             if lines is not None:
                 timestamp = frames / fps if not camera else time.perf_counter() - start
-                lines.write(json.dumps(frame_json(frames, timestamp, seen)) + "\n")
+                lines.write(json.dumps(frame_json(frames, timestamp, seen, detecting)) + "\n")
+                if tmp_jsonl is None:
+                    lines.flush()
             if writer is not None or show:
                 drawn = draw_tracks(bgr, seen)
                 if writer is not None:
@@ -184,7 +188,7 @@ def process_video(source: str, analyzer: FaceAnalyzer, output: str | None = None
         cap.release()
         if writer is not None:
             writer.release()
-        if lines is not None:
+        if lines is not None and lines is not sys.stdout:
             lines.close()
         if show:
             with contextlib.suppress(cv2.error):
