@@ -89,20 +89,22 @@ def main() -> int:
 def run_video(args: argparse.Namespace) -> int:
     """--video: a file or a camera, annotated video (--output) and JSON lines (--jsonl), one line of summary."""
     from agegender.serving.analyzer import FaceAnalyzer
-    from agegender.serving.video import process_video
+    from agegender.serving.video import check_video_args, process_video
 
     if args.output_dir or args.json:
         raise UserError("with --video, write the annotated video with --output FILE.mp4 and the faces with --jsonl")
+    check_video_args(args.video, args.output, args.jsonl)  # before the models load
     analyzer = FaceAnalyzer.from_options(args.model, args.engine, args.det_model, args.det_thresh, args.max_size,
                                          args.gpus, det_threads=0, net_threads=1, age_decode=args.age_decode,
                                          min_face=args.min_face, flip=args.flip, batch_size=args.batch_size)
     res = process_video(args.video, analyzer, args.output, args.jsonl, args.detect_every, args.track_max_missed,
                         args.show, progress=False if args.no_progress else None)
     labelled = [t for t in res.tracks if t.gender]
+    out = sys.stderr if "-" in (args.output, args.jsonl) else sys.stdout  # stdout carries the video or lines
     print(f"{res.frames} frames ({res.detected} detected) in {res.seconds:.1f} s = {res.frames / res.seconds:.1f} "
-          f"frames/s; {len(res.tracks)} tracks")
+          f"frames/s; {len(res.tracks)} tracks", file=out)
     for t in labelled:
-        print(f"track {t.id}: frames {t.first_frame}-{t.last_frame}, gender: {t.gender}, age: {round(t.age)}")
+        print(f"track {t.id}: frames {t.first_frame}-{t.last_frame}, gender: {t.gender}, age: {round(t.age)}", file=out)
     if res.ended_early:
         print(f"error: {args.video}: the stream ended early; the {res.frames} frames read are written", file=sys.stderr)
         return 1
