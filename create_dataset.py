@@ -10,7 +10,8 @@ import sys
 from agegender.cli import COUNT, NON_NEGATIVE_INT, PROBABILITY, RATIO, ArgumentParser, number
 from agegender.data.image import MAX_PIXELS
 from agegender.errors import UserError, run_cli
-from agegender.data.pack import FaceSettings, pack_dataset, summary_table, unique_source_names
+from agegender.atomic import refuse_inputs
+from agegender.data.pack import PACKED_FILES, FaceSettings, pack_dataset, summary_table, unique_source_names
 from agegender.data.sources import parse_afad, parse_agedb, parse_list, parse_megaage, parse_utkface
 
 
@@ -72,6 +73,9 @@ def main() -> int:
     if not sources:
         raise UserError("no source given: use --afad, --megaage, --agedb, --utkface or --list")
     sources = unique_source_names(sources)
+    written = [os.path.join(args.output, n) for n in PACKED_FILES]
+    refuse_inputs([("--output", w) for w in written],
+                  list(args.list) + [s.path for parsed in sources for s in parsed.samples])
 
     settings = FaceSettings(align=args.align, no_face=args.no_face, image_size=args.image_size,
                             quality=args.quality, det_thresh=args.det_thresh, det_model=args.det_model,

@@ -9,7 +9,7 @@ import os
 from agegender.model.age import AGE_DECODINGS, DEFAULT_DECODE, DEFAULT_FLIP
 from agegender.model.engine import ENGINES
 from agegender.cli import BATCH, COUNT, ArgumentParser
-from agegender.errors import run_cli
+from agegender.errors import UserError, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,10 +40,13 @@ def main() -> int:
     args = build_parser().parse_args()
     rec = args.rec or os.path.join(args.data_dir or "dataset", "val.rec")
 
-    from agegender.atomic import check_writable
+    from agegender.atomic import check_writable, checkpoint_files, dataset_files, refuse_inputs
     from agegender.model.loading import load_engine
     from agegender.model.evaluation import format_report, plot_predictions, predict_rec, report, write_json
 
+    refuse_inputs([("--json", args.json), ("--plot", args.plot)], dataset_files(rec) + checkpoint_files(args.model))
+    if args.json and args.plot and args.json != "-" and os.path.realpath(args.json) == os.path.realpath(args.plot):
+        raise UserError(f"--json and --plot are the same file: {args.json}")
     for path, flag in ((args.json, "--json"), (args.plot, "--plot")):
         if path:
             check_writable(path, flag)  # before the evaluation, not after it

@@ -102,8 +102,13 @@ def main() -> int:
     cfg.augment = Augment(mirror=bool(args.rand_mirror), color=args.color, cutoff=args.cutoff, rotate=args.rotate,
                           scale=args.scale, shift=args.shift, gray=args.gray, blur=args.blur,
                           jpeg=args.jpeg, mixup=args.mixup)
-    from agegender.atomic import check_writable
+    from agegender.atomic import check_writable, checkpoint_files, dataset_files, refuse_prefix
     from agegender.model.run_files import claim_prefix
+
+    reads = [f for split in ("train", "val") for f in dataset_files(os.path.join(cfg.data_dir, f"{split}.rec"))]
+    if cfg.pretrained and cfg.pretrained.rsplit(",", 1)[0] != cfg.prefix:  # the run's own prefix: resumed
+        reads += checkpoint_files(cfg.pretrained)
+    refuse_prefix("--prefix", cfg.prefix, reads + [getattr(cfg, "teacher_gender", "") or ""])
 
     if os.path.dirname(cfg.prefix):
         try:

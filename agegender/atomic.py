@@ -211,4 +211,36 @@ def refuse_inputs(outputs: Iterable[tuple[str, str | None]], inputs: Iterable[st
             raise UserError(f"{flag} {path} is an input{same}: it would be replaced; choose another name")
 
 
-__all__ = ["atomic_path", "open_output", "refuse_inputs", "temp_beside", "replace_with", "write_atomic", "save_figure", "check_writable", "is_stream"]
+def refuse_prefix(flag: str, prefix: str, inputs: Iterable[str]) -> None:
+    """`refuse_inputs` for a tool whose outputs are every `PREFIX-*` file (train.py's checkpoints, logs and
+    metrics): UserError when an input file resolves to such a name."""
+    root = os.path.realpath(prefix) + "-"
+    for path in inputs:
+        if path and os.path.realpath(path).startswith(root):
+            raise UserError(f"{flag} {prefix} would write over the input {path} (its outputs are {prefix}-*); "
+                            "choose another prefix")
+
+
+def dataset_files(path: str) -> list[str]:
+    """A packed split and what is read with it: `X.rec` -> X.rec, X.idx, X.lst and the folder's meta.json
+    (a `.lst` or `.idx` gives the same set)."""
+    base, ext = os.path.splitext(path)
+    if ext.lower() not in (".rec", ".idx", ".lst"):
+        return [path]
+    return [base + e for e in (".rec", ".idx", ".lst")] + [os.path.join(os.path.dirname(path), "meta.json")]
+
+
+def checkpoint_files(model: str | None) -> list[str]:
+    """The files of a `--model` value: a .onnx file, or PREFIX[,EPOCH]'s -symbol.json and every
+    PREFIX-NNNN.params (and optimizer states) that exists."""
+    import glob
+
+    if not model:
+        return []
+    prefix = model.rsplit(",", 1)[0] if "," in model else model
+    if prefix.lower().endswith(".onnx"):
+        return [prefix]
+    return [f"{prefix}-symbol.json"] + sorted(glob.glob(glob.escape(prefix) + "-[0-9][0-9][0-9][0-9].*"))
+
+
+__all__ = ["atomic_path", "open_output", "refuse_inputs", "refuse_prefix", "dataset_files", "checkpoint_files", "temp_beside", "replace_with", "write_atomic", "save_figure", "check_writable", "is_stream"]
