@@ -7,7 +7,7 @@ import argparse
 import os
 import sys
 
-from agegender.cli import COUNT, NON_NEGATIVE_INT, PROBABILITY, RATIO, ArgumentParser, number
+from agegender.cli import COUNT, DET_THRESH, NON_NEGATIVE_INT, RATIO, ArgumentParser, number
 from agegender.data.image import MAX_PIXELS
 from agegender.errors import UserError, run_cli
 from agegender.atomic import refuse_inputs
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="retinaface: detect + 5-point align; none: inputs are aligned crops, resize only")
     face.add_argument("--no-face", choices=("skip", "center"), default="skip",
                       help="what to do when no face is found: skip it, or store a centre crop")
-    face.add_argument("--det-thresh", type=PROBABILITY, default=0.5, help="minimum detector score")
+    face.add_argument("--det-thresh", type=DET_THRESH, default=0.5, help="minimum detector score")
     face.add_argument("--det-model", metavar="ONNX", default=None,
                       help="an InsightFace ONNX detector (e.g. det_500m.onnx) instead of the bundled RetinaFace")
     face.add_argument("--det-max-size", type=NON_NEGATIVE_INT, default=640,

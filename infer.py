@@ -9,7 +9,7 @@ import os
 import sys
 
 from agegender.model.age import AGE_DECODINGS, DEFAULT_DECODE, DEFAULT_FLIP
-from agegender.cli import BATCH, COUNT, NON_NEGATIVE, NON_NEGATIVE_INT, PROBABILITY, ArgumentParser
+from agegender.cli import BATCH, COUNT, DET_THRESH, NON_NEGATIVE, NON_NEGATIVE_INT, ArgumentParser
 from agegender.model.engine import ENGINES
 from agegender.errors import UserError, run_cli
 from agegender.data.image import MAX_PIXELS
@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "PREFIX,EPOCH; onnx with PREFIX,EPOCH exports it in memory)")
     p.add_argument("--det-model", metavar="ONNX", default=None,
                    help="an InsightFace ONNX detector (e.g. det_500m.onnx) instead of the bundled RetinaFace")
-    p.add_argument("--det-thresh", type=PROBABILITY, default=0.8, help="minimum detector score")
+    p.add_argument("--det-thresh", type=DET_THRESH, default=0.8, help="minimum detector score")
     p.add_argument("--max-size", type=NON_NEGATIVE_INT, default=1280,
                    help="images are scaled down to this longest side for detection (boxes mapped back)")
     p.add_argument("--min-face", type=NON_NEGATIVE, default=0, help="ignore faces whose box is smaller (pixels)")
