@@ -49,16 +49,26 @@ class MissingDependency(UserError):
     """An optional package a feature needs is not installed."""
 
 
-def require(module: str, feature: str, package: str | None = None):
+# What to install for an optional module (the rest: the module's own name)
+PACKAGES = {"mxnet": "mxnet==1.9.1 (see requirements.txt)", "cv2": "opencv-python", "PIL": "Pillow",
+            "sklearn": "scikit-learn", "skimage": "scikit-image"}
+
+
+def missing_module_message(module: str, feature: str = "this command") -> str:
+    """`this command needs mxnet, which is not installed here; pip install ...`: one line."""
+    package = PACKAGES.get(module, module)
+    return f"{feature} needs {module}, which is not installed here; pip install {package}"
+
+
+def require(module: str, feature: str):
     """Import `module` for `feature`, or raise MissingDependency saying which package to install (one line
-    instead of a ModuleNotFoundError traceback)."""
+    instead of a ModuleNotFoundError traceback; run_cli also turns any other missing module into one line)."""
     import importlib
 
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise MissingDependency(f"{feature} needs {package or module}, which is not installed here "
-                                f"({short_reason(exc)}); pip install {package or module}") from None
+        raise MissingDependency(missing_module_message(module.split(".")[0], feature)) from None
 
 
 def _silence_stdout() -> None:
@@ -88,6 +98,12 @@ def run_cli(main: Callable[[], int | None]) -> None:
     except KeyboardInterrupt as exc:
         print("terminated" if isinstance(exc, Terminated) else "interrupted", file=sys.stderr)
         sys.exit(interrupt_status(exc))
+    except ModuleNotFoundError as exc:
+        top = (exc.name or "").split(".")[0]
+        if not top or top == "agegender":  # our own package broken: a bug, keep its traceback
+            raise
+        print(f"error: {missing_module_message(top)}", file=sys.stderr)
+        sys.exit(2)
     except OSError as exc:
         if exc.errno not in WRITE_ERRNOS:
             raise
