@@ -290,8 +290,8 @@ def _resume_prefix(tmp_path, random_model) -> str:
     return prefix
 
 
-TRAIN_ARGS = ["--network", "m50", "--multiplier", "0.25", "--version-input", "0", "--batch-size", "8",
-              "--num-epochs", "2", "--resume", "--no-progress"]
+TRAIN_ARGS = ["--network", "m50", "--multiplier", "0.25", "--version-input", "0", "--batch-size", "4",
+              "--end-epoch", "2", "--resume"]
 
 
 def test_resume_from_a_truncated_checkpoint_is_one_line(packed_demo, tmp_path, random_model):
