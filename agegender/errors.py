@@ -67,7 +67,7 @@ def require(module: str, feature: str):
 
     try:
         return importlib.import_module(module)
-    except ImportError as exc:
+    except ImportError:
         raise MissingDependency(missing_module_message(module.split(".")[0], feature)) from None
 
 
