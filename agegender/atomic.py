@@ -116,8 +116,17 @@ def open_output(path: str, binary: bool = False) -> Iterator[IO]:
         (sys.stdout.buffer if binary else sys.stdout).flush()
         return
     if is_stream(path):
-        with open(os.path.realpath(path), "wb" if binary else "w", **kw) as f:
+        f = open(os.path.realpath(path), "wb" if binary else "w", **kw)
+        try:
             yield f
+        except BaseException:
+            with contextlib.suppress(OSError):  # the error that stopped the run is the one to report
+                f.close()
+            raise
+        try:
+            f.close()
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, path) from None
         return
     tmp = temp_beside(path)
     f = open(tmp, "wb" if binary else "w", **kw)
@@ -194,6 +203,12 @@ def _identity(path: str) -> tuple:
         return ("path", real)
 
 
+def named(exc: OSError, path: str) -> OSError:
+    """`exc` with `path` as its file name when it has none (a failed write on an open file carries no
+    name), so the one-line error says which output failed."""
+    return exc if exc.filename else OSError(exc.errno, exc.strerror, path)
+
+
 def refuse_inputs(outputs: Iterable[tuple[str, str | None]], inputs: Iterable[str]) -> None:
     """The one check every tool runs before any work: UserError (one line, exit 2) when an output (flag,
     path) is one of the input files (same path, same inode, through links). `-` is never an input; `None`
@@ -243,4 +258,4 @@ def checkpoint_files(model: str | None) -> list[str]:
     return [f"{prefix}-symbol.json"] + sorted(glob.glob(glob.escape(prefix) + "-[0-9][0-9][0-9][0-9].*"))
 
 
-__all__ = ["atomic_path", "open_output", "refuse_inputs", "refuse_prefix", "dataset_files", "checkpoint_files", "temp_beside", "replace_with", "write_atomic", "save_figure", "check_writable", "is_stream"]
+__all__ = ["atomic_path", "open_output", "refuse_inputs", "refuse_prefix", "named", "dataset_files", "checkpoint_files", "temp_beside", "replace_with", "write_atomic", "save_figure", "check_writable", "is_stream"]

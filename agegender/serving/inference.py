@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from agegender.serving.analyzer import ImageResult
-from agegender.atomic import check_writable, is_stream, open_output, refuse_inputs, write_atomic
+from agegender.atomic import check_writable, is_stream, named, open_output, refuse_inputs, write_atomic
 from agegender.errors import UserError
 from agegender.data.face import Face
 
@@ -230,8 +230,11 @@ class Outputs:
         if self.json_doc:
             self.docs.append(doc)
         if self.jsonl is not None:
-            self.jsonl.write(json.dumps(doc) + "\n")
-            self.jsonl.flush()
+            try:
+                self.jsonl.write(json.dumps(doc) + "\n")
+                self.jsonl.flush()
+            except OSError as exc:  # a full disk: the one-line error names the output
+                raise named(exc, "standard output" if self.jsonl_path == "-" else self.jsonl_path) from None
 
     def failed(self, path: str, reason: str) -> None:
         """An input that could not be processed: reported, counted, and the run goes on."""

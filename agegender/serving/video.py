@@ -21,7 +21,7 @@ import numpy as np
 
 from agegender.serving.analyzer import FaceAnalyzer
 from agegender.serving.inference import COLORS_BGR
-from agegender.atomic import atomic_path, check_writable, open_output, refuse_inputs
+from agegender.atomic import atomic_path, check_writable, named, open_output, refuse_inputs
 from agegender.errors import UserError, short_reason
 from agegender.serving.tracking import Track, Tracker
 
@@ -187,7 +187,10 @@ def process_video(source: str, analyzer: FaceAnalyzer, output: str | None = None
                         seen = tracker.carry(frames)
                     if lines is not None:
                         timestamp = frames / fps if not camera else time.perf_counter() - start
-                        lines.write(json.dumps(frame_json(frames, timestamp, seen)) + "\n")
+                        try:
+                            lines.write(json.dumps(frame_json(frames, timestamp, seen)) + "\n")
+                        except OSError as exc:  # a full disk: the one-line error names the output
+                            raise named(exc, jsonl) from None
                     if writer is not None or show:
                         drawn = draw_tracks(bgr, seen)
                         if writer is not None:
