@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Pack raw AFAD / MegaAge / AgeDB / UTKFace folders and `path,gender,age` lists into train/val
+"""Pack raw AFAD / MegaAge / AgeDB / UTKFace / All-Age-Faces folders and `path,gender,age` lists into train/val
 MXNet RecordIO files of 5-point-aligned 112x112 faces. See README.md, "Packing a dataset"."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from agegender.data.image import MAX_PIXELS
 from agegender.errors import UserError, run_cli
 from agegender.atomic import refuse_inputs
 from agegender.data.pack import PACKED_FILES, FaceSettings, pack_dataset, summary_table, unique_source_names
-from agegender.data.sources import parse_afad, parse_agedb, parse_list, parse_megaage, parse_utkface
+from agegender.data.sources import parse_aaf, parse_afad, parse_agedb, parse_list, parse_megaage, parse_utkface
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="MegaAge(-Asian) root: DIR/{train,test}/ and DIR/list/{train,test}_{name,age}.txt")
     src.add_argument("--agedb", metavar="DIR", help="AgeDB folder: <id>_<Name>_<age>_<m|f>.jpg")
     src.add_argument("--utkface", metavar="DIR", help="UTKFace folder: <age>_<gender>_<race>_<date>.jpg.chip.jpg")
+    src.add_argument("--aaf", metavar="DIR",
+                     help="All-Age-Faces root: 'DIR/original images/<id>A<age>.jpg', 'DIR/image sets/{train_,val_}.txt'")
     src.add_argument("--list", metavar="FILE", action="append", default=[],
                      help="list of `path,gender,age` lines (path relative to the list; repeatable)")
     out = p.add_argument_group("output")
@@ -46,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     spl.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="seed of the train/val draw")
     spl.add_argument("--megaage-split", choices=("random", "official"), default="random",
                      help="official: MegaAge's own test list becomes val")
+    spl.add_argument("--aaf-split", choices=("official", "random"), default="official",
+                     help="official: All-Age-Faces' train_/val_ lists are the splits; random: pooled, --val-ratio drawn")
     face.add_argument("--max-pixels", type=NON_NEGATIVE_INT, default=MAX_PIXELS,
                       help="skip images with more pixels (reason too_large, read from the header; 0 = no limit)")
     p.add_argument("--workers", type=NON_NEGATIVE_INT, default=0, help="worker processes (0 = all cores)")
@@ -61,7 +65,8 @@ def main() -> int:
         raise UserError(f"detector model not found: {args.det_model}")
 
     parsers = [(args.afad, parse_afad), (args.megaage, lambda d: parse_megaage(d, args.megaage_split == "official")),
-               (args.agedb, parse_agedb), (args.utkface, parse_utkface)]
+               (args.agedb, parse_agedb), (args.utkface, parse_utkface),
+               (args.aaf, lambda d: parse_aaf(d, args.aaf_split == "official"))]
     sources = []
     try:
         for path, parse in parsers:
@@ -71,7 +76,7 @@ def main() -> int:
     except FileNotFoundError as exc:
         raise UserError(str(exc)) from None
     if not sources:
-        raise UserError("no source given: use --afad, --megaage, --agedb, --utkface or --list")
+        raise UserError("no source given: use --afad, --megaage, --agedb, --utkface, --aaf or --list")
     sources = unique_source_names(sources)
     written = [os.path.join(args.output, n) for n in PACKED_FILES]
     refuse_inputs([("--output", w) for w in written],

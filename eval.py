@@ -1,6 +1,6 @@
 #!/usr/bin/env python
-"""Evaluate a checkpoint on a packed .rec: gender accuracy, age MAE, CS@3 / CS@5, per age band and per
-source. See README.md, "Evaluation"."""
+"""Evaluate a checkpoint on packed .rec files: gender accuracy, age MAE, CS@3 / CS@5, per age band and per
+source; with several files, one table each and an overall line. See README.md, "Evaluation"."""
 from __future__ import annotations
 
 import argparse
@@ -20,8 +20,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what runs the net (default: onnx for a .onnx file and the bundled model, mxnet for "
                         "PREFIX,EPOCH; onnx with PREFIX,EPOCH exports it in memory)")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--data-dir", "--data_dir", default=None, help="folder whose val.rec is evaluated")
-    src.add_argument("--rec", default=None, help="a packed .rec file to evaluate")
+    src.add_argument("--data-dir", "--data_dir", action="append", default=None, metavar="DIR",
+                     help="folder whose val.rec is evaluated (default: dataset); repeatable")
+    src.add_argument("--rec", action="append", default=None, metavar="FILE",
+                     help="a packed .rec file to evaluate; repeatable (one table each, then the overall line)")
     p.add_argument("--batch-size", "--batch_size", type=BATCH, default=256, help="faces per batch")
     p.add_argument("--gpus", default="", help="GPU ids such as 0,1 (empty = CPU)")
     p.add_argument("--age-decode", choices=AGE_DECODINGS, default=DEFAULT_DECODE,
@@ -38,13 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main() -> int:
     args = build_parser().parse_args()
-    rec = args.rec or os.path.join(args.data_dir or "dataset", "val.rec")
+    recs = args.rec or [os.path.join(d, "val.rec") for d in (args.data_dir or ["dataset"])]
 
     from agegender.atomic import check_writable, checkpoint_files, dataset_files, refuse_inputs
     from agegender.model.loading import load_engine
-    from agegender.model.evaluation import format_report, plot_predictions, predict_rec, report, write_json
+    from agegender.model.evaluation import (concat_predictions, format_report, format_sources, plot_predictions,
+                                            predict_rec, rec_name, report, write_json)
 
-    refuse_inputs([("--json", args.json), ("--plot", args.plot)], dataset_files(rec) + checkpoint_files(args.model))
+    refuse_inputs([("--json", args.json), ("--plot", args.plot)],
+                  [f for rec in recs for f in dataset_files(rec)] + checkpoint_files(args.model))
     if args.json and args.plot and args.json != "-" and os.path.realpath(args.json) == os.path.realpath(args.plot):
         raise UserError(f"--json and --plot are the same file: {args.json}")
     for path, flag in ((args.json, "--json"), (args.plot, "--plot")):
@@ -52,15 +56,24 @@ def main() -> int:
             check_writable(path, flag)  # before the evaluation, not after it
 
     predictor = load_engine(args.model, args.engine, args.gpus)
-    pred = predict_rec(predictor, rec, args.batch_size, args.age_decode, args.flip, not args.no_progress,
-                       args.num_workers)
-    rep = report(pred)
-    print(format_report(rep))
-    settings = {"model": predictor.name, "engine": predictor.kind, "rec": rec, "age_decode": args.age_decode, "flip": args.flip}
+    preds = [predict_rec(predictor, rec, args.batch_size, args.age_decode, args.flip, not args.no_progress,
+                         args.num_workers) for rec in recs]
+    settings = {"model": predictor.name, "engine": predictor.kind, "age_decode": args.age_decode, "flip": args.flip}
+    if len(recs) == 1:
+        rep = report(preds[0])
+        print(format_report(rep))
+        settings["rec"] = recs[0]
+    else:
+        per = [{"name": rec_name(r), "rec": r, **report(p)} for r, p in zip(recs, preds)]
+        rep = {"recs": per, "overall": report(concat_predictions(preds))}
+        for r in per:
+            print(f"== {r['name']} ({r['rec']}) ==\n{format_report(r)}\n")
+        print(format_sources(per, rep["overall"]))
     if args.json:
         write_json(args.json, rep, settings)
     if args.plot:
-        plot_predictions(pred, args.plot, f"{predictor.name} on {rec}")
+        pred = preds[0] if len(preds) == 1 else concat_predictions(preds)
+        plot_predictions(pred, args.plot, f"{predictor.name} on {', '.join(recs)}")
     return 0
 
 

@@ -21,7 +21,11 @@ def _add(p: argparse._ActionsContainer, flag: str, **kwargs) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description=__doc__)
     d = p.add_argument_group("data")
-    _add(d, "--data-dir", default="dataset", help="folder with train.rec/.idx (and val.rec/.idx) from create_dataset.py")
+    _add(d, "--data-dir", action="append", default=None, metavar="DIR",
+         help="folder with train.rec/.idx (and val.rec/.idx) from create_dataset.py (default: dataset); repeat it "
+              "to train on several sources at once, each named by its folder and validated on its own")
+    _add(d, "--source-weights", default="", metavar="W1,W2,...",
+         help="each --data-dir's share of every batch, e.g. 1,1 for equal; default: their train sizes")
     _add(d, "--num-workers", type=COUNT, default=2, help="image decoding threads")
     _add(d, "--rand-mirror", type=int, default=1, choices=(0, 1), help="random horizontal flips")
     _add(d, "--color", type=number(float, 0, 1), default=0.0, help="colour jitter strength (brightness, contrast, saturation)")
@@ -61,8 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add(o, "--age-sigma", type=number(float, 0, 30), default=0.0,
          help="soft age targets: label noise in years (0 = hard 0/1 steps)")
     _add(o, "--gender-smooth", type=number(float, 0, 1, hi_open=True), default=0.0, help="label smoothing of the gender targets")
-    _add(o, "--teacher-gender", default="", metavar="CSV",
-         help="soft gender labels of the train split from tools/teacher_gender.py (distillation)")
+    _add(o, "--teacher-gender", action="append", default=None, metavar="CSV",
+         help="soft gender labels of the train split from tools/teacher_gender.py (distillation); with several "
+              "--data-dir, one per source in the same order ('-' for none)")
     _add(o, "--teacher-weight", type=PROBABILITY, default=0.5,
          help="share of the teacher in each gender target: (1 - w) x label + w x teacher")
     _add(o, "--age-balance", type=number(float, 0, 2), default=0.0,
@@ -91,6 +96,16 @@ def _steps(text: str) -> list[int]:
         raise UserError(f"--lr-steps takes epochs such as 10,20; got {text!r}") from None
 
 
+def _weights(text: str) -> list[float]:
+    try:
+        weights = [float(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        weights = []
+    if text.strip() and (not weights or not all(0 < w < 1e9 for w in weights)):
+        raise UserError(f"--source-weights takes positive numbers such as 2,1; got {text!r}")
+    return weights
+
+
 def main() -> int:
     args = build_parser().parse_args()
     from agegender.data.iterators import Augment
@@ -99,16 +114,22 @@ def main() -> int:
     values = vars(args)
     cfg = TrainConfig(**{f.name: values[f.name] for f in dataclasses.fields(TrainConfig) if f.name in values})
     cfg.lr_steps = _steps(args.lr_steps)
+    dirs = args.data_dir or ["dataset"]
+    cfg.data_dir, cfg.data_dirs = dirs[0], dirs
+    teachers = args.teacher_gender or []
+    cfg.teacher_gender, cfg.teacher_genders = (teachers[0] if teachers else ""), teachers
+    cfg.source_weights = _weights(args.source_weights)
     cfg.augment = Augment(mirror=bool(args.rand_mirror), color=args.color, cutoff=args.cutoff, rotate=args.rotate,
                           scale=args.scale, shift=args.shift, gray=args.gray, blur=args.blur,
                           jpeg=args.jpeg, mixup=args.mixup)
     from agegender.atomic import check_writable, checkpoint_files, dataset_files, refuse_prefix
     from agegender.model.run_files import claim_prefix
 
-    reads = [f for split in ("train", "val") for f in dataset_files(os.path.join(cfg.data_dir, f"{split}.rec"))]
+    reads = [f for d in cfg.data_dirs for split in ("train", "val")
+             for f in dataset_files(os.path.join(d, f"{split}.rec"))]
     if cfg.pretrained and cfg.pretrained.rsplit(",", 1)[0] != cfg.prefix:  # the run's own prefix: resumed
         reads += checkpoint_files(cfg.pretrained)
-    refuse_prefix("--prefix", cfg.prefix, reads + [getattr(cfg, "teacher_gender", "") or ""])
+    refuse_prefix("--prefix", cfg.prefix, reads + [t for t in cfg.teacher_genders if t != "-"])
 
     if os.path.dirname(cfg.prefix):
         try:

@@ -46,7 +46,7 @@ def _save(path: str, rgb: np.ndarray | None = None, data: bytes | None = None) -
 
 
 def build_demo_sources(root: str) -> dict[str, str]:
-    """Write miniature AFAD, MegaAge, AgeDB, UTKFace and list sources under root.
+    """Write miniature AFAD, MegaAge, AgeDB, UTKFace, All-Age-Faces and list sources under root.
 
     Returns {source: path}. Each holds real faces plus bad inputs (empty, truncated, not an image,
     malformed names and lines), so a packing run exercises every skip reason.
@@ -54,7 +54,7 @@ def build_demo_sources(root: str) -> dict[str, str]:
     faces = face_crops()
     face = lambda i, flip=False: faces[i % len(faces)][:, ::-1] if flip else faces[i % len(faces)]  # noqa: E731
     truncated = encode_jpeg(faces[0])[:-600]
-    paths = {k: os.path.join(root, k) for k in ("afad", "megaage", "agedb", "utkface")}
+    paths = {k: os.path.join(root, k) for k in ("afad", "megaage", "agedb", "utkface", "aaf")}
     paths["list"] = os.path.join(root, "list", "labels.csv")
 
     # AFAD: <age>/<111 male|112 female>/<id>-<n>.jpg; person 100 appears at two ages.
@@ -96,6 +96,22 @@ def build_demo_sources(root: str) -> dict[str, str]:
         _save(os.path.join(utk, name), face(i))
     _save(os.path.join(utk, "39_1_20170116174525130.jpg.chip.jpg"), face(5))  # bad_name: race missing
     _save(os.path.join(utk, "44_2_0_20170116174525131.jpg.chip.jpg"), face(5))  # bad_gender
+
+    # All-Age-Faces: 'original images/<id>A<age>.jpg'; genders (0 = female, 1 = male) in 'image sets/'.
+    aaf = paths["aaf"]
+    images = os.path.join(aaf, "original images")
+    for name, i in [("00012A05.jpg", 0), ("00340A27.jpg", 1), ("07390A08.jpg", 2), ("08001A45.jpg", 3),
+                    ("09100A63.jpg", 4), ("00500A33.jpg", 5)]:
+        _save(os.path.join(images, name), face(i))
+    _save(os.path.join(images, "00600A19.jpg"), face(1, flip=True))        # unlisted: no gender
+    _save(os.path.join(images, "00700A21.jpg"), data=truncated)            # truncated
+    _save(os.path.join(images, "photo.jpg"), face(2, flip=True))           # bad_name (listed below)
+    os.makedirs(os.path.join(aaf, "image sets"), exist_ok=True)
+    with open(os.path.join(aaf, "image sets", "train_.txt"), "w") as f:
+        f.write("00012A05.jpg 0\n00340A27.jpg 0\n07390A08.jpg 1\n08001A45.jpg 1\n00700A21.jpg 0\n"
+                "00340A27.jpg 0\nphoto.jpg 1\n00800A30.jpg 0\nno gender here\n")
+    with open(os.path.join(aaf, "image sets", "val_.txt"), "w") as f:
+        f.write("09100A63.jpg 1\n00500A33.jpg 2\n\n")
 
     # A path,gender,age list with a header, comments and bad lines.
     lst_dir = os.path.dirname(paths["list"])

@@ -112,6 +112,56 @@ def record_iter(rec_path: str, batch_size: int, train: bool, augment: Augment | 
     return mx.io.ImageRecordIter(**kwargs)
 
 
+class MixedBatches:
+    """Batches drawn from several sources at fixed shares: each batch is `sizes[i]` rows of source i's
+    iterator (shuffled, augmented, restarted on its own when it runs out), concatenated. An epoch is
+    `steps` batches. Mixing inside every batch, not batch by batch, keeps BatchNorm's batch statistics
+    those of the mix the network will meet."""
+
+    def __init__(self, iters: list[mx.io.DataIter], sizes: list[int], steps: int):
+        if len(iters) != len(sizes) or min(sizes) < 1:
+            raise ValueError("one positive batch share per source is needed")
+        self.iters, self.sizes, self.steps = iters, sizes, steps
+
+    def reset(self) -> None:
+        """A new epoch: the per-source iterators continue where they were (each restarts when done)."""
+
+    def _next(self, i: int) -> mx.io.DataBatch:
+        try:
+            return self.iters[i].next()
+        except StopIteration:
+            self.iters[i].reset()  # reshuffles, from its seeded generator
+            return self.iters[i].next()
+
+    def __iter__(self):
+        for _ in range(self.steps):
+            parts = [self._next(i) for i in range(len(self.iters))]
+            data = mx.nd.concat(*[b.data[0] for b in parts], dim=0)
+            label = mx.nd.concat(*[b.label[0] for b in parts], dim=0)
+            yield mx.io.DataBatch(data=[data], label=[label], pad=0)
+
+
+def batch_shares(batch: int, weights: list[float]) -> list[int]:
+    """Rows of each source in a batch of `batch`: proportional to `weights`, at least one each, summing to
+    `batch` (largest-remainder rounding)."""
+    if len(weights) > batch:
+        raise ValueError(f"a batch of {batch} cannot hold {len(weights)} sources")
+    total = float(sum(weights))
+    if not all(w > 0 for w in weights) or not np.isfinite(total):
+        raise ValueError(f"source weights must be positive numbers, got {weights}")
+    raw = [batch * w / total for w in weights]
+    sizes = [max(1, int(r)) for r in raw]
+    order = sorted(range(len(raw)), key=lambda i: raw[i] - int(raw[i]), reverse=True)
+    k = 0
+    while sum(sizes) < batch:
+        sizes[order[k % len(order)]] += 1
+        k += 1
+    while sum(sizes) > batch:
+        j = max(range(len(sizes)), key=lambda i: sizes[i])
+        sizes[j] -= 1
+    return sizes
+
+
 def random_erase(data: mx.nd.NDArray, size: int, prob: float = 0.5) -> mx.nd.NDArray:
     """Cutout: with probability `prob` per image, a `size`x`size` square at a random centre is set to grey
     (127.5, zero after the network's normalisation). Array ops over the whole batch."""
@@ -212,5 +262,5 @@ def to_numpy_labels(label: mx.nd.NDArray) -> tuple[np.ndarray, np.ndarray]:
     return gender, lab[:, 1]
 
 
-__all__ = ["check_rec", "record_iter", "Augment", "augment_batch", "random_erase", "degrade", "downscale", "recompress",
+__all__ = ["check_rec", "record_iter", "MixedBatches", "batch_shares", "Augment", "augment_batch", "random_erase", "degrade", "downscale", "recompress",
            "mix_batch", "eval_batches", "to_numpy_labels", "INPUT_SIZE"]

@@ -1,4 +1,4 @@
-"""Label parsing for each raw dataset layout: AFAD, MegaAge(-Asian), AgeDB, UTKFace and list files.
+"""Label parsing for each raw dataset layout: AFAD, MegaAge(-Asian), AgeDB, UTKFace, All-Age-Faces and list files.
 
 Every parser returns the samples it could label and a list of skips (path, reason) for the inputs it
 could not, so nothing is dropped silently. Gender is coded as the project codes it everywhere:
@@ -17,9 +17,11 @@ BAD_NAME = "bad_name"
 BAD_AGE = "bad_age"
 BAD_GENDER = "bad_gender"
 BAD_LINE = "bad_list_line"
+UNLISTED = "unlisted"        # AAF: an image in no image-set list, so without a gender
+DUPLICATE = "duplicate"      # AAF: an image listed twice
 
 # The order sources get their `id2` in (lists follow, in the order given).
-SOURCE_ORDER = ("afad", "megaage", "agedb", "utkface")
+SOURCE_ORDER = ("afad", "megaage", "agedb", "utkface", "aaf")
 
 
 @dataclass
@@ -192,6 +194,65 @@ def parse_utkface(root: str) -> Parsed:
             out.skips.append(Skip(path, BAD_GENDER, m["gender"]))
             continue
         out.samples.append(Sample(path, gender, float(m["age"]), group=f"utkface:{os.path.basename(path)}"))
+    return out
+
+
+AAF_IMAGES, AAF_SETS = "original images", "image sets"
+AAF_LISTS = (("train", "train_.txt"), ("val", "val_.txt"))
+_AAF = re.compile(r"^(?P<id>\d+)A(?P<age>\d+)\.jpg$", re.IGNORECASE)
+
+
+def parse_aaf(root: str, official_split: bool = True) -> Parsed:
+    """All-Age-Faces: root/original images/<id>A<age>.jpg, genders in root/image sets/{train_,val_}.txt.
+
+    List lines are `<file> <gender>` with 0 = female, 1 = male (the project's coding already; mapped
+    through `parse_gender`'s table all the same, so a `2` or `m?` is a bad_gender skip). The age is the
+    file name's two digits. With `official_split` (the default), train_.txt goes to train and val_.txt to
+    val; otherwise both lists are pooled for the seeded draw. Images in no list are skipped as `unlisted`;
+    the authors do not say whether a person appears twice, so every image is its own group.
+    """
+    _require_dir(root, "All-Age-Faces")
+    images = os.path.join(root, AAF_IMAGES)
+    _require_dir(images, f"All-Age-Faces {AAF_IMAGES!r}")
+    out = Parsed("aaf", root)
+    seen: dict[str, str] = {}
+    found = False
+    for split, list_name in AAF_LISTS:
+        list_file = os.path.join(root, AAF_SETS, list_name)
+        if not os.path.isfile(list_file):
+            continue
+        found = True
+        with open(list_file, encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+        for no, line in enumerate(lines, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            where = f"{list_file}:{no}"
+            if len(fields) != 2:
+                out.skips.append(Skip(where, BAD_LINE, line.strip()[:80]))
+                continue
+            name, code = fields
+            path = os.path.join(images, name)
+            if name in seen:
+                out.skips.append(Skip(path, DUPLICATE, f"{where}: listed before in {seen[name]}"))
+                continue
+            seen[name] = where
+            m = _AAF.match(name)
+            if not m:
+                out.skips.append(Skip(path, BAD_NAME, f"{where}: expected <id>A<age>.jpg"))
+                continue
+            gender = parse_gender(code) if code in ("0", "1") else None
+            if gender is None:
+                out.skips.append(Skip(path, BAD_GENDER, f"{where}: {code!r}"))
+                continue
+            out.samples.append(Sample(path, gender, float(int(m["age"])), group=f"aaf:{m['id']}",
+                                      split=split if official_split else None))
+    if not found:
+        raise FileNotFoundError(f"All-Age-Faces lists not found: {root}/{AAF_SETS}/{{train_,val_}}.txt")
+    listed = {os.path.join(images, n) for n in seen}
+    out.skips.extend(Skip(path, UNLISTED, "in no image-set list, so its gender is unknown")
+                     for path in _files_under(images) if path not in listed)
     return out
 
 

@@ -52,6 +52,21 @@ def predict_rec(predictor: Engine, rec: str, batch_size: int = 256, age_decode: 
     return Predictions(np.concatenate(p_male), np.concatenate(age_pred), labels.gender, labels.age, labels.source)
 
 
+def rec_name(rec: str) -> str:
+    """A short name for a packed file in tables: its folder and stem (`utkface/val`)."""
+    import os
+
+    folder = os.path.basename(os.path.dirname(os.path.abspath(rec)))
+    stem = os.path.splitext(os.path.basename(rec))[0]
+    return f"{folder}/{stem}" if folder else stem
+
+
+def concat_predictions(preds: list[Predictions]) -> Predictions:
+    """Several files' predictions as one set (the overall line of a cross-dataset evaluation)."""
+    return Predictions(*(np.concatenate([getattr(p, k) for p in preds]) for k in ("p_male", "age_pred", "gender", "age")),
+                       [s for p in preds for s in p.source])
+
+
 def report(pred: Predictions) -> dict:
     """Everything eval.py prints: overall metrics, per age band, per source (when several)."""
     out = summarize(pred.p_male, pred.age_pred, pred.gender, pred.age)
@@ -90,6 +105,18 @@ def format_report(rep: dict) -> str:
         lines += [f"{s['source']:<16}{s['count']:>8}{_f(s['acc']):>8}{s['mae']:>8.2f}{s['cs5']:>8.4f}"
                   for s in rep["sources"]]
     return "\n".join(lines)
+
+
+def format_sources(per: list[dict], overall: dict) -> str:
+    """The cross-dataset summary: one line per evaluated file, then the overall line (all faces pooled)."""
+    head = f"{'evaluated on':<24}{'faces':>8}{'gender':>8}{'MAE':>8}{'CS@3':>8}{'CS@5':>8}{'gender 0-9':>12}"
+
+    def line(name: str, r: dict) -> str:
+        kids = next((b for b in r["bands"] if b["band"] == "0-9"), None)
+        return (f"{name:<24}{r['count']:>8}{_f(r['acc']):>8}{_f(r['mae'], 2):>8}{_f(r['cs3']):>8}{_f(r['cs5']):>8}"
+                f"{_f(kids['acc']) if kids else 'n/a':>12}")
+
+    return "\n".join([head] + [line(r["name"], r) for r in per] + [line("overall", overall)])
 
 
 def _no_nan(x):
@@ -147,4 +174,4 @@ def plot_predictions(pred: Predictions, path: str, title: str = "") -> None:
     plt.close(fig)
 
 
-__all__ = ["Predictions", "predict_rec", "report", "format_report", "write_json", "plot_predictions"]
+__all__ = ["Predictions", "predict_rec", "rec_name", "concat_predictions", "report", "format_report", "format_sources", "write_json", "plot_predictions"]

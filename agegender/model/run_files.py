@@ -74,17 +74,33 @@ def read_history(path: str, before: int | None = None) -> list[dict]:
     return [r for r in rows if before is None or r["epoch"] <= before]
 
 
+def source_names(rows: list[dict]) -> list[str]:
+    """The sources with val columns of their own (`NAME_val_acc`, ...) in a history, in first-seen order."""
+    names: list[str] = []
+    for r in rows:
+        for k in r:
+            if k.endswith("_val_acc") and k[:-len("_val_acc")] not in names:
+                names.append(k[:-len("_val_acc")])
+    return names
+
+
+def history_fields(rows: list[dict]) -> list[str]:
+    """The CSV columns: the fixed ones, then each source's val accuracy, MAE and CS@5."""
+    return CSV_FIELDS + [f"{n}_val_{k}" for n in source_names(rows) for k in ("acc", "mae", "cs5")]
+
+
 def write_history(path: str, rows: list[dict]) -> None:
+    fields = history_fields(rows)
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
     w.writeheader()
     for r in rows:
-        w.writerow({k: (f"{r[k]:.6g}" if isinstance(r.get(k), float) else r.get(k, "")) for k in CSV_FIELDS})
+        w.writerow({k: (f"{r[k]:.6g}" if isinstance(r.get(k), float) else r.get(k, "")) for k in fields})
     write_atomic(path, buf.getvalue())
 
 
 def plot_history(path: str, rows: list[dict]) -> None:
-    """Loss, gender accuracy and age MAE per epoch, train and val, in one PNG."""
+    """Loss, gender accuracy and age MAE per epoch, train and val (and each source's val), in one PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -93,10 +109,11 @@ def plot_history(path: str, rows: list[dict]) -> None:
     ep = [r["epoch"] for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for ax, key, title in zip(axes, ("loss", "acc", "mae"), ("loss", "gender accuracy", "age MAE (years)")):
-        for split, style in (("train", "-o"), ("val", "-s")):
+        series = [("train", "-o"), ("val", "-s")] + [(f"{n}_val", "--^") for n in source_names(rows)]
+        for split, style in series:
             ys = [r.get(f"{split}_{key}", float("nan")) for r in rows]
             if any(y == y for y in ys):
-                ax.plot(ep, ys, style, ms=3, label=split)
+                ax.plot(ep, ys, style, ms=3, label=split.replace("_", " "))
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
@@ -151,5 +168,5 @@ def load_optimizer_state(trainer: mx.gluon.Trainer, path: str) -> None:
             opt._index_update_count[index] = count
 
 
-__all__ = ["CSV_FIELDS", "interrupted_prefix", "run_files", "claim_prefix", "history_path", "curves_path",
+__all__ = ["CSV_FIELDS", "source_names", "history_fields", "interrupted_prefix", "run_files", "claim_prefix", "history_path", "curves_path",
            "read_history", "write_history", "plot_history", "save_optimizer_state", "load_optimizer_state"]

@@ -16,7 +16,8 @@ from mxnet import autograd, gluon
 
 from agegender.symbols import get_network, load_weights, parse_model_spec
 from agegender.model.age import age_gender_loss, decode
-from agegender.data.iterators import Augment, augment_batch, check_rec, eval_batches, record_iter, to_numpy_labels
+from agegender.data.iterators import (Augment, MixedBatches, augment_batch, batch_shares, check_rec, eval_batches,
+                                      record_iter, to_numpy_labels)
 from agegender.model.devices import contexts, kvstore
 from agegender.errors import Terminated, UserError, short_reason
 from agegender.model.checkpoints import RunCheckpoints
@@ -32,6 +33,8 @@ class TrainConfig:
     """Everything train.py's flags set (see README for each)."""
 
     data_dir: str = "dataset"
+    data_dirs: list[str] = field(default_factory=list)   # several packed sources; empty: `data_dir` alone
+    source_weights: list[float] = field(default_factory=list)  # each source's share of a batch; empty: by size
     network: str = "m50"
     multiplier: float = 1.0
     version_input: int = 1
@@ -64,7 +67,45 @@ class TrainConfig:
     lr_schedule: str = "step"
     warmup_epochs: float = 0.0
     teacher_gender: str = ""
+    teacher_genders: list[str] = field(default_factory=list)  # one CSV (or "") per source, in order
     teacher_weight: float = 0.5
+
+
+@dataclass
+class Source:
+    """One packed dataset of a run: its name (the folder's), its train/val records and counts."""
+
+    name: str
+    train_rec: str
+    val_rec: str
+    num_train: int
+    num_val: int = 0
+    teacher: str = ""
+    labels_lst: str = ""
+
+
+def load_sources(cfg: TrainConfig) -> list[Source]:
+    """The sources of `cfg` (`data_dirs`, or `data_dir` alone), each checked (UserError on a bad one)."""
+    dirs = cfg.data_dirs or [cfg.data_dir]
+    teachers = cfg.teacher_genders or [cfg.teacher_gender]
+    if len(teachers) == 1 and len(dirs) > 1:
+        if teachers[0]:
+            raise UserError(f"--teacher-gender: give one CSV per --data-dir ({len(dirs)}), '-' for none")
+        teachers = [""] * len(dirs)
+    if len(teachers) != len(dirs):
+        raise UserError(f"--teacher-gender: {len(teachers)} given for {len(dirs)} --data-dir; give one per "
+                        "source, '-' for none")
+    if cfg.source_weights and len(cfg.source_weights) != len(dirs):
+        raise UserError(f"--source-weights: {len(cfg.source_weights)} weights for {len(dirs)} --data-dir")
+    names = [os.path.basename(os.path.normpath(d)) or d for d in dirs]
+    if len(set(names)) != len(names):
+        raise UserError(f"--data-dir folders must have distinct names (they name the sources): {', '.join(names)}")
+    out = []
+    for name, d, teacher in zip(names, dirs, teachers):
+        train, val = os.path.join(d, "train.rec"), os.path.join(d, "val.rec")
+        out.append(Source(name, train, val, check_rec(train), check_rec(val) if os.path.exists(val) else 0,
+                          "" if teacher in ("", "-") else teacher))
+    return out
 
 
 def lr_at(cfg: TrainConfig, epoch: float) -> float:
@@ -112,13 +153,12 @@ class Fit:
         self.cfg = cfg
         self.ctx = ctx or contexts(cfg.gpus)
         self.checkpoints = RunCheckpoints(cfg.prefix)
-        self.train_rec = os.path.join(cfg.data_dir, "train.rec")
-        self.val_rec = os.path.join(cfg.data_dir, "val.rec")
-        self.num_train = check_rec(self.train_rec)
-        self.has_val = os.path.exists(self.val_rec)
-        self._rec_counts = {self.train_rec: self.num_train}
-        if self.has_val:
-            self._rec_counts[self.val_rec] = check_rec(self.val_rec)
+        self.sources = load_sources(cfg)
+        self.train_rec, self.val_rec = self.sources[0].train_rec, self.sources[0].val_rec
+        self.num_train = sum(s.num_train for s in self.sources)
+        self.has_val = any(s.num_val for s in self.sources)
+        self._rec_counts = {s.train_rec: s.num_train for s in self.sources}
+        self._rec_counts.update({s.val_rec: s.num_val for s in self.sources if s.num_val})
         if cfg.batch_size < 1:
             raise UserError("--batch-size must be at least 1")
         self.kv = kvstore(cfg.kvstore, len(self.ctx))
@@ -138,9 +178,17 @@ class Fit:
         if cfg.age_balance > 0:
             from agegender.data.distribution import load_labels
 
-            self.band_weights = mx.nd.array(age_band_weights(np.array(load_labels(self.train_rec).age),
-                                                            cfg.age_balance))
-        self.train_labels = self._teacher_labels() if cfg.teacher_gender else ""
+            ages = np.concatenate([np.array(load_labels(s.train_rec).age) for s in self.sources])
+            self.band_weights = mx.nd.array(age_band_weights(ages, cfg.age_balance))
+        for src in self.sources:
+            src.labels_lst = self._teacher_labels(src) if src.teacher else ""
+        self.train_labels = self.sources[0].labels_lst
+        if len(self.sources) > 1:
+            self.shares = batch_shares(self.global_batch, cfg.source_weights or [s.num_train for s in self.sources])
+            for src, share in zip(self.sources, self.shares):
+                if share > src.num_train:
+                    raise UserError(f"source {src.name}: its share of a batch ({share}) is more than its "
+                                    f"{src.num_train} train records; use a smaller --batch-size or weight")
         self._init_params()
         self.trainer = gluon.Trainer(self.net.collect_params(), "sgd",
                                      {"learning_rate": lr_at(cfg, self.begin_epoch), "wd": cfg.wd,
@@ -155,16 +203,17 @@ class Fit:
         self._eval_iters: dict[str, mx.io.DataIter] = {}
 
     # --- set-up -------------------------------------------------------------------------------------------
-    def _teacher_labels(self) -> str:
-        """The train split's `.lst` with the teacher's soft genders mixed in, written beside the checkpoints
-        (`PREFIX-train-labels.lst`) for the record iterator."""
+    def _teacher_labels(self, src: Source) -> str:
+        """A source's train `.lst` with the teacher's soft genders mixed in, written beside the checkpoints
+        (`PREFIX-train-labels.lst`, or `PREFIX-train-labels-NAME.lst` with several sources) for the record
+        iterator."""
         from agegender.model.teacher import write_soft_lst
 
-        out = f"{self.cfg.prefix}-train-labels.lst"
-        n, labelled = write_soft_lst(os.path.splitext(self.train_rec)[0] + ".lst", self.cfg.teacher_gender,
+        out = f"{self.cfg.prefix}-train-labels" + (f"-{src.name}" if len(self.sources) > 1 else "") + ".lst"
+        n, labelled = write_soft_lst(os.path.splitext(src.train_rec)[0] + ".lst", src.teacher,
                                      self.cfg.teacher_weight, out)
-        log.info("teacher genders from %s for %d of %d train faces (weight %g): %s", self.cfg.teacher_gender,
-                 labelled, n, self.cfg.teacher_weight, out)
+        log.info("teacher genders from %s for %d of %d train faces of %s (weight %g): %s", src.teacher,
+                 labelled, n, src.name, self.cfg.teacher_weight, out)
         return out
 
     def _network(self) -> gluon.HybridBlock:
@@ -255,8 +304,9 @@ class Fit:
         return loss, outs
 
     # --- loops ----------------------------------------------------------------------------------------------
-    def evaluate(self, rec: str) -> dict:
-        """Loss and metrics over every record of the train or val `.rec`, in predict mode."""
+    def evaluate(self, rec: str, overall: AgeGenderMetric | None = None) -> dict:
+        """Loss and metrics over every record of a train or val `.rec`, in predict mode; `overall`, when
+        given, is updated with the same faces (the metrics over several sources)."""
         if rec not in self._eval_iters:
             self._eval_iters[rec] = record_iter(rec, self.global_batch, train=False, threads=self.cfg.num_workers)
         it = self._eval_iters[rec]
@@ -266,10 +316,44 @@ class Fit:
             outs = forward_split(self.net, data, self.ctx)
             loss_sum += float(age_gender_loss(mx.nd, mx.nd.array(outs), label, self.cfg.gender_weight).sum().asscalar())
             gender, age = to_numpy_labels(label)
-            metric.update(*decode(outs, self.cfg.age_decode), gender, age)
+            p_male, age_pred = decode(outs, self.cfg.age_decode)
+            metric.update(p_male, age_pred, gender, age)
+            if overall is not None:
+                overall.update(p_male, age_pred, gender, age)
         res = metric.get()
         res["loss"] = loss_sum / max(1, res["count"])
         return res
+
+    def validate(self, epoch: int = 0) -> dict:
+        """The history row's val columns: over all sources' val faces (`val_acc`, ...; what the best epoch is
+        chosen by), and with several sources each source's own (`NAME_val_acc`, ...)."""
+        srcs = [s for s in self.sources if s.num_val]
+        overall, loss_sum, row = AgeGenderMetric(), 0.0, {}
+        for src in srcs:
+            v = self.evaluate(src.val_rec, overall)
+            loss_sum += v["loss"] * v["count"]
+            if len(self.sources) > 1:
+                row.update({f"{src.name}_val_{k}": v[k] for k in ("acc", "mae", "cs5")})
+                log.info("Epoch[%d] Validation %s: acc=%.6f\tMAE=%.6f\tCUM_5=%.6f", epoch,
+                         src.name, v["acc"], v["mae"], v["cs5"])
+        v = overall.get()
+        row.update(val_loss=loss_sum / max(1, v["count"]), val_acc=v["acc"], val_mae=v["mae"], val_cs3=v["cs3"],
+                   val_cs5=v["cs5"])
+        return row
+
+    def train_iter(self) -> mx.io.DataIter | MixedBatches:
+        """The shuffled, augmented training batches: one source's record iterator, or several mixed into every
+        batch at `shares` (`--source-weights`, by default each source's size)."""
+        c = self.cfg
+        its = [record_iter(s.train_rec, share, train=True, augment=c.augment, threads=c.num_workers,
+                           seed=c.seed + i, num_parts=self.workers, part_index=self.rank, labels_lst=s.labels_lst)
+               for i, (s, share) in enumerate(zip(self.sources, getattr(self, "shares", [self.global_batch])))]
+        if len(its) == 1:
+            return its[0]
+        steps = max(1, math.ceil(self.num_train / (self.global_batch * self.workers)))
+        log.info("sources mixed in every batch: %s", ", ".join(f"{s.name} {n}" for s, n in zip(self.sources,
+                                                                                             self.shares)))
+        return MixedBatches(its, self.shares, steps)
 
     def run(self) -> dict:
         """Train from `begin_epoch` to `end_epoch`; returns the last epoch's row of the history."""
@@ -277,10 +361,7 @@ class Fit:
         if self.begin_epoch >= c.end_epoch:
             raise UserError(f"nothing to do: {c.prefix} is already at epoch {self.begin_epoch} "
                             f"(--end-epoch {c.end_epoch})")
-        train_iter = record_iter(self.train_rec, self.global_batch, train=True,
-                                 augment=c.augment, threads=c.num_workers,
-                                 seed=c.seed, num_parts=self.workers, part_index=self.rank,
-                                 labels_lst=self.train_labels)
+        train_iter = self.train_iter()
         log.info("training %s on %s: %d train faces, batch %d per context x %d context(s) x %d worker(s)",
                  c.network, ",".join(str(x) for x in self.ctx), self.num_train, c.batch_size, len(self.ctx),
                  self.workers)
@@ -349,10 +430,9 @@ class Fit:
             # before validation: a bad val.rec costs no epoch
             log.info("saved %s", self.checkpoints.save(self.net, self.trainer, epoch + 1))
         if self.has_val:
-            v = self.evaluate(self.val_rec)
-            row.update(val_loss=v["loss"], val_acc=v["acc"], val_mae=v["mae"], val_cs3=v["cs3"], val_cs5=v["cs5"])
+            row.update(self.validate(epoch))
             log.info("Epoch[%d] Validation: acc=%.6f\tMAE=%.6f\tCUM_3=%.6f\tCUM_5=%.6f\tloss=%.6f",
-                     epoch, v["acc"], v["mae"], v["cs3"], v["cs5"], v["loss"])
+                     epoch, row["val_acc"], row["val_mae"], row["val_cs3"], row["val_cs5"], row["val_loss"])
         row["time_s"] = time.time() - t0
         log.info("Epoch[%d] Train: acc=%.6f\tMAE=%.6f\tCUM_5=%.6f\tloss=%.6f\tlr=%g\tTime cost=%.1f s",
                  epoch, m["acc"], m["mae"], m["cs5"], row["train_loss"], lr, row["time_s"])
@@ -398,4 +478,4 @@ class StopOnSignal:
             signal.signal(sig, old)
 
 
-__all__ = ["TrainConfig", "Fit", "StopOnSignal", "lr_at", "val_score", "age_band_weights", "params_digest"]
+__all__ = ["TrainConfig", "Source", "load_sources", "Fit", "StopOnSignal", "lr_at", "val_score", "age_band_weights", "params_digest"]
