@@ -103,6 +103,31 @@ def test_packing_and_checkpoint_tools_never_replace_their_inputs(tmp_path, rando
     assert _digest(f"{prefix}-symbol.json") == symbol
 
 
+def test_train_never_writes_its_prefix_over_an_input(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    teacher = tmp_path / "run-teacher.csv"
+    teacher.write_text("index,p_male\n0,0.9\n")
+    proc = run_script("train.py", "--data-dir", str(data), "--prefix", str(tmp_path / "run"), "--teacher-gender",
+                      str(teacher))
+    _one_line_error(proc, 2, "would write over the input")
+    assert teacher.read_text() == "index,p_male\n0,0.9\n" and sorted(os.listdir(tmp_path)) == ["data",
+                                                                                                 "run-teacher.csv"]
+
+
+def test_output_paths_number_copies_that_would_still_meet(tmp_path):
+    from agegender.serving.inference import output_paths
+
+    for n in ("x.jpg", "x.JPG", "y.gif", "y.gif.jpg"):
+        (tmp_path / n).write_bytes(b"")
+    (tmp_path / "link.jpg").symlink_to(tmp_path / "x.jpg")  # another name of x.jpg: resolves to the same copy name
+    names = ("x.jpg", "x.JPG", "y.gif", "y.gif.jpg", "link.jpg")
+    out = output_paths([str(tmp_path / n) for n in names], str(tmp_path / "o"))
+    assert sorted(os.path.basename(p) for p in out.values()) == ["x_agegender-2.jpg", "x_agegender.JPG",
+                                                                 "x_agegender.jpg", "y.gif_agegender.jpg",
+                                                                 "y_agegender.gif.jpg"]
+
+
 def test_annotated_copies_of_names_that_differ_in_case_are_distinct(tmp_path):
     album = tmp_path / "album"
     album.mkdir()
