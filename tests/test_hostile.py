@@ -62,6 +62,9 @@ def test_jsonl_never_replaces_an_input_image(album, tmp_path):
         _one_line_error(proc, 2, "is an input")
         assert proc.stdout == ""  # refused before any image is read
     assert _digest(album / "a.jpg") == before and _digest(album / "b.jpg") == before
+    proc = run_script("infer.py", "--image", str(album / "a.jpg"), "--jsonl", str(tmp_path / "o.jpg"), "--output",
+                      str(tmp_path / "o.jpg"))
+    _one_line_error(proc, 2, "the same file")
 
 
 def test_video_outputs_never_replace_the_input_video(clip):

@@ -178,8 +178,10 @@ class Outputs:
         self.targets: dict[str, str] = {}
         if output and output_dir:
             raise UserError("give either --output or --output-dir, not both")
-        refuse_inputs([("--jsonl", jsonl), ("--output", output if output and not os.path.isdir(output) else None)],
-                      paths)
+        single = output if output and not os.path.isdir(output) else None
+        refuse_inputs([("--jsonl", jsonl), ("--output", single)], paths)
+        if jsonl and single and jsonl != "-" and os.path.realpath(jsonl) == os.path.realpath(single):
+            raise UserError(f"--jsonl and --output are the same file: {jsonl}")
         if output and len(paths) == 1 and not os.path.isdir(output):
             if os.path.splitext(output)[1].lower() not in WRITABLE_EXTS and not is_stream(output):
                 raise UserError(f"--output must end in one of {', '.join(WRITABLE_EXTS)}: {output}")
