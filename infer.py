@@ -9,7 +9,7 @@ import os
 import sys
 
 from agegender.model.age import AGE_DECODINGS, DEFAULT_DECODE, DEFAULT_FLIP
-from agegender.cli import BATCH, COUNT, NON_NEGATIVE, NON_NEGATIVE_INT, PROBABILITY, ArgumentParser
+from agegender.cli import BATCH, COUNT, DET_THRESH, NON_NEGATIVE, NON_NEGATIVE_INT, ArgumentParser
 from agegender.model.engine import ENGINES
 from agegender.errors import UserError, run_cli
 from agegender.data.image import MAX_PIXELS
@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "PREFIX,EPOCH; onnx with PREFIX,EPOCH exports it in memory)")
     p.add_argument("--det-model", metavar="ONNX", default=None,
                    help="an InsightFace ONNX detector (e.g. det_500m.onnx) instead of the bundled RetinaFace")
-    p.add_argument("--det-thresh", type=PROBABILITY, default=0.8, help="minimum detector score")
+    p.add_argument("--det-thresh", type=DET_THRESH, default=0.8, help="minimum detector score")
     p.add_argument("--max-size", type=NON_NEGATIVE_INT, default=1280,
                    help="images are scaled down to this longest side for detection (boxes mapped back)")
     p.add_argument("--min-face", type=NON_NEGATIVE, default=0, help="ignore faces whose box is smaller (pixels)")
@@ -97,22 +97,22 @@ def main() -> int:
 def run_video(args: argparse.Namespace) -> int:
     """--video: a file or a camera, annotated video (--output) and JSON lines (--jsonl), one line of summary."""
     from agegender.serving.analyzer import FaceAnalyzer
-    from agegender.serving.video import process_video
+    from agegender.serving.video import check_video_args, process_video
 
     if args.output_dir or args.json or args.csv:
         raise UserError("with --video, write the annotated video with --output FILE.mp4 and the faces with --jsonl")
+    check_video_args(args.video, args.output, args.jsonl)  # before the models load
     analyzer = FaceAnalyzer.from_options(args.model, args.engine, args.det_model, args.det_thresh, args.max_size,
                                          args.gpus, det_threads=0, net_threads=1, age_decode=args.age_decode,
                                          min_face=args.min_face, flip=args.flip, batch_size=args.batch_size)
     res = process_video(args.video, analyzer, args.output, args.jsonl, args.detect_every, args.track_max_missed,
                         args.show, progress=False if args.no_progress else None)
     labelled = [t for t in res.tracks if t.gender]
-    human = sys.stderr if "-" in (args.jsonl, args.output) else sys.stdout  # stdout carries the JSON lines
+    out = sys.stderr if "-" in (args.output, args.jsonl) else sys.stdout  # stdout carries the video or lines
     print(f"{res.frames} frames ({res.detected} detected) in {res.seconds:.1f} s = {res.frames / res.seconds:.1f} "
-          f"frames/s; {len(res.tracks)} tracks", file=human)
+          f"frames/s; {len(res.tracks)} tracks", file=out)
     for t in labelled:
-        print(f"track {t.id}: frames {t.first_frame}-{t.last_frame}, gender: {t.gender}, age: {round(t.age)}",
-              file=human)
+        print(f"track {t.id}: frames {t.first_frame}-{t.last_frame}, gender: {t.gender}, age: {round(t.age)}", file=out)
     if res.ended_early:
         print(f"error: {args.video}: the stream ended early; the {res.frames} frames read are written", file=sys.stderr)
         return 1

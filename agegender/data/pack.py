@@ -22,6 +22,9 @@ from agegender.data.split import split_samples
 NO_FACE = "no_face"
 SPLITS = ("train", "val")
 
+PACKED_FILES = tuple(f"{split}.{ext}" for split in ("train", "val") for ext in ("rec", "idx", "lst")) + \
+    ("meta.json", "skipped.csv")  # what a packing run writes into its folder
+
 
 @dataclass
 class FaceSettings:

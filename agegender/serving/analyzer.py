@@ -215,9 +215,15 @@ class FaceAnalyzer:
             return None, [], [], exc.describe()
         except OSError as exc:  # unreadable: permissions, I/O errors
             return None, [], [], exc.strerror or str(exc)
+        except MemoryError:  # one file must not cost the others' results
+            return None, [], [], "out of memory while reading this image"
+        except Exception as exc:  # noqa: BLE001 -- a decoder's own error types: this file's error only
+            return None, [], [], f"cannot read: {short_reason(exc)}"
         t1 = time.perf_counter()
         try:
             faces, crops = self.detect(rgb)
+        except MemoryError:
+            return None, [], [], "out of memory while detecting faces in this image"
         except Exception as exc:  # noqa: BLE001 -- one image the detector cannot handle costs that image only
             return None, [], [], f"detection failed: {short_reason(exc)}"
         t2 = time.perf_counter()

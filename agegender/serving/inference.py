@@ -2,6 +2,7 @@
 emitted as JSON, or drawn."""
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -12,7 +13,7 @@ import cv2
 import numpy as np
 
 from agegender.serving.analyzer import NOT_FINITE, ImageResult
-from agegender.atomic import check_writable, is_stream, write_atomic
+from agegender.atomic import check_writable, is_stream, named, open_output, refuse_inputs, write_atomic
 from agegender.errors import UserError
 from agegender.schema import CSV_COLUMNS
 from agegender.data.face import Face
@@ -61,15 +62,26 @@ def output_paths(paths: list[str], out_dir: str, suffix: str = "_agegender") -> 
         return {}
     real = [os.path.realpath(p) for p in paths]
     root = os.path.commonpath([os.path.dirname(r) for r in real])
-    out = {}
+    out: dict[str, str] = {}
+    taken: set[str] = set()
     for path, r in zip(paths, real):
+        if path in out:  # the same file named twice: one copy
+            continue
         stem, ext = os.path.splitext(os.path.relpath(r, root))
-        ext = ext.lower()  # a format OpenCV cannot write (GIF) keeps its name and becomes a JPEG: x.gif.jpg
-        out[path] = os.path.join(out_dir, f"{stem}{suffix}{ext if ext in WRITABLE_EXTS else ext + '.jpg'}")
+        # the extension keeps its case (x.jpg and x.JPG are two files); one OpenCV cannot write (GIF) keeps
+        # its name and becomes a JPEG: x.gif.jpg
+        ext = ext if ext.lower() in WRITABLE_EXTS else ext + ".jpg"
+        target, n = os.path.join(out_dir, f"{stem}{suffix}{ext}"), 1
+        while os.path.realpath(target) in taken:  # two inputs that still meet (a.gif.jpg and a.gif): numbered
+            n += 1
+            target = os.path.join(out_dir, f"{stem}{suffix}-{n}{ext}")
+        taken.add(os.path.realpath(target))
+        out[path] = target
     inputs = set(real)
     clash = [p for p, o in out.items() if os.path.realpath(o) in inputs]
     if clash:
         raise UserError(f"the annotated copy of {clash[0]} would replace an input image; choose another --output-dir")
+    refuse_inputs([("--output-dir", o) for o in out.values()], paths)  # hard links too
     return out
 
 
@@ -193,9 +205,15 @@ class Outputs:
             raise UserError(f"only one output can go to stdout: {', '.join(streams + ['--json'] * json_doc)}")
         # machine-readable output on stdout: the human lines go to stderr so the stream stays parseable
         self.human = sys.stderr if streams or json_doc else sys.stdout
+        single = output if output and not os.path.isdir(output) else None
+        refuse_inputs([("--jsonl", jsonl), ("--csv", csv), ("--output", single)], paths)
+        named_outputs = [(flag, where) for flag, where in (("--jsonl", jsonl), ("--csv", csv), ("--output", single))
+                         if where and where != "-"]
+        for i, (flag, where) in enumerate(named_outputs):
+            for other, there in named_outputs[i + 1:]:
+                if os.path.realpath(where) == os.path.realpath(there):
+                    raise UserError(f"{flag} and {other} are the same file: {where}")
         if output and len(paths) == 1 and not os.path.isdir(output):
-            if os.path.realpath(output) == os.path.realpath(paths[0]):
-                raise UserError(f"--output {output} is the input image: it would be replaced; choose another name")
             if os.path.splitext(output)[1].lower() not in WRITABLE_EXTS and not is_stream(output):
                 raise UserError(f"--output must end in one of {', '.join(WRITABLE_EXTS)}: {output}")
             check_writable(output, "--output")
@@ -213,9 +231,10 @@ class Outputs:
             check_writable(csv, "--csv")
         self.csv_rows: list[dict] = []
         self.jsonl = None
+        self.jsonl_path = jsonl
         if jsonl:
             check_writable(jsonl, "--jsonl")
-            self.jsonl = sys.stdout if jsonl == "-" else open(os.path.realpath(jsonl), "w", encoding="utf-8")
+        self._stack = contextlib.ExitStack()
         self.draws = bool(self.single or self.targets or show)
         self.docs: list[dict] = []
         self.shown: list[ImageResult] = []
@@ -233,6 +252,8 @@ class Outputs:
                             disable=None if progress is None else False)
 
     def __enter__(self) -> "Outputs":
+        if self.jsonl_path:  # streamed into a temporary file, renamed when the run ends
+            self.jsonl = self._stack.enter_context(open_output(self.jsonl_path))
         for spec, reason in self.problems:  # inputs that gave no file: reported first, the run goes on
             self.failed(spec, reason)
         return self
@@ -248,15 +269,17 @@ class Outputs:
         self.complete = exc_type is None
         if self.bar is not None:
             self.bar.close()
-        if self.jsonl is not None and self.jsonl is not sys.stdout:
-            self.jsonl.close()  # every completed image is in it, also after Ctrl-C
+        # every completed image is in the JSON lines, also after Ctrl-C; a failed write keeps the old file
+        self._stack.__exit__(exc_type, exc, tb)
         if self.csv and (self.complete or self.csv_rows):
             write_atomic(self.csv, csv_text(self.csv_rows))  # the rows done so far, also after Ctrl-C
         if self.complete and self.json_doc:
             print(dumps_json(self.docs), flush=True)
         if self.multi or not self.complete:
-            print(f"summary: {self.summary()}, {time.perf_counter() - self.start:.1f} s"
-                  f"{'' if self.complete else ', interrupted'}", file=sys.stderr, flush=True)
+            state = "" if self.complete else ", interrupted" if issubclass(exc_type, KeyboardInterrupt) else \
+                ", stopped by an error"
+            print(f"summary: {self.summary()}, {time.perf_counter() - self.start:.1f} s{state}",
+                  file=sys.stderr, flush=True)
         if self.complete and self.show:
             self._show()
 
@@ -271,8 +294,11 @@ class Outputs:
         if self.json_doc:
             self.docs.append(doc)
         if self.jsonl is not None:
-            self.jsonl.write(json.dumps(doc) + "\n")
-            self.jsonl.flush()
+            try:
+                self.jsonl.write(json.dumps(doc) + "\n")
+                self.jsonl.flush()
+            except OSError as exc:  # a full disk: the one-line error names the output
+                raise named(exc, "standard output" if self.jsonl_path == "-" else self.jsonl_path) from None
         if self.csv:
             self.csv_rows += csv_rows(doc)
 

@@ -20,11 +20,12 @@ from pydantic import BaseModel, Field
 from agegender import CODE_LICENSE, __version__
 from agegender.serving.analyzer import FaceAnalyzer, FaceResult, ImageResult
 from agegender.serving.batcher import FaceBatcher
+from agegender.cli import DET_THRESH_MIN
 from agegender.data.image import MAX_PIXELS, TOO_LARGE, TRUNCATED, ImageError, decode_image
 from agegender.serving.inference import draw, to_json
 
 MAX_BYTES = 10_000_000
-DET_FLOOR = 0.3  # the detector runs at this threshold; each request raises it with det_thresh
+DET_FLOOR = DET_THRESH_MIN  # the detector runs at this threshold; each request raises it with det_thresh
 
 
 class ApiError(Exception):
