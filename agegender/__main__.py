@@ -9,6 +9,7 @@ import os
 import sys
 
 from agegender import CODE_LICENSE, WEIGHTS_TERMS, __version__
+from agegender.errors import EXTRAS
 
 COMMANDS = {  # command: (script, what it does)
     "infer": ("infer.py", "gender and age of every face in images, folders or a video"),
@@ -20,8 +21,6 @@ COMMANDS = {  # command: (script, what it does)
 }
 _HERE = os.path.dirname(os.path.abspath(__file__))
 # a module missing at run time -> the extra that installs it (pyproject.toml)
-EXTRAS = {"fastapi": "serve", "uvicorn": "serve", "multipart": "serve", "python_multipart": "serve",
-          "mxnet": "train", "onnx": "train", "matplotlib": "train", "skimage": "train", "insightface": "insightface"}
 
 
 def script_path(script: str) -> str:

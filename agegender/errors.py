@@ -54,10 +54,17 @@ PACKAGES = {"mxnet": "mxnet==1.9.1 (see requirements.txt)", "cv2": "opencv-pytho
             "sklearn": "scikit-learn", "skimage": "scikit-image"}
 
 
+# Modules that an extra of the installed package brings (pyproject.toml)
+EXTRAS = {"fastapi": "serve", "uvicorn": "serve", "multipart": "serve", "python_multipart": "serve",
+          "mxnet": "train", "onnx": "train", "matplotlib": "train", "skimage": "train", "insightface": "insightface"}
+
+
 def missing_module_message(module: str, feature: str = "this command") -> str:
-    """`this command needs mxnet, which is not installed here; pip install ...`: one line."""
+    """`this command needs mxnet, which is not installed here; pip install ...`: one line (naming the
+    package's extra too, for an installed agegender)."""
     package = PACKAGES.get(module, module)
-    return f"{feature} needs {module}, which is not installed here; pip install {package}"
+    extra = f" (or pip install 'agegender[{EXTRAS[module]}]')" if module in EXTRAS else ""
+    return f"{feature} needs {module}, which is not installed here; pip install {package}{extra}"
 
 
 def require(module: str, feature: str):

@@ -174,5 +174,6 @@ def test_infer_runs_with_mxnet_unimportable(tmp_path):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "infer.py"), "--image", t1, "--engine", "mxnet"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     # the block is real, and reported in one line, not a traceback
-    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
-        "error: --engine mxnet needs mxnet, which is not installed here; pip install mxnet==1.9.1 (see requirements.txt)"]
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(
+        "error: --engine mxnet needs mxnet, which is not installed here; pip install mxnet==1.9.1")
