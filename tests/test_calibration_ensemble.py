@@ -185,3 +185,56 @@ def test_teacher_via_our_alignment_labels_real_all_age_faces():
     assert len(chips) >= 35
     p = teacher.p_male(np.stack(chips))
     assert np.mean((p >= 0.5) == np.array(males)) >= 0.9
+
+
+def test_infer_gender_ensemble_flag_changes_gender_only():
+    """infer.py --gender-ensemble: the same faces and ages, and P(male) the mean of ours and the teacher's."""
+    import json
+
+    from tests.conftest import run_script
+    from agegender.data.demo import wheel_image
+    from agegender.data.image import read_image
+    from agegender.serving.analyzer import FaceAnalyzer
+
+    image = wheel_image("t1.jpg")
+    docs = [json.loads(run_script("infer.py", "--json", "--image", image, *flag, check=True).stdout)["faces"]
+            for flag in ([], ["--gender-ensemble"])]
+    assert [f["box"] for f in docs[0]] == [f["box"] for f in docs[1]] and len(docs[0]) == 6
+    assert [f["age"] for f in docs[0]] == [f["age"] for f in docs[1]]
+    analyzer = FaceAnalyzer.from_options(net_threads=1)
+    rgb = read_image(image)
+    faces, crops = analyzer.detect(rgb)
+    ours = analyzer.label(crops)[0]
+    teacher = TeacherGender(threads=1).p_male(np.stack([teacher_chip(rgb, f.landmarks) for f in faces]))
+    p_male = [f["gender_prob"] if f["gender"] == "male" else 1 - f["gender_prob"] for f in docs[1]]
+    np.testing.assert_allclose(p_male, ensemble_p_male(ours, teacher), atol=1e-4)
+    assert not np.allclose(ours, p_male, atol=1e-3)
+
+
+def test_report_tools_on_a_small_list_of_real_photos(tmp_path):
+    """tools/calibrate.py fits T, prints the ECE table and stores T in a model the onnx engine then reads;
+    tools/ensemble_report.py prints the three accuracies and the cost."""
+    import re
+
+    from tests.conftest import run_script
+
+    folder = shared_path("data", "aaf", "original images")
+    names = sorted(os.listdir(folder))
+    picks = names[:3000:500] + names[-3000::500]  # female ids first, male ids last
+    lst = tmp_path / "val.lst"
+    lst.write_text("".join(f"{i}\t{int(int(n[:5]) >= 7381)}\t{int(n[6:8])}\t{os.path.join(folder, n)}\n"
+                           for i, n in enumerate(picks)))
+    out = tmp_path / "calibrated.onnx"
+    proc = run_script("tools/calibrate.py", "--lst", str(lst), "--write", str(out), check=True)
+    t = float(re.search(r"T = ([0-9.]+)", proc.stdout).group(1))
+    assert "| all | " in proc.stdout and OnnxEngine(str(out)).gender_temperature == pytest.approx(t, abs=1e-4)
+    proc = run_script("tools/ensemble_report.py", "--lst", str(lst), check=True)
+    assert re.search(r"\| all \| \d+ \| [01]\.\d{4} \| [01]\.\d{4} \| [01]\.\d{4} \|", proc.stdout)
+    assert "faces/s" in proc.stdout
+
+
+def test_calibrate_write_needs_an_onnx_model(tmp_path):
+    from tests.conftest import run_script
+
+    proc = run_script("tools/calibrate.py", "--model", "models/agegender,0", "--write", str(tmp_path / "x.onnx"))
+    assert proc.returncode == 2 and "ONNX" in proc.stderr and "Traceback" not in proc.stderr
