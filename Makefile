@@ -29,7 +29,7 @@ demo: install
 demo-pack: install
 	$(PY) -m agegender.data.demo $(DEMO)/raw
 	$(PY) create_dataset.py --afad $(DEMO)/raw/afad --megaage $(DEMO)/raw/megaage --agedb $(DEMO)/raw/agedb \
-	    --utkface $(DEMO)/raw/utkface --list $(DEMO)/raw/list/labels.csv --val-ratio 0.2 --output $(DEMO)
+	    --utkface $(DEMO)/raw/utkface --aaf $(DEMO)/raw/aaf --list $(DEMO)/raw/list/labels.csv --val-ratio 0.2 --output $(DEMO)
 	$(PY) show_age_distribution.py $(DEMO)/train.rec --output $(DEMO)/age_distribution.png
 
 test: install

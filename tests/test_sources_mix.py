@@ -93,3 +93,16 @@ def test_eval_prints_a_table_per_file_and_the_pooled_line(packed_demo, packed_aa
     assert overall["mae"] == pytest.approx(mae)
     last = proc.stdout.strip().splitlines()[-1].split()
     assert last[0] == "overall" and int(last[1]) == overall["count"]
+
+
+def test_cross_dataset_matrix_has_a_row_per_model_and_a_column_per_split(packed_demo, packed_aaf, random_model):
+    demo, _ = packed_demo
+    proc = run_script("tools/cross_dataset.py", "--model", f"random={random_model}", "--model",
+                      f"again={random_model}", "--rec", os.path.join(demo, "val.rec"), "--rec",
+                      os.path.join(packed_aaf, "val.rec"), "--no-progress", check=True)
+    lines = proc.stdout.splitlines()
+    name = os.path.basename(demo)
+    assert lines[0] == f"| trained on \\ evaluated on | {name}/val | aaf/val |"
+    rows = [ln for ln in lines if ln.startswith("| random |") or ln.startswith("| again |")]
+    assert len(rows) == 6                      # the overall matrix and one band table per split, two models each
+    assert rows[0].split("|")[2:] == rows[1].split("|")[2:]    # the same model reads the same numbers
