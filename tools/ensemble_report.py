@@ -54,7 +54,7 @@ def print_tables(sf, own: dict[int, float] | None) -> None:
 def main() -> int:
     p = ArgumentParser(description=__doc__)
     p.add_argument("--model", default=None, help="a .onnx file or PREFIX,EPOCH (default: the bundled model)")
-    p.add_argument("--engine", default=None, help="onnx or mxnet (default: as infer.py picks)")
+    p.add_argument("--engine", choices=("onnx", "mxnet"), default=None, help="what runs the net (default: as infer.py picks)")
     p.add_argument("--lst", nargs="+", default=DEFAULT_LISTS, help="packed val splits' .lst files")
     p.add_argument("--teacher-own", nargs="*", default=None, metavar="CSV",
                    help="the teacher's own labels of each split (tools/teacher_gender.py), in --lst order "
