@@ -43,7 +43,8 @@ def cross_fitted(logit, gender):
 def main() -> int:
     p = ArgumentParser(description=__doc__)
     p.add_argument("--model", default=None, help="a .onnx file or PREFIX,EPOCH (default: the bundled model)")
-    p.add_argument("--engine", choices=("onnx", "mxnet"), default=None, help="what runs the net (default: as infer.py picks)")
+    p.add_argument("--engine", choices=("onnx", "mxnet"), default=None,
+                   help="what runs the net (default: as infer.py picks)")
     p.add_argument("--lst", nargs="+", default=DEFAULT_LISTS, help="packed val splits' .lst files")
     p.add_argument("--limit", type=NON_NEGATIVE_INT, default=0, help="only the first N photos of each list")
     p.add_argument("--write", metavar="OUT.onnx",

@@ -54,7 +54,8 @@ def print_tables(sf, own: dict[int, float] | None) -> None:
 def main() -> int:
     p = ArgumentParser(description=__doc__)
     p.add_argument("--model", default=None, help="a .onnx file or PREFIX,EPOCH (default: the bundled model)")
-    p.add_argument("--engine", choices=("onnx", "mxnet"), default=None, help="what runs the net (default: as infer.py picks)")
+    p.add_argument("--engine", choices=("onnx", "mxnet"), default=None,
+                   help="what runs the net (default: as infer.py picks)")
     p.add_argument("--lst", nargs="+", default=DEFAULT_LISTS, help="packed val splits' .lst files")
     p.add_argument("--teacher-own", nargs="*", default=None, metavar="CSV",
                    help="the teacher's own labels of each split (tools/teacher_gender.py), in --lst order "
@@ -90,7 +91,8 @@ def main() -> int:
     if count:
         ours = totals["align"] + totals["net"]
         extra = totals["teacher_align"] + totals["teacher_net"]
-        print(f"\ncost on {count} faces (1 thread each, this machine): detection {count / totals['detect']:.0f} faces/s; "
+        print(f"\ncost on {count} faces (1 thread each, this machine): "
+              f"detection {count / totals['detect']:.0f} faces/s; "
               f"our align + net {count / ours:.0f} faces/s; the teacher's chip + net {count / extra:.0f} faces/s "
               f"({totals['teacher_align'] * 1e3 / count:.2f} + {totals['teacher_net'] * 1e3 / count:.2f} ms/face); "
               f"whole path per face: {1e3 * (totals['detect'] + ours) / count:.2f} ms alone, "

@@ -95,7 +95,8 @@ def fit_step(paths: list[str]) -> None:
             m = np.array(r["to_chip"])
             points.append(face.landmarks.astype(float) @ m[:, :2].T + m[:, 2])
             inside = np.array(r["chip"]).max(axis=2) > 0  # dlib blacks out what it cannot see; compare the rest
-            diffs.setdefault(path, []).append(np.abs(teacher_chip(rgb, face.landmarks).astype(float) - np.array(r["chip"]))[inside].mean())
+            ours = teacher_chip(rgb, face.landmarks).astype(float)
+            diffs.setdefault(path, []).append(np.abs(ours - np.array(r["chip"]))[inside].mean())
     if not points:
         raise UserError("no photo where both detectors found the same face")
     pts = np.array(points)

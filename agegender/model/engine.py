@@ -140,4 +140,5 @@ class OnnxEngine(Engine):
         return self.session.run(None, {self.input: batch})[0]
 
 
-__all__ = ["Engine", "OnnxEngine", "stored_temperature", "with_temperature", "TEMPERATURE_KEY", "BUNDLED_MODEL", "BUNDLED_ONNX", "ENGINES", "NUM_OUTPUTS", "short_name"]
+__all__ = ["Engine", "OnnxEngine", "stored_temperature", "with_temperature", "TEMPERATURE_KEY",
+           "BUNDLED_MODEL", "BUNDLED_ONNX", "ENGINES", "NUM_OUTPUTS", "short_name"]

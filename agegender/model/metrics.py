@@ -101,4 +101,5 @@ class AgeGenderMetric:
         return summarize(*self.arrays())
 
 
-__all__ = ["summarize", "band_table", "expected_calibration_error", "fit_temperature", "AgeGenderMetric", "AGE_BANDS", "CS_LEVELS"]
+__all__ = ["summarize", "band_table", "expected_calibration_error", "fit_temperature",
+           "AgeGenderMetric", "AGE_BANDS", "CS_LEVELS"]
