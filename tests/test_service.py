@@ -22,6 +22,7 @@ from fastapi.testclient import TestClient
 from tests.conftest import ROOT, SHARED, run_script
 from tests.test_robustness import bomb_png
 from agegender.data.demo import wheel_image
+from agegender.schema import validate
 
 T1 = wheel_image("t1.jpg")
 
@@ -47,11 +48,12 @@ def _photos() -> list[str]:
 
 @pytest.mark.parametrize("photo", _photos(), ids=os.path.basename)
 def test_json_equals_infer_json_for_the_same_file(client, photo):
-    expected = json.loads(run_script("infer.py", "--image", photo, "--json", check=True).stdout)
+    expected = json.loads(run_script("infer.py", "--image", photo, "--json", check=True).stdout)[0]
     with open(photo, "rb") as f:
         r = client.post("/v1/analyze", files={"image": (os.path.basename(photo), f, "image/jpeg")})
     assert r.status_code == 200, r.text
     doc = r.json()
+    validate(doc, "analyze")
     assert doc["image"] == os.path.basename(photo) and doc["model"] == "models/agegender.onnx"
     h, w = cv2.imread(photo).shape[:2]
     assert (doc["width"], doc["height"]) == (w, h)
@@ -75,6 +77,10 @@ def test_health_model_and_docs(client):
     assert client.get("/health").json() == {"status": "ok", "model_loaded": True}
     m = client.get("/v1/model").json()
     assert m["engine"] == "onnx" and m["limits"]["max_bytes"] == 2_000_000 and "RGB" in m["input"]
+    from agegender import __version__
+
+    assert m["version"] == __version__ and m["license"]["code"] == "Apache-2.0"
+    assert "non-commercial" in m["license"]["model"]
     spec = client.get("/openapi.json").json()
     post = spec["paths"]["/v1/analyze"]["post"]
     assert {"200", "400", "413", "415", "422"} <= set(post["responses"])

@@ -15,7 +15,20 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from agegender.cli import DET_THRESH_MIN
 from agegender.data.main_face import main_face_score
+
+# Candidate boxes kept (the highest scores) before non-maximum suppression, whose cost grows with the square
+# of their number: far more than the faces of any photo (a 1280 px crowd photo has a few hundred).
+MAX_CANDIDATES = 5000
+
+
+def check_thresh(thresh: float) -> float:
+    """The detector threshold, refused (ValueError) below DET_THRESH_MIN or above 1."""
+    thresh = float(thresh)
+    if not DET_THRESH_MIN <= thresh <= 1:
+        raise ValueError(f"detector threshold {thresh:g} is out of range: must be in [{DET_THRESH_MIN:g}, 1]")
+    return thresh
 
 # The ArcFace 112x112 template that InsightFace's face models (gender-age included) are trained on:
 # left eye, right eye, nose tip, left and right mouth corners, in pixels of the 112x112 crop.
@@ -98,7 +111,7 @@ class RetinaFaceDetector:
                  threads: int = 0):
         from retinaface.weights import WEIGHTS
 
-        self.thresh, self.nms, self.max_size = float(thresh), float(nms), int(max_size)
+        self.thresh, self.nms, self.max_size = check_thresh(thresh), float(nms), int(max_size)
         self.session = _session(WEIGHTS, threads)
         self._priors: dict[tuple[int, int], np.ndarray] = {}
 
@@ -133,6 +146,8 @@ class RetinaFaceDetector:
         keep = np.where(scores >= self.thresh)[0]
         if keep.size == 0:
             return []
+        if keep.size > MAX_CANDIDATES:  # bounded NMS, whatever the image
+            keep = keep[np.argsort(-scores[keep], kind="stable")[:MAX_CANDIDATES]]
         p, loc, lmk, scores = priors[keep], loc[0, keep], lmk[0, keep], scores[keep]
         v0, v1 = self._VARIANCE
         centers = p[:, :2] + loc[:, :2] * v0 * p[:, 2:]
@@ -158,7 +173,7 @@ class InsightFaceDetector:
                                                      sess_options=_session_options(threads))
         if self.model is None or not hasattr(self.model, "detect"):
             raise ValueError(f"{path} is not an InsightFace face detector")
-        self.model.prepare(ctx_id=-1, det_thresh=float(thresh), input_size=self.input_size)
+        self.model.prepare(ctx_id=-1, det_thresh=check_thresh(thresh), input_size=self.input_size)
 
     def detect(self, rgb: np.ndarray) -> list[Face]:
         boxes, kps = self.model.detect(np.ascontiguousarray(rgb[:, :, ::-1]), input_size=self.input_size)

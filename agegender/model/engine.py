@@ -16,7 +16,10 @@ from agegender.errors import UserError, short_reason
 from agegender.model.age import DEFAULT_DECODE, NUM_AGE_BINS, decode
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BUNDLED_MODEL = os.path.join(ROOT, "models", "agegender")  # the model shipped in the repository, epoch 0
+# The model shipped with AgeGender, epoch 0: the wheel carries it as package data (agegender/weights/, see
+# pyproject.toml); a checkout has it in models/.
+_PACKAGED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights", "agegender")
+BUNDLED_MODEL = _PACKAGED if os.path.isfile(_PACKAGED + ".onnx") else os.path.join(ROOT, "models", "agegender")
 BUNDLED_ONNX = BUNDLED_MODEL + ".onnx"                   # the same model exported by tools/export_onnx.py
 ENGINES = ("onnx", "mxnet")
 NUM_OUTPUTS = 2 + 2 * NUM_AGE_BINS
@@ -35,6 +38,24 @@ class Engine:
     kind = ""
     name = ""
     gender_temperature = 1.0  # divides the gender logits before the softmax (1 = uncalibrated)
+    metadata: dict = {}  # what the model file says of itself (ONNX metadata_props); empty for a checkpoint
+
+    @property
+    def version(self) -> str | None:
+        """The AgeGender version that exported the model (ONNX metadata `agegender_version`; None for a
+        checkpoint or an export that predates it, as the bundled model)."""
+        return self.metadata.get("agegender_version")
+
+    @property
+    def license(self) -> str:
+        """The model's terms: its metadata's `license`, else the bundled weights' for the bundled model."""
+        from agegender import WEIGHTS_TERMS
+
+        if "license" in self.metadata:
+            return self.metadata["license"]
+        return WEIGHTS_TERMS if self.is_bundled else "not stated in the model file"
+
+    is_bundled = False
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
         """(N,3,112,112) float32 -> (N,202) float32."""
@@ -134,6 +155,8 @@ class OnnxEngine(Engine):
         self.input = self.session.get_inputs()[0].name
         self.providers = self.session.get_providers()
         self.gender_temperature = stored_temperature(self.session.get_modelmeta().custom_metadata_map, self.name)
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.is_bundled = model is None and os.path.realpath(path) == os.path.realpath(BUNDLED_ONNX)
         self.check()
 
     def forward(self, batch: np.ndarray) -> np.ndarray:

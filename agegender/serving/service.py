@@ -17,13 +17,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
+from agegender import CODE_LICENSE, __version__
 from agegender.serving.analyzer import FaceAnalyzer, FaceResult, ImageResult
 from agegender.serving.batcher import FaceBatcher
+from agegender.cli import DET_THRESH_MIN
 from agegender.data.image import MAX_PIXELS, TOO_LARGE, TRUNCATED, ImageError, decode_image
 from agegender.serving.inference import draw, to_json
 
 MAX_BYTES = 10_000_000
-DET_FLOOR = 0.3  # the detector runs at this threshold; each request raises it with det_thresh
+DET_FLOOR = DET_THRESH_MIN  # the detector runs at this threshold; each request raises it with det_thresh
 
 
 class ApiError(Exception):
@@ -39,7 +41,7 @@ class FaceOut(BaseModel):
     landmarks: list[list[float]] = Field(description="eyes, nose, mouth corners: 5 x (x, y)")
     gender: Optional[str] = Field(description="male or female; null when the model's output was not finite",
                                   examples=["female"])
-    gender_prob: Optional[float] = Field(description="probability of the gender given", examples=[0.9075])
+    p_male: Optional[float] = Field(description="P(male); gender is male when >= 0.5", examples=[0.0925])
     age: Optional[float] = Field(description="decoded age in years", examples=[25.6])
     error: Optional[str] = Field(default=None, description="why this face has no labels")
 
@@ -76,6 +78,8 @@ class ModelOut(BaseModel):
     detector: str
     limits: dict
     versions: dict
+    version: str = Field(description="the AgeGender version serving", examples=["1.0.0"])
+    license: dict = Field(description="the code's licence and the model's (weights') terms")
 
 
 ERRORS = {400: {"model": ErrorOut, "description": "empty body or truncated image"},
@@ -174,7 +178,9 @@ def create_app(analyzer: FaceAnalyzer, max_bytes: int = MAX_BYTES, max_pixels: i
                 "detector": getattr(analyzer.detector, "name", type(analyzer.detector).__name__),
                 "limits": {"max_bytes": max_bytes, "max_pixels": max_pixels, "det_thresh_min": DET_FLOOR},
                 "versions": {"python": platform.python_version(), "numpy": np.__version__,
-                             "opencv": cv2.__version__, "onnxruntime": onnxruntime.__version__}}
+                             "opencv": cv2.__version__, "onnxruntime": onnxruntime.__version__,
+                             "model": analyzer.engine.version},
+                "version": __version__, "license": {"code": CODE_LICENSE, "model": analyzer.engine.license}}
 
     @app.post("/v1/analyze", response_model=AnalyzeOut, responses={**ERRORS, 200: {
         "content": {"image/jpeg": {}}, "description": "the faces as JSON, or the annotated JPEG with annotated=1"}},
