@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "crosses 1/2")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=DEFAULT_FLIP,
                    help="average each face's outputs with its mirror image's")
+    p.add_argument("--gender-ensemble", action=argparse.BooleanOptionalAction, default=False,
+                   help="P(male) = the mean of ours and the bundled CC0 teacher gender net's "
+                        "(docs/calibration-and-ensemble.md)")
     p.add_argument("--gpus", default="", help="GPU ids such as 0,1 for the attribute net (empty = CPU); the "
                                               "onnx engine needs onnxruntime-gpu and uses the first")
     p.add_argument("--batch-size", type=BATCH, default=256, help="faces per forward pass")
@@ -87,7 +90,7 @@ def main() -> int:
     analyzer = FaceAnalyzer.from_options(args.model, args.engine, args.det_model, args.det_thresh, args.max_size,
                                          args.gpus, det_threads=1, net_threads=1, age_decode=args.age_decode,
                                          min_face=args.min_face, flip=args.flip, batch_size=args.batch_size,
-                                         max_pixels=args.max_pixels)
+                                         max_pixels=args.max_pixels, gender_ensemble=args.gender_ensemble)
     with outputs:
         for result in analyzer.analyze_paths(paths, keep_images=outputs.draws):
             outputs.add(result)
@@ -104,7 +107,8 @@ def run_video(args: argparse.Namespace) -> int:
     check_video_args(args.video, args.output, args.jsonl)  # before the models load
     analyzer = FaceAnalyzer.from_options(args.model, args.engine, args.det_model, args.det_thresh, args.max_size,
                                          args.gpus, det_threads=0, net_threads=1, age_decode=args.age_decode,
-                                         min_face=args.min_face, flip=args.flip, batch_size=args.batch_size)
+                                         min_face=args.min_face, flip=args.flip, batch_size=args.batch_size,
+                                         gender_ensemble=args.gender_ensemble)
     res = process_video(args.video, analyzer, args.output, args.jsonl, args.detect_every, args.track_max_missed,
                         args.show, progress=False if args.no_progress else None)
     labelled = [t for t in res.tracks if t.gender]

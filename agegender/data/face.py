@@ -252,6 +252,28 @@ def align_face(rgb: np.ndarray, landmarks: np.ndarray, size: int = 112) -> np.nd
     return cv2.warpAffine(rgb, m, (size, size), borderValue=0.0)
 
 
+# Where our 5 RetinaFace points (eye centres, nose tip, mouth corners) land, on average, in the 32x32 dlib face
+# chip (get_face_chip_details, padding 0.2) that the CC0 teacher gender net (models/teacher-gender-v1.onnx)
+# expects. Measured, not derived: dlib's own chip transform applied to our landmarks of the same faces, averaged
+# over 397 training photos (197 UTKFace, 200 All-Age-Faces; the per-point spread is 0.5-1.2 px, and the two
+# sets agree to 0.5 px). See docs/calibration-and-ensemble.md.
+TEACHER_TEMPLATE = np.array(
+    [[9.332, 8.993], [21.484, 8.813], [15.156, 16.038], [10.227, 21.194], [20.630, 21.055]], dtype=np.float32)
+TEACHER_CHIP = 32
+_TEACHER_OVERSAMPLE = 4  # warp at 4x and area-average down: dlib filters before it shrinks a face, so must we
+
+
+def teacher_chip(rgb: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """The 32x32 RGB chip of one face for the teacher gender net, from our 5 landmarks: the least-squares
+    similarity onto TEACHER_TEMPLATE (black outside the image), warped at 4x and area-averaged down."""
+    k = _TEACHER_OVERSAMPLE
+    m = similarity_transform(np.asarray(landmarks, np.float32).reshape(5, 2), TEACHER_TEMPLATE)
+    m = m * k
+    m[:, 2] += (k - 1) / 2.0  # pixel centres: big pixel (k*i + (k-1)/2) is the centre of small pixel i
+    big = cv2.warpAffine(rgb, m, (TEACHER_CHIP * k, TEACHER_CHIP * k), flags=cv2.INTER_LINEAR, borderValue=0.0)
+    return cv2.resize(big, (TEACHER_CHIP, TEACHER_CHIP), interpolation=cv2.INTER_AREA)
+
+
 def crop_in_image(shape: tuple[int, ...], landmarks: np.ndarray, size: int = 112) -> float:
     """The share of `align_face`'s crop that comes from inside the image (the rest is its black border):
     the crop square mapped back into the image, intersected with the image rectangle. Tight source chips

@@ -23,6 +23,7 @@ BUNDLED_MODEL = _PACKAGED if os.path.isfile(_PACKAGED + ".onnx") else os.path.jo
 BUNDLED_ONNX = BUNDLED_MODEL + ".onnx"                   # the same model exported by tools/export_onnx.py
 ENGINES = ("onnx", "mxnet")
 NUM_OUTPUTS = 2 + 2 * NUM_AGE_BINS
+TEMPERATURE_KEY = "gender_temperature"  # ONNX metadata_props key: the fitted temperature of the gender logits
 
 
 def short_name(path: str) -> str:
@@ -36,6 +37,7 @@ class Engine:
 
     kind = ""
     name = ""
+    gender_temperature = 1.0  # divides the gender logits before the softmax (1 = uncalibrated)
     metadata: dict = {}  # what the model file says of itself (ONNX metadata_props); empty for a checkpoint
 
     @property
@@ -86,7 +88,36 @@ class Engine:
             return np.zeros(0), np.zeros(0)
         outs = [self.outputs(faces[i:i + batch_size].transpose(0, 3, 1, 2), flip)
                 for i in range(0, len(faces), batch_size)]
-        return decode(np.concatenate(outs), age_decode)
+        return decode(np.concatenate(outs), age_decode, self.gender_temperature)
+
+
+def stored_temperature(metadata: dict[str, str], name: str) -> float:
+    """The gender temperature stored in an ONNX model's metadata_props (tools/calibrate.py --write), 1 when
+    absent; a value that is not a positive number is a one-line error naming the model."""
+    raw = metadata.get(TEMPERATURE_KEY)
+    if raw is None:
+        return 1.0
+    try:
+        t = float(raw)
+    except ValueError:
+        t = float("nan")
+    if not (t > 0 and np.isfinite(t)):
+        raise UserError(f"model {name}: metadata {TEMPERATURE_KEY}={raw!r} is not a positive number")
+    return t
+
+
+def with_temperature(model: bytes, temperature: float) -> bytes:
+    """A serialised ONNX model with `gender_temperature` set in its metadata_props (replacing any)."""
+    import onnx
+
+    if not (temperature > 0 and np.isfinite(temperature)):
+        raise ValueError(f"gender temperature must be a positive number, got {temperature!r}")
+    proto = onnx.load_from_string(model)
+    keep = [(p.key, p.value) for p in proto.metadata_props if p.key != TEMPERATURE_KEY]
+    del proto.metadata_props[:]
+    for key, value in keep + [(TEMPERATURE_KEY, f"{temperature:.4f}")]:
+        proto.metadata_props.add(key=key, value=value)
+    return proto.SerializeToString()
 
 
 class OnnxEngine(Engine):
@@ -123,6 +154,7 @@ class OnnxEngine(Engine):
             raise UserError(f"cannot load model {self.name}: {short_reason(exc)}") from None
         self.input = self.session.get_inputs()[0].name
         self.providers = self.session.get_providers()
+        self.gender_temperature = stored_temperature(self.session.get_modelmeta().custom_metadata_map, self.name)
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         self.is_bundled = model is None and os.path.realpath(path) == os.path.realpath(BUNDLED_ONNX)
         self.check()
@@ -131,4 +163,5 @@ class OnnxEngine(Engine):
         return self.session.run(None, {self.input: batch})[0]
 
 
-__all__ = ["Engine", "OnnxEngine", "BUNDLED_MODEL", "BUNDLED_ONNX", "ENGINES", "NUM_OUTPUTS", "short_name"]
+__all__ = ["Engine", "OnnxEngine", "stored_temperature", "with_temperature", "TEMPERATURE_KEY",
+           "BUNDLED_MODEL", "BUNDLED_ONNX", "ENGINES", "NUM_OUTPUTS", "short_name"]

@@ -18,15 +18,16 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Union
+from typing import Any, Iterable, Iterator, NamedTuple, Union
 
 import numpy as np
 
 from agegender.model.age import DEFAULT_DECODE, DEFAULT_FLIP
 from agegender.model.engine import Engine
+from agegender.model.ensemble import TeacherGender, ensemble_p_male
 from agegender.model.loading import load_engine
 from agegender.errors import UserError, short_reason
-from agegender.data.face import Detector, Face, align_face, load_detector
+from agegender.data.face import Detector, Face, align_face, load_detector, teacher_chip
 from agegender.data.image import MAX_PIXELS, MISSING, ImageError, decode_image, read_image
 
 ImageInput = Union[np.ndarray, str, Path, bytes, bytearray, memoryview, Any]  # Any: a PIL image
@@ -138,6 +139,13 @@ class ImageResult:
         return {"image": self.path, "faces": [fr.to_dict() for fr in self.faces]}
 
 
+class FaceCrops(NamedTuple):
+    """One face's two crops when the gender ensemble is on: ours (112x112) and the teacher's chip (32x32)."""
+
+    net: np.ndarray
+    teacher: np.ndarray
+
+
 _TIMINGS_LOCK = threading.Lock()
 
 
@@ -145,8 +153,10 @@ class FaceAnalyzer:
     """A detector and an engine with the settings that turn a photo into labelled faces."""
 
     def __init__(self, detector: Detector, engine: Engine, age_decode: str = DEFAULT_DECODE, min_face: float = 0.0,
-                 flip: bool = DEFAULT_FLIP, batch_size: int = 256, max_pixels: int = MAX_PIXELS):
-        self.detector, self.engine = detector, engine
+                 flip: bool = DEFAULT_FLIP, batch_size: int = 256, max_pixels: int = MAX_PIXELS,
+                 teacher: TeacherGender | None = None):
+        """`teacher`: the gender ensemble (P(male) = the mean of ours and the teacher's), off when None."""
+        self.detector, self.engine, self.teacher = detector, engine, teacher
         self.age_decode, self.min_face, self.flip, self.batch_size = age_decode, min_face, flip, batch_size
         self.max_pixels = max_pixels
         self._lock = contextlib.nullcontext() if getattr(detector, "thread_safe", False) else threading.Lock()
@@ -154,21 +164,24 @@ class FaceAnalyzer:
     @classmethod
     def from_options(cls, model: str | None = None, engine: str | None = None, det_model: str | None = None,
                      det_thresh: float = 0.8, max_size: int = 1280, gpus: str = "", det_threads: int = 1,
-                     net_threads: int = 0, **settings) -> "FaceAnalyzer":
+                     net_threads: int = 0, gender_ensemble: bool = False, **settings) -> "FaceAnalyzer":
         """Load the detector (bundled RetinaFace, or an InsightFace ONNX file) and the engine
-        (`agegender.model.loading.load_engine`); `settings` are the constructor's keywords."""
+        (`agegender.model.loading.load_engine`); `gender_ensemble` also loads the bundled teacher gender
+        net (`agegender.model.ensemble`); `settings` are the constructor's keywords."""
         try:
             detector = load_detector(det_model, thresh=det_thresh, max_size=max_size, threads=det_threads)
         except FileNotFoundError as exc:
             raise UserError(str(exc)) from None
         except Exception as exc:  # noqa: BLE001 -- insightface and onnxruntime raise their own types
             raise UserError(f"cannot load detector {det_model}: {short_reason(exc)}") from None
-        return cls(detector, load_engine(model, engine, gpus, net_threads), **settings)
+        teacher = TeacherGender(threads=net_threads) if gender_ensemble else None
+        return cls(detector, load_engine(model, engine, gpus, net_threads), teacher=teacher, **settings)
 
     def detect(self, rgb: np.ndarray, det_thresh: float = 0.0, min_face: float | None = None,
                max_faces: int = 0) -> tuple[list[Face], list[np.ndarray]]:
         """Every face at least `min_face` pixels (default: the analyzer's) on its shorter box side, left to
-        right, and its aligned 112x112 crop. `det_thresh` raises the detector's own threshold for this call;
+        right, and its aligned 112x112 crop (with the ensemble on, a `FaceCrops` of it and the teacher's
+        chip: pass them to `label` as they are). `det_thresh` raises the detector's own threshold for this call;
         `max_faces` (> 0) keeps that many, the highest scores."""
         with self._lock:
             found = self.detector.detect(rgb)
@@ -177,13 +190,22 @@ class FaceAnalyzer:
         if max_faces > 0:
             faces = sorted(faces, key=lambda f: -f.score)[:max_faces]
         faces.sort(key=lambda f: (float(f.box[0]), float(f.box[1])))
+        if self.teacher is not None:
+            return faces, [FaceCrops(align_face(rgb, f.landmarks), teacher_chip(rgb, f.landmarks)) for f in faces]
         return faces, [align_face(rgb, f.landmarks) for f in faces]
 
-    def label(self, crops: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """(P(male), age) of aligned crops, through the engine in batches."""
+    def label(self, crops: list) -> tuple[np.ndarray, np.ndarray]:
+        """(P(male), age) of what `detect` gave, through the engine in batches (and the teacher's gender
+        net, averaged in, for `FaceCrops`)."""
         if not crops:
             return np.zeros(0), np.zeros(0)
-        return self.engine.predict_faces(np.stack(crops), self.batch_size, self.age_decode, self.flip)
+        if not isinstance(crops[0], FaceCrops):
+            return self.engine.predict_faces(np.stack(crops), self.batch_size, self.age_decode, self.flip)
+        if self.teacher is None:
+            raise ValueError("FaceCrops given to an analyzer without the gender ensemble")
+        p_male, age = self.engine.predict_faces(np.stack([c.net for c in crops]), self.batch_size,
+                                                self.age_decode, self.flip)
+        return ensemble_p_male(p_male, self.teacher.p_male(np.stack([c.teacher for c in crops]))), age
 
     def analyze(self, image: ImageInput | list[ImageInput], bgr: bool = False) -> list:
         """Every face of an image, left to right, with its gender and age: a list of FaceResult.
@@ -285,4 +307,4 @@ class FaceAnalyzer:
                 yield from inflight.popleft().result()
 
 
-__all__ = ["FaceAnalyzer", "FaceResult", "ImageResult", "face_dict", "to_rgb", "NOT_FINITE", "EXPECTED"]
+__all__ = ["FaceAnalyzer", "FaceCrops", "FaceResult", "ImageResult", "face_dict", "to_rgb", "NOT_FINITE", "EXPECTED"]
