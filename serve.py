@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-faces", type=BATCH, default=64, help="a batch runs as soon as this many faces wait")
     p.add_argument("--workers", type=NON_NEGATIVE_INT, default=0, help="decoding and detection threads (0 = cores + 1)")
     p.add_argument("--gpus", default="", help="GPU ids for the net, as infer.py")
-    g = p.add_argument_group("who may call it, and how much (docs/serving.md)")
+    g = p.add_argument_group("who may call it, and how much (docs/service.md)")
     g.add_argument("--api-key-file", metavar="FILE", default=None,
                    help=f"requests to /v1/ need 'Authorization: Bearer KEY', KEY being this file's first line "
                         f"(or set {API_KEY_ENV})")

@@ -168,12 +168,13 @@ def test_camera_mode_tracks_faces_with_stable_ids(server, tmp_path):
     finally:
         driver.quit()
     frames = frames[2:]  # the first frames may come before the camera settles
-    ids = [sorted(f["track"] for f in fr["faces"]) for fr in frames]
+    ids = [sorted(f["track"]["id"] for f in fr["faces"]) for fr in frames]
     assert len(frames) >= 30 and all(len(x) == 6 for x in ids), ids
     assert all(x == ids[0] for x in ids), ids  # one id per person, all along
     assert [fr["frame"] for fr in frames] == list(range(frames[0]["frame"], frames[0]["frame"] + len(frames)))
     last = frames[-1]["faces"]
-    assert all(f["gender_smoothed"] in ("male", "female") and f["age_smoothed"] > 0 for f in last)
+    assert all(f["track"]["settled"] and f["track"]["gender"] in ("male", "female") and f["track"]["age"] > 0
+               for f in last)
 
 
 def test_swagger_try_it_out_uploads_a_photo(server, tmp_path):

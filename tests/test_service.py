@@ -23,6 +23,7 @@ from fastapi.testclient import TestClient
 from tests.conftest import ROOT, SHARED, run_script
 from tests.test_robustness import bomb_png
 from agegender.data.demo import wheel_image
+from agegender.schema import validate
 
 T1 = wheel_image("t1.jpg")
 
@@ -54,11 +55,12 @@ def _photos() -> list[str]:
 
 @pytest.mark.parametrize("photo", _photos(), ids=os.path.basename)
 def test_json_equals_infer_json_for_the_same_file(client, photo):
-    expected = json.loads(run_script("infer.py", "--image", photo, "--json", check=True).stdout)
+    expected = json.loads(run_script("infer.py", "--image", photo, "--json", check=True).stdout)[0]
     with open(photo, "rb") as f:
         r = client.post("/v1/analyze", files={"image": (os.path.basename(photo), f, "image/jpeg")})
     assert r.status_code == 200, r.text
     doc = r.json()
+    validate(doc, "analyze")
     assert doc["image"] == os.path.basename(photo) and doc["model"] == "models/agegender.onnx"
     h, w = cv2.imread(photo).shape[:2]
     assert (doc["width"], doc["height"]) == (w, h)
@@ -90,11 +92,12 @@ def test_health_model_and_docs(client):
     assert m["engine"] == "onnx" and m["limits"]["max_bytes"] == 2_000_000 and "RGB" in m["input"]
     import hashlib
 
-    import agegender
+    from agegender import __version__
 
     onnx = os.path.join(ROOT, "models", "agegender.onnx")
     assert m["file"] == "agegender.onnx" and m["sha256"] == hashlib.sha256(open(onnx, "rb").read()).hexdigest()
-    assert m["version"] == str(getattr(agegender, "__version__", "unknown")) and "non-commercial" in m["licence"]
+    assert m["version"] == __version__ and m["license"]["code"] == "Apache-2.0"
+    assert "non-commercial" in m["license"]["model"]
     assert "'male' or 'female'" in m["gender_coding"]
     spec = client.get("/openapi.json").json()
     post = spec["paths"]["/v1/analyze"]["post"]
@@ -225,12 +228,13 @@ def test_track_sessions_keep_ids_and_smooth(client):
         r = client.post("/v1/track?session=cam1", content=cv2.imencode(".jpg", shifted)[1].tobytes())
         assert r.status_code == 200, r.text
         line = r.json()
+        validate(line, "track_frame")
         assert line["frame"] == i and len(line["faces"]) == 6
-        ids.append(sorted(f["track"] for f in line["faces"]))
+        ids.append(sorted(f["track"]["id"] for f in line["faces"]))
     assert all(x == ids[0] for x in ids)  # the same six tracks all along
-    assert all(f["gender_smoothed"] in ("male", "female") for f in line["faces"])  # settled after 5 frames
+    assert all(f["track"]["settled"] and f["track"]["gender"] in ("male", "female") for f in line["faces"])
     other = client.post("/v1/track?session=cam2", content=cv2.imencode(".jpg", frame)[1].tobytes()).json()
-    assert other["frame"] == 0 and sorted(f["track"] for f in other["faces"]) == list(range(1, 7))
+    assert other["frame"] == 0 and sorted(f["track"]["id"] for f in other["faces"]) == list(range(1, 7))
     bad = client.post("/v1/track?session=../x", content=b"x")
     assert bad.status_code == 422 and bad.json()["error"]["code"] == "bad_parameter"
 

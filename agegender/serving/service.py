@@ -30,8 +30,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.middleware.cors import CORSMiddleware
 
+from agegender import CODE_LICENSE, __version__
 from agegender.serving.analyzer import FaceAnalyzer, FaceResult, ImageResult
 from agegender.serving.batcher import FaceBatcher
+from agegender.cli import DET_THRESH_MIN
 from agegender.data.image import MAX_PIXELS, TOO_LARGE, TRUNCATED, ImageError, decode_image
 from agegender.serving.http import Front, Limits
 from agegender.serving.inference import draw, to_json
@@ -39,15 +41,13 @@ from agegender.serving.tracking import Tracker
 from agegender.serving.video import frame_json
 
 MAX_BYTES = 10_000_000
-DET_FLOOR = 0.3  # the detector runs at this threshold; each request raises it with det_thresh
+DET_FLOOR = DET_THRESH_MIN  # the detector runs at this threshold; each request raises it with det_thresh
 MAX_QUEUE = 32   # requests being decoded, detected or labelled at once; over it: 503
 MAX_IMAGES = 8   # repeated `image` fields in one request
 MAX_FIELDS = 32  # multipart fields of any name in one request
 MAX_STREAMS = 64  # camera sessions tracked at once (the least recently used is dropped)
 STREAM_IDLE_S = 120.0
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
-BUNDLED_LICENCE = ("non-commercial research only (fine-tuned from InsightFace's checkpoint, trained on UTKFace; "
-                   "see models/README.md)")
 RAW_TYPES = ("image/jpeg", "image/png", "image/webp", "image/bmp", "image/gif", "image/tiff",
              "application/octet-stream")
 
@@ -65,7 +65,7 @@ class FaceOut(BaseModel):
     landmarks: list[list[float]] = Field(description="eyes, nose, mouth corners: 5 x (x, y)")
     gender: Optional[str] = Field(description="male or female; null when the model's output was not finite",
                                   examples=["female"])
-    gender_prob: Optional[float] = Field(description="probability of the gender given", examples=[0.9075])
+    p_male: Optional[float] = Field(description="P(male); gender is male when >= 0.5", examples=[0.0925])
     age: Optional[float] = Field(description="decoded age in years", examples=[25.6])
     error: Optional[str] = Field(default=None, description="why this face has no labels")
 
@@ -100,8 +100,6 @@ class ModelOut(BaseModel):
     name: str
     file: str = Field(description="the weights' file name")
     sha256: Optional[str] = Field(description="of that file")
-    version: str = Field(description="the agegender package's version")
-    licence: str = Field(description="under which terms the weights may be used")
     engine: str
     input: str
     output: str
@@ -110,6 +108,8 @@ class ModelOut(BaseModel):
     detector: str
     limits: dict
     versions: dict
+    version: str = Field(description="the AgeGender version serving", examples=["1.0.0"])
+    license: dict = Field(description="the code's licence and the model's (weights') terms")
 
 
 ERRORS = {400: {"model": ErrorOut, "description": "empty body, truncated image, bad multipart, or several "
@@ -221,12 +221,6 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def _version() -> str:
-    import agegender
-
-    return str(getattr(agegender, "__version__", "unknown"))
-
-
 class Streams:
     """The camera streams being tracked: a Tracker per session id, the least recently used dropped past
     MAX_STREAMS, and any idle for STREAM_IDLE_S. Frames of one stream are tracked in arrival order."""
@@ -268,7 +262,7 @@ def create_app(analyzer: FaceAnalyzer, max_bytes: int = MAX_BYTES, max_pixels: i
         await batcher.stop()
         pool.shutdown(wait=True)
 
-    app = FastAPI(title="AgeGender", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None,
+    app = FastAPI(title="AgeGender", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Gender and age of every face in an image: RetinaFace detection, 5-point "
                               "alignment, and the bundled (or given) gender/age model. The page at `/` "
                               "tries it on a photo or a camera.")
@@ -335,27 +329,24 @@ def create_app(analyzer: FaceAnalyzer, max_bytes: int = MAX_BYTES, max_pixels: i
     async def model():
         import onnxruntime
 
-        from agegender.model.engine import BUNDLED_MODEL
-
         weights = _weights_file(analyzer.engine.name)
-        bundled = weights is not None and os.path.splitext(weights)[0].startswith(os.path.abspath(BUNDLED_MODEL))
         return {"name": analyzer.engine.name, "file": os.path.basename(weights or analyzer.engine.name),
                 "sha256": await asyncio.get_running_loop().run_in_executor(pool, _sha256, weights) if weights else None,
-                "version": _version(),
-                "licence": BUNDLED_LICENCE if bundled else "not the bundled model: see its own terms",
                 "engine": analyzer.engine.kind,
                 "input": "aligned faces (N,3,112,112) RGB 0-255, ArcFace 5-point template",
                 "output": "(N,202): gender logits [0:2] (index 1 = male), then 100 pairs 'age > k'",
                 "age_decode": analyzer.age_decode,
                 "gender_coding": "'gender' is the string 'male' or 'female' (P(male) >= 0.5: male); "
-                                 "'gender_prob' is the probability of the gender given",
+                                 "'p_male' is the model's P(male)",
                 "detector": getattr(analyzer.detector, "name", type(analyzer.detector).__name__),
                 "limits": {"max_bytes": max_bytes, "max_pixels": max_pixels, "det_thresh_min": DET_FLOOR,
                            "max_queue": max_queue, "max_images": MAX_IMAGES,
                            "max_header_bytes": limits.max_header_bytes, "read_timeout_s": limits.read_timeout,
                            "max_connections": limits.max_connections},
                 "versions": {"python": platform.python_version(), "numpy": np.__version__,
-                             "opencv": cv2.__version__, "onnxruntime": onnxruntime.__version__}}
+                             "opencv": cv2.__version__, "onnxruntime": onnxruntime.__version__,
+                             "model": analyzer.engine.version},
+                "version": __version__, "license": {"code": CODE_LICENSE, "model": analyzer.engine.license}}
 
     def admit() -> None:
         if in_progress[0] >= max_queue:

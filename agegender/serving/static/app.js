@@ -7,26 +7,27 @@
   const state = { doc: null, image: null, name: "", frames: [], session: null, camTimer: null, stream: null };
   window.ageGender = state;  // for a look from the console (and the browser test)
 
-  // --- the face fields, read defensively (the output schema may name them differently) ---------------
+  // --- the face fields of the output schema (agegender/schema/face.schema.json); a tracked face's
+  // smoothed labels are under its `track` and win over this frame's ------------------------------------
+  const tracked = (f) => (f.track && typeof f.track === "object" ? f.track : null);
   function gender(f) {
-    if (typeof f.gender === "string") return f.gender;
-    if (typeof f.gender_smoothed === "string") return f.gender_smoothed;
-    const p = pMale(f);
-    return p == null ? null : p >= 0.5 ? "male" : "female";
+    const t = tracked(f);
+    if (t && typeof t.gender === "string") return t.gender;
+    return typeof f.gender === "string" ? f.gender : null;
   }
   function pMale(f) {
-    for (const k of ["p_male_smoothed", "p_male"]) if (typeof f[k] === "number") return f[k];
-    const p = f.gender_prob ?? f.gender_score;
-    if (typeof p === "number" && typeof f.gender === "string") return f.gender === "male" ? p : 1 - p;
-    return null;
+    const t = tracked(f);
+    if (t && typeof t.p_male === "number") return t.p_male;
+    return typeof f.p_male === "number" ? f.p_male : null;
   }
   function age(f) {
-    for (const k of ["age_smoothed", "age"]) if (typeof f[k] === "number") return f[k];
-    return null;
+    const t = tracked(f);
+    if (t && typeof t.age === "number") return t.age;
+    return typeof f.age === "number" ? f.age : null;
   }
-  const box = (f) => f.box || f.bbox || [0, 0, 0, 0];
-  const score = (f) => (typeof f.score === "number" ? f.score : f.det_score ?? 1);
-  const landmarks = (f) => f.landmarks || f.kps || [];
+  const box = (f) => f.box || [0, 0, 0, 0];
+  const score = (f) => (typeof f.score === "number" ? f.score : 1);
+  const landmarks = (f) => f.landmarks || [];
   function label(f) {
     const g = gender(f), a = age(f);
     return (g ? g[0].toUpperCase() : "?") + (a == null ? "" : " " + Math.round(a));
@@ -113,7 +114,7 @@
     canvas.dataset.faces = String(faces.length);
     const rows = faces.map((f, i) => {
       const g = gender(f), p = pMale(f), a = age(f);
-      const pg = p == null ? "" : (g === "male" ? p : 1 - p).toFixed(2);
+      const pg = p == null ? "" : p.toFixed(2);
       return `<tr><td>${i + 1}</td><td class="${g || ""}">${g || "unknown"}</td><td>${pg}</td>` +
         `<td>${a == null ? "" : a.toFixed(1)}</td><td>${score(f).toFixed(3)}</td><td>${box(f).join(", ")}</td></tr>`;
     });
@@ -196,7 +197,7 @@
     canvas.width = w; canvas.height = h;
     const ctx = canvas.getContext("2d");
     ctx.clearRect(0, 0, w, h);
-    for (const f of line.faces) drawFace(ctx, f, 1, `#${f.track ?? "?"} ${label(f)}`);
+    for (const f of line.faces) drawFace(ctx, f, 1, `#${tracked(f) ? tracked(f).id : "?"} ${label(f)}`);
     canvas.dataset.faces = String(line.faces.length);
   }
   function stopCamera() {
