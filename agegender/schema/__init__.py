@@ -20,7 +20,7 @@ IMAGE_FIELDS = ("image", "faces")                                         # plus
 TRACK_FIELDS = ("id", "labelled", "settled", "gender", "p_male", "age")
 FRAME_FIELDS = ("frame", "time", "detected", "faces")
 CSV_COLUMNS = ("image", "face", "x1", "y1", "x2", "y2", "score", "gender", "p_male", "age", "error")
-KINDS = ("face", "image", "analyze", "track", "video_face", "frame")
+KINDS = ("face", "image", "analyze", "track", "video_face", "frame", "track_frame")
 
 
 @functools.lru_cache(maxsize=1)

@@ -177,22 +177,32 @@ class FaceAnalyzer:
         teacher = TeacherGender(threads=net_threads) if gender_ensemble else None
         return cls(detector, load_engine(model, engine, gpus, net_threads), teacher=teacher, **settings)
 
-    def detect(self, rgb: np.ndarray, det_thresh: float = 0.0, min_face: float | None = None,
-               max_faces: int = 0) -> tuple[list[Face], list[np.ndarray]]:
-        """Every face at least `min_face` pixels (default: the analyzer's) on its shorter box side, left to
-        right, and its aligned 112x112 crop (with the ensemble on, a `FaceCrops` of it and the teacher's
-        chip: pass them to `label` as they are). `det_thresh` raises the detector's own threshold for this call;
-        `max_faces` (> 0) keeps that many, the highest scores."""
+    def find(self, rgb: np.ndarray, det_thresh: float = 0.0, min_face: float | None = None) -> list[Face]:
+        """Every face at least `min_face` pixels (default: the analyzer's) on its shorter box side, scoring at
+        least `det_thresh` (which raises the detector's own threshold for this call)."""
         with self._lock:
             found = self.detector.detect(rgb)
         least = self.min_face if min_face is None else min_face
-        faces = [f for f in found if f.score >= det_thresh and min(f.box[2] - f.box[0], f.box[3] - f.box[1]) >= least]
+        return [f for f in found if f.score >= det_thresh and min(f.box[2] - f.box[0], f.box[3] - f.box[1]) >= least]
+
+    def keep(self, rgb: np.ndarray, faces: list[Face], max_faces: int = 0) -> tuple[list[Face], list]:
+        """The `max_faces` (> 0) best-scoring of `faces` (all with 0), left to right, and their crops."""
         if max_faces > 0:
             faces = sorted(faces, key=lambda f: -f.score)[:max_faces]
-        faces.sort(key=lambda f: (float(f.box[0]), float(f.box[1])))
+        faces = sorted(faces, key=lambda f: (float(f.box[0]), float(f.box[1])))
+        return faces, self.crops(rgb, faces)
+
+    def crops(self, rgb: np.ndarray, faces: list[Face]) -> list:
+        """The aligned 112x112 crop of each face (with the ensemble on, a `FaceCrops` of it and the teacher's
+        chip: pass them to `label` as they are)."""
         if self.teacher is not None:
-            return faces, [FaceCrops(align_face(rgb, f.landmarks), teacher_chip(rgb, f.landmarks)) for f in faces]
-        return faces, [align_face(rgb, f.landmarks) for f in faces]
+            return [FaceCrops(align_face(rgb, f.landmarks), teacher_chip(rgb, f.landmarks)) for f in faces]
+        return [align_face(rgb, f.landmarks) for f in faces]
+
+    def detect(self, rgb: np.ndarray, det_thresh: float = 0.0, min_face: float | None = None,
+               max_faces: int = 0) -> tuple[list[Face], list]:
+        """The faces of `find`, `max_faces` (> 0) of them kept as `keep` does, and their crops (see `crops`)."""
+        return self.keep(rgb, self.find(rgb, det_thresh, min_face), max_faces)
 
     def label(self, crops: list) -> tuple[np.ndarray, np.ndarray]:
         """(P(male), age) of what `detect` gave, through the engine in batches (and the teacher's gender
