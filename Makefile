@@ -1,27 +1,42 @@
-# `make demo` and `make test` set up .venv from requirements.txt on first use (offline afterwards), with
-# requirements-ray.txt (infer.py --ray / --parquet, tested by tests/test_ray.py).
-PYTHON ?= python3.11
-VENV   := .venv
-PY     := $(VENV)/bin/python
-DEMO   := dataset/demo
+# Two environments, each set up on first use (offline afterwards):
+#   make demo  -> .venv-infer: any Python 3.9-3.13, no MXNet (requirements-infer.txt + the demo photo's wheel)
+#   make test  -> .venv: Python 3.8-3.11 with MXNet 1.9.1 (requirements.txt, with requirements-ray.txt
+#              for infer.py --ray / --parquet); the full suite needs it
+PYTHON      ?= python3.11
+DEMO_PYTHON ?= python3
+VENV        := .venv
+PY          := $(VENV)/bin/python
+INFER_VENV  := .venv-infer
+INFER_PY    := $(INFER_VENV)/bin/python
+DEMO        := dataset/demo
 
-.PHONY: demo demo-pack test bench install clean
+.PHONY: demo demo-pack test bench install install-infer clean
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt requirements-common.txt requirements-ray.txt
-	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11'"; exit 2; }
-	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if (3, 8) <= v <= (3, 11) else "error: Python %d.%d is not supported: MXNet 1.9.1 needs numpy 1.23.5, which exists for Python 3.8-3.11 (3.11 recommended)" % v)'
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; make test needs Python 3.8-3.11 (MXNet 1.9.1): install Python 3.11 or run 'make test PYTHON=/path/to/python3.11'"; exit 2; }
+	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if (3, 8) <= v <= (3, 11) else "error: Python %d.%d is not supported by make test: MXNet 1.9.1 needs numpy 1.23.5, which exists for Python 3.8-3.11 (3.11 recommended; make demo runs on 3.9-3.13)" % v)'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt -r requirements-ray.txt
 	@touch $@
 
+install-infer: $(INFER_VENV)/.installed
+
+$(INFER_VENV)/.installed: requirements-infer.txt requirements-demo.txt
+	@command -v $(DEMO_PYTHON) >/dev/null 2>&1 || { echo "error: $(DEMO_PYTHON) not found; make demo needs Python 3.9-3.13: run 'make demo DEMO_PYTHON=/path/to/python3'"; exit 2; }
+	@$(DEMO_PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if (3, 9) <= v <= (3, 13) else "error: Python %d.%d is not supported by make demo: it needs 3.9-3.13 (run make demo DEMO_PYTHON=/path/to/python3.x)" % v)'
+	$(DEMO_PYTHON) -m venv $(INFER_VENV)
+	$(INFER_PY) -m pip install --quiet --upgrade pip
+	$(INFER_PY) -m pip install --quiet -r requirements-demo.txt
+	@touch $@
+
 # The main job: every face of a real photo (t1.jpg, shipped inside the insightface wheel) found by the
 # bundled RetinaFace, aligned, and labelled by the bundled model; the annotated image goes to $(DEMO).
-demo: install
+demo: install-infer
 	@mkdir -p $(DEMO)
-	$(PY) infer.py --image "$$($(PY) -c 'from agegender.data.demo import wheel_image; print(wheel_image("t1.jpg"))')" \
+	$(INFER_PY) infer.py --image "$$($(INFER_PY) -c 'from agegender.data.demo import wheel_image; print(wheel_image("t1.jpg"))')" \
 	    --output $(DEMO)/t1_agegender.jpg
 	@echo "annotated image: $(DEMO)/t1_agegender.jpg"
 

@@ -7,16 +7,16 @@ import argparse
 import os
 import sys
 
-from agegender.cli import COUNT, NON_NEGATIVE_INT, PROBABILITY, RATIO, ArgumentParser, number
+from agegender.cli import COUNT, DET_THRESH, NON_NEGATIVE_INT, RATIO, ArgumentParser, number
 from agegender.data.image import MAX_PIXELS
 from agegender.errors import UserError, run_cli
-from agegender.data.pack import FaceSettings, pack_dataset, summary_table, unique_source_names
+from agegender.atomic import refuse_inputs
+from agegender.data.pack import PACKED_FILES, FaceSettings, pack_dataset, summary_table, unique_source_names
 from agegender.data.sources import parse_aaf, parse_afad, parse_agedb, parse_list, parse_megaage, parse_utkface
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(description=__doc__)
     src = p.add_argument_group("sources (any combination, at least one)")
     src.add_argument("--afad", metavar="DIR", help="AFAD root: DIR/<age>/<111|112>/<name>.jpg")
     src.add_argument("--megaage", metavar="DIR",
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="retinaface: detect + 5-point align; none: inputs are aligned crops, resize only")
     face.add_argument("--no-face", choices=("skip", "center"), default="skip",
                       help="what to do when no face is found: skip it, or store a centre crop")
-    face.add_argument("--det-thresh", type=PROBABILITY, default=0.5, help="minimum detector score")
+    face.add_argument("--det-thresh", type=DET_THRESH, default=0.5, help="minimum detector score")
     face.add_argument("--det-model", metavar="ONNX", default=None,
                       help="an InsightFace ONNX detector (e.g. det_500m.onnx) instead of the bundled RetinaFace")
     face.add_argument("--det-max-size", type=NON_NEGATIVE_INT, default=640,
@@ -77,6 +77,9 @@ def main() -> int:
     if not sources:
         raise UserError("no source given: use --afad, --megaage, --agedb, --utkface, --aaf or --list")
     sources = unique_source_names(sources)
+    written = [os.path.join(args.output, n) for n in PACKED_FILES]
+    refuse_inputs([("--output", w) for w in written],
+                  list(args.list) + [s.path for parsed in sources for s in parsed.samples])
 
     settings = FaceSettings(align=args.align, no_face=args.no_face, image_size=args.image_size,
                             quality=args.quality, det_thresh=args.det_thresh, det_model=args.det_model,

@@ -9,7 +9,7 @@ import os
 from agegender.model.age import AGE_DECODINGS, DEFAULT_DECODE, DEFAULT_FLIP
 from agegender.model.engine import ENGINES
 from agegender.cli import BATCH, COUNT, ArgumentParser
-from agegender.errors import run_cli
+from agegender.errors import UserError, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,19 +34,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="FILE", help="write every number to this JSON file")
     p.add_argument("--plot", metavar="FILE", help="save MAE by age, predicted vs true age, gender confusion (PNG)")
     p.add_argument("--num-workers", type=COUNT, default=2, help="image decoding threads")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (shown on a terminal only)")
+    p.add_argument("--verbose", action="store_true", help="also show MXNet's native INFO log lines")
     return p
 
 
 def main() -> int:
     args = build_parser().parse_args()
     recs = args.rec or [os.path.join(d, "val.rec") for d in (args.data_dir or ["dataset"])]
+    from agegender.native_logs import set_verbose
 
-    from agegender.atomic import check_writable
+    set_verbose(args.verbose)
+
+    from agegender.atomic import check_writable, checkpoint_files, dataset_files, refuse_inputs
     from agegender.model.loading import load_engine
     from agegender.model.evaluation import (concat_predictions, format_report, format_sources, plot_predictions,
                                             predict_rec, rec_name, report, write_json)
 
+    refuse_inputs([("--json", args.json), ("--plot", args.plot)],
+                  [f for rec in recs for f in dataset_files(rec)] + checkpoint_files(args.model))
+    if args.json and args.plot and args.json != "-" and os.path.realpath(args.json) == os.path.realpath(args.plot):
+        raise UserError(f"--json and --plot are the same file: {args.json}")
     for path, flag in ((args.json, "--json"), (args.plot, "--plot")):
         if path:
             check_writable(path, flag)  # before the evaluation, not after it

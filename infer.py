@@ -9,9 +9,9 @@ import os
 import sys
 
 from agegender.model.age import AGE_DECODINGS, DEFAULT_DECODE, DEFAULT_FLIP
-from agegender.cli import BATCH, COUNT, NON_NEGATIVE, NON_NEGATIVE_INT, PROBABILITY, ArgumentParser
+from agegender.cli import BATCH, COUNT, DET_THRESH, NON_NEGATIVE, NON_NEGATIVE_INT, ArgumentParser
 from agegender.model.engine import ENGINES
-from agegender.errors import UserError, run_cli
+from agegender.errors import MissingDependency, UserError, missing_module_message, run_cli
 from agegender.data.image import MAX_PIXELS
 
 
@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "PREFIX,EPOCH; onnx with PREFIX,EPOCH exports it in memory)")
     p.add_argument("--det-model", metavar="ONNX", default=None,
                    help="an InsightFace ONNX detector (e.g. det_500m.onnx) instead of the bundled RetinaFace")
-    p.add_argument("--det-thresh", type=PROBABILITY, default=0.8, help="minimum detector score")
+    p.add_argument("--det-thresh", type=DET_THRESH, default=0.8, help="minimum detector score")
     p.add_argument("--max-size", type=NON_NEGATIVE_INT, default=1280,
                    help="images are scaled down to this longest side for detection (boxes mapped back)")
     p.add_argument("--min-face", type=NON_NEGATIVE, default=0, help="ignore faces whose box is smaller (pixels)")
@@ -38,14 +38,23 @@ def build_parser() -> argparse.ArgumentParser:
                         "crosses 1/2")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=DEFAULT_FLIP,
                    help="average each face's outputs with its mirror image's")
+    p.add_argument("--gender-ensemble", action=argparse.BooleanOptionalAction, default=False,
+                   help="P(male) = the mean of ours and the bundled CC0 teacher gender net's "
+                        "(docs/calibration-and-ensemble.md)")
     p.add_argument("--gpus", default="", help="GPU ids such as 0,1 for the attribute net (empty = CPU); the "
                                               "onnx engine needs onnxruntime-gpu and uses the first")
     p.add_argument("--batch-size", type=BATCH, default=256, help="faces per forward pass")
     p.add_argument("--max-pixels", type=NON_NEGATIVE_INT, default=MAX_PIXELS,
                    help="refuse images with more pixels (read from the header, before decoding; 0 = no limit)")
-    p.add_argument("--json", action="store_true", help="print one JSON document instead of text lines")
+    p.add_argument("--json", action="store_true",
+                   help="print a JSON list of image objects (always a list; schema: agegender/schema/face.schema.json) "
+                        "instead of text lines")
     p.add_argument("--jsonl", metavar="FILE",
-                   help="also write JSON lines, one object per image, flushed as each image completes (- = stdout)")
+                   help="also write JSON lines, one image object per line, flushed as each image completes "
+                        "(- = stdout; the text lines then go to stderr)")
+    p.add_argument("--csv", metavar="FILE",
+                   help="also write a CSV, one row per face (image, face, x1, y1, x2, y2, score, gender, p_male, age, "
+                        "error); images without faces and failed inputs are rows too (- = stdout)")
     p.add_argument("--parquet", metavar="OUT",
                    help="also write Parquet: one row per face (the JSON fields + image path + face index), one per "
                         "failed image; OUT is a .parquet file, or with --ray a folder of shards (docs/ray.md)")
@@ -67,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="detect and label every K-th frame; tracked boxes are carried between detections")
     v.add_argument("--track-max-missed", type=NON_NEGATIVE_INT, default=15,
                    help="a track ends after this many frames without its face")
-    v.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (it is shown on stderr over several images or a video, on a terminal only)")
     p.epilog = ("exit status: 0 every image processed; 1 some images failed (each reported as 'error: PATH: "
                 "reason'); 2 usage error, or no image could be processed")
     return p
@@ -87,11 +97,12 @@ def main() -> int:
         return run_ray(args)
     paths, problems = find_images(args.image)
     outputs = Outputs(paths, problems, text=not args.json, json_doc=args.json, jsonl=args.jsonl, output=args.output,
-                      output_dir=args.output_dir, show=args.show, parquet=args.parquet)  # checked before the work
+                      output_dir=args.output_dir, show=args.show, csv=args.csv, parquet=args.parquet,
+                      progress=False if args.no_progress else None)  # checks every output before the work
     analyzer = FaceAnalyzer.from_options(args.model, args.engine, args.det_model, args.det_thresh, args.max_size,
                                          args.gpus, det_threads=1, net_threads=1, age_decode=args.age_decode,
                                          min_face=args.min_face, flip=args.flip, batch_size=args.batch_size,
-                                         max_pixels=args.max_pixels)
+                                         max_pixels=args.max_pixels, gender_ensemble=args.gender_ensemble)
     with outputs:
         for result in analyzer.analyze_paths(paths, keep_images=outputs.draws):
             outputs.add(result)
@@ -103,14 +114,15 @@ def run_ray(args: argparse.Namespace) -> int:
     try:
         from agegender.serving.ray_batch import Settings, run
     except ImportError as exc:
-        raise UserError(f"--ray needs Ray and pyarrow ({exc.name} is missing): pip install -r requirements-ray.txt") \
-            from None
+        raise MissingDependency(missing_module_message((exc.name or "ray").split(".")[0], "--ray")) from None
     if not args.parquet:
         raise UserError("--ray writes Parquet shards: give the output folder with --parquet DIR")
-    if args.json or args.jsonl or args.output or args.output_dir or args.show:
+    if args.json or args.jsonl or args.csv or args.output or args.output_dir or args.show:
         raise UserError("with --ray the output is --parquet DIR only (read it with pandas or DuckDB: docs/ray.md)")
     if args.gpus:
         raise UserError("with --ray the net runs on the cluster's GPUs by itself; leave out --gpus")
+    if args.gender_ensemble:
+        raise UserError("--gender-ensemble is not available with --ray yet; run infer.py without --ray for it")
     settings = Settings(args.model, args.engine, args.det_model, args.det_thresh, args.max_size, args.min_face,
                         args.age_decode, args.flip, args.max_pixels, args.batch_size)
     summary = run(args.image, args.parquet, settings, None if args.ray == "local" else args.ray, args.shard_size)
@@ -123,20 +135,23 @@ def run_ray(args: argparse.Namespace) -> int:
 def run_video(args: argparse.Namespace) -> int:
     """--video: a file or a camera, annotated video (--output) and JSON lines (--jsonl), one line of summary."""
     from agegender.serving.analyzer import FaceAnalyzer
-    from agegender.serving.video import process_video
+    from agegender.serving.video import check_video_args, process_video
 
-    if args.output_dir or args.json or args.parquet or args.ray:
+    if args.output_dir or args.json or args.csv or args.parquet or args.ray:
         raise UserError("with --video, write the annotated video with --output FILE.mp4 and the faces with --jsonl")
+    check_video_args(args.video, args.output, args.jsonl)  # before the models load
     analyzer = FaceAnalyzer.from_options(args.model, args.engine, args.det_model, args.det_thresh, args.max_size,
                                          args.gpus, det_threads=0, net_threads=1, age_decode=args.age_decode,
-                                         min_face=args.min_face, flip=args.flip, batch_size=args.batch_size)
+                                         min_face=args.min_face, flip=args.flip, batch_size=args.batch_size,
+                                         gender_ensemble=args.gender_ensemble)
     res = process_video(args.video, analyzer, args.output, args.jsonl, args.detect_every, args.track_max_missed,
                         args.show, progress=False if args.no_progress else None)
     labelled = [t for t in res.tracks if t.gender]
+    out = sys.stderr if "-" in (args.output, args.jsonl) else sys.stdout  # stdout carries the video or lines
     print(f"{res.frames} frames ({res.detected} detected) in {res.seconds:.1f} s = {res.frames / res.seconds:.1f} "
-          f"frames/s; {len(res.tracks)} tracks")
+          f"frames/s; {len(res.tracks)} tracks", file=out)
     for t in labelled:
-        print(f"track {t.id}: frames {t.first_frame}-{t.last_frame}, gender: {t.gender}, age: {round(t.age)}")
+        print(f"track {t.id}: frames {t.first_frame}-{t.last_frame}, gender: {t.gender}, age: {round(t.age)}", file=out)
     if res.ended_early:
         print(f"error: {args.video}: the stream ended early; the {res.frames} frames read are written", file=sys.stderr)
         return 1

@@ -5,10 +5,11 @@ README.md, "HTTP service"."""
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 
 from agegender.model.age import AGE_DECODINGS, DEFAULT_DECODE, DEFAULT_FLIP
-from agegender.cli import BATCH, COUNT, NON_NEGATIVE, NON_NEGATIVE_INT, ArgumentParser, number
+from agegender.cli import BATCH, COUNT, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, ArgumentParser, number
 from agegender.model.engine import ENGINES
 from agegender.errors import UserError, run_cli
 from agegender.data.image import MAX_PIXELS
@@ -32,11 +33,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-faces", type=BATCH, default=64, help="a batch runs as soon as this many faces wait")
     p.add_argument("--workers", type=NON_NEGATIVE_INT, default=0, help="decoding and detection threads (0 = cores + 1)")
     p.add_argument("--gpus", default="", help="GPU ids for the net, as infer.py")
+    g = p.add_argument_group("who may call it, and how much (docs/service.md)")
+    g.add_argument("--api-key-file", metavar="FILE", default=None,
+                   help=f"requests to /v1/ need 'Authorization: Bearer KEY', KEY being this file's first line "
+                        f"(or set {API_KEY_ENV})")
+    g.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="let browser pages from ORIGIN (e.g. https://example.org) call the API; repeatable; "
+                        "none by default")
+    g.add_argument("--max-queue", type=COUNT, default=32,
+                   help="requests in progress at once; over it: 503 with Retry-After")
+    g.add_argument("--max-connections", type=COUNT, default=256, help="open connections; over it: 503 and close")
+    g.add_argument("--max-header-bytes", type=COUNT, default=64 * 1024,
+                   help="request line and headers (431 above)")
+    g.add_argument("--read-timeout", type=POSITIVE, default=30.0,
+                   help="seconds for a request's headers and body to arrive (408 after)")
+    g.add_argument("--idle-timeout", type=POSITIVE, default=15.0,
+                   help="seconds a connection may wait with no request in progress")
+    g.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True,
+                   help="one line per request: client, method, path, status, bytes, ms, request id")
     return p
+
+
+API_KEY_ENV = "AGEGENDER_API_KEY"
+
+
+def read_api_key(path: str | None) -> str | None:
+    """The key from --api-key-file (first line), else from the environment; None: no key needed."""
+    if path is None:
+        key = os.environ.get(API_KEY_ENV, "").strip()
+        return key or None
+    try:
+        with open(path, encoding="utf-8") as f:
+            key = f.readline().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read --api-key-file {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if not key:
+        raise UserError(f"--api-key-file {path}: the first line is empty")
+    return key
 
 
 def main() -> int:
     args = build_parser().parse_args()
+    api_key = read_api_key(args.api_key_file)
     with socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET) as s:
         try:  # a port in use is one line now, not a log line after the model has loaded
             s.bind((args.host, args.port))
@@ -45,15 +83,36 @@ def main() -> int:
     import uvicorn
 
     from agegender.serving.analyzer import FaceAnalyzer
+    from agegender.serving.http import Limits, protocol_class
     from agegender.serving.service import DET_FLOOR, create_app
 
     analyzer = FaceAnalyzer.from_options(args.model, args.engine, args.det_model, DET_FLOOR, args.max_size, args.gpus,
                                          det_threads=1, net_threads=1, age_decode=args.age_decode, flip=args.flip)
-    app = create_app(analyzer, args.max_bytes, args.max_pixels, args.batch_window_ms, args.batch_faces, args.workers)
+    limits = Limits(max_header_bytes=args.max_header_bytes, read_timeout=args.read_timeout,
+                    idle_timeout=args.idle_timeout, max_connections=args.max_connections)
+    app = create_app(analyzer, args.max_bytes, args.max_pixels, args.batch_window_ms, args.batch_faces, args.workers,
+                     max_queue=args.max_queue, api_key=api_key, cors_origins=tuple(args.cors_origin),
+                     access_log=args.access_log, limits=limits)
     # uvicorn handles Ctrl-C and SIGTERM: no new connections, in-flight requests finish, exit 0
     uvicorn.run(app, host=args.host, port=args.port, timeout_graceful_shutdown=30, log_level="info",
-                access_log=False)
+                access_log=False, http=protocol_class(limits), timeout_keep_alive=int(max(1, args.idle_timeout)),
+                log_config=log_config())
     return 0
+
+
+def log_config() -> dict:
+    """uvicorn's logging, with the service's own loggers (access lines, connection limits) beside it."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    conf = {**LOGGING_CONFIG, "loggers": dict(LOGGING_CONFIG["loggers"])}
+    conf["formatters"] = {**conf["formatters"], "plain": {"format": "%(levelname)s:     %(message)s"}}
+    conf["handlers"] = {**conf["handlers"], "service": {"formatter": "plain", "class": "logging.StreamHandler",
+                                                        "stream": "ext://sys.stdout"}}
+    for name in ("agegender.serve", "agegender.access"):
+        conf["loggers"][name] = {"handlers": ["service"], "level": "INFO", "propagate": False}
+    # a malformed multipart body is answered 400 and access-logged: the parser's own warning adds nothing
+    conf["loggers"]["python_multipart"] = {"handlers": ["service"], "level": "ERROR", "propagate": False}
+    return conf
 
 
 if __name__ == "__main__":

@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add(r, "--kvstore", default="device", help="local, device, dist_sync, dist_device_sync")
     _add(r, "--log-interval", type=COUNT, default=20, help="log every N batches")
     _add(r, "--age-decode", choices=("prob", "vote"), default="prob", help="age decoding for the metrics")
+    r.add_argument("--verbose", action="store_true", help="also show MXNet's native INFO log lines")
     return p
 
 
@@ -108,6 +109,9 @@ def _weights(text: str) -> list[float]:
 
 def main() -> int:
     args = build_parser().parse_args()
+    from agegender.native_logs import set_verbose
+
+    set_verbose(args.verbose)
     from agegender.data.iterators import Augment
     from agegender.model.training import Fit, TrainConfig
 
@@ -122,8 +126,14 @@ def main() -> int:
     cfg.augment = Augment(mirror=bool(args.rand_mirror), color=args.color, cutoff=args.cutoff, rotate=args.rotate,
                           scale=args.scale, shift=args.shift, gray=args.gray, blur=args.blur,
                           jpeg=args.jpeg, mixup=args.mixup)
-    from agegender.atomic import check_writable
+    from agegender.atomic import check_writable, checkpoint_files, dataset_files, refuse_prefix
     from agegender.model.run_files import claim_prefix
+
+    reads = [f for d in cfg.data_dirs for split in ("train", "val")
+             for f in dataset_files(os.path.join(d, f"{split}.rec"))]
+    if cfg.pretrained and cfg.pretrained.rsplit(",", 1)[0] != cfg.prefix:  # the run's own prefix: resumed
+        reads += checkpoint_files(cfg.pretrained)
+    refuse_prefix("--prefix", cfg.prefix, reads + [t for t in cfg.teacher_genders if t != "-"])
 
     if os.path.dirname(cfg.prefix):
         try:

@@ -7,15 +7,21 @@ ever touched.
 - A symlink is followed: its target is what gets replaced, the link stays a link.
 - A device, a FIFO or `-` (stdout) is written through, never replaced by a regular file (replacing
   `/dev/stdout` as root breaks it for the whole machine).
+- No output may be an input (same path, same file through links or hard links): `refuse_inputs` says so
+  in one line before any work.
+- Streaming outputs (`open_output`) go to the temporary file as they are produced and are renamed when the
+  run ends (normally or on Ctrl-C / SIGTERM: what was done is complete); a run that fails leaves the old
+  file as it was.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import stat
 import sys
 import tempfile
-from typing import Iterator
+from typing import IO, Iterable, Iterator
 
 from agegender.errors import UserError
 
@@ -53,18 +59,91 @@ def replace_with(tmp: str, path: str) -> None:
     os.replace(tmp, real)
 
 
+def _copy_into_stream(tmp: str, path: str) -> None:
+    """The finished bytes of `tmp` written through to `-` (stdout) or a device / FIFO."""
+    with open(tmp, "rb") as src:
+        if path == "-":
+            sys.stdout.flush()
+            shutil.copyfileobj(src, sys.stdout.buffer)
+            sys.stdout.buffer.flush()
+        else:
+            with open(os.path.realpath(path), "wb") as dst:
+                shutil.copyfileobj(src, dst)
+
+
 @contextlib.contextmanager
-def atomic_path(path: str) -> Iterator[str]:
-    """A fresh temporary path beside `path` for any writer that takes a file name (MXNet's savers);
-    renamed over the target when the block completes, removed when it fails."""
-    tmp = temp_beside(path)
+def atomic_path(path: str, suffix: str = "", keep_on_interrupt: bool = False) -> Iterator[str]:
+    """A fresh temporary path for any writer that takes a file name (MXNet's savers, OpenCV's video
+    writer); when the block completes it is renamed over the target, or, for `-`, a device or a FIFO
+    (whose writers cannot seek), copied through to it from a temporary file in the system's temp folder.
+    Removed when the block fails; with `keep_on_interrupt`, Ctrl-C / SIGTERM still put it in place."""
+    stream = is_stream(path)
+    if stream:
+        fd, tmp = tempfile.mkstemp(prefix=".agegender.", suffix=".tmp" + suffix)
+        os.close(fd)
+    else:
+        tmp = temp_beside(path, suffix)
     try:
-        yield tmp
-        replace_with(tmp, path)
-    except BaseException:
+        try:
+            yield tmp
+        except KeyboardInterrupt:
+            if not keep_on_interrupt:
+                raise
+            _finish(tmp, path, stream)
+            raise
+        _finish(tmp, path, stream)
+    finally:
         with contextlib.suppress(OSError):
             os.remove(tmp)
-        raise
+
+
+def _finish(tmp: str, path: str, stream: bool) -> None:
+    if stream:
+        _copy_into_stream(tmp, path)
+    else:
+        replace_with(tmp, path)
+
+
+@contextlib.contextmanager
+def open_output(path: str, binary: bool = False) -> Iterator[IO]:
+    """A file to stream an output into (JSON lines): `-` is stdout, a device or a FIFO is written through
+    as lines come, anything else goes to an exclusive temporary file beside it, renamed over `path` when
+    the block ends normally or by Ctrl-C / SIGTERM (the lines so far, complete), removed when it fails (the
+    old file stays)."""
+    kw = {} if binary else {"encoding": "utf-8"}
+    if path == "-":
+        yield sys.stdout.buffer if binary else sys.stdout
+        (sys.stdout.buffer if binary else sys.stdout).flush()
+        return
+    if is_stream(path):
+        f = open(os.path.realpath(path), "wb" if binary else "w", **kw)
+        try:
+            yield f
+        except BaseException:
+            with contextlib.suppress(OSError):  # the error that stopped the run is the one to report
+                f.close()
+            raise
+        try:
+            f.close()
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, path) from None
+        return
+    tmp = temp_beside(path)
+    f = open(tmp, "wb" if binary else "w", **kw)
+    try:
+        try:
+            yield f
+        except KeyboardInterrupt:
+            f.close()
+            replace_with(tmp, path)
+            raise
+        f.close()
+        replace_with(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            f.close()
+        with contextlib.suppress(OSError):
+            os.remove(tmp)  # gone already after the rename
 
 
 def write_atomic(path: str, data: str | bytes) -> None:
@@ -113,4 +192,70 @@ def check_writable(path: str, what: str = "output") -> None:
         raise UserError(f"cannot write {what} {path}: {exc.strerror or exc}") from None
 
 
-__all__ = ["atomic_path", "temp_beside", "replace_with", "write_atomic", "save_figure", "check_writable", "is_stream"]
+def _identity(path: str) -> tuple:
+    """What makes two names the same file: the device and inode of an existing file (hard links and
+    symlinks included), else the resolved path."""
+    real = os.path.realpath(path)
+    try:
+        st = os.stat(real)
+        return ("inode", st.st_dev, st.st_ino)
+    except OSError:
+        return ("path", real)
+
+
+def named(exc: OSError, path: str) -> OSError:
+    """`exc` with `path` as its file name when it has none (a failed write on an open file carries no
+    name), so the one-line error says which output failed."""
+    return exc if exc.filename else OSError(exc.errno, exc.strerror, path)
+
+
+def refuse_inputs(outputs: Iterable[tuple[str, str | None]], inputs: Iterable[str]) -> None:
+    """The one check every tool runs before any work: UserError (one line, exit 2) when an output (flag,
+    path) is one of the input files (same path, same inode, through links). `-` is never an input; `None`
+    outputs are skipped. Inputs that do not exist are compared by their resolved path."""
+    known: dict[tuple, str] = {}
+    for path in inputs:
+        if path and path != "-":
+            known.setdefault(_identity(path), path)
+    for flag, path in outputs:
+        if not path or path == "-":
+            continue
+        hit = known.get(_identity(path))
+        if hit is not None:
+            same = "" if os.path.abspath(hit) == os.path.abspath(path) else f" (the same file as {hit})"
+            raise UserError(f"{flag} {path} is an input{same}: it would be replaced; choose another name")
+
+
+def refuse_prefix(flag: str, prefix: str, inputs: Iterable[str]) -> None:
+    """`refuse_inputs` for a tool whose outputs are every `PREFIX-*` file (train.py's checkpoints, logs and
+    metrics): UserError when an input file resolves to such a name."""
+    root = os.path.realpath(prefix) + "-"
+    for path in inputs:
+        if path and os.path.realpath(path).startswith(root):
+            raise UserError(f"{flag} {prefix} would write over the input {path} (its outputs are {prefix}-*); "
+                            "choose another prefix")
+
+
+def dataset_files(path: str) -> list[str]:
+    """A packed split and what is read with it: `X.rec` -> X.rec, X.idx, X.lst and the folder's meta.json
+    (a `.lst` or `.idx` gives the same set)."""
+    base, ext = os.path.splitext(path)
+    if ext.lower() not in (".rec", ".idx", ".lst"):
+        return [path]
+    return [base + e for e in (".rec", ".idx", ".lst")] + [os.path.join(os.path.dirname(path), "meta.json")]
+
+
+def checkpoint_files(model: str | None) -> list[str]:
+    """The files of a `--model` value: a .onnx file, or PREFIX[,EPOCH]'s -symbol.json and every
+    PREFIX-NNNN.params (and optimizer states) that exists."""
+    import glob
+
+    if not model:
+        return []
+    prefix = model.rsplit(",", 1)[0] if "," in model else model
+    if prefix.lower().endswith(".onnx"):
+        return [prefix]
+    return [f"{prefix}-symbol.json"] + sorted(glob.glob(glob.escape(prefix) + "-[0-9][0-9][0-9][0-9].*"))
+
+
+__all__ = ["atomic_path", "open_output", "refuse_inputs", "refuse_prefix", "named", "dataset_files", "checkpoint_files", "temp_beside", "replace_with", "write_atomic", "save_figure", "check_writable", "is_stream"]

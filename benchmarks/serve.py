@@ -1,11 +1,13 @@
 #!/usr/bin/env python
 """Load test of serve.py on 127.0.0.1 only: rounds of a bounded number of requests from concurrent clients
 (each round with a time cap), real 200x200 face photos from ../shared/data/utkface with t1.jpg (six faces)
-mixed in; prints requests/s, faces/s, latency percentiles and errors, and infer.py's pipeline on the same
+mixed in; prints requests/s, faces/s, latency percentiles, errors and the share shed (503 over --max-queue;
+a shed client waits the Retry-After it is given, at most 1 s, as a polite client does), and infer.py's pipeline on the same
 sequence of images, measured before each round and after the last (this machine's speed drifts by 10-40 %
 within minutes, so each round is compared with the pipeline runs on either side of it).
 
     .venv/bin/python benchmarks/serve.py [--requests 1500] [--rounds 3] [--clients 16] [--cap 120]
+    .venv/bin/python benchmarks/serve.py --clients 64 --server-args "--max-queue 16"   # load shedding
 """
 from __future__ import annotations
 
@@ -47,9 +49,10 @@ class Round:
     def __init__(self, port: int, bodies: list[bytes], single: list[bool], clients: int, cap: float):
         self.port, self.bodies, self.single, self.clients, self.cap = port, bodies, single, clients, cap
         self.local = threading.local()
+        self.why: dict[str, int] = {}  # what the errors were
 
-    def post(self, i: int) -> tuple[bool, float, int, bool] | None:
-        """(single-face photo?, latency s, faces returned, error?) of request `i`; None past the cap."""
+    def post(self, i: int) -> tuple[bool, float, int, bool, bool] | None:
+        """(single-face photo?, latency s, faces returned, error?, shed?) of request `i`; None past the cap."""
         if time.perf_counter() - self.start > self.cap:
             return None
         t = time.perf_counter()
@@ -58,14 +61,21 @@ class Round:
                 self.local.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
             self.local.conn.request("POST", "/v1/analyze", body=self.bodies[i])
             r = self.local.conn.getresponse()
-            faces = len(json.loads(r.read())["faces"]) if r.status == 200 else 0
-            return self.single[i], time.perf_counter() - t, faces, r.status != 200
-        except Exception:  # noqa: BLE001 -- counted as an error
+            body = r.read()  # always: the connection is reused
+            faces = len(json.loads(body)["faces"]) if r.status == 200 else 0
+            latency = time.perf_counter() - t
+            if r.status not in (200, 503):
+                self.why[f"HTTP {r.status}"] = self.why.get(f"HTTP {r.status}", 0) + 1
+            if r.status == 503:
+                time.sleep(min(1.0, float(r.getheader("Retry-After") or 1)))
+            return self.single[i], latency, faces, r.status not in (200, 503), r.status == 503
+        except Exception as exc:  # noqa: BLE001 -- counted as an error
+            self.why[type(exc).__name__] = self.why.get(type(exc).__name__, 0) + 1
             self.local.__dict__.pop("conn", None)
-            return self.single[i], time.perf_counter() - t, 0, True
+            return self.single[i], time.perf_counter() - t, 0, True, False
 
     def run(self) -> tuple[list[tuple], float]:
-        """The results of the requests sent, and the round's wall time."""
+        """The results of the requests sent, and the round's wall time (the errors' kinds in `why`)."""
         self.start = time.perf_counter()
         with ThreadPoolExecutor(self.clients) as pool:
             results = [r for r in pool.map(self.post, range(len(self.bodies))) if r is not None]
@@ -91,7 +101,7 @@ def main() -> None:
     server = subprocess.Popen([sys.executable, os.path.join(ROOT, "serve.py"), "--port", str(port),
                                *args.server_args.split()], cwd=ROOT,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    rates, rounds, client_cpu = [], [], 0.0
+    rates, rounds, client_cpu, why = [], [], 0.0, {}
     try:
         for _ in range(300):
             try:
@@ -104,7 +114,10 @@ def main() -> None:
         for _ in range(args.rounds):
             rates.append(pipeline_rate(run_pipeline, paths))
             c = time.process_time()
-            rounds.append(Round(port, bodies, single, args.clients, args.cap).run())
+            one_round = Round(port, bodies, single, args.clients, args.cap)
+            rounds.append(one_round.run())
+            for kind, count in one_round.why.items():
+                why[kind] = why.get(kind, 0) + count
             client_cpu += time.process_time() - c
         rates.append(pipeline_rate(run_pipeline, paths))
         cpu = server_cpu(server.pid) - cpu0
@@ -112,16 +125,19 @@ def main() -> None:
         server.terminate()
         server.wait(30)
 
-    results = [r for res, _ in rounds for r in res]
+    sent = [r for res, _ in rounds for r in res]
+    results = [r for r in sent if not r[4]]  # the accepted (and the failed); shed requests apart
+    shed = len(sent) - len(results)
     wall = sum(w for _, w in rounds)
     lat = np.array([r[1] for r in results]) * 1000
     one = np.array([r[1] for r in results if r[0]]) * 1000
     faces = sum(r[2] for r in results)
-    print(f"serve.py, {args.clients} concurrent clients, {args.rounds} rounds, {len(results)} requests in "
-          f"{wall:.1f} s (CPU cores: {os.cpu_count()})")
-    print(f"  requests/s {len(results) / wall:.1f}   faces/s {faces / wall:.1f}   errors {sum(r[3] for r in results)}")
+    print(f"serve.py {args.server_args}".rstrip() + f", {args.clients} concurrent clients, {args.rounds} rounds, "
+          f"{len(sent)} requests in {wall:.1f} s (CPU cores: {os.cpu_count()})")
+    print(f"  requests/s {len(results) / wall:.1f}   faces/s {faces / wall:.1f}   errors {sum(r[3] for r in results)}"
+          f"   shed (503) {shed} = {shed / max(1, len(sent)):.1%}" + (f"   errors: {why}" if why else ""))
     print(f"  CPU seconds during the rounds: server {cpu:.1f}, load generator {client_cpu:.1f}")
-    print(f"  latency ms, all requests:       p50 {np.percentile(lat, 50):.0f}  p95 {np.percentile(lat, 95):.0f}  "
+    print(f"  latency ms, accepted requests:  p50 {np.percentile(lat, 50):.0f}  p95 {np.percentile(lat, 95):.0f}  "
           f"p99 {np.percentile(lat, 99):.0f}")
     print(f"  latency ms, single-face photos: p50 {np.percentile(one, 50):.0f}  p95 {np.percentile(one, 95):.0f}"
           f"  p99 {np.percentile(one, 99):.0f}")

@@ -17,6 +17,7 @@ from tests.conftest import insightface_model, run_script, shared_path
 from agegender.data.demo import wheel_image
 from agegender.data.face import align_face, load_detector
 from agegender.data.image import read_image
+from agegender.schema import validate
 
 LINE = re.compile(r"^face (\d+), box \((-?\d+), (-?\d+), (-?\d+), (-?\d+)\), gender: (male|female), age: (\d+)$")
 
@@ -46,14 +47,17 @@ def test_six_faces_of_t1_in_the_line_format(random_model, t1_faces, tmp_path):
 
 
 def test_json_schema_and_several_images(random_model, tmp_path):
-    one = json.loads(run_script("infer.py", "--image", wheel_image("t1.jpg"), "--model", random_model, "--json",
-                                check=True).stdout)
+    docs = json.loads(run_script("infer.py", "--image", wheel_image("t1.jpg"), "--model", random_model, "--json",
+                                 check=True).stdout)
+    assert isinstance(docs, list) and len(docs) == 1  # --json is a list, whatever the number of inputs
+    one = docs[0]
+    validate(one, "image")
     assert one["image"] == wheel_image("t1.jpg") and len(one["faces"]) == 6
     for f in one["faces"]:
-        assert set(f) == {"box", "score", "landmarks", "gender", "gender_prob", "age"}
+        assert set(f) == {"box", "score", "landmarks", "gender", "p_male", "age"}
         assert len(f["box"]) == 4 and all(isinstance(v, int) for v in f["box"])
         assert np.array(f["landmarks"]).shape == (5, 2)
-        assert f["gender"] in ("male", "female") and 0.5 <= f["gender_prob"] <= 1.0
+        assert f["gender"] == ("male" if f["p_male"] >= 0.5 else "female")
         assert 0 <= f["age"] <= 100 and 0.8 <= f["score"] <= 1.0
     # a folder: a list, one document per image, faces of all images batched together
     folder = tmp_path / "imgs"
@@ -88,7 +92,7 @@ def test_matches_insightface_own_decoding_of_the_same_crops(t1_faces):
     genders = ["male" if g == 1 else "female" for g in out[:, :2].argmax(1)]
     ages = out[:, 2:].reshape(-1, 100, 2).argmax(2).sum(1)
     doc = json.loads(run_script("infer.py", "--image", wheel_image("t1.jpg"), "--model", model, "--age-decode",
-                                "vote", "--no-flip", "--json", check=True).stdout)
+                                "vote", "--no-flip", "--json", check=True).stdout)[0]
     assert [f["gender"] for f in doc["faces"]] == genders
     assert [f["age"] for f in doc["faces"]] == [float(a) for a in ages]
 
@@ -128,12 +132,12 @@ def test_huge_images_are_scaled_for_detection_and_boxes_mapped_back(random_model
     big = cv2.resize(cv2.imread(wheel_image("t1.jpg")), None, fx=3, fy=3)
     cv2.imwrite(str(tmp_path / "big.jpg"), big)
     doc = json.loads(run_script("infer.py", "--image", str(tmp_path / "big.jpg"), "--model", random_model, "--json",
-                                "--max-size", "1280", check=True).stdout)
+                                "--max-size", "1280", check=True).stdout)[0]
     boxes = np.array([f["box"] for f in doc["faces"]])
     assert boxes.shape == (6, 4)
     assert np.abs(boxes - 3 * np.array([f.box for f in faces])).max() <= 12
     small = json.loads(run_script("infer.py", "--image", str(tmp_path / "big.jpg"), "--model", random_model,
-                                  "--json", "--min-face", "300", check=True).stdout)
+                                  "--json", "--min-face", "300", check=True).stdout)[0]
     assert 0 < len(small["faces"]) < 6
 
 
@@ -141,7 +145,7 @@ def test_real_photos_with_an_insightface_detector(random_model):
     det = shared_path("weights", "scrfd", "det_500m.onnx")
     doc = json.loads(run_script("infer.py", "--image", shared_path("data", "photos", "insightface_t1.jpg"),
                                 "--model", random_model, "--det-model", det, "--det-thresh", "0.5", "--json",
-                                check=True).stdout)
+                                check=True).stdout)[0]
     assert len(doc["faces"]) == 6
 
 

@@ -10,6 +10,7 @@ import signal
 import struct
 import subprocess
 import sys
+import time
 import zlib
 
 import cv2
@@ -20,6 +21,7 @@ from PIL import Image
 from tests.conftest import ROOT, run_script
 from agegender.data.demo import wheel_image
 from agegender.model.engine import BUNDLED_MODEL
+from agegender.schema import validate
 
 T1 = wheel_image("t1.jpg")
 
@@ -93,7 +95,7 @@ MEASURE = ("import atexit, resource, runpy, sys; "
 
 def test_corpus_of_bad_files_mixed_with_good_photos(corpus, tmp_path):
     folder, good, bad = corpus
-    clean = json.loads(run_script("infer.py", "--image", T1, "--json", check=True).stdout)
+    clean = json.loads(run_script("infer.py", "--image", T1, "--json", check=True).stdout)[0]
     jsonl = tmp_path / "out.jsonl"
     proc = subprocess.run([sys.executable, "-c", MEASURE, os.path.join(ROOT, "infer.py"), "--image", str(folder),
                            "--jsonl", str(jsonl), "--output-dir", str(tmp_path / "drawn")],
@@ -191,7 +193,8 @@ def test_a_model_that_emits_nan_is_reported_per_face_never_printed(tmp_path):
     assert text.returncode == 1 and "nan" not in text.stdout.lower()
     assert text.stdout.count("error: the model's output for this face is not finite") == 6
     js = run_script("infer.py", "--image", T1, "--model", str(model), "--json")
-    doc = json.loads(js.stdout, parse_constant=lambda c: pytest.fail(f"invalid JSON constant {c}"))
+    doc = json.loads(js.stdout, parse_constant=lambda c: pytest.fail(f"invalid JSON constant {c}"))[0]
+    validate(doc, "image")
     assert len(doc["faces"]) == 6 and all(f["gender"] is None and f["age"] is None and f["error"] for f in doc["faces"])
 
 
@@ -260,9 +263,12 @@ def test_create_dataset_skips_bombs_keeps_trailing_data_and_stops_cleanly_on_sig
                              str(out), "--workers", "2"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:
-        seen = ""
-        while "face" not in seen:  # the progress bar has started
-            seen += proc.stderr.read(1)
+        # mid-run: records are being written (no progress bar to wait for: stderr is a pipe, not a terminal)
+        deadline = time.monotonic() + 300
+        while not [n for n in os.listdir(out) if n.startswith(".val.lst.") or n.startswith(".train.lst.")
+                   if os.path.getsize(out / n) > 0]:
+            assert proc.poll() is None and time.monotonic() < deadline, "create_dataset.py never got going"
+            time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
     finally:

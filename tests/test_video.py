@@ -19,6 +19,7 @@ from tests.conftest import ROOT, as_in_a_terminal, run_script, shared_path
 from agegender.data.demo import pan_and_zoom, wheel_image
 from agegender.serving.tracking import Tracker, iou_matrix
 from agegender.data.face import Face
+from agegender.schema import validate
 
 
 def _lines(path) -> list[dict]:
@@ -29,7 +30,7 @@ def _by_track(lines: list[dict]) -> dict[int, list[tuple[int, dict]]]:
     tracks = defaultdict(list)
     for row in lines:
         for f in row["faces"]:
-            tracks[f["track"]].append((row["frame"], f))
+            tracks[f["track"]["id"]].append((row["frame"], f))
     return tracks
 
 
@@ -45,26 +46,38 @@ def test_one_track_per_person_spanning_the_video_with_steady_labels(t1_video, tm
     proc = run_script("infer.py", "--video", t1_video, "--output", str(out), "--jsonl", str(jl), check=True)
     assert "60 frames" in proc.stdout and "6 tracks" in proc.stdout
     lines = _lines(jl)
+    for row in lines:
+        validate(row, "frame")
     assert [r["frame"] for r in lines] == list(range(60))
     assert lines[1]["time"] == pytest.approx(0.04)
     tracks = _by_track(lines)
     assert len(tracks) == 6  # six people, each one id while in view
     for tid, seen in tracks.items():
         assert [f for f, _ in seen] == list(range(60)), tid  # visible throughout: tracked throughout
-        genders = {f["gender_smoothed"] for _, f in seen if f["gender_smoothed"]}
-        assert len(genders) == 1, (tid, genders)  # the label holds steady
-        ages = [f["age_smoothed"] for _, f in seen[10:]]
+        settled = {f["track"]["gender"] for _, f in seen if f["track"]["settled"]}
+        assert len(settled) == 1, (tid, settled)  # the label holds steady
+        assert all(f["track"]["gender"] for _, f in seen)  # never null once labelled (from the first frame)
+        ages = [f["track"]["age"] for _, f in seen[10:]]
         assert max(ages) - min(ages) <= 4, (tid, ages)
         raw = [f["p_male"] for _, f in seen]
         assert all(isinstance(p, float) for p in raw)  # detected every frame by default
     # left to right the photo's cast is F F M M M F; at 640x360 the faces are 50-60 px wide, and the
     # bundled model is sure of the three women (the men's faces are its borderline cases)
     first = sorted(tracks, key=lambda t: tracks[t][0][1]["box"][0])
-    genders = [tracks[t][-1][1]["gender_smoothed"] for t in first]
+    genders = [tracks[t][-1][1]["track"]["gender"] for t in first]
     assert genders[0] == genders[1] == genders[5] == "female" and "male" in genders[2:5], genders
     cap = cv2.VideoCapture(str(out))
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 60 and cap.read()[1].shape == (360, 640, 3)
     assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp") or ".tmp." in n]
+
+
+def test_jsonl_to_stdout_leaves_only_json_there(t1_video):
+    proc = run_script("infer.py", "--video", t1_video, "--jsonl", "-", "--detect-every", "4", check=True)
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["frame"] for r in rows] == list(range(60))
+    for row in rows:
+        validate(row, "frame")
+    assert "6 tracks" in proc.stderr and "track 1: frames 0-59" in proc.stderr
 
 
 def test_detect_every_carries_tracked_boxes_between_detections(t1_video, tmp_path):
@@ -75,8 +88,10 @@ def test_detect_every_carries_tracked_boxes_between_detections(t1_video, tmp_pat
     assert len(tracks) == 6
     for seen in tracks.values():
         assert [f for f, _ in seen] == list(range(60))
-        labelled = [frame for frame, f in seen if f["p_male"] is not None]
-        assert labelled == list(range(0, 60, 3))  # new labels on detection frames only
+        labelled = [frame for frame, f in seen if f["track"]["labelled"] > seen[frame - 1][1]["track"]["labelled"]]
+        assert labelled == list(range(3, 60, 3))  # new labels on detection frames only
+        assert all(f["gender"] and f["track"]["gender"] for _, f in seen)  # carried frames keep their labels
+    assert [r["detected"] for r in lines] == [i % 3 == 0 for i in range(60)]
 
 
 def test_real_photos_video_tracks_every_face(tmp_path):

@@ -45,8 +45,12 @@ def main() -> int:
 
     from agegender.symbols import average_checkpoints, write_checkpoint
 
+    from agegender.atomic import checkpoint_files, refuse_inputs
+
     epochs = parse_epochs(args.epochs)
     runs = [r for r in args.prefix.split(",") if r]
+    refuse_inputs([("output", f"{args.output}-symbol.json"), ("output", f"{args.output}-0000.params")],
+                  [f for r in runs for f in checkpoint_files(r)])
     try:
         sym, arg, aux = average_checkpoints(runs, epochs)
     except ValueError as exc:

@@ -24,18 +24,22 @@ def main() -> int:
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="PREFIX,EPOCH (or PREFIX for its newest epoch)")
     p.add_argument("output", help="the .onnx file to write")
+    p.add_argument("--license", metavar="TEXT",
+                   help="the weights' terms, written into the model's metadata (default: the bundled model's, "
+                        "research and non-commercial use only)")
     args = p.parse_args()
     if not args.output.endswith(".onnx"):
         raise UserError(f"the output must be a .onnx file: {args.output}")
 
     from agegender.symbols import parse_model_spec
     from agegender.symbols.onnx_export import TOLERANCE, export_onnx
-    from agegender.atomic import write_atomic
+    from agegender.atomic import checkpoint_files, refuse_inputs, write_atomic
     from agegender.data.demo import aligned_demo_faces
 
+    refuse_inputs([("output", args.output)], checkpoint_files(args.model))
     try:
         prefix, epoch = parse_model_spec(args.model)
-        data, diff = export_onnx(prefix, epoch, aligned_demo_faces())
+        data, diff = export_onnx(prefix, epoch, aligned_demo_faces(), args.license)
     except Exception as exc:  # noqa: BLE001 -- MXNet, onnx and onnxruntime each raise their own types
         raise UserError(f"cannot export {args.model}: {short_reason(exc)}") from None
     write_atomic(args.output, data)

@@ -98,6 +98,12 @@ def main() -> int:
         raise UserError(f"{args.rec} not found")
     if len({n for n, _ in runs}) < 2:
         raise UserError("a learning curve needs runs of at least two sizes")
+    from agegender.atomic import check_writable, checkpoint_files, dataset_files, refuse_inputs
+
+    if args.plot:
+        models = [f for _, m in runs for f in checkpoint_files(m)]
+        refuse_inputs([("--plot", args.plot)], dataset_files(args.rec) + models)
+        check_writable(args.plot, "--plot")  # before the evaluations, not after them
     rows = [evaluate(model, args.rec) for _, model in runs]
     faces = [n for n, _ in runs]
     print(f"default command on {args.rec}\n")

@@ -15,7 +15,20 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from agegender.cli import DET_THRESH_MIN
 from agegender.data.main_face import main_face_score
+
+# Candidate boxes kept (the highest scores) before non-maximum suppression, whose cost grows with the square
+# of their number: far more than the faces of any photo (a 1280 px crowd photo has a few hundred).
+MAX_CANDIDATES = 5000
+
+
+def check_thresh(thresh: float) -> float:
+    """The detector threshold, refused (ValueError) below DET_THRESH_MIN or above 1."""
+    thresh = float(thresh)
+    if not DET_THRESH_MIN <= thresh <= 1:
+        raise ValueError(f"detector threshold {thresh:g} is out of range: must be in [{DET_THRESH_MIN:g}, 1]")
+    return thresh
 
 # The ArcFace 112x112 template that InsightFace's face models (gender-age included) are trained on:
 # left eye, right eye, nose tip, left and right mouth corners, in pixels of the 112x112 crop.
@@ -98,7 +111,7 @@ class RetinaFaceDetector:
                  threads: int = 0):
         from retinaface.weights import WEIGHTS
 
-        self.thresh, self.nms, self.max_size = float(thresh), float(nms), int(max_size)
+        self.thresh, self.nms, self.max_size = check_thresh(thresh), float(nms), int(max_size)
         self.session = _session(WEIGHTS, threads)
         self._priors: dict[tuple[int, int], np.ndarray] = {}
 
@@ -133,6 +146,8 @@ class RetinaFaceDetector:
         keep = np.where(scores >= self.thresh)[0]
         if keep.size == 0:
             return []
+        if keep.size > MAX_CANDIDATES:  # bounded NMS, whatever the image
+            keep = keep[np.argsort(-scores[keep], kind="stable")[:MAX_CANDIDATES]]
         p, loc, lmk, scores = priors[keep], loc[0, keep], lmk[0, keep], scores[keep]
         v0, v1 = self._VARIANCE
         centers = p[:, :2] + loc[:, :2] * v0 * p[:, 2:]
@@ -158,7 +173,7 @@ class InsightFaceDetector:
                                                      sess_options=_session_options(threads))
         if self.model is None or not hasattr(self.model, "detect"):
             raise ValueError(f"{path} is not an InsightFace face detector")
-        self.model.prepare(ctx_id=-1, det_thresh=float(thresh), input_size=self.input_size)
+        self.model.prepare(ctx_id=-1, det_thresh=check_thresh(thresh), input_size=self.input_size)
 
     def detect(self, rgb: np.ndarray) -> list[Face]:
         boxes, kps = self.model.detect(np.ascontiguousarray(rgb[:, :, ::-1]), input_size=self.input_size)
@@ -235,6 +250,28 @@ def align_face(rgb: np.ndarray, landmarks: np.ndarray, size: int = 112) -> np.nd
         raise ValueError(f"aligned size must be a multiple of 112, got {size}")
     m = alignment_matrix(landmarks, size)
     return cv2.warpAffine(rgb, m, (size, size), borderValue=0.0)
+
+
+# Where our 5 RetinaFace points (eye centres, nose tip, mouth corners) land, on average, in the 32x32 dlib face
+# chip (get_face_chip_details, padding 0.2) that the CC0 teacher gender net (models/teacher-gender-v1.onnx)
+# expects. Measured, not derived: dlib's own chip transform applied to our landmarks of the same faces, averaged
+# over 397 training photos (197 UTKFace, 200 All-Age-Faces; the per-point spread is 0.5-1.2 px, and the two
+# sets agree to 0.5 px). See docs/calibration-and-ensemble.md.
+TEACHER_TEMPLATE = np.array(
+    [[9.332, 8.993], [21.484, 8.813], [15.156, 16.038], [10.227, 21.194], [20.630, 21.055]], dtype=np.float32)
+TEACHER_CHIP = 32
+_TEACHER_OVERSAMPLE = 4  # warp at 4x and area-average down: dlib filters before it shrinks a face, so must we
+
+
+def teacher_chip(rgb: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """The 32x32 RGB chip of one face for the teacher gender net, from our 5 landmarks: the least-squares
+    similarity onto TEACHER_TEMPLATE (black outside the image), warped at 4x and area-averaged down."""
+    k = _TEACHER_OVERSAMPLE
+    m = similarity_transform(np.asarray(landmarks, np.float32).reshape(5, 2), TEACHER_TEMPLATE)
+    m = m * k
+    m[:, 2] += (k - 1) / 2.0  # pixel centres: big pixel (k*i + (k-1)/2) is the centre of small pixel i
+    big = cv2.warpAffine(rgb, m, (TEACHER_CHIP * k, TEACHER_CHIP * k), flags=cv2.INTER_LINEAR, borderValue=0.0)
+    return cv2.resize(big, (TEACHER_CHIP, TEACHER_CHIP), interpolation=cv2.INTER_AREA)
 
 
 def crop_in_image(shape: tuple[int, ...], landmarks: np.ndarray, size: int = 112) -> float:

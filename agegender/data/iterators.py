@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 
 import mxnet as mx
+
+from agegender.native_logs import native_info_hidden
 import numpy as np
 
 from agegender.errors import UserError, short_reason
@@ -109,7 +111,8 @@ def record_iter(rec_path: str, batch_size: int, train: bool, augment: Augment | 
             kwargs.update(fill_value=0)  # black, as the corners of an aligned crop of a tight photo
     else:
         kwargs.update(shuffle=False, round_batch=False)
-    return mx.io.ImageRecordIter(**kwargs)
+    with native_info_hidden():  # "Create ImageRecordIter2 optimized for CPU backend" on every iterator
+        return mx.io.ImageRecordIter(**kwargs)
 
 
 class MixedBatches:

@@ -22,6 +22,9 @@ from agegender.data.split import split_samples
 NO_FACE = "no_face"
 SPLITS = ("train", "val")
 
+PACKED_FILES = tuple(f"{split}.{ext}" for split in ("train", "val") for ext in ("rec", "idx", "lst")) + \
+    ("meta.json", "skipped.csv")  # what a packing run writes into its folder
+
 
 @dataclass
 class FaceSettings:
@@ -140,7 +143,7 @@ def pack_dataset(sources: list[Parsed], out_dir: str, settings: FaceSettings, va
             skipped.extend(parsed.skips)
             results = run([s.path for s in parsed.samples])
             bar = tqdm(zip(parsed.samples, splits, results), total=len(parsed.samples),
-                       desc=f"{parsed.name:>12}", unit="face", disable=not progress,
+                       desc=f"{parsed.name:>12}", unit="face", disable=None if progress else True,  # TTY only
                        file=sys.stderr, dynamic_ncols=True)
             inside = 0.0
             for sample, split, (jpeg, in_photo, reason, detail) in bar:

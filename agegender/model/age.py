@@ -19,8 +19,11 @@ def _softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return e / e.sum(axis=axis, keepdims=True)
 
 
-def decode(output: np.ndarray, age_decode: str = DEFAULT_DECODE) -> tuple[np.ndarray, np.ndarray]:
-    """(P(male), age) per row of a (N,202) output.
+def decode(output: np.ndarray, age_decode: str = DEFAULT_DECODE,
+           gender_temperature: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """(P(male), age) per row of a (N,202) output; the gender logits are divided by `gender_temperature`
+    first (temperature scaling, tools/calibrate.py: above 1 softens an over-confident P(male); the
+    decision at 1/2 is unchanged).
 
     `prob`: age = sum_k P(age > k); `vote`: age = sum_k argmax of pair k (InsightFace's own decoding of
     its released model); `median`: where P(age > k), made non-increasing, crosses 1/2, interpolated
@@ -29,7 +32,9 @@ def decode(output: np.ndarray, age_decode: str = DEFAULT_DECODE) -> tuple[np.nda
     output = np.asarray(output, dtype=np.float64)
     if output.ndim != 2 or output.shape[1] != 2 + 2 * NUM_AGE_BINS:
         raise ValueError(f"expected (N, {2 + 2 * NUM_AGE_BINS}) outputs, got {output.shape}")
-    p_male = _softmax(output[:, :2])[:, 1]
+    if not (gender_temperature > 0 and np.isfinite(gender_temperature)):
+        raise ValueError(f"gender temperature must be a positive number, got {gender_temperature!r}")
+    p_male = _softmax(output[:, :2] / gender_temperature)[:, 1]
     pairs = output[:, 2:].reshape(-1, NUM_AGE_BINS, 2)
     if age_decode == "prob":
         age = _softmax(pairs)[:, :, 1].sum(axis=1)

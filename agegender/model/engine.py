@@ -16,10 +16,14 @@ from agegender.errors import UserError, short_reason
 from agegender.model.age import DEFAULT_DECODE, NUM_AGE_BINS, decode
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BUNDLED_MODEL = os.path.join(ROOT, "models", "agegender")  # the model shipped in the repository, epoch 0
+# The model shipped with AgeGender, epoch 0: the wheel carries it as package data (agegender/weights/, see
+# pyproject.toml); a checkout has it in models/.
+_PACKAGED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights", "agegender")
+BUNDLED_MODEL = _PACKAGED if os.path.isfile(_PACKAGED + ".onnx") else os.path.join(ROOT, "models", "agegender")
 BUNDLED_ONNX = BUNDLED_MODEL + ".onnx"                   # the same model exported by tools/export_onnx.py
 ENGINES = ("onnx", "mxnet")
 NUM_OUTPUTS = 2 + 2 * NUM_AGE_BINS
+TEMPERATURE_KEY = "gender_temperature"  # ONNX metadata_props key: the fitted temperature of the gender logits
 
 
 def short_name(path: str) -> str:
@@ -33,6 +37,25 @@ class Engine:
 
     kind = ""
     name = ""
+    gender_temperature = 1.0  # divides the gender logits before the softmax (1 = uncalibrated)
+    metadata: dict = {}  # what the model file says of itself (ONNX metadata_props); empty for a checkpoint
+
+    @property
+    def version(self) -> str | None:
+        """The AgeGender version that exported the model (ONNX metadata `agegender_version`; None for a
+        checkpoint or an export that predates it, as the bundled model)."""
+        return self.metadata.get("agegender_version")
+
+    @property
+    def license(self) -> str:
+        """The model's terms: its metadata's `license`, else the bundled weights' for the bundled model."""
+        from agegender import WEIGHTS_TERMS
+
+        if "license" in self.metadata:
+            return self.metadata["license"]
+        return WEIGHTS_TERMS if self.is_bundled else "not stated in the model file"
+
+    is_bundled = False
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
         """(N,3,112,112) float32 -> (N,202) float32."""
@@ -65,7 +88,49 @@ class Engine:
             return np.zeros(0), np.zeros(0)
         outs = [self.outputs(faces[i:i + batch_size].transpose(0, 3, 1, 2), flip)
                 for i in range(0, len(faces), batch_size)]
-        return decode(np.concatenate(outs), age_decode)
+        return decode(np.concatenate(outs), age_decode, self.gender_temperature)
+
+
+def stored_temperature(metadata: dict[str, str], name: str) -> float:
+    """The gender temperature stored in an ONNX model's metadata_props (tools/calibrate.py --write), 1 when
+    absent; a value that is not a positive number is a one-line error naming the model."""
+    raw = metadata.get(TEMPERATURE_KEY)
+    if raw is None:
+        return 1.0
+    try:
+        t = float(raw)
+    except ValueError:
+        t = float("nan")
+    if not (t > 0 and np.isfinite(t)):
+        raise UserError(f"model {name}: metadata {TEMPERATURE_KEY}={raw!r} is not a positive number")
+    return t
+
+
+def with_temperature(model: bytes, temperature: float) -> bytes:
+    """A serialised ONNX model with `gender_temperature` set in its metadata_props (replacing any)."""
+    import onnx
+
+    if not (temperature > 0 and np.isfinite(temperature)):
+        raise ValueError(f"gender temperature must be a positive number, got {temperature!r}")
+    proto = onnx.load_from_string(model)
+    keep = [(p.key, p.value) for p in proto.metadata_props if p.key != TEMPERATURE_KEY]
+    del proto.metadata_props[:]
+    for key, value in keep + [(TEMPERATURE_KEY, f"{temperature:.4f}")]:
+        proto.metadata_props.add(key=key, value=value)
+    return proto.SerializeToString()
+
+
+def session_options(threads: int = 0):
+    """onnxruntime options for our nets: `threads` intra-op threads (0 = all cores), quiet logs."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = max(0, threads)
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    # no busy-waiting between runs: the net shares the cores with the detector's threads
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return opts
 
 
 class OnnxEngine(Engine):
@@ -80,12 +145,7 @@ class OnnxEngine(Engine):
         self.name = short_name(path)
         if model is None and not os.path.isfile(path):
             raise UserError(f"model file not found: {path}")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = max(0, threads)
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        # no busy-waiting between runs: the net shares the cores with the detector's threads
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts = session_options(threads)
         providers: list = ["CPUExecutionProvider"]
         ids = gpu_ids(gpus)
         if ids:
@@ -102,10 +162,14 @@ class OnnxEngine(Engine):
             raise UserError(f"cannot load model {self.name}: {short_reason(exc)}") from None
         self.input = self.session.get_inputs()[0].name
         self.providers = self.session.get_providers()
+        self.gender_temperature = stored_temperature(self.session.get_modelmeta().custom_metadata_map, self.name)
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.is_bundled = model is None and os.path.realpath(path) == os.path.realpath(BUNDLED_ONNX)
         self.check()
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input: batch})[0]
 
 
-__all__ = ["Engine", "OnnxEngine", "BUNDLED_MODEL", "BUNDLED_ONNX", "ENGINES", "NUM_OUTPUTS", "short_name"]
+__all__ = ["Engine", "OnnxEngine", "session_options", "stored_temperature", "with_temperature", "TEMPERATURE_KEY",
+           "BUNDLED_MODEL", "BUNDLED_ONNX", "ENGINES", "NUM_OUTPUTS", "short_name"]

@@ -3,6 +3,7 @@ its JSON form and the plot."""
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,7 +39,8 @@ def predict_rec(predictor: Engine, rec: str, batch_size: int = 256, age_decode: 
     labels = load_labels(rec)  # file order, with source names from meta.json
     it = record_iter(rec, batch_size, train=False, threads=threads)
     p_male, age_pred, seen_age = [], [], []
-    with tqdm(total=total, unit="face", disable=not progress, desc="eval") as bar:
+    with tqdm(total=total, unit="face", disable=None if progress else True, desc="eval",  # TTY only
+              file=sys.stderr) as bar:
         for data, label in eval_batches(it, total):
             p, a = decode(predictor.outputs(data if predictor.kind == "mxnet" else data.asnumpy(), flip=flip),
                           age_decode)

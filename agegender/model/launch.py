@@ -13,6 +13,11 @@ import threading
 import time
 
 
+# The scheduler's port on a remote host: a port free here says nothing about the first host, so a job over
+# ssh uses this fixed default (the one DMLC's own tracker starts from), or --port.
+REMOTE_PORT = 9091
+
+
 def free_port() -> int:
     """A TCP port nobody listens on right now."""
     with socket.socket() as s:
@@ -41,6 +46,17 @@ def check_host(host: str) -> str:
     if not _HOST.match(host) or host.startswith("-"):
         raise ValueError(f"not a host name: {host!r}")
     return host
+
+
+def host_address(host: str) -> str:
+    """The address other processes reach a host line at: `user@host` -> `host`, `[::1]` -> `::1`."""
+    return check_host(host).rsplit("@", 1)[-1].strip("[]")
+
+
+def with_python(argv: list[str], python: str) -> list[str]:
+    """A command whose program is a bare `python` / `python3` runs with `python` (the job's interpreter: the
+    one running the launcher, or --python), so every process sees the same environment."""
+    return [python, *argv[1:]] if argv and argv[0] in ("python", "python3") else list(argv)
 
 
 class JobError(RuntimeError):
@@ -115,17 +131,22 @@ class Job:
 
 
 def launch(command: list[str], num_workers: int, num_servers: int = 1, hosts: list[str] | None = None,
-           port: int = 0, timeout: float | None = None, cwd: str | None = None, out=None) -> list[int]:
+           port: int = 0, timeout: float | None = None, cwd: str | None = None, out=None,
+           python: str | None = None) -> list[int]:
     """Run `command` as `num_workers` workers with `num_servers` servers and a scheduler.
 
-    Without `hosts` everything runs here on 127.0.0.1. With `hosts` (reached by ssh, the project at
-    the same path on each), the scheduler runs on the first host and servers and workers go round-robin.
+    Without `hosts` everything runs here on 127.0.0.1 (port 0: a free one). With `hosts` (`host` or
+    `user@host`, reached by ssh, the project and `python` at the same paths on each), the scheduler runs on
+    the first host (port 0: REMOTE_PORT) and servers and workers go round-robin. `python` (default: this
+    interpreter) runs the servers and a worker command that starts with a bare `python`.
     Returns the workers' exit codes; every process is stopped before returning, also on error or timeout."""
     hosts = hosts or []
-    root = hosts[0] if hosts else "127.0.0.1"
-    port = port or free_port()
+    root = host_address(hosts[0]) if hosts else "127.0.0.1"
+    port = port or (REMOTE_PORT if hosts else free_port())
+    python = python or sys.executable
+    command = with_python(command, python)
     place = (lambda i: hosts[i % len(hosts)]) if hosts else (lambda i: None)  # noqa: E731
-    server_argv = [sys.executable if not hosts else "python", "-c", "import mxnet"]  # importing mxnet serves
+    server_argv = [python, "-c", "import mxnet"]  # importing mxnet with DMLC_ROLE set serves
     job = Job()
     try:
         job.start("scheduler", server_argv, job_env("scheduler", root, port, num_workers, num_servers),
@@ -141,4 +162,4 @@ def launch(command: list[str], num_workers: int, num_servers: int = 1, hosts: li
         job.stop()
 
 
-__all__ = ["launch", "job_env", "free_port", "check_host", "Job", "JobError"]
+__all__ = ["launch", "host_address", "with_python", "REMOTE_PORT", "job_env", "free_port", "check_host", "Job", "JobError"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from agegender.errors import UserError, short_reason
+from agegender.errors import UserError, require, short_reason
 from agegender.model.engine import BUNDLED_MODEL, BUNDLED_ONNX, ENGINES, Engine, OnnxEngine, short_name
 
 
@@ -31,6 +31,7 @@ def load_engine(model: str | None = None, engine: str | None = None, gpus: str =
         return _exported(model, threads, gpus)
     if is_onnx:
         raise UserError(f"--engine mxnet runs a PREFIX,EPOCH checkpoint, not {model}; use --engine onnx")
+    require("mxnet", f"--engine mxnet{f' (--model {model})' if model else ''}")
     from agegender.model.mxnet_engine import MxnetEngine, resolve_model
 
     return MxnetEngine(*resolve_model(model), gpus=gpus)
@@ -38,6 +39,7 @@ def load_engine(model: str | None = None, engine: str | None = None, gpus: str =
 
 def _exported(model: str | None, threads: int, gpus: str) -> Engine:
     """`--engine onnx` for a checkpoint: exported (and checked) in memory, then run by onnxruntime."""
+    require("mxnet", f"a PREFIX,EPOCH checkpoint ({model or 'the bundled MXNet model'}; a .onnx file does not)")
     from agegender.symbols.onnx_export import export_onnx
     from agegender.data.demo import aligned_demo_faces
     from agegender.model.mxnet_engine import resolve_model

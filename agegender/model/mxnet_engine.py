@@ -46,6 +46,7 @@ class MxnetEngine(Engine):
     def __init__(self, prefix: str, epoch: int, gpus: str = "", ctx: list[mx.Context] | None = None):
         self.ctx = ctx or contexts(gpus)
         self.name = f"{short_name(prefix)},{epoch}"
+        self.is_bundled = os.path.realpath(prefix) == os.path.realpath(BUNDLED_MODEL)
         try:
             self.net = load_model(prefix, epoch, self.ctx)
         except Exception as exc:  # noqa: BLE001 -- MXNet raises its own types with a C++ stack

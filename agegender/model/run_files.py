@@ -13,7 +13,7 @@ import os
 import mxnet as mx
 
 from agegender.atomic import atomic_path, save_figure, write_atomic
-from agegender.errors import UserError
+from agegender.errors import UserError, short_reason
 
 CSV_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "train_mae", "train_cs5",
               "val_loss", "val_acc", "val_mae", "val_cs3", "val_cs5", "time_s"]
@@ -53,11 +53,24 @@ def curves_path(prefix: str) -> str:
 
 
 def read_history(path: str, before: int | None = None) -> list[dict]:
-    """Rows of a metrics CSV (numbers as floats), those with epoch <= `before` when given."""
+    """Rows of a metrics CSV (numbers as floats), those with epoch <= `before` when given; ValueError
+    (naming the file and line) for a file that is not one."""
     if not os.path.isfile(path):
         return []
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = [{k: float(v) if v not in ("", None) else float("nan") for k, v in r.items()} for r in csv.DictReader(f)]
+    rows, line = [], 1
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if "epoch" not in (reader.fieldnames or []):
+                raise ValueError(f"{path} is not a metrics history (no epoch column)")
+            for r in reader:
+                line = reader.line_num
+                rows.append({k: float(v) if v not in ("", None) else float("nan") for k, v in r.items()
+                             if k is not None})
+    except (ValueError, TypeError, UnicodeDecodeError, csv.Error) as exc:
+        if str(exc).startswith(path):
+            raise
+        raise ValueError(f"{path} line {line} is not a metrics row ({short_reason(exc)})") from None
     return [r for r in rows if before is None or r["epoch"] <= before]
 
 

@@ -127,7 +127,7 @@ def label_split(entries: list[ListEntry], lst_path: str, teacher, progress: bool
     it ran, else to the list's folder."""
     try:
         from tqdm import tqdm
-        items = tqdm(entries, unit="face", disable=not progress, file=sys.stderr)
+        items = tqdm(entries, unit="face", disable=None if progress else True, file=sys.stderr)  # TTY only
     except ImportError:  # the teacher's venv need not have tqdm
         items = entries
     out = SplitLabels({}, 0, 0, 0)

@@ -19,7 +19,7 @@ from agegender.model.age import age_gender_loss, decode
 from agegender.data.iterators import (Augment, MixedBatches, augment_batch, batch_shares, check_rec, eval_batches,
                                       record_iter, to_numpy_labels)
 from agegender.model.devices import contexts, kvstore
-from agegender.errors import Terminated, UserError
+from agegender.errors import Terminated, UserError, short_reason
 from agegender.model.checkpoints import RunCheckpoints
 from agegender.model.run_files import curves_path, history_path, plot_history, read_history, write_history
 from agegender.model.metrics import AgeGenderMetric
@@ -234,12 +234,18 @@ class Fit:
         if c.resume and self.checkpoints.exist():
             self.resumed = resumed = True
             epoch, source = self.checkpoints.resume_point()
-            report = load_weights(net, source, epoch)
+            try:
+                report = load_weights(net, source, epoch)
+            except (ValueError, OSError, mx.base.MXNetError) as exc:  # a truncated or damaged file
+                raise UserError(f"--resume: cannot load {source}-{epoch:04d}.params: {short_reason(exc)}") from None
             if report.mismatched or report.missing or report.by_order or report.gamma_differs:
                 raise UserError(f"--resume: {c.prefix}-{epoch:04d}.params is not a checkpoint of this network "
                                 f"({report}); use the same --network/--multiplier/--version-input/--learn-output-scale")
             self.begin_epoch = epoch
-            self.history = read_history(history_path(c.prefix), before=epoch)
+            try:
+                self.history = read_history(history_path(c.prefix), before=epoch)
+            except ValueError as exc:  # reported, never dropped: the run would write over it
+                raise UserError(f"--resume: {exc}; fix or move it away to resume") from None
             scores = [val_score(r) for r in self.history if r.get("val_mae") == r.get("val_mae")]
             self.best_score = min(scores) if scores else math.inf
             log.info("resumed from %s-%04d.params: continuing at epoch %d", source, epoch, epoch)

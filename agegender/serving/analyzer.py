@@ -2,10 +2,11 @@
 the same 5-point alignment as create_dataset.py, an engine, the age decoding). infer.py, eval's engine
 choice, and any program of yours use it:
 
-    from agegender.serving.analyzer import FaceAnalyzer
+    from agegender import FaceAnalyzer
     analyzer = FaceAnalyzer.from_options()          # bundled RetinaFace + bundled ONNX model, no MXNet
-    for face in analyzer.analyze(rgb):              # rgb: (H,W,3) uint8, RGB order
+    for face in analyzer.analyze("photo.jpg"):      # a path, bytes, a PIL image or an RGB array
         print(face.box, face.gender, face.age)
+    analyzer.analyze(cv2.imread("photo.jpg"), bgr=True)   # OpenCV's BGR order only when said so
 """
 from __future__ import annotations
 
@@ -16,16 +17,62 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from pathlib import Path
+from typing import Any, Iterable, Iterator, NamedTuple, Union
 
 import numpy as np
 
 from agegender.model.age import DEFAULT_DECODE, DEFAULT_FLIP
 from agegender.model.engine import Engine
+from agegender.model.ensemble import TeacherGender, ensemble_p_male
 from agegender.model.loading import load_engine
 from agegender.errors import UserError, short_reason
-from agegender.data.face import Detector, Face, align_face, load_detector
-from agegender.data.image import MAX_PIXELS, ImageError, read_image
+from agegender.data.face import Detector, Face, align_face, load_detector, teacher_chip
+from agegender.data.image import MAX_PIXELS, MISSING, ImageError, decode_image, read_image
+
+ImageInput = Union[np.ndarray, str, Path, bytes, bytearray, memoryview, Any]  # Any: a PIL image
+EXPECTED = "an RGB uint8 array (H,W,3), a path (str or pathlib.Path), encoded image bytes, or a PIL image"
+
+
+def to_rgb(image: ImageInput, bgr: bool = False, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Any accepted image as an RGB uint8 (H,W,3) array, converted as infer.py converts files: grey becomes
+    3 channels, an alpha channel is dropped, 16-bit is scaled to 8-bit. A bare array is taken as RGB;
+    `bgr=True` says it is in OpenCV's BGR order (arrays only: files, bytes and PIL images carry their own).
+    TypeError / ValueError (one line) for anything else; FileNotFoundError for a missing path."""
+    if isinstance(image, np.ndarray):
+        return _array_to_rgb(image, bgr)
+    if bgr:
+        raise ValueError(f"bgr=True applies to arrays only; a {type(image).__name__} is decoded in RGB")
+    try:
+        if isinstance(image, (str, Path)):
+            return read_image(str(image), max_pixels)
+        if isinstance(image, (bytes, bytearray, memoryview)):
+            return decode_image(bytes(image), max_pixels)
+    except ImageError as exc:
+        if exc.reason == MISSING:
+            raise FileNotFoundError(f"image not found: {image}") from None
+        what = image if isinstance(image, (str, Path)) else f"{len(image)} bytes"
+        raise ValueError(f"cannot use the image ({what}): {exc.describe()}") from None
+    if hasattr(image, "mode") and hasattr(image, "convert"):  # a PIL image, without importing Pillow for the test
+        if image.mode.startswith("I;16"):
+            return _array_to_rgb(np.asarray(image).astype(np.uint16), False)
+        return np.asarray(image.convert("RGB"))
+    raise TypeError(f"analyze() takes {EXPECTED}, or a list of them; got {type(image).__name__}")
+
+
+def _array_to_rgb(a: np.ndarray, bgr: bool) -> np.ndarray:
+    if a.dtype == np.uint16:
+        a = (a >> 8).astype(np.uint8)  # as OpenCV reads a 16-bit file for infer.py
+    elif a.dtype != np.uint8:
+        raise TypeError(f"the image array must be uint8 (or uint16), 0-255; got {a.dtype}")
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[..., 0]
+    if a.ndim == 2:
+        return np.ascontiguousarray(np.repeat(a[..., None], 3, axis=2))
+    if a.ndim != 3 or a.shape[2] not in (3, 4) or min(a.shape[:2]) < 1:
+        raise ValueError(f"the image array must be (H,W,3) RGB, (H,W,4) RGBA or (H,W) grey; got shape {a.shape}")
+    a = a[..., :3]  # alpha dropped, as for files
+    return np.ascontiguousarray(a[..., ::-1] if bgr else a)
 
 
 @dataclass
@@ -57,6 +104,26 @@ class FaceResult:
     def landmarks(self) -> np.ndarray:
         return self.face.landmarks
 
+    def to_dict(self) -> dict:
+        """The schema's face object (agegender/schema/face.schema.json): box, score, landmarks, gender,
+        p_male, age; the labels are null, with an `error`, when the model's output was not finite."""
+        return face_dict(self.face, self.p_male, self.age)
+
+
+NOT_FINITE = "the model's output for this face is not finite"
+
+
+def face_dict(face: Face, p_male: float | None, age: float | None) -> dict:
+    """The schema's face object for a detection and its labels (None or not finite: null labels + error)."""
+    out = {"box": [int(round(float(v))) for v in face.box], "score": round(float(face.score), 4),
+           "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in face.landmarks]}
+    if p_male is not None and age is not None and np.isfinite(p_male) and np.isfinite(age):
+        out.update(gender="male" if p_male >= 0.5 else "female", p_male=round(float(p_male), 4),
+                   age=round(float(age), 1))
+    else:
+        out.update(gender=None, p_male=None, age=None, error=NOT_FINITE)
+    return out
+
 
 @dataclass
 class ImageResult:
@@ -64,6 +131,19 @@ class ImageResult:
     image: np.ndarray | None  # RGB, orientation applied (None unless kept for drawing)
     faces: list[FaceResult] = field(default_factory=list)
     error: str | None = None  # why the image could not be read or analysed (then no faces)
+
+    def to_dict(self) -> dict:
+        """The schema's image object: {"image", "faces": [face objects]}, or {"image", "error", "faces": []}."""
+        if self.error:
+            return {"image": self.path, "error": self.error, "faces": []}
+        return {"image": self.path, "faces": [fr.to_dict() for fr in self.faces]}
+
+
+class FaceCrops(NamedTuple):
+    """One face's two crops when the gender ensemble is on: ours (112x112) and the teacher's chip (32x32)."""
+
+    net: np.ndarray
+    teacher: np.ndarray
 
 
 _TIMINGS_LOCK = threading.Lock()
@@ -73,8 +153,10 @@ class FaceAnalyzer:
     """A detector and an engine with the settings that turn a photo into labelled faces."""
 
     def __init__(self, detector: Detector, engine: Engine, age_decode: str = DEFAULT_DECODE, min_face: float = 0.0,
-                 flip: bool = DEFAULT_FLIP, batch_size: int = 256, max_pixels: int = MAX_PIXELS):
-        self.detector, self.engine = detector, engine
+                 flip: bool = DEFAULT_FLIP, batch_size: int = 256, max_pixels: int = MAX_PIXELS,
+                 teacher: TeacherGender | None = None):
+        """`teacher`: the gender ensemble (P(male) = the mean of ours and the teacher's), off when None."""
+        self.detector, self.engine, self.teacher = detector, engine, teacher
         self.age_decode, self.min_face, self.flip, self.batch_size = age_decode, min_face, flip, batch_size
         self.max_pixels = max_pixels
         self._lock = contextlib.nullcontext() if getattr(detector, "thread_safe", False) else threading.Lock()
@@ -82,42 +164,78 @@ class FaceAnalyzer:
     @classmethod
     def from_options(cls, model: str | None = None, engine: str | None = None, det_model: str | None = None,
                      det_thresh: float = 0.8, max_size: int = 1280, gpus: str = "", det_threads: int = 1,
-                     net_threads: int = 0, **settings) -> "FaceAnalyzer":
+                     net_threads: int = 0, gender_ensemble: bool = False, **settings) -> "FaceAnalyzer":
         """Load the detector (bundled RetinaFace, or an InsightFace ONNX file) and the engine
-        (`agegender.model.loading.load_engine`); `settings` are the constructor's keywords."""
+        (`agegender.model.loading.load_engine`); `gender_ensemble` also loads the bundled teacher gender
+        net (`agegender.model.ensemble`); `settings` are the constructor's keywords."""
         try:
             detector = load_detector(det_model, thresh=det_thresh, max_size=max_size, threads=det_threads)
         except FileNotFoundError as exc:
             raise UserError(str(exc)) from None
         except Exception as exc:  # noqa: BLE001 -- insightface and onnxruntime raise their own types
             raise UserError(f"cannot load detector {det_model}: {short_reason(exc)}") from None
-        return cls(detector, load_engine(model, engine, gpus, net_threads), **settings)
+        teacher = TeacherGender(threads=net_threads) if gender_ensemble else None
+        return cls(detector, load_engine(model, engine, gpus, net_threads), teacher=teacher, **settings)
 
-    def detect(self, rgb: np.ndarray, det_thresh: float = 0.0, min_face: float | None = None,
-               max_faces: int = 0) -> tuple[list[Face], list[np.ndarray]]:
-        """Every face at least `min_face` pixels (default: the analyzer's) on its shorter box side, left to
-        right, and its aligned 112x112 crop. `det_thresh` raises the detector's own threshold for this call;
-        `max_faces` (> 0) keeps that many, the highest scores."""
+    def find(self, rgb: np.ndarray, det_thresh: float = 0.0, min_face: float | None = None) -> list[Face]:
+        """Every face at least `min_face` pixels (default: the analyzer's) on its shorter box side, scoring at
+        least `det_thresh` (which raises the detector's own threshold for this call)."""
         with self._lock:
             found = self.detector.detect(rgb)
         least = self.min_face if min_face is None else min_face
-        faces = [f for f in found if f.score >= det_thresh and min(f.box[2] - f.box[0], f.box[3] - f.box[1]) >= least]
+        return [f for f in found if f.score >= det_thresh and min(f.box[2] - f.box[0], f.box[3] - f.box[1]) >= least]
+
+    def keep(self, rgb: np.ndarray, faces: list[Face], max_faces: int = 0) -> tuple[list[Face], list]:
+        """The `max_faces` (> 0) best-scoring of `faces` (all with 0), left to right, and their crops."""
         if max_faces > 0:
             faces = sorted(faces, key=lambda f: -f.score)[:max_faces]
-        faces.sort(key=lambda f: (float(f.box[0]), float(f.box[1])))
-        return faces, [align_face(rgb, f.landmarks) for f in faces]
+        faces = sorted(faces, key=lambda f: (float(f.box[0]), float(f.box[1])))
+        return faces, self.crops(rgb, faces)
 
-    def label(self, crops: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """(P(male), age) of aligned crops, through the engine in batches."""
+    def crops(self, rgb: np.ndarray, faces: list[Face]) -> list:
+        """The aligned 112x112 crop of each face (with the ensemble on, a `FaceCrops` of it and the teacher's
+        chip: pass them to `label` as they are)."""
+        if self.teacher is not None:
+            return [FaceCrops(align_face(rgb, f.landmarks), teacher_chip(rgb, f.landmarks)) for f in faces]
+        return [align_face(rgb, f.landmarks) for f in faces]
+
+    def detect(self, rgb: np.ndarray, det_thresh: float = 0.0, min_face: float | None = None,
+               max_faces: int = 0) -> tuple[list[Face], list]:
+        """The faces of `find`, `max_faces` (> 0) of them kept as `keep` does, and their crops (see `crops`)."""
+        return self.keep(rgb, self.find(rgb, det_thresh, min_face), max_faces)
+
+    def label(self, crops: list) -> tuple[np.ndarray, np.ndarray]:
+        """(P(male), age) of what `detect` gave, through the engine in batches (and the teacher's gender
+        net, averaged in, for `FaceCrops`)."""
         if not crops:
             return np.zeros(0), np.zeros(0)
-        return self.engine.predict_faces(np.stack(crops), self.batch_size, self.age_decode, self.flip)
+        if not isinstance(crops[0], FaceCrops):
+            return self.engine.predict_faces(np.stack(crops), self.batch_size, self.age_decode, self.flip)
+        if self.teacher is None:
+            raise ValueError("FaceCrops given to an analyzer without the gender ensemble")
+        p_male, age = self.engine.predict_faces(np.stack([c.net for c in crops]), self.batch_size,
+                                                self.age_decode, self.flip)
+        return ensemble_p_male(p_male, self.teacher.p_male(np.stack([c.teacher for c in crops]))), age
 
-    def analyze(self, rgb: np.ndarray) -> list[FaceResult]:
-        """Every face of one RGB image, left to right, with its gender and age."""
-        faces, crops = self.detect(rgb)
-        p_male, age = self.label(crops)
-        return [FaceResult(f, float(p), float(a)) for f, p, a in zip(faces, p_male, age)]
+    def analyze(self, image: ImageInput | list[ImageInput], bgr: bool = False) -> list:
+        """Every face of an image, left to right, with its gender and age: a list of FaceResult.
+
+        `image`: an RGB uint8 (H,W,3) array -- a bare array is always taken as RGB; pass `bgr=True` for
+        OpenCV's `cv2.imread` order -- or a path (str / pathlib.Path), encoded bytes, or a PIL image. Grey,
+        RGBA and 16-bit arrays are converted as infer.py converts files. A list (or tuple) of images gives
+        a list of such lists, the faces of all images labelled together in batches.
+        Raises TypeError / ValueError (one line) for anything else, FileNotFoundError for a missing path."""
+        if isinstance(image, (list, tuple)):
+            rgbs = [to_rgb(im, bgr, self.max_pixels) for im in image]
+        else:
+            rgbs = [to_rgb(image, bgr, self.max_pixels)]
+        found = [self.detect(rgb) for rgb in rgbs]
+        p_male, age = self.label([c for _, crops in found for c in crops])
+        out, i = [], 0
+        for faces, _ in found:
+            out.append([FaceResult(f, float(p_male[i + k]), float(age[i + k])) for k, f in enumerate(faces)])
+            i += len(faces)
+        return out if isinstance(image, (list, tuple)) else out[0]
 
     # --- many images --------------------------------------------------------------------------------------
     def prepare(self, path: str) -> tuple[np.ndarray | None, list[Face], list[np.ndarray], str | None]:
@@ -134,9 +252,15 @@ class FaceAnalyzer:
             return None, [], [], exc.describe()
         except OSError as exc:  # unreadable: permissions, I/O errors
             return None, [], [], exc.strerror or str(exc)
+        except MemoryError:  # one file must not cost the others' results
+            return None, [], [], "out of memory while reading this image"
+        except Exception as exc:  # noqa: BLE001 -- a decoder's own error types: this file's error only
+            return None, [], [], f"cannot read: {short_reason(exc)}"
         t1 = time.perf_counter()
         try:
             faces, crops = self.detect(rgb)
+        except MemoryError:
+            return None, [], [], "out of memory while detecting faces in this image"
         except Exception as exc:  # noqa: BLE001 -- one image the detector cannot handle costs that image only
             return None, [], [], f"detection failed: {short_reason(exc)}"
         t2 = time.perf_counter()
@@ -198,4 +322,4 @@ class FaceAnalyzer:
                 yield from inflight.popleft().result()
 
 
-__all__ = ["FaceAnalyzer", "FaceResult", "ImageResult"]
+__all__ = ["FaceAnalyzer", "FaceCrops", "FaceResult", "ImageResult", "face_dict", "to_rgb", "NOT_FINITE", "EXPECTED"]

@@ -1,5 +1,5 @@
 """Parquet output of labelled faces (infer.py --parquet, and the shards of a Ray run): one row per face,
-with the fields of the JSON face objects (`agegender.serving.inference.to_json`) plus the image path and the
+with the fields of the JSON face objects (`agegender.serving.inference.to_json`, agegender/schema/face.schema.json) plus the image path and the
 face's index; one row per image that failed (path and error, no face columns); one row per image in which no
 face was found (face index null, no error), so that every input is accounted for in the file itself.
 
@@ -18,17 +18,19 @@ import pyarrow.parquet as pq
 
 from agegender.atomic import check_writable, is_stream, replace_with, temp_beside
 from agegender.errors import UserError
+from agegender.schema import FACE_FIELDS as SCHEMA_FACE_FIELDS
 
-# The face fields of the JSON output, in its order, and their Arrow types; `image`, `face` and `error` are the
-# row's own columns (`error`: why the image failed, or why a face has no labels).
-FACE_FIELDS: dict[str, pa.DataType] = {
+# The Arrow type of each face field of the output schema (agegender/schema); `image`, `face` and `error` are
+# the row's own columns (`error`: why the image failed, or why a face has no labels).
+ARROW_TYPES: dict[str, pa.DataType] = {
     "box": pa.list_(pa.int32()),            # x1, y1, x2, y2
     "score": pa.float64(),
     "landmarks": pa.list_(pa.list_(pa.float64())),  # 5 (x, y): eyes, nose, mouth corners
     "gender": pa.string(),
-    "gender_prob": pa.float64(),
+    "p_male": pa.float64(),
     "age": pa.float64(),
 }
+FACE_FIELDS: dict[str, pa.DataType] = {k: ARROW_TYPES[k] for k in SCHEMA_FACE_FIELDS}  # the schema's order
 SCHEMA = pa.schema([pa.field("image", pa.string(), nullable=False), pa.field("face", pa.int32()),
                     *(pa.field(k, t) for k, t in FACE_FIELDS.items()), pa.field("error", pa.string())])
 ROWS_PER_GROUP = 4096  # a row group is flushed at this many rows (and at the end)
@@ -72,7 +74,8 @@ def check_target(path: str) -> None:
 class ParquetSink:
     """One Parquet file written row group by row group as documents are added. A regular file is written to
     a fresh temporary file beside `path`, renamed over it by `close()` (a reader never sees half a file;
-    `abort()`, or leaving the `with` block on an exception, removes it and leaves any old file as it was);
+    leaving the `with` block by Ctrl-C or SIGTERM does the same with the rows so far, as the JSON lines do;
+    `abort()`, or leaving it on any other exception, removes it and leaves any old file as it was);
     a FIFO or a device is written through."""
 
     def __init__(self, path: str, rows_per_group: int = ROWS_PER_GROUP):
@@ -123,7 +126,7 @@ class ParquetSink:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
+        if exc_type is None or issubclass(exc_type, KeyboardInterrupt):  # Ctrl-C / SIGTERM: the rows so far
             self.close()
         else:
             self.abort()

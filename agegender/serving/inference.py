@@ -2,6 +2,7 @@
 emitted as JSON, or drawn."""
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -11,9 +12,10 @@ import time
 import cv2
 import numpy as np
 
-from agegender.serving.analyzer import ImageResult
-from agegender.atomic import check_writable, is_stream, write_atomic
+from agegender.serving.analyzer import NOT_FINITE, ImageResult
+from agegender.atomic import check_writable, is_stream, named, open_output, refuse_inputs, write_atomic
 from agegender.errors import UserError
+from agegender.schema import CSV_COLUMNS
 from agegender.data.face import Face
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
@@ -22,7 +24,8 @@ WRITABLE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")  # w
 
 def find_images(specs: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
     """Image paths from files, folders (their image files, sorted; sub-folders are not entered, even one
-    named `old.jpg`) and globs, and the (spec, reason) of each spec that gives no image."""
+    named `old.jpg`) and globs, and the (spec, reason) of each spec that gives no image. A file reached
+    twice (a folder and an overlapping glob, a link and its target) is analysed once, where first named."""
     paths: list[str] = []
     problems: list[tuple[str, str]] = []
     for spec in specs:
@@ -41,7 +44,14 @@ def find_images(specs: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
                 problems.append((spec, "no file matches"))
         else:
             problems.append((spec, "not found"))
-    return paths, problems
+    seen: set[str] = set()
+    unique = []
+    for path in paths:
+        real = os.path.realpath(path)
+        if real not in seen:
+            seen.add(real)
+            unique.append(path)
+    return unique, problems
 
 
 def output_paths(paths: list[str], out_dir: str, suffix: str = "_agegender") -> dict[str, str]:
@@ -52,15 +62,26 @@ def output_paths(paths: list[str], out_dir: str, suffix: str = "_agegender") -> 
         return {}
     real = [os.path.realpath(p) for p in paths]
     root = os.path.commonpath([os.path.dirname(r) for r in real])
-    out = {}
+    out: dict[str, str] = {}
+    taken: set[str] = set()
     for path, r in zip(paths, real):
+        if path in out:  # the same file named twice: one copy
+            continue
         stem, ext = os.path.splitext(os.path.relpath(r, root))
-        ext = ext.lower()  # a format OpenCV cannot write (GIF) keeps its name and becomes a JPEG: x.gif.jpg
-        out[path] = os.path.join(out_dir, f"{stem}{suffix}{ext if ext in WRITABLE_EXTS else ext + '.jpg'}")
+        # the extension keeps its case (x.jpg and x.JPG are two files); one OpenCV cannot write (GIF) keeps
+        # its name and becomes a JPEG: x.gif.jpg
+        ext = ext if ext.lower() in WRITABLE_EXTS else ext + ".jpg"
+        target, n = os.path.join(out_dir, f"{stem}{suffix}{ext}"), 1
+        while os.path.realpath(target) in taken:  # two inputs that still meet (a.gif.jpg and a.gif): numbered
+            n += 1
+            target = os.path.join(out_dir, f"{stem}{suffix}-{n}{ext}")
+        taken.add(os.path.realpath(target))
+        out[path] = target
     inputs = set(real)
     clash = [p for p, o in out.items() if os.path.realpath(o) in inputs]
     if clash:
         raise UserError(f"the annotated copy of {clash[0]} would replace an input image; choose another --output-dir")
+    refuse_inputs([("--output-dir", o) for o in out.values()], paths)  # hard links too
     return out
 
 
@@ -77,34 +98,43 @@ def format_lines(res: ImageResult) -> list[str]:
             for i, fr in enumerate(res.faces, 1)]
 
 
-NOT_FINITE = "the model's output for this face is not finite"
-
-
 def to_json(res: ImageResult) -> dict:
-    """{"image", "faces": [{"box", "score", "landmarks", "gender", "gender_prob", "age"}]} for one image;
-    gender_prob is the probability of the gender given. An image that failed has "error" and no faces;
-    a face whose output was not finite has null labels and an "error"."""
-    if res.error:
-        return {"image": res.path, "error": res.error, "faces": []}
-    faces = []
-    for fr in res.faces:
-        face = {"box": _box(fr.face), "score": round(float(fr.face.score), 4),
-                "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in fr.face.landmarks]}
-        if fr.ok:
-            face.update(gender=fr.gender, gender_prob=round(max(fr.p_male, 1 - fr.p_male), 4), age=round(fr.age, 1))
-        else:
-            face.update(gender=None, gender_prob=None, age=None, error=NOT_FINITE)
-        faces.append(face)
-    return {"image": res.path, "faces": faces}
+    """The schema's image object (`ImageResult.to_dict`): {"image", "faces": [{"box", "score", "landmarks",
+    "gender", "p_male", "age"}]}; a failed image has "error" and no faces."""
+    return res.to_dict()
 
 
 def dumps_json(docs: list[dict]) -> str:
-    """The document for one image (a list of them for several), one face per line."""
+    """`--json`: always a list of image objects, whatever the number of inputs, one face per line."""
     def one(doc: dict) -> str:
         faces = ",\n  ".join(json.dumps(f) for f in doc["faces"])
         error = f', "error": {json.dumps(doc["error"])}' if "error" in doc else ""
         return f'{{"image": {json.dumps(doc["image"])}{error}, "faces": [' + (f"\n  {faces}\n" if faces else "") + "]}"
-    return one(docs[0]) if len(docs) == 1 else "[\n" + ",\n".join(one(d) for d in docs) + "\n]"
+    return "[\n" + ",\n".join(one(d) for d in docs) + "\n]" if docs else "[]"
+
+
+def csv_rows(doc: dict) -> list[dict]:
+    """`--csv` rows of one image object: one per face; an image without faces, or a failed input, is one
+    row with empty face columns (and its `error`)."""
+    base = {"image": doc["image"], "error": doc.get("error", "")}
+    if not doc["faces"]:
+        return [base]
+    return [{**base, "face": i, **dict(zip(("x1", "y1", "x2", "y2"), f["box"])), "score": f["score"],
+             "gender": f["gender"] or "", "p_male": "" if f["p_male"] is None else f["p_male"],
+             "age": "" if f["age"] is None else f["age"], "error": f.get("error", base["error"])}
+            for i, f in enumerate(doc["faces"], 1)]
+
+
+def csv_text(rows: list[dict]) -> str:
+    """The CSV document: a header of the schema's CSV_COLUMNS, then the rows."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
 
 
 COLORS_BGR = {"male": (235, 140, 30), "female": (60, 60, 230)}
@@ -150,26 +180,41 @@ def save_image(path: str, bgr: np.ndarray) -> None:
 
 
 class Outputs:
-    """Where infer.py's results go, image by image as they complete: text lines (stdout), one JSON document
-    (stdout, at the end), JSON lines (`--jsonl`, flushed per image), Parquet (`--parquet`, row groups as images
-    complete, renamed into place at the end; agegender/serving/batch.py), annotated copies (`--output FILE`, or
-    one per image under `--output-dir`, each written atomically as it completes); `error: PATH: reason` on
-    stderr for each image that fails; a summary line and the exit status at the end. Every output is
-    checked before the work starts."""
+    """Where infer.py's results go, image by image as they complete: text lines, one JSON list (`--json`,
+    stdout, at the end), JSON lines (`--jsonl`, flushed per image), a CSV (`--csv`, one row per face, written
+    at the end through the project's writer), Parquet (`--parquet`, one row per face in row groups as images
+    complete, renamed into place at the end; agegender/serving/batch.py), annotated copies (`--output FILE`, or one per image under
+    `--output-dir`, each written atomically as it completes); `error: PATH: reason` on stderr for each input
+    that fails; a summary line and the exit status at the end. When JSON or CSV goes to stdout, every human
+    line goes to stderr. A progress bar (stderr) runs over several images when stderr is a terminal. Every
+    output is checked before the work starts."""
 
     def __init__(self, paths: list[str], problems: list[tuple[str, str]] = (), text: bool = True,
                  json_doc: bool = False, jsonl: str | None = None, output: str | None = None,
-                 output_dir: str | None = None, show: bool = False, parquet: str | None = None):
+                 output_dir: str | None = None, show: bool = False, csv: str | None = None,
+                 progress: bool | None = None, parquet: str | None = None):
         self.text, self.json_doc, self.show = text, json_doc, show
         self.problems = list(problems)
-        self.multi = len(paths) + len(self.problems) > 1
+        self.total = len(paths) + len(self.problems)
+        self.multi = self.total > 1
         self.single: str | None = None
         self.targets: dict[str, str] = {}
         if output and output_dir:
             raise UserError("give either --output or --output-dir, not both")
+        streams = [name for name, where in (("--jsonl", jsonl), ("--csv", csv), ("--output", output)) if where == "-"]
+        if len(streams) + json_doc > 1:
+            raise UserError(f"only one output can go to stdout: {', '.join(streams + ['--json'] * json_doc)}")
+        # machine-readable output on stdout: the human lines go to stderr so the stream stays parseable
+        self.human = sys.stderr if streams or json_doc else sys.stdout
+        single = output if output and not os.path.isdir(output) else None
+        named_outputs = [(flag, where) for flag, where in (("--jsonl", jsonl), ("--csv", csv), ("--output", single),
+                                                           ("--parquet", parquet)) if where and where != "-"]
+        refuse_inputs(named_outputs, paths)
+        for i, (flag, where) in enumerate(named_outputs):
+            for other, there in named_outputs[i + 1:]:
+                if os.path.realpath(where) == os.path.realpath(there):
+                    raise UserError(f"{flag} and {other} are the same file: {where}")
         if output and len(paths) == 1 and not os.path.isdir(output):
-            if os.path.realpath(output) == os.path.realpath(paths[0]):
-                raise UserError(f"--output {output} is the input image: it would be replaced; choose another name")
             if os.path.splitext(output)[1].lower() not in WRITABLE_EXTS and not is_stream(output):
                 raise UserError(f"--output must end in one of {', '.join(WRITABLE_EXTS)}: {output}")
             check_writable(output, "--output")
@@ -182,23 +227,39 @@ class Outputs:
                 raise UserError(f"cannot create output folder {folder}: {exc.strerror or exc}") from None
             check_writable(os.path.join(folder, "x.jpg"), "into output folder")
             self.targets = output_paths(paths, folder)
+        self.csv = csv
+        if csv:
+            check_writable(csv, "--csv")
+        self.csv_rows: list[dict] = []
         self.jsonl = None
+        self.jsonl_path = jsonl
         if jsonl:
             check_writable(jsonl, "--jsonl")
-            self.jsonl = sys.stdout if jsonl == "-" else open(os.path.realpath(jsonl), "w", encoding="utf-8")
         self.parquet_path, self.parquet = parquet, None
         if parquet:
             from agegender.serving.batch import check_target  # pyarrow only when asked for
 
             check_target(parquet)
+        self._stack = contextlib.ExitStack()
         self.draws = bool(self.single or self.targets or show)
         self.docs: list[dict] = []
         self.shown: list[ImageResult] = []
-        self.images = self.faces = self.failures = 0
+        self.labelled: set[str] = set()
+        self.failed_inputs: set[str] = set()
+        self.faces = 0
         self.start = time.perf_counter()
         self.complete = False
+        self.bar = None
+        if self.multi and progress is not False:
+            from tqdm import tqdm
+
+            # disable=None: shown only when stderr is a terminal, so pipes and CI logs get no \r bars
+            self.bar = tqdm(total=self.total, unit="image", file=sys.stderr, dynamic_ncols=True, leave=False,
+                            disable=None if progress is None else False)
 
     def __enter__(self) -> "Outputs":
+        if self.jsonl_path:  # streamed into a temporary file, renamed when the run ends
+            self.jsonl = self._stack.enter_context(open_output(self.jsonl_path))
         if self.parquet_path:  # opened here, not in __init__: a model that fails to load leaves no temp file
             from agegender.serving.batch import ParquetSink
 
@@ -207,55 +268,82 @@ class Outputs:
             self.failed(spec, reason)
         return self
 
+    def _say(self, line: str, stream) -> None:
+        """A human line that does not tear the progress bar."""
+        if self.bar is not None and not self.bar.disable:
+            self.bar.write(line, file=stream)
+        else:
+            print(line, file=stream, flush=True)
+
     def __exit__(self, exc_type, exc, tb) -> None:
         self.complete = exc_type is None
-        if self.jsonl is not None and self.jsonl is not sys.stdout:
-            self.jsonl.close()  # every completed image is in it, also after Ctrl-C
-        if self.parquet is not None:  # complete: renamed into place; interrupted: the old file stays
-            self.parquet.close() if self.complete else self.parquet.abort()
+        if self.bar is not None:
+            self.bar.close()
+        # every completed image is in the JSON lines, also after Ctrl-C; a failed write keeps the old file
+        self._stack.__exit__(exc_type, exc, tb)
+        if self.csv and (self.complete or self.csv_rows):
+            write_atomic(self.csv, csv_text(self.csv_rows))  # the rows done so far, also after Ctrl-C
+        if self.parquet is not None:  # as the JSON lines: in place when complete or interrupted, else dropped
+            keep = self.complete or issubclass(exc_type, KeyboardInterrupt)
+            self.parquet.close() if keep else self.parquet.abort()
         if self.complete and self.json_doc:
-            print(dumps_json(self.docs) if self.docs else "[]", flush=True)
+            print(dumps_json(self.docs), flush=True)
         if self.multi or not self.complete:
-            state = "" if self.complete else ", interrupted"
-            print(f"summary: {self.images} images, {self.faces} faces, {self.failures} failed, "
-                  f"{time.perf_counter() - self.start:.1f} s{state}", file=sys.stderr, flush=True)
+            state = "" if self.complete else ", interrupted" if issubclass(exc_type, KeyboardInterrupt) else \
+                ", stopped by an error"
+            print(f"summary: {self.summary()}, {time.perf_counter() - self.start:.1f} s{state}",
+                  file=sys.stderr, flush=True)
         if self.complete and self.show:
             self._show()
+
+    def summary(self) -> str:
+        """`3 images: 1 labelled (6 faces), 2 failed` (+ `, 1 not done` when interrupted): the parts add up."""
+        labelled, failed = len(self.labelled - self.failed_inputs), len(self.failed_inputs)
+        rest = self.total - labelled - failed
+        return (f"{self.total} image{'s' * (self.total != 1)}: {labelled} labelled ({self.faces} faces), "
+                f"{failed} failed" + (f", {rest} not done" if rest > 0 else ""))
 
     def _emit(self, doc: dict) -> None:
         if self.json_doc:
             self.docs.append(doc)
         if self.jsonl is not None:
-            self.jsonl.write(json.dumps(doc) + "\n")
-            self.jsonl.flush()
+            try:
+                self.jsonl.write(json.dumps(doc) + "\n")
+                self.jsonl.flush()
+            except OSError as exc:  # a full disk: the one-line error names the output
+                raise named(exc, "standard output" if self.jsonl_path == "-" else self.jsonl_path) from None
+        if self.csv:
+            self.csv_rows += csv_rows(doc)
         if self.parquet is not None:
             self.parquet.add(doc)
 
-    def failed(self, path: str, reason: str) -> None:
+    def failed(self, path: str, reason: str, emit: bool = True) -> None:
         """An input that could not be processed: reported, counted, and the run goes on."""
-        self.failures += 1
-        print(f"error: {path}: {reason}", file=sys.stderr, flush=True)
-        self._emit({"image": path, "error": reason, "faces": []})
+        self.failed_inputs.add(path)
+        self._say(f"error: {path}: {reason}", sys.stderr)
+        if emit:
+            self._emit({"image": path, "error": reason, "faces": []})
 
     def add(self, res: ImageResult) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
         if res.error:
             self.failed(res.path, res.error)
             return
-        self.images += 1
+        self.labelled.add(res.path)
         self.faces += len(res.faces)
         broken = sum(not fr.ok for fr in res.faces)
         if broken:  # reported on its own: the image's faces (and boxes) are still emitted
-            self.failures += 1
-            print(f"error: {res.path}: {NOT_FINITE.replace('this face', f'{broken} face(s)')}", file=sys.stderr)
+            self.failed(res.path, NOT_FINITE.replace("this face", f"{broken} face(s)"), emit=False)
         if self.text:
-            print("\n".join(([f"{res.path}:"] if self.multi else []) + format_lines(res)), flush=True)
+            self._say("\n".join(([f"{res.path}:"] if self.multi else []) + format_lines(res)), self.human)
         self._emit(to_json(res))
         target = self.single or self.targets.get(res.path)
         if target and res.image is not None:
             try:
                 save_image(target, draw(res))
             except OSError as exc:
-                self.failed(res.path, f"cannot write the annotated copy {target}: {exc.strerror or exc}")
+                self.failed(res.path, f"cannot write the annotated copy {target}: {exc.strerror or exc}", emit=False)
         if self.show:
             self.shown.append(res)
         else:
@@ -271,9 +359,10 @@ class Outputs:
 
     def exit_status(self) -> int:
         """0: every image processed; 1: some failed; 2: none could be processed."""
-        if not self.failures:
+        if not self.failed_inputs:
             return 0
-        return 1 if self.images else 2
+        return 1 if self.labelled else 2
 
 
-__all__ = ["Outputs", "find_images", "output_paths", "NOT_FINITE", "format_lines", "to_json", "draw", "save_image", "dumps_json", "IMAGE_EXTS"]
+__all__ = ["Outputs", "find_images", "output_paths", "NOT_FINITE", "format_lines", "to_json", "draw", "save_image", "dumps_json", "IMAGE_EXTS", "csv_rows",
+           "csv_text"]

@@ -1,35 +1,61 @@
 """serve.py's application: age and gender over HTTP (FastAPI), the same photo-to-faces path and JSON as
 `infer.py --json`, faces of concurrent requests batched through the net, hostile input answered with a
-JSON error and a status, never a traceback."""
+JSON error and a status, never a traceback. Also the page at `/` (photo and live camera), offline API docs
+at `/docs`, and `/v1/track`: camera frames of one stream followed by the video tracker."""
 from __future__ import annotations
 
 import asyncio
+import functools
+import hashlib
+import hmac
 import os
 import platform
+import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Optional
 
 import cv2
 import numpy as np
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
+from starlette.datastructures import Headers, UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.middleware.cors import CORSMiddleware
 
+from agegender import CODE_LICENSE, __version__
 from agegender.serving.analyzer import FaceAnalyzer, FaceResult, ImageResult
 from agegender.serving.batcher import FaceBatcher
+from agegender.cli import DET_THRESH_MIN
 from agegender.data.image import MAX_PIXELS, TOO_LARGE, TRUNCATED, ImageError, decode_image
+from agegender.serving.http import Front, Limits
 from agegender.serving.inference import draw, to_json
+from agegender.serving.tracking import Tracker
+from agegender.serving.video import frame_json
 
 MAX_BYTES = 10_000_000
-DET_FLOOR = 0.3  # the detector runs at this threshold; each request raises it with det_thresh
+DET_FLOOR = DET_THRESH_MIN  # the detector runs at this threshold; each request raises it with det_thresh
+MAX_QUEUE = 32   # requests being decoded, detected or labelled at once; over it: 503
+MAX_IMAGES = 8   # repeated `image` fields in one request
+MAX_FIELDS = 32  # multipart fields of any name in one request
+MAX_STREAMS = 64  # camera sessions tracked at once (the least recently used is dropped)
+STREAM_IDLE_S = 120.0
+STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
+RAW_TYPES = ("image/jpeg", "image/png", "image/webp", "image/bmp", "image/gif", "image/tiff",
+             "application/octet-stream")
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str):
+    def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
         super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+        self.status, self.code, self.message, self.headers = status, code, message, headers
 
 
 # --- response models (they are what /docs shows) ------------------------------------------------------
@@ -39,7 +65,7 @@ class FaceOut(BaseModel):
     landmarks: list[list[float]] = Field(description="eyes, nose, mouth corners: 5 x (x, y)")
     gender: Optional[str] = Field(description="male or female; null when the model's output was not finite",
                                   examples=["female"])
-    gender_prob: Optional[float] = Field(description="probability of the gender given", examples=[0.9075])
+    p_male: Optional[float] = Field(description="P(male); gender is male when >= 0.5", examples=[0.0925])
     age: Optional[float] = Field(description="decoded age in years", examples=[25.6])
     error: Optional[str] = Field(default=None, description="why this face has no labels")
 
@@ -50,6 +76,10 @@ class AnalyzeOut(BaseModel):
     height: int
     model: str = Field(examples=["models/agegender.onnx"])
     faces: list[FaceOut]
+    faces_total: int = Field(description="faces found before max_faces kept the best; equals len(faces) "
+                                         "when nothing was cut")
+    timings_ms: dict[str, float] = Field(description="decode, detect (with alignment), net (with the wait "
+                                                     "for a batch), total (from the first byte read)")
 
 
 class ErrorBody(BaseModel):
@@ -68,6 +98,8 @@ class HealthOut(BaseModel):
 
 class ModelOut(BaseModel):
     name: str
+    file: str = Field(description="the weights' file name")
+    sha256: Optional[str] = Field(description="of that file")
     engine: str
     input: str
     output: str
@@ -76,21 +108,37 @@ class ModelOut(BaseModel):
     detector: str
     limits: dict
     versions: dict
+    version: str = Field(description="the AgeGender version serving", examples=["1.0.0"])
+    license: dict = Field(description="the code's licence and the model's (weights') terms")
 
 
-ERRORS = {400: {"model": ErrorOut, "description": "empty body or truncated image"},
+ERRORS = {400: {"model": ErrorOut, "description": "empty body, truncated image, bad multipart, or several "
+                                                  "images where one is expected"},
+          401: {"model": ErrorOut, "description": "no or wrong `Authorization: Bearer` key (with --api-key-file)"},
+          408: {"model": ErrorOut, "description": "the request did not arrive in time"},
           413: {"model": ErrorOut, "description": "body over --max-bytes, or image over --max-pixels"},
           415: {"model": ErrorOut, "description": "the body is not an image"},
-          422: {"model": ErrorOut, "description": "a query parameter out of range"}}
+          422: {"model": ErrorOut, "description": "a query parameter out of range"},
+          503: {"model": ErrorOut, "description": "over --max-queue requests in progress: retry after "
+                                                  "the Retry-After header's seconds"}}
+
+IMAGE_BODY = {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
+        "image": {"type": "string", "format": "binary",
+                  "description": "the photo; repeat the field for several photos (a list of results)"}}}},
+    **{t: {"schema": {"type": "string", "format": "binary"}} for t in RAW_TYPES[:2] + RAW_TYPES[-1:]}}}
 
 
-def _error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+def _error(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
-async def _read_body(request: Request, max_bytes: int) -> tuple[bytes, str]:
-    """The image bytes (multipart field `image`, or the raw body) and its name; the size limit is enforced
-    while reading, so a huge body is refused without being held."""
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+async def _read_body(request: Request, max_bytes: int) -> bytes:
+    """The request body, refused (413) as soon as it passes `max_bytes`, so a huge body is never held."""
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > max_bytes:
         raise ApiError(413, "body_too_large", f"the body is {int(length)} bytes, over the limit of {max_bytes}")
@@ -100,16 +148,46 @@ async def _read_body(request: Request, max_bytes: int) -> tuple[bytes, str]:
         if size > max_bytes:
             raise ApiError(413, "body_too_large", f"the body is over the limit of {max_bytes} bytes")
         chunks.append(chunk)
-    body = b"".join(chunks)
-    if request.headers.get("content-type", "").startswith("multipart/form-data"):
-        request._body = body  # noqa: SLF001 -- let Starlette parse the form from what was read
-        form = await request.form()
-        upload = form.get("image")
-        if upload is None or isinstance(upload, str):
-            raise ApiError(400, "no_image_field", "a multipart upload needs the image in the field 'image'")
-        data = await upload.read()
-        return data, upload.filename or "image"
-    return body, "-"
+    return b"".join(chunks)
+
+
+async def _images(request: Request, body: bytes, max_bytes: int) -> list[tuple[bytes, str]]:
+    """(bytes, name) of each image of the request: the repeated multipart field `image` (a file, or a plain
+    field holding the bytes), or the raw body. Media types are compared case-insensitively."""
+    if _media_type(request) != "multipart/form-data":
+        return [(body, "-")]
+    # the parser decodes plain fields with the body's charset: latin-1 maps every byte to one character,
+    # so an image sent as a plain field comes back intact
+    raw_ct = request.headers.get("content-type", "")
+    params = raw_ct.split(";", 1)[1] if ";" in raw_ct else ""
+    params = ";".join(p for p in params.split(";") if not p.strip().lower().startswith("charset"))
+    headers = Headers(raw=[(b"content-type", f"multipart/form-data;{params}; charset=latin-1".encode("latin-1"))])
+
+    async def stream():
+        yield body
+
+    parser = MultiPartParser(headers, stream(), max_files=MAX_IMAGES, max_fields=MAX_FIELDS, max_part_size=max_bytes)
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise ApiError(400, "bad_multipart", f"the multipart body cannot be read: {exc.message}") from None
+    except Exception:  # noqa: BLE001 -- python-multipart's own errors on a malformed body
+        raise ApiError(400, "bad_multipart", "the multipart body cannot be read: malformed") from None
+    try:
+        found = []
+        for value in form.getlist("image"):
+            if isinstance(value, UploadFile):
+                name = (value.filename or "image").encode("latin-1", "replace").decode("utf-8", "replace")
+                found.append((await value.read(), name))
+            else:
+                found.append((value.encode("latin-1", "replace"), "image"))
+    finally:
+        await form.close()
+    if not found:
+        raise ApiError(400, "no_image_field", "a multipart upload needs the image in the field 'image'")
+    if len(found) > MAX_IMAGES:
+        raise ApiError(400, "too_many_images", f"{len(found)} images in one request: at most {MAX_IMAGES}")
+    return found
 
 
 def _decode(data: bytes, max_pixels: int) -> np.ndarray:
@@ -125,13 +203,57 @@ def _decode(data: bytes, max_pixels: int) -> np.ndarray:
         raise ApiError(415, "not_an_image", "the body is not an image (JPEG, PNG, BMP, WebP, GIF, TIFF)") from None
 
 
+def _weights_file(name: str) -> str | None:
+    """The file holding the engine's weights: the .onnx, or PREFIX-EPOCH.params of an MXNet PREFIX,EPOCH."""
+    if os.path.isfile(name):
+        return os.path.abspath(name)
+    prefix, _, epoch = name.rpartition(",")
+    params = f"{prefix}-{int(epoch):04d}.params" if epoch.isdigit() else ""
+    return os.path.abspath(params) if params and os.path.isfile(params) else None
+
+
+@functools.lru_cache(maxsize=4)
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class Streams:
+    """The camera streams being tracked: a Tracker per session id, the least recently used dropped past
+    MAX_STREAMS, and any idle for STREAM_IDLE_S. Frames of one stream are tracked in arrival order."""
+
+    def __init__(self, max_streams: int = MAX_STREAMS, idle_s: float = STREAM_IDLE_S):
+        self.max_streams, self.idle_s = max_streams, idle_s
+        self._live: OrderedDict[str, list] = OrderedDict()  # id -> [tracker, frame index, last use, lock, start]
+
+    def get(self, session: str) -> list:
+        """[tracker, next frame index, last use, lock, start time] of stream `session`, new if unknown."""
+        now = time.monotonic()
+        for sid in [s for s, v in self._live.items() if now - v[2] > self.idle_s]:
+            del self._live[sid]
+        entry = self._live.pop(session, None) or [Tracker(), 0, now, asyncio.Lock(), now]
+        entry[2] = now
+        self._live[session] = entry
+        while len(self._live) > self.max_streams:
+            self._live.popitem(last=False)
+        return entry
+
+
 def create_app(analyzer: FaceAnalyzer, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS,
-               batch_window_ms: float = 5.0, batch_faces: int = 64, workers: int = 0) -> FastAPI:
-    """The service around a loaded analyzer (its detector should run at DET_FLOOR)."""
+               batch_window_ms: float = 5.0, batch_faces: int = 64, workers: int = 0, *,
+               max_queue: int = MAX_QUEUE, api_key: str | None = None, cors_origins: tuple[str, ...] = (),
+               access_log: bool = True, limits: Limits = Limits()) -> FastAPI:
+    """The service around a loaded analyzer (its detector should run at DET_FLOOR). `api_key`: requests to
+    /v1/ need `Authorization: Bearer <key>`; `max_queue`: requests in progress over it get 503."""
     batcher = FaceBatcher(analyzer, batch_window_ms, batch_faces)
     # one thread more than cores: while a thread does its Python work (decode set-up, alignment), the
     # others keep every core in onnxruntime (load test: +10 % faces/s over one per core)
     pool = ThreadPoolExecutor(max_workers=workers or (os.cpu_count() or 1) + 1, thread_name_prefix="detect")
+    streams = Streams()
+    in_progress = [0]
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -140,14 +262,31 @@ def create_app(analyzer: FaceAnalyzer, max_bytes: int = MAX_BYTES, max_pixels: i
         await batcher.stop()
         pool.shutdown(wait=True)
 
-    app = FastAPI(title="AgeGender", version="2", lifespan=lifespan,
+    app = FastAPI(title="AgeGender", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Gender and age of every face in an image: RetinaFace detection, 5-point "
-                              "alignment, and the bundled (or given) gender/age model.")
+                              "alignment, and the bundled (or given) gender/age model. The page at `/` "
+                              "tries it on a photo or a camera.")
     app.state.batcher = batcher
+    bearer = HTTPBearer(auto_error=False, description="the key of --api-key-file (only when the server has one)")
+
+    async def authorised(credentials: Optional[HTTPAuthorizationCredentials] = Depends(bearer)) -> None:
+        if api_key is None:
+            return
+        given = credentials.credentials if credentials is not None else ""
+        if not hmac.compare_digest(given.encode(), api_key.encode()):
+            raise ApiError(401, "unauthorized", "this server needs 'Authorization: Bearer <key>'",
+                           {"WWW-Authenticate": "Bearer"})
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError):
-        return _error(exc.status, exc.code, exc.message)
+        return _error(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        codes = {404: ("not_found", f"no such route: {request.url.path}"),
+                 405: ("method_not_allowed", f"{request.method} is not allowed on {request.url.path}")}
+        code, message = codes.get(exc.status_code, ("http_error", str(exc.detail)))
+        return _error(exc.status_code, code, message, dict(exc.headers or {}))
 
     @app.exception_handler(RequestValidationError)
     async def bad_query(request: Request, exc: RequestValidationError):
@@ -159,51 +298,162 @@ def create_app(analyzer: FaceAnalyzer, max_bytes: int = MAX_BYTES, max_pixels: i
     async def unexpected(request: Request, exc: Exception):
         return _error(500, "internal_error", f"{type(exc).__name__}: the image could not be analysed")
 
+    # --- the page and the docs: bundled files only, nothing from another host -------------------------
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+
+        app.mount("/docs-assets", StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
+    except ImportError:  # the page and the API work without it; /docs says what is missing
+        swagger_ui_path = None
+
+    @app.get("/", include_in_schema=False)
+    async def page():
+        return FileResponse(os.path.join(STATIC, "index.html"), media_type="text/html")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs():
+        if swagger_ui_path is None:
+            raise ApiError(404, "not_found", "the API docs need the package swagger-ui-bundle-v2")
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title="AgeGender API",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs-assets/favicon-32x32.png")
+
     @app.get("/health", response_model=HealthOut, summary="Liveness and readiness")
     async def health():
         return {"status": "ok", "model_loaded": analyzer.engine is not None}
 
-    @app.get("/v1/model", response_model=ModelOut, summary="What runs behind /v1/analyze")
+    @app.get("/v1/model", response_model=ModelOut, summary="What runs behind /v1/analyze",
+             dependencies=[Depends(authorised)], responses={401: ERRORS[401]})
     async def model():
         import onnxruntime
 
-        return {"name": analyzer.engine.name, "engine": analyzer.engine.kind,
+        weights = _weights_file(analyzer.engine.name)
+        return {"name": analyzer.engine.name, "file": os.path.basename(weights or analyzer.engine.name),
+                "sha256": await asyncio.get_running_loop().run_in_executor(pool, _sha256, weights) if weights else None,
+                "engine": analyzer.engine.kind,
                 "input": "aligned faces (N,3,112,112) RGB 0-255, ArcFace 5-point template",
                 "output": "(N,202): gender logits [0:2] (index 1 = male), then 100 pairs 'age > k'",
-                "age_decode": analyzer.age_decode, "gender_coding": "1 = male, 0 = female",
+                "age_decode": analyzer.age_decode,
+                "gender_coding": "'gender' is the string 'male' or 'female' (P(male) >= 0.5: male); "
+                                 "'p_male' is the model's P(male)",
                 "detector": getattr(analyzer.detector, "name", type(analyzer.detector).__name__),
-                "limits": {"max_bytes": max_bytes, "max_pixels": max_pixels, "det_thresh_min": DET_FLOOR},
+                "limits": {"max_bytes": max_bytes, "max_pixels": max_pixels, "det_thresh_min": DET_FLOOR,
+                           "max_queue": max_queue, "max_images": MAX_IMAGES,
+                           "max_header_bytes": limits.max_header_bytes, "read_timeout_s": limits.read_timeout,
+                           "max_connections": limits.max_connections},
                 "versions": {"python": platform.python_version(), "numpy": np.__version__,
-                             "opencv": cv2.__version__, "onnxruntime": onnxruntime.__version__}}
+                             "opencv": cv2.__version__, "onnxruntime": onnxruntime.__version__,
+                             "model": analyzer.engine.version},
+                "version": __version__, "license": {"code": CODE_LICENSE, "model": analyzer.engine.license}}
 
-    @app.post("/v1/analyze", response_model=AnalyzeOut, responses={**ERRORS, 200: {
-        "content": {"image/jpeg": {}}, "description": "the faces as JSON, or the annotated JPEG with annotated=1"}},
-        summary="Gender and age of every face in an image", response_model_exclude_unset=True)
+    def admit() -> None:
+        if in_progress[0] >= max_queue:
+            raise ApiError(503, "overloaded", f"{max_queue} requests are in progress (--max-queue); retry shortly",
+                           {"Retry-After": "1"})
+
+    async def analyse(data: bytes, name: str, det_thresh: float, min_face: float, max_faces: int,
+                      t0: float) -> tuple[ImageResult, int, dict]:
+        """One image through decode, detection and the batched net; (result, faces before max_faces, ms)."""
+        loop = asyncio.get_running_loop()
+
+        def prepare():
+            t = time.perf_counter()
+            rgb = _decode(data, max_pixels)
+            t_decode = time.perf_counter()
+            found = analyzer.find(rgb, det_thresh, min_face)
+            faces, crops = analyzer.keep(rgb, found, max_faces)
+            return rgb, faces, crops, len(found), t_decode - t, time.perf_counter() - t_decode
+
+        rgb, faces, crops, total, decode_s, detect_s = await loop.run_in_executor(pool, prepare)
+        t_net = time.perf_counter()
+        p_male, age = await batcher.label(crops)
+        net_s = time.perf_counter() - t_net
+        res = ImageResult(name, rgb, [FaceResult(f, float(p), float(a)) for f, p, a in zip(faces, p_male, age)])
+        ms = {"decode": decode_s * 1000, "detect": detect_s * 1000, "net": net_s * 1000,
+              "total": (time.perf_counter() - t0) * 1000}
+        return res, total, {k: round(v, 1) for k, v in ms.items()}
+
+    @app.post("/v1/analyze", response_model=AnalyzeOut, dependencies=[Depends(authorised)],
+              responses={**ERRORS, 200: {"content": {"image/jpeg": {}},
+                                         "description": "the faces as JSON (a list of them for several `image` "
+                                                        "fields), or the annotated JPEG with annotated=1"}},
+              summary="Gender and age of every face in an image", response_model_exclude_unset=True,
+              openapi_extra={"requestBody": IMAGE_BODY})
     async def analyze(request: Request,
                       det_thresh: float = Query(0.8, ge=DET_FLOOR, le=1.0, description="minimum detector score"),
                       min_face: float = Query(0.0, ge=0.0, description="ignore faces whose box is smaller (px)"),
-                      max_faces: int = Query(0, ge=0, le=10000, description="keep the N best faces (0 = all)"),
+                      max_faces: int = Query(0, ge=0, le=10000, description="keep the N best faces (0 = all); "
+                                                                            "faces_total tells how many there were"),
                       annotated: bool = Query(False, description="return the annotated JPEG instead of JSON")):
-        """Send the image as the multipart form field `image`, or as the raw request body. Returns the
-        same document as `infer.py --json` for one image, plus its size and the model's name."""
-        data, name = await _read_body(request, max_bytes)
-        loop = asyncio.get_running_loop()
-        def prepare():
-            rgb = _decode(data, max_pixels)
-            return (rgb, *analyzer.detect(rgb, det_thresh, min_face, max_faces))
-
-        rgb, faces, crops = await loop.run_in_executor(pool, prepare)
-        p_male, age = await batcher.label(crops)
-        res = ImageResult(name, rgb, [FaceResult(f, float(p), float(a)) for f, p, a in zip(faces, p_male, age)])
-        if annotated:
-            jpeg = await loop.run_in_executor(pool, lambda: cv2.imencode(".jpg", draw(res))[1].tobytes())
-            return Response(jpeg, media_type="image/jpeg")
-        doc = to_json(res)
+        """Send the image as the multipart form field `image` (repeat it for several images: the answer is
+        then a list, in order), or as the raw request body. Returns the document of `infer.py --json` for
+        one image, plus its size, the model's name, `faces_total` and `timings_ms`."""
+        t0 = time.perf_counter()
+        admit()
+        body = await _read_body(request, max_bytes)
+        images = await _images(request, body, max_bytes)
+        del body
+        if annotated and len(images) > 1:
+            raise ApiError(400, "several_images", "annotated=1 takes one image; send the others separately")
+        admit()
+        in_progress[0] += 1
+        try:
+            docs = []
+            for data, name in images:
+                res, total, ms = await analyse(data, name, det_thresh, min_face, max_faces, t0)
+                if annotated:
+                    jpeg = await asyncio.get_running_loop().run_in_executor(
+                        pool, lambda: cv2.imencode(".jpg", draw(res))[1].tobytes())
+                    return Response(jpeg, media_type="image/jpeg")
+                doc = to_json(res)
+                docs.append({"image": doc["image"], "width": int(res.image.shape[1]),
+                             "height": int(res.image.shape[0]), "model": analyzer.engine.name,
+                             "faces": doc["faces"], "faces_total": total, "timings_ms": ms})
+        finally:
+            in_progress[0] -= 1
         # returned as a response: the document already has AnalyzeOut's shape (the schema /docs shows)
-        return JSONResponse({"image": doc["image"], "width": int(rgb.shape[1]), "height": int(rgb.shape[0]),
-                             "model": analyzer.engine.name, "faces": doc["faces"]})
+        return JSONResponse(docs[0] if len(docs) == 1 else docs)
 
+    @app.post("/v1/track", dependencies=[Depends(authorised)], responses=ERRORS,
+              summary="One camera frame of a stream: faces with track ids and smoothed labels",
+              openapi_extra={"requestBody": IMAGE_BODY})
+    async def track(request: Request,
+                    session: str = Query(..., min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$",
+                                         description="one id per camera stream, chosen by the client"),
+                    det_thresh: float = Query(0.8, ge=DET_FLOOR, le=1.0, description="minimum detector score")):
+        """Frames of one `session` are followed as `infer.py --video` follows a video's: each face gets a
+        track id that stays while it is in view, and its gender and age smoothed over the frames. Returns
+        `infer.py --video --jsonl`'s line for the frame, plus its size and `timings_ms`."""
+        t0 = time.perf_counter()
+        admit()
+        body = await _read_body(request, max_bytes)
+        images = await _images(request, body, max_bytes)
+        if len(images) != 1:
+            raise ApiError(400, "several_images", "a frame is one image")
+        admit()
+        in_progress[0] += 1
+        try:
+            res, _, ms = await analyse(images[0][0], images[0][1], det_thresh, 0.0, 0, t0)
+            entry = streams.get(session)
+            async with entry[3]:
+                tracker, index = entry[0], entry[1]
+                entry[1] += 1
+                seen = tracker.update(index, [fr.face for fr in res.faces], [(fr.p_male, fr.age) for fr in res.faces])
+                tracker.finished.clear()  # a stream may run for hours: ended tracks are not kept
+                line = frame_json(index, time.monotonic() - entry[4], seen)
+        finally:
+            in_progress[0] -= 1
+        line.update(width=int(res.image.shape[1]), height=int(res.image.shape[0]), timings_ms=ms)
+        return JSONResponse(line)
+
+    if cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+                           expose_headers=["X-Request-ID", "Retry-After"])
+    app.add_middleware(Front, limits=limits, access_log=access_log)  # outermost: every answer has its id
     return app
 
 
-__all__ = ["create_app", "MAX_BYTES", "DET_FLOOR"]
+__all__ = ["create_app", "MAX_BYTES", "DET_FLOOR", "MAX_QUEUE", "Streams"]

@@ -38,6 +38,7 @@ class Track:
     age_sum: float = 0.0
     shown_male: bool | None = None
     raw: tuple[float, float] | None = None  # (P(male), age) of the current frame, when labelled in it
+    last: tuple[float, float] | None = None  # (P(male), age) of the last frame it was labelled in
 
     HYSTERESIS = 1.0  # in logit units: the mean must pass P(male) 0.27 / 0.73 to flip the shown gender
     SETTLE = 5        # frames labelled before a gender is shown: one frame's guess is not a person's label
@@ -64,7 +65,19 @@ class Track:
 
     @property
     def gender(self) -> str | None:
+        """The shown gender: None until SETTLE frames are labelled."""
         return None if self.shown_male is None else "male" if self.shown_male else "female"
+
+    @property
+    def settled(self) -> bool:
+        return self.shown_male is not None
+
+    @property
+    def gender_so_far(self) -> str | None:
+        """The shown gender once settled, before that the side of the mean so far: never None once labelled."""
+        if self.shown_male is not None or not self.labelled:
+            return self.gender
+        return "male" if self.logit_sum >= 0 else "female"
 
     @property
     def age(self) -> float:
@@ -102,7 +115,7 @@ class Tracker:
                 self.tracks.append(track)
             track.raw = None
             if labels is not None:
-                track.raw = labels[j]
+                track.raw = track.last = labels[j]
                 track.add_label(*labels[j])
             seen.append(track)
         seen_ids = {t.id for t in seen}

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from agegender.serving.analyzer import FaceAnalyzer
+from agegender.serving.analyzer import FaceAnalyzer, face_dict
 from agegender.serving.inference import COLORS_BGR
-from agegender.atomic import check_writable, replace_with, temp_beside
-from agegender.errors import UserError
+from agegender.atomic import atomic_path, check_writable, named, open_output, refuse_inputs
+from agegender.errors import UserError, short_reason
 from agegender.serving.tracking import Track, Tracker
 
 
@@ -74,7 +74,10 @@ def open_video(source: str) -> tuple[cv2.VideoCapture, bool]:
     camera = source.isdigit()
     if not camera and not os.path.isfile(source):
         raise UserError(f"video not found: {source}")
-    cap = cv2.VideoCapture(int(source) if camera else source)
+    try:
+        cap = cv2.VideoCapture(int(source) if camera else source)
+    except (cv2.error, OverflowError) as exc:
+        raise UserError(f"{'camera' if camera else 'video'} {source} does not open: {short_reason(exc)}") from None
     if not cap.isOpened():
         cap.release()
         raise UserError(f"camera {source} does not open" if camera else f"cannot open video {source}: not a "
@@ -100,104 +103,124 @@ def draw_tracks(bgr: np.ndarray, tracks: list[Track]) -> np.ndarray:
     return bgr
 
 
-def frame_json(index: int, timestamp: float, tracks: list[Track]) -> dict:
-    """One JSON line: the frame, and per face its track, box, score, this frame's raw P(male) and age (null
-    between detections) and the track's smoothed gender and age."""
+def frame_json(index: int, timestamp: float, tracks: list[Track], detected: bool = True) -> dict:
+    """One JSON line (the schema's `frame`): per face the schema's face object -- this frame's box and the
+    labels of the track's latest labelled frame (this one when `detected`) -- and its `track`: id, frames
+    labelled, and the smoothed gender, P(male) and age (gender never null once labelled)."""
     faces = []
     for t in tracks:
-        raw_p, raw_age = t.raw if t.raw is not None else (None, None)
-        ok = raw_p is not None and np.isfinite(raw_p) and np.isfinite(raw_age)
-        faces.append({"track": t.id, "box": [int(round(float(v))) for v in t.face.box],
-                      "score": round(float(t.face.score), 4),
-                      "p_male": round(float(raw_p), 4) if ok else None, "age": round(float(raw_age), 1) if ok else None,
-                      "gender_smoothed": t.gender,
-                      "p_male_smoothed": round(t.p_male, 4) if t.labelled else None,
-                      "age_smoothed": round(t.age, 1) if t.labelled else None})
-    return {"frame": index, "time": round(timestamp, 3), "faces": faces}
+        p_male, age = t.raw or t.last or (None, None)
+        face = face_dict(t.face, p_male, age)
+        face["track"] = {"id": t.id, "labelled": t.labelled, "settled": t.settled, "gender": t.gender_so_far,
+                         "p_male": round(t.p_male, 4) if t.labelled else None,
+                         "age": round(t.age, 1) if t.labelled else None}
+        faces.append(face)
+    return {"frame": index, "time": round(timestamp, 3), "detected": detected, "faces": faces}
+
+
+MAX_CAMERA_INDEX = 1023  # OpenCV takes an int; a larger "index" is a typo, not a camera
+
+
+def check_video_args(source: str, output: str | None, jsonl: str | None) -> None:
+    """Before any work: a camera index in range, no output that is the input video or the other output,
+    every output writable (UserError in one line otherwise)."""
+    if source.isdigit() and int(source) > MAX_CAMERA_INDEX:
+        raise UserError(f"camera index {source} is out of range (0-{MAX_CAMERA_INDEX}); for a file, give its path")
+    refuse_inputs([("--output", output), ("--jsonl", jsonl)], [] if source.isdigit() else [source])
+    if output and jsonl and output != "-" and os.path.realpath(output) == os.path.realpath(jsonl):
+        raise UserError(f"--output and --jsonl are the same file: {output}")
+    if output == "-" and jsonl == "-":
+        raise UserError("--output - and --jsonl - would both go to standard output; name a file for one")
+    for path, flag in ((output, "--output"), (jsonl, "--jsonl")):
+        if path:
+            check_writable(path, flag)
 
 
 def process_video(source: str, analyzer: FaceAnalyzer, output: str | None = None, jsonl: str | None = None,
                   detect_every: int = 1, max_missed: int = 15, show: bool = False,
                   progress: bool | None = None) -> VideoSummary:
     """Run a video file or a camera (`source` = its index) through detection, tracking and labelling."""
-    from tqdm import tqdm
-
-    for path, flag in ((output, "--output"), (jsonl, "--jsonl")):
-        if path:
-            check_writable(path, flag)
+    check_video_args(source, output, jsonl)
+    try:
+        from tqdm import tqdm
+    except ImportError:  # the progress bar is optional
+        tqdm = None
     cap, camera = open_video(source)
     fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
     fps = fps if 0 < fps < 1000 else 30.0
     total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if not camera else 0
     reader = CameraReader(cap) if camera else None
     tracker = Tracker(max_missed=max_missed)
-    tmp_video = tmp_jsonl = None
-    writer = lines = None
+    writer = None
     frames = detected = 0
     ended_early = False
     start = time.perf_counter()
+    show_bar = sys.stderr.isatty() if progress is None else progress
     bar = tqdm(total=total or None, unit="frame", desc="video", file=sys.stderr, dynamic_ncols=True,
-               disable=None if progress is None else not progress)  # None: shown on a terminal only
+               disable=not show_bar) if tqdm is not None else None
     try:
-        if jsonl:
-            tmp_jsonl = temp_beside(jsonl)
-            lines = open(tmp_jsonl, "w", encoding="utf-8")
-        while True:
-            ok, bgr = reader.read() if reader else cap.read()
-            if not ok:
-                ended_early = bool(total) and frames < total - 1
-                break
-            if frames == 0 and output:
-                h, w = bgr.shape[:2]
-                tmp_video = temp_beside(output, os.path.splitext(output)[1] or ".mp4")
-                writer = cv2.VideoWriter(tmp_video, cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-                if not writer.isOpened():
-                    raise UserError(f"cannot write video {output}: no encoder for its extension (use .mp4)")
-            if frames % detect_every == 0:
-                rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-                faces, crops = analyzer.detect(rgb)
-                p_male, age = analyzer.label(crops)
-                seen = tracker.update(frames, faces, list(zip(p_male.tolist(), age.tolist())))
-                detected += 1
-            else:
-                seen = tracker.carry(frames)
-            if lines is not None:
-                timestamp = frames / fps if not camera else time.perf_counter() - start
-                lines.write(json.dumps(frame_json(frames, timestamp, seen)) + "\n")
-            if writer is not None or show:
-                drawn = draw_tracks(bgr, seen)
-                if writer is not None:
-                    writer.write(drawn)
-                if show:
-                    cv2.imshow(f"agegender {source}", drawn)
-                    if cv2.waitKey(1) & 0xFF == ord("q"):
+        # normal end, early end, Ctrl-C or SIGTERM: what was done is closed and put in place, complete; the
+        # video goes through a temporary file (also for `-`, FIFOs and devices: an MP4 writer must seek)
+        with contextlib.ExitStack() as outs:
+            tmp_video = outs.enter_context(atomic_path(output, os.path.splitext(output)[1] or ".mp4",
+                                                       keep_on_interrupt=True)) if output else None
+            lines = outs.enter_context(open_output(jsonl)) if jsonl else None
+            try:
+                while True:
+                    ok, bgr = reader.read() if reader else cap.read()
+                    if not ok:
+                        ended_early = bool(total) and frames < total - 1
                         break
-            frames += 1
-            bar.update(1)
-            if frames % 10 == 0:
-                bar.set_postfix(fps=f"{frames / (time.perf_counter() - start):.1f}", tracks=len(tracker.tracks))
+                    if frames == 0 and output:
+                        h, w = bgr.shape[:2]
+                        writer = cv2.VideoWriter(tmp_video, cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+                        if not writer.isOpened():
+                            raise UserError(f"cannot write video {output}: no encoder for its extension (use .mp4)")
+                    detecting = frames % detect_every == 0
+                    if detecting:
+                        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+                        faces, crops = analyzer.detect(rgb)
+                        p_male, age = analyzer.label(crops)
+                        seen = tracker.update(frames, faces, list(zip(p_male.tolist(), age.tolist())))
+                        detected += 1
+                    else:
+                        seen = tracker.carry(frames)
+                    if lines is not None:
+                        timestamp = frames / fps if not camera else time.perf_counter() - start
+                        try:
+                            lines.write(json.dumps(frame_json(frames, timestamp, seen, detecting)) + "\n")
+                        except OSError as exc:  # a full disk: the one-line error names the output
+                            raise named(exc, jsonl) from None
+                    if writer is not None or show:
+                        drawn = draw_tracks(bgr, seen)
+                        if writer is not None:
+                            writer.write(drawn)
+                        if show:
+                            cv2.imshow(f"agegender {source}", drawn)
+                            if cv2.waitKey(1) & 0xFF == ord("q"):
+                                break
+                    frames += 1
+                    if bar is not None:
+                        bar.update(1)
+                        if frames % 10 == 0:
+                            bar.set_postfix(fps=f"{frames / (time.perf_counter() - start):.1f}",
+                                            tracks=len(tracker.tracks))
+            finally:
+                if writer is not None:
+                    writer.release()  # the file is complete before it is put in place
+            if frames == 0:  # nothing to put in place: the temporary files go, the old outputs stay
+                raise UserError(f"no frame could be read from {'camera ' if camera else ''}{source}")
     finally:
-        # normal end, early end, Ctrl-C or SIGTERM: what was done is closed and put in place, complete
-        bar.close()
+        if bar is not None:
+            bar.close()
         if reader is not None:
             reader.close()
         cap.release()
-        if writer is not None:
-            writer.release()
-        if lines is not None:
-            lines.close()
         if show:
             with contextlib.suppress(cv2.error):
                 cv2.destroyAllWindows()
-        for tmp, final in ((tmp_video, output), (tmp_jsonl, jsonl)):
-            if tmp and frames:
-                replace_with(tmp, final)
-            elif tmp:
-                os.remove(tmp)
-    if frames == 0:
-        raise UserError(f"no frame could be read from {'camera ' if camera else ''}{source}")
     return VideoSummary(frames, detected, tracker.all_tracks(), time.perf_counter() - start, ended_early,
                         reader.dropped if reader else 0)
 
 
-__all__ = ["process_video", "open_video", "frame_json", "draw_tracks", "VideoSummary", "CameraReader"]
+__all__ = ["process_video", "check_video_args", "MAX_CAMERA_INDEX", "open_video", "frame_json", "draw_tracks", "VideoSummary", "CameraReader"]

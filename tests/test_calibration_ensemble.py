@@ -1,0 +1,240 @@
+"""Calibration and the gender ensemble: the expected calibration error and the temperature fit on hand-made
+numbers, the gender temperature read from ONNX metadata and applied to P(male), the teacher chip aligned from
+our landmarks (synthetic image; real photos when ../shared is there), and FaceAnalyzer's ensemble."""
+from __future__ import annotations
+
+import glob
+import os
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from tests.conftest import shared_path
+from agegender.data.face import TEACHER_TEMPLATE, Face, align_face, teacher_chip
+from agegender.errors import UserError
+from agegender.model.engine import NUM_OUTPUTS, OnnxEngine, with_temperature
+from agegender.model.ensemble import TEACHER_ONNX, TeacherGender, ensemble_p_male
+from agegender.model.metrics import expected_calibration_error, fit_temperature
+
+
+# --- expected calibration error and temperature ----------------------------------------------------------
+def test_ece_of_hand_made_numbers():
+    # bins: [0,.1) one female at .05 -> gap .05; [.1,.2) one male at .15 -> .85; [.9,1] .95 and 1.0, one male
+    # of two -> |.5 - .975| = .475, twice: (.05 + .85 + .95) / 4
+    p = np.array([0.05, 0.15, 0.95, 1.0])
+    g = np.array([0, 1, 1, 0])
+    assert expected_calibration_error(p, g) == pytest.approx((0.05 + 0.85 + 2 * 0.475) / 4)
+
+
+def test_ece_is_zero_when_each_bin_holds_its_own_share_and_ignores_unknown_genders():
+    p = np.array([0.25] * 4 + [0.75] * 4 + [0.9])
+    g = np.array([1, 0, 0, 0, 1, 1, 1, 0, -1])  # a quarter male at .25, three quarters at .75; -1 unknown
+    assert expected_calibration_error(p, g) == pytest.approx(0.0)
+    assert np.isnan(expected_calibration_error(p[-1:], g[-1:]))
+
+
+def test_temperature_fit_recovers_the_temperature_that_made_the_labels():
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 4, 40000)
+    y = (rng.random(z.size) < 1 / (1 + np.exp(-z / 2.0))).astype(float)  # true P(male) = sigmoid(z / 2)
+    t = fit_temperature(z, y)
+    assert t == pytest.approx(2.0, rel=0.05)
+    before = expected_calibration_error(1 / (1 + np.exp(-z)), y)
+    after = expected_calibration_error(1 / (1 + np.exp(-z / t)), y)
+    assert before > 0.05 and after < 0.01
+
+
+# --- temperature stored in the ONNX metadata -------------------------------------------------------------
+def tiny_model(metadata: dict[str, str] | None = None) -> bytes:
+    """(N,3,112,112) -> (N,202): the channel means times a fixed matrix; gender logits 3*r - 1*b."""
+    w = np.zeros((3, NUM_OUTPUTS), np.float32)
+    w[0, 1], w[2, 0] = 3.0, 1.0
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["data"], ["m"], axes=[2, 3], keepdims=0),
+         helper.make_node("MatMul", ["m", "w"], ["out"])], "tiny",
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT, ["N", 3, 112, 112])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", NUM_OUTPUTS])],
+        [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    for key, value in (metadata or {}).items():
+        model.metadata_props.add(key=key, value=value)
+    return model.SerializeToString()
+
+
+def faces_of(colours) -> np.ndarray:
+    return np.stack([np.full((112, 112, 3), c, np.uint8) for c in colours])
+
+
+def test_onnx_engine_applies_the_stored_gender_temperature():
+    faces = faces_of([(1, 0, 0), (0, 0, 2), (1, 0, 1)])
+    logit = np.array([3.0, -2.0, 2.0])  # male minus female logit of each face
+    plain = OnnxEngine("tiny.onnx", model=tiny_model())
+    assert plain.gender_temperature == 1.0
+    p, _ = plain.predict_faces(faces, flip=False)
+    np.testing.assert_allclose(p, 1 / (1 + np.exp(-logit)), rtol=1e-5)
+    stored = OnnxEngine("tiny.onnx", model=with_temperature(tiny_model({"producer": "x"}), 2.5))
+    assert stored.gender_temperature == 2.5
+    p, _ = stored.predict_faces(faces, flip=False)
+    np.testing.assert_allclose(p, 1 / (1 + np.exp(-logit / 2.5)), rtol=1e-5)
+    meta = {m.key: m.value for m in onnx.load_from_string(with_temperature(tiny_model({"producer": "x"}), 2.5))
+            .metadata_props}
+    assert meta == {"producer": "x", "gender_temperature": "2.5000"}  # other metadata kept
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "warm", "nan"])
+def test_a_stored_temperature_that_is_not_a_positive_number_is_refused_at_load(bad):
+    with pytest.raises(UserError, match="gender_temperature"):
+        OnnxEngine("tiny.onnx", model=tiny_model({"gender_temperature": bad}))
+
+
+# --- the teacher's chip from our landmarks ---------------------------------------------------------------
+def blob_centre(img: np.ndarray, near: np.ndarray, radius: int = 3) -> np.ndarray:
+    """Intensity-weighted centre of the bright blob around `near` in a one-channel image."""
+    x0, y0 = (int(round(v)) for v in near)
+    patch = img[y0 - radius:y0 + radius + 1, x0 - radius:x0 + radius + 1].astype(np.float64)
+    ys, xs = np.mgrid[y0 - radius:y0 + radius + 1, x0 - radius:x0 + radius + 1]
+    return np.array([(xs * patch).sum(), (ys * patch).sum()]) / patch.sum()
+
+
+def test_teacher_chip_puts_our_landmarks_on_the_template():
+    # a face 6x the chip's size, turned 20 degrees: five blobs where its landmarks are
+    angle, scale, shift = np.deg2rad(20), 6.0, np.array([170.0, 150.0])
+    rot = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    landmarks = (TEACHER_TEMPLATE - 16) @ rot.T + shift
+    img = np.zeros((320, 340, 3), np.uint8)
+    for x, y in landmarks:
+        cv2.circle(img, (int(round(x * 16)), int(round(y * 16))), 9 * 16, (255, 255, 255), -1, cv2.LINE_AA, shift=4)
+    chip = teacher_chip(img, landmarks)
+    assert chip.shape == (32, 32, 3) and chip.dtype == np.uint8
+    for want in TEACHER_TEMPLATE:
+        np.testing.assert_allclose(blob_centre(chip[..., 0], want), want, atol=0.25)
+
+
+def test_teacher_chip_is_black_outside_the_image():
+    img = np.full((200, 200, 3), 200, np.uint8)
+    landmarks = TEACHER_TEMPLATE * 4 - 40  # the chip's top-left corner lies outside the image
+    chip = teacher_chip(img, landmarks)
+    assert chip[0, 0].max() == 0 and chip[-1, -1].min() == 200
+
+
+def test_teacher_net_reads_rgb_chips():
+    teacher = TeacherGender(TEACHER_ONNX, threads=1)
+    chips = faces_of([(120, 110, 100), (30, 30, 30)])[:, :32, :32]
+    p = teacher.p_male(chips)
+    assert p.shape == (2,) and np.all((p >= 0) & (p <= 1))
+    assert teacher.p_male(np.zeros((0, 32, 32, 3), np.uint8)).shape == (0,)
+    with pytest.raises(UserError, match="not found"):
+        TeacherGender("no-such.onnx")
+
+
+# --- the ensemble in FaceAnalyzer ------------------------------------------------------------------------
+class OneFace:
+    name, thread_safe = "fixed", True
+
+    def __init__(self, landmarks):
+        self.face = Face(np.array([0, 0, 100, 100], np.float32), 0.99, np.asarray(landmarks, np.float32))
+
+    def detect(self, rgb):
+        return [self.face]
+
+
+def test_analyzer_ensemble_averages_ours_and_the_teachers_p_male():
+    from agegender.serving.analyzer import FaceAnalyzer, FaceCrops
+
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 255, (160, 160, 3), dtype=np.uint8)
+    landmarks = TEACHER_TEMPLATE * 3 + 30
+    engine = OnnxEngine("tiny.onnx", model=tiny_model())
+    teacher = TeacherGender(threads=1)
+    alone = FaceAnalyzer(OneFace(landmarks), engine)
+    both = FaceAnalyzer(OneFace(landmarks), engine, teacher=teacher)
+    _, crops = alone.detect(rgb)
+    _, pairs = both.detect(rgb)
+    assert isinstance(pairs[0], FaceCrops) and not isinstance(crops[0], FaceCrops)
+    np.testing.assert_array_equal(pairs[0].net, align_face(rgb, landmarks))
+    ours, age = alone.label(crops)
+    mean, age_both = both.label(pairs)
+    want = ensemble_p_male(ours, teacher.p_male(teacher_chip(rgb, landmarks)[None]))
+    np.testing.assert_allclose(mean, want)
+    np.testing.assert_array_equal(age, age_both)  # the ensemble is gender only
+    assert [round(r.p_male, 6) for r in both.analyze(rgb)] == [round(float(want[0]), 6)]
+
+
+# --- real photos --------------------------------------------------------------------------------------------
+def test_teacher_via_our_alignment_labels_real_all_age_faces():
+    """The template was fitted on training photos; on 40 adults of AAF's layout (ids below 07381 female,
+    above male) the teacher must stay as accurate as through its own dlib chips (0.96 on AAF val)."""
+    from agegender.data.face import load_detector, pick_main_face
+    from agegender.data.image import read_image
+
+    folder = shared_path("data", "aaf", "original images")
+    paths = sorted(glob.glob(os.path.join(folder, "*.jpg")))
+    paths = [p for p in paths if int(os.path.basename(p)[6:8]) >= 20][::150][:40]
+    detector, teacher = load_detector(threads=1), TeacherGender(threads=1)
+    chips, males = [], []
+    for path in paths:
+        rgb = read_image(path)
+        face = pick_main_face(detector.detect(rgb), rgb.shape)
+        if face is not None:
+            chips.append(teacher_chip(rgb, face.landmarks))
+            males.append(int(os.path.basename(path)[:5]) >= 7381)
+    assert len(chips) >= 35
+    p = teacher.p_male(np.stack(chips))
+    assert np.mean((p >= 0.5) == np.array(males)) >= 0.9
+
+
+def test_infer_gender_ensemble_flag_changes_gender_only():
+    """infer.py --gender-ensemble: the same faces and ages, and P(male) the mean of ours and the teacher's."""
+    import json
+
+    from tests.conftest import run_script
+    from agegender.data.demo import wheel_image
+    from agegender.data.image import read_image
+    from agegender.serving.analyzer import FaceAnalyzer
+
+    image = wheel_image("t1.jpg")
+    docs = [json.loads(run_script("infer.py", "--json", "--image", image, *flag, check=True).stdout)[0]["faces"]
+            for flag in ([], ["--gender-ensemble"])]
+    assert [f["box"] for f in docs[0]] == [f["box"] for f in docs[1]] and len(docs[0]) == 6
+    assert [f["age"] for f in docs[0]] == [f["age"] for f in docs[1]]
+    analyzer = FaceAnalyzer.from_options(net_threads=1)
+    rgb = read_image(image)
+    faces, crops = analyzer.detect(rgb)
+    ours = analyzer.label(crops)[0]
+    teacher = TeacherGender(threads=1).p_male(np.stack([teacher_chip(rgb, f.landmarks) for f in faces]))
+    p_male = [f["p_male"] for f in docs[1]]
+    np.testing.assert_allclose(p_male, ensemble_p_male(ours, teacher), atol=1e-4)
+    assert not np.allclose(ours, p_male, atol=1e-3)
+
+
+def test_report_tools_on_a_small_list_of_real_photos(tmp_path):
+    """tools/calibrate.py fits T, prints the ECE table and stores T in a model the onnx engine then reads;
+    tools/ensemble_report.py prints the three accuracies and the cost."""
+    import re
+
+    from tests.conftest import run_script
+
+    folder = shared_path("data", "aaf", "original images")
+    names = sorted(os.listdir(folder))
+    picks = names[:3000:500] + names[-3000::500]  # female ids first, male ids last
+    lst = tmp_path / "val.lst"
+    lst.write_text("".join(f"{i}\t{int(int(n[:5]) >= 7381)}\t{int(n[6:8])}\t{os.path.join(folder, n)}\n"
+                           for i, n in enumerate(picks)))
+    out = tmp_path / "calibrated.onnx"
+    proc = run_script("tools/calibrate.py", "--lst", str(lst), "--write", str(out), check=True)
+    t = float(re.search(r"T = ([0-9.]+)", proc.stdout).group(1))
+    assert "| all | " in proc.stdout and OnnxEngine(str(out)).gender_temperature == pytest.approx(t, abs=1e-4)
+    proc = run_script("tools/ensemble_report.py", "--lst", str(lst), check=True)
+    assert re.search(r"\| all \| \d+ \| [01]\.\d{4} \| [01]\.\d{4} \| [01]\.\d{4} \|", proc.stdout)
+    assert "faces/s" in proc.stdout
+
+
+def test_calibrate_write_needs_an_onnx_model(tmp_path):
+    from tests.conftest import run_script
+
+    proc = run_script("tools/calibrate.py", "--model", "models/agegender,0", "--write", str(tmp_path / "x.onnx"))
+    assert proc.returncode == 2 and "ONNX" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,111 @@
+#!/usr/bin/env python
+"""Is P(male) calibrated (does a 0.6 mean six in ten)? On the source photos of packed val splits (detected,
+main face, aligned as infer.py does): the expected calibration error (10 bins) of P(male) per age band,
+as the model decodes it and after temperature scaling (one temperature T for the gender logit, fitted on
+all the lists together by log-likelihood); the ensemble's too. --write stores T in a copy of the ONNX model
+(metadata `gender_temperature`, which the onnx engine applies).
+
+    python tools/calibrate.py --model models/agegender.onnx
+    python tools/calibrate.py --model models/agegender.onnx --write models/agegender-calibrated.onnx
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from agegender.cli import NON_NEGATIVE_INT, ArgumentParser  # noqa: E402
+from agegender.errors import UserError, run_cli  # noqa: E402
+
+DEFAULT_LISTS = ["dataset/utkface/val.lst", "dataset/aaf/val.lst"]
+
+
+def sigmoid(z):
+    import numpy as np
+
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def cross_fitted(logit, gender):
+    """P(male) with T fitted on the other half of the faces (alternate records): an honest 'after'."""
+    import numpy as np
+
+    from agegender.model.metrics import fit_temperature
+
+    out = np.empty(len(logit))
+    half = np.arange(len(logit)) % 2 == 0
+    for part in (half, ~half):
+        out[part] = sigmoid(logit[part] / fit_temperature(logit[~part], gender[~part]))
+    return out
+
+
+def main() -> int:
+    p = ArgumentParser(description=__doc__)
+    p.add_argument("--model", default=None, help="a .onnx file or PREFIX,EPOCH (default: the bundled model)")
+    p.add_argument("--engine", choices=("onnx", "mxnet"), default=None,
+                   help="what runs the net (default: as infer.py picks)")
+    p.add_argument("--lst", nargs="+", default=DEFAULT_LISTS, help="packed val splits' .lst files")
+    p.add_argument("--limit", type=NON_NEGATIVE_INT, default=0, help="only the first N photos of each list")
+    p.add_argument("--write", metavar="OUT.onnx",
+                   help="write a copy of the (.onnx) model with the fitted temperature in its metadata")
+    args = p.parse_args()
+    from agegender.model.engine import BUNDLED_ONNX
+
+    source = args.model or BUNDLED_ONNX
+    if args.write and not source.lower().endswith(".onnx"):
+        raise UserError("--write stores the temperature in an ONNX model: give --model a .onnx file "
+                        "(tools/export_onnx.py makes one from a checkpoint)")
+    if args.write:
+        from agegender.atomic import check_writable
+
+        check_writable(args.write, "calibrated model")
+    import numpy as np
+
+    from agegender.data.face import load_detector
+    from agegender.model.ensemble import TeacherGender, ensemble_p_male
+    from agegender.model.loading import load_engine
+    from agegender.model.metrics import AGE_BANDS, expected_calibration_error, fit_temperature
+    from agegender.model.photo_eval import split_faces
+
+    engine = load_engine(args.model, args.engine, threads=1)
+    detector, teacher = load_detector(threads=1), TeacherGender(threads=1)
+    splits = [split_faces(lst, detector, engine, teacher, limit=args.limit, name=lst) for lst in args.lst]
+    logit = np.concatenate([s.logit for s in splits])
+    gender = np.concatenate([s.gender for s in splits])
+    t = fit_temperature(logit, gender)
+    print(f"model {engine.name}: stored gender temperature {engine.gender_temperature:g}; fitted on "
+          f"{len(logit)} faces of {', '.join(args.lst)}: T = {t:.4f}"
+          + "".join(f"; {s.name} alone: T = {fit_temperature(s.logit, s.gender):.4f}" for s in splits))
+    print("ECE: 10 equal bins of P(male), |share of males - mean P(male)| weighted by faces per bin; "
+          "'cross-fitted': T fitted on the other half of the faces (alternate records)")
+    for s in splits:
+        after = sigmoid(s.logit / t)
+        cross = cross_fitted(s.logit, s.gender)
+        print(f"\n{s.name}: {len(s.gender)} faces ({s.no_face} photos without a face, {s.unreadable} unreadable)\n")
+        print("| band | faces | gender acc. | ECE as decoded | ECE with T | ECE cross-fitted | "
+              "ensemble ECE | ensemble ECE with T |\n|---|---|---|---|---|---|---|---|")
+        rows = [("all", np.ones(len(s.gender), bool))]
+        rows += [(label, (s.age >= lo) & (s.age <= hi)) for label, lo, hi in AGE_BANDS]
+        for label, sel in rows:
+            if not sel.any():
+                continue
+            g = s.gender[sel]
+            known = g >= 0
+            acc = float(((s.p_ours[sel][known] >= 0.5) == (g[known] == 1)).mean()) if known.any() else float("nan")
+            eces = [expected_calibration_error(q[sel], g) for q in
+                    (s.p_ours, after, cross, ensemble_p_male(s.p_ours, s.p_teacher),
+                     ensemble_p_male(after, s.p_teacher))]
+            print(f"| {label} | {int(sel.sum())} | {acc:.4f} | " + " | ".join(f"{e:.4f}" for e in eces) + " |")
+    if args.write:
+        from agegender.atomic import write_atomic
+        from agegender.model.engine import with_temperature
+
+        with open(source, "rb") as f:
+            write_atomic(args.write, with_temperature(f.read(), t))
+        print(f"\nwrote {args.write} (gender_temperature {t:.4f})")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
