@@ -1,6 +1,7 @@
 # Two environments, each set up on first use (offline afterwards):
 #   make demo  -> .venv-infer: any Python 3.9-3.13, no MXNet (requirements-infer.txt + the demo photo's wheel)
-#   make test  -> .venv: Python 3.8-3.11 with MXNet 1.9.1 (requirements.txt); the full suite needs it
+#   make test  -> .venv: Python 3.8-3.11 with MXNet 1.9.1 (requirements.txt, with requirements-ray.txt
+#              for infer.py --ray / --parquet); the full suite needs it
 PYTHON      ?= python3.11
 DEMO_PYTHON ?= python3
 VENV        := .venv
@@ -13,12 +14,12 @@ DEMO        := dataset/demo
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt requirements-common.txt
+$(VENV)/.installed: requirements.txt requirements-common.txt requirements-ray.txt
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; make test needs Python 3.8-3.11 (MXNet 1.9.1): install Python 3.11 or run 'make test PYTHON=/path/to/python3.11'"; exit 2; }
 	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if (3, 8) <= v <= (3, 11) else "error: Python %d.%d is not supported by make test: MXNet 1.9.1 needs numpy 1.23.5, which exists for Python 3.8-3.11 (3.11 recommended; make demo runs on 3.9-3.13)" % v)'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-ray.txt
 	@touch $@
 
 install-infer: $(INFER_VENV)/.installed
@@ -56,6 +57,7 @@ bench: install
 	$(PY) benchmarks/infer.py
 	$(PY) benchmarks/video.py
 	$(PY) benchmarks/serve.py
+	$(PY) benchmarks/ray.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

@@ -11,7 +11,7 @@ import sys
 from agegender.model.age import AGE_DECODINGS, DEFAULT_DECODE, DEFAULT_FLIP
 from agegender.cli import BATCH, COUNT, DET_THRESH, NON_NEGATIVE, NON_NEGATIVE_INT, ArgumentParser
 from agegender.model.engine import ENGINES
-from agegender.errors import UserError, run_cli
+from agegender.errors import MissingDependency, UserError, missing_module_message, run_cli
 from agegender.data.image import MAX_PIXELS
 
 
@@ -55,12 +55,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", metavar="FILE",
                    help="also write a CSV, one row per face (image, face, x1, y1, x2, y2, score, gender, p_male, age, "
                         "error); images without faces and failed inputs are rows too (- = stdout)")
+    p.add_argument("--parquet", metavar="OUT",
+                   help="also write Parquet: one row per face (the JSON fields + image path + face index), one per "
+                        "failed image; OUT is a .parquet file, or with --ray a folder of shards (docs/ray.md)")
     p.add_argument("--output", metavar="FILE",
                    help="annotated image (several images: a folder, as --output-dir)")
     p.add_argument("--output-dir", metavar="DIR",
                    help="annotated copies, one per image, written as each completes: DIR/<path relative to the "
                         "inputs' common folder>_agegender.<ext>")
     p.add_argument("--show", action="store_true", help="also show the annotated image in a window")
+    r = p.add_argument_group("Ray cluster (--ray; docs/ray.md)")
+    r.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="run on Ray Data into --parquet DIR, resumable: alone, a local Ray on this machine; "
+                        "ADDRESS (host:port, or auto) joins a running cluster. --image may also name a .txt or "
+                        ".parquet list of paths")
+    r.add_argument("--shard-size", type=COUNT, default=1000,
+                   help="images per Parquet shard (the unit of resume)")
     v = p.add_argument_group("video (--video)")
     v.add_argument("--detect-every", type=COUNT, default=1,
                    help="detect and label every K-th frame; tracked boxes are carried between detections")
@@ -83,9 +93,11 @@ def main() -> int:
         raise UserError("--show needs a display (DISPLAY is not set); use --output FILE instead")
     if args.video is not None:
         return run_video(args)
+    if args.ray:
+        return run_ray(args)
     paths, problems = find_images(args.image)
     outputs = Outputs(paths, problems, text=not args.json, json_doc=args.json, jsonl=args.jsonl, output=args.output,
-                      output_dir=args.output_dir, show=args.show, csv=args.csv,
+                      output_dir=args.output_dir, show=args.show, csv=args.csv, parquet=args.parquet,
                       progress=False if args.no_progress else None)  # checks every output before the work
     analyzer = FaceAnalyzer.from_options(args.model, args.engine, args.det_model, args.det_thresh, args.max_size,
                                          args.gpus, det_threads=1, net_threads=1, age_decode=args.age_decode,
@@ -97,12 +109,35 @@ def main() -> int:
     return outputs.exit_status()
 
 
+def run_ray(args: argparse.Namespace) -> int:
+    """--ray: Ray Data over the inputs into Parquet shards under --parquet DIR, then one summary line."""
+    try:
+        from agegender.serving.ray_batch import Settings, run
+    except ImportError as exc:
+        raise MissingDependency(missing_module_message((exc.name or "ray").split(".")[0], "--ray")) from None
+    if not args.parquet:
+        raise UserError("--ray writes Parquet shards: give the output folder with --parquet DIR")
+    if args.json or args.jsonl or args.csv or args.output or args.output_dir or args.show:
+        raise UserError("with --ray the output is --parquet DIR only (read it with pandas or DuckDB: docs/ray.md)")
+    if args.gpus:
+        raise UserError("with --ray the net runs on the cluster's GPUs by itself; leave out --gpus")
+    if args.gender_ensemble:
+        raise UserError("--gender-ensemble is not available with --ray yet; run infer.py without --ray for it")
+    settings = Settings(args.model, args.engine, args.det_model, args.det_thresh, args.max_size, args.min_face,
+                        args.age_decode, args.flip, args.max_pixels, args.batch_size)
+    summary = run(args.image, args.parquet, settings, None if args.ray == "local" else args.ray, args.shard_size)
+    print(summary.line(), file=sys.stderr)
+    if not summary.failures:
+        return 0
+    return 1 if summary.images else 2
+
+
 def run_video(args: argparse.Namespace) -> int:
     """--video: a file or a camera, annotated video (--output) and JSON lines (--jsonl), one line of summary."""
     from agegender.serving.analyzer import FaceAnalyzer
     from agegender.serving.video import check_video_args, process_video
 
-    if args.output_dir or args.json or args.csv:
+    if args.output_dir or args.json or args.csv or args.parquet or args.ray:
         raise UserError("with --video, write the annotated video with --output FILE.mp4 and the faces with --jsonl")
     check_video_args(args.video, args.output, args.jsonl)  # before the models load
     analyzer = FaceAnalyzer.from_options(args.model, args.engine, args.det_model, args.det_thresh, args.max_size,

@@ -51,12 +51,13 @@ class MissingDependency(UserError):
 
 # What to install for an optional module (the rest: the module's own name)
 PACKAGES = {"mxnet": "mxnet==1.9.1 (see requirements.txt)", "cv2": "opencv-python", "PIL": "Pillow",
-            "sklearn": "scikit-learn", "skimage": "scikit-image"}
+            "sklearn": "scikit-learn", "skimage": "scikit-image", "ray": "'ray[data]' pyarrow (see requirements-ray.txt)"}
 
 
 # Modules that an extra of the installed package brings (pyproject.toml)
 EXTRAS = {"fastapi": "serve", "uvicorn": "serve", "multipart": "serve", "python_multipart": "serve",
-          "mxnet": "train", "onnx": "train", "matplotlib": "train", "skimage": "train", "insightface": "insightface"}
+          "mxnet": "train", "onnx": "train", "matplotlib": "train", "skimage": "train", "insightface": "insightface",
+          "ray": "ray", "pyarrow": "ray"}
 
 
 def missing_module_message(module: str, feature: str = "this command") -> str:

@@ -238,6 +238,11 @@ class FaceAnalyzer:
         return out if isinstance(image, (list, tuple)) else out[0]
 
     # --- many images --------------------------------------------------------------------------------------
+    def prepare(self, path: str) -> tuple[np.ndarray | None, list[Face], list[np.ndarray], str | None]:
+        """Read, detect and align one file (the first half of `analyze_paths`, for callers that run the net
+        elsewhere, as the Ray batch does): (image, faces, crops, None), or (None, [], [], why)."""
+        return self._prepare(path, {})
+
     def _prepare(self, path: str, timings: dict) -> tuple[np.ndarray | None, list[Face], list[np.ndarray], str | None]:
         """(image, faces, crops, None), or (None, [], [], why) for a file that cannot be used."""
         t0 = time.perf_counter()

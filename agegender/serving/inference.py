@@ -182,7 +182,8 @@ def save_image(path: str, bgr: np.ndarray) -> None:
 class Outputs:
     """Where infer.py's results go, image by image as they complete: text lines, one JSON list (`--json`,
     stdout, at the end), JSON lines (`--jsonl`, flushed per image), a CSV (`--csv`, one row per face, written
-    at the end through the project's writer), annotated copies (`--output FILE`, or one per image under
+    at the end through the project's writer), Parquet (`--parquet`, one row per face in row groups as images
+    complete, renamed into place at the end; agegender/serving/batch.py), annotated copies (`--output FILE`, or one per image under
     `--output-dir`, each written atomically as it completes); `error: PATH: reason` on stderr for each input
     that fails; a summary line and the exit status at the end. When JSON or CSV goes to stdout, every human
     line goes to stderr. A progress bar (stderr) runs over several images when stderr is a terminal. Every
@@ -191,7 +192,7 @@ class Outputs:
     def __init__(self, paths: list[str], problems: list[tuple[str, str]] = (), text: bool = True,
                  json_doc: bool = False, jsonl: str | None = None, output: str | None = None,
                  output_dir: str | None = None, show: bool = False, csv: str | None = None,
-                 progress: bool | None = None):
+                 progress: bool | None = None, parquet: str | None = None):
         self.text, self.json_doc, self.show = text, json_doc, show
         self.problems = list(problems)
         self.total = len(paths) + len(self.problems)
@@ -206,9 +207,9 @@ class Outputs:
         # machine-readable output on stdout: the human lines go to stderr so the stream stays parseable
         self.human = sys.stderr if streams or json_doc else sys.stdout
         single = output if output and not os.path.isdir(output) else None
-        refuse_inputs([("--jsonl", jsonl), ("--csv", csv), ("--output", single)], paths)
-        named_outputs = [(flag, where) for flag, where in (("--jsonl", jsonl), ("--csv", csv), ("--output", single))
-                         if where and where != "-"]
+        named_outputs = [(flag, where) for flag, where in (("--jsonl", jsonl), ("--csv", csv), ("--output", single),
+                                                           ("--parquet", parquet)) if where and where != "-"]
+        refuse_inputs(named_outputs, paths)
         for i, (flag, where) in enumerate(named_outputs):
             for other, there in named_outputs[i + 1:]:
                 if os.path.realpath(where) == os.path.realpath(there):
@@ -234,6 +235,11 @@ class Outputs:
         self.jsonl_path = jsonl
         if jsonl:
             check_writable(jsonl, "--jsonl")
+        self.parquet_path, self.parquet = parquet, None
+        if parquet:
+            from agegender.serving.batch import check_target  # pyarrow only when asked for
+
+            check_target(parquet)
         self._stack = contextlib.ExitStack()
         self.draws = bool(self.single or self.targets or show)
         self.docs: list[dict] = []
@@ -254,6 +260,10 @@ class Outputs:
     def __enter__(self) -> "Outputs":
         if self.jsonl_path:  # streamed into a temporary file, renamed when the run ends
             self.jsonl = self._stack.enter_context(open_output(self.jsonl_path))
+        if self.parquet_path:  # opened here, not in __init__: a model that fails to load leaves no temp file
+            from agegender.serving.batch import ParquetSink
+
+            self.parquet = ParquetSink(self.parquet_path)
         for spec, reason in self.problems:  # inputs that gave no file: reported first, the run goes on
             self.failed(spec, reason)
         return self
@@ -273,6 +283,9 @@ class Outputs:
         self._stack.__exit__(exc_type, exc, tb)
         if self.csv and (self.complete or self.csv_rows):
             write_atomic(self.csv, csv_text(self.csv_rows))  # the rows done so far, also after Ctrl-C
+        if self.parquet is not None:  # as the JSON lines: in place when complete or interrupted, else dropped
+            keep = self.complete or issubclass(exc_type, KeyboardInterrupt)
+            self.parquet.close() if keep else self.parquet.abort()
         if self.complete and self.json_doc:
             print(dumps_json(self.docs), flush=True)
         if self.multi or not self.complete:
@@ -301,6 +314,8 @@ class Outputs:
                 raise named(exc, "standard output" if self.jsonl_path == "-" else self.jsonl_path) from None
         if self.csv:
             self.csv_rows += csv_rows(doc)
+        if self.parquet is not None:
+            self.parquet.add(doc)
 
     def failed(self, path: str, reason: str, emit: bool = True) -> None:
         """An input that could not be processed: reported, counted, and the run goes on."""
