@@ -67,6 +67,25 @@ def test_jsonl_never_replaces_an_input_image(album, tmp_path):
     _one_line_error(proc, 2, "the same file")
 
 
+@pytest.mark.parametrize("flag", ["--csv", "--parquet"])
+def test_csv_and_parquet_never_replace_an_input_or_another_output(album, tmp_path, flag):
+    if flag == "--parquet":
+        pytest.importorskip("pyarrow", reason="pyarrow is not installed (pip install -r requirements-ray.txt)")
+    before = _digest(album / "a.jpg")
+    (tmp_path / "sym.out").symlink_to(album / "b.jpg")
+    for spec, out in ((album / "a.jpg", album / "a.jpg"), (album, album / "b.jpg"), (album, tmp_path / "sym.out")):
+        proc = run_script("infer.py", "--image", str(spec), flag, str(out))
+        _one_line_error(proc, 2, "is an input")
+        assert proc.stdout == ""
+    assert _digest(album / "a.jpg") == before and _digest(album / "b.jpg") == before
+    same = tmp_path / "faces.out"
+    (tmp_path / "link.out").symlink_to(same)
+    for other in ("--jsonl", "--csv" if flag == "--parquet" else "--parquet"):
+        proc = run_script("infer.py", "--image", str(album), flag, str(same), other, str(tmp_path / "link.out"))
+        _one_line_error(proc, 2, "the same file")
+    assert not same.exists()  # refused before any work: nothing written
+
+
 def test_video_outputs_never_replace_the_input_video(clip):
     before = _digest(clip)
     for flag in ("--output", "--jsonl"):
