@@ -103,6 +103,11 @@ def test_wheel_installs_into_a_fresh_venv_and_works_from_any_folder(tmp_path):
     cli = _run(str(venv / "bin" / "agegender"), "infer", "--image", t1, "--json", cwd=str(elsewhere))
     assert cli.returncode == 0, cli.stderr
     assert json.loads(cli.stdout)[0]["faces"] == doc["faces"]
+    # the CC0 teacher ships in the wheel too: the ensemble works from an installed package
+    ens = _run(str(venv / "bin" / "agegender"), "infer", "--image", t1, "--json", "--gender-ensemble",
+               cwd=str(elsewhere))
+    assert ens.returncode == 0, ens.stderr
+    assert len(json.loads(ens.stdout)[0]["faces"]) == len(doc["faces"])
     version = _run(str(venv / "bin" / "agegender"), "--version", cwd=str(elsewhere))
     assert version.stdout.startswith(f"agegender {agegender.__version__}")
     serve = _run(str(venv / "bin" / "agegender"), "serve", "--port", "0", cwd=str(elsewhere))  # no [serve] extra
