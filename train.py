@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
          help="share of the teacher in each gender target: (1 - w) x label + w x teacher")
     _add(o, "--age-balance", type=number(float, 0, 2), default=0.0,
          help="re-weight the age loss by 10-year band frequency ** -this (0 = off, 1 = fully balanced)")
+    _add(o, "--gender-balance", type=number(float, 0, 2), default=0.0,
+         help="re-weight the gender loss by 10-year band frequency ** -this, so the rare bands (children, the "
+              "old) count more (0 = off, 1 = every band the same total weight)")
     _add(o, "--lr-schedule", choices=("step", "cosine"), default="step",
          help="step: x --lr-factor at --lr-steps; cosine: down to 0 at --end-epoch")
     _add(o, "--warmup-epochs", type=NON_NEGATIVE, default=0.0, help="linear lr warm-up over this many epochs")

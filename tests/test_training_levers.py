@@ -89,6 +89,17 @@ def test_age_band_weights_rebalance_the_bands():
     assert 1 < half[7] / half[0] < w[7] / w[0]
 
 
+def test_gender_sample_weight_scales_the_gender_term_only():
+    out = mx.nd.array(np.random.RandomState(0).randn(3, 202))
+    label = mx.nd.array([[1, 5], [0, 30], [1, 70]])
+    w = mx.nd.array([3.0, 1.0, 0.0])
+    plain = age_gender_loss(mx.nd, out, label).asnumpy()
+    no_gender = age_gender_loss(mx.nd, out, label, gender_weight=0).asnumpy()  # the age term alone
+    weighted = age_gender_loss(mx.nd, out, label, gender_sample_weight=w).asnumpy()
+    np.testing.assert_allclose(weighted, no_gender + w.asnumpy() * (plain - no_gender), rtol=1e-5)
+    assert weighted[2] == pytest.approx(no_gender[2])  # a weight of 0 drops the face's gender, not its age
+
+
 def test_lr_schedules():
     step = TrainConfig(lr=0.1, lr_steps=[2, 4], lr_factor=0.1, end_epoch=6)
     assert [round(lr_at(step, e), 6) for e in (0, 1.5, 2, 4.2)] == [0.1, 0.1, 0.01, 0.001]

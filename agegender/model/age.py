@@ -72,13 +72,14 @@ def age_targets(F, age, num_bins: int = NUM_AGE_BINS, sigma: float = 0.0):
 
 
 def age_gender_loss(F, output, label, gender_weight: float = 1.0, age_sigma: float = 0.0,
-                    gender_smooth: float = 0.0, sample_weight=None):
+                    gender_smooth: float = 0.0, sample_weight=None, gender_sample_weight=None):
     """Softmax cross-entropy of gender over [0:2] (unknown gender, -1, ignored) plus the sum over the
     100 pairs of the cross-entropy of "age > k", as InsightFace's 1 + 100 SoftmaxOutputs (a mean over
     the pairs would leave age a hundredth of the gradient), the gender term times `gender_weight`.
     `label` is (N,2) = [gender, age] as packed (gender may be a soft P(male), see `agegender.model.teacher`).
     `age_sigma`: soft age targets (see `age_targets`); `gender_smooth`: label smoothing of gender;
-    `sample_weight` (N,): a weight per face on the age term. Returns (N,) losses."""
+    `sample_weight` (N,): a weight per face on the age term; `gender_sample_weight` (N,): on the gender term.
+    Returns (N,) losses."""
     gender = F.slice_axis(label, axis=1, begin=0, end=1).reshape((-1,))
     age = F.slice_axis(label, axis=1, begin=1, end=2).reshape((-1,))
     g_logp = F.log_softmax(F.slice_axis(output, axis=1, begin=0, end=2), axis=-1)
@@ -90,6 +91,8 @@ def age_gender_loss(F, output, label, gender_weight: float = 1.0, age_sigma: flo
     if gender_smooth > 0:
         g_nll = (1 - gender_smooth) * g_nll - gender_smooth * g_logp.mean(axis=-1)
     g_loss = g_nll * known
+    if gender_sample_weight is not None:
+        g_loss = g_loss * gender_sample_weight
     pairs = F.slice_axis(output, axis=1, begin=2, end=2 + 2 * NUM_AGE_BINS).reshape((0, NUM_AGE_BINS, 2))
     a_logp = F.log_softmax(pairs, axis=-1)
     t = age_targets(F, age, sigma=age_sigma)

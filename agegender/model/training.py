@@ -64,6 +64,7 @@ class TrainConfig:
     age_sigma: float = 0.0
     gender_smooth: float = 0.0
     age_balance: float = 0.0
+    gender_balance: float = 0.0
     lr_schedule: str = "step"
     warmup_epochs: float = 0.0
     teacher_gender: str = ""
@@ -174,12 +175,15 @@ class Fit:
         self.begin_epoch = 0
         self.history: list[dict] = []
         self.best_score = math.inf
-        self.band_weights = None
-        if cfg.age_balance > 0:
+        self.band_weights = self.gender_band_weights = None
+        if cfg.age_balance > 0 or cfg.gender_balance > 0:
             from agegender.data.distribution import load_labels
 
             ages = np.concatenate([np.array(load_labels(s.train_rec).age) for s in self.sources])
-            self.band_weights = mx.nd.array(age_band_weights(ages, cfg.age_balance))
+            if cfg.age_balance > 0:
+                self.band_weights = mx.nd.array(age_band_weights(ages, cfg.age_balance))
+            if cfg.gender_balance > 0:
+                self.gender_band_weights = mx.nd.array(age_band_weights(ages, cfg.gender_balance))
         for src in self.sources:
             src.labels_lst = self._teacher_labels(src) if src.teacher else ""
         self.train_labels = self.sources[0].labels_lst
@@ -282,12 +286,15 @@ class Fit:
 
     def _loss(self, out: mx.nd.NDArray, label: mx.nd.NDArray) -> mx.nd.NDArray:
         c = self.cfg
-        weight = None
+        weight = gender_weight = None
+        band = mx.nd.minimum(mx.nd.floor(label[:, 1] / 10), 7).as_in_context(mx.cpu())
         if self.band_weights is not None:
-            band = mx.nd.minimum(mx.nd.floor(label[:, 1] / 10), 7).as_in_context(mx.cpu())
             weight = self.band_weights.take(band).as_in_context(out.context)
+        if self.gender_band_weights is not None:
+            gender_weight = self.gender_band_weights.take(band).as_in_context(out.context)
         return age_gender_loss(mx.nd, out, label, c.gender_weight, age_sigma=c.age_sigma,
-                               gender_smooth=c.gender_smooth, sample_weight=weight)
+                               gender_smooth=c.gender_smooth, sample_weight=weight,
+                               gender_sample_weight=gender_weight)
 
     def update(self) -> None:
         # gradients are summed over contexts (and over workers by a dist kvstore): normalise by all rows
