@@ -40,7 +40,8 @@ def test_the_bundled_model_states_its_terms():
 
     engine = load_engine(threads=1)
     assert engine.is_bundled and "non-commercial" in engine.license == agegender.WEIGHTS_TERMS
-    assert engine.version is None  # exported before the version was written into the metadata
+    assert engine.version == agegender.__version__  # the export wrote the version and the terms into its metadata
+    assert engine.metadata["license"] == agegender.WEIGHTS_TERMS
     with open(os.path.join(ROOT, "models", "README.md"), encoding="utf-8") as f:
         card = f.read()
     assert "non-commercial" in card.lower() and "Apache-2.0" in card

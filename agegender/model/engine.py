@@ -44,7 +44,7 @@ class Engine:
     @property
     def version(self) -> str | None:
         """The AgeGender version that exported the model (ONNX metadata `agegender_version`; None for a
-        checkpoint or an export that predates it, as the bundled model)."""
+        checkpoint or an export that predates it)."""
         return self.metadata.get("agegender_version")
 
     @property
