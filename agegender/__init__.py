@@ -12,8 +12,9 @@ from __future__ import annotations
 
 __version__ = "1.0.0"  # the one place: pyproject.toml, --version, /v1/model and ONNX exports read it
 
-WEIGHTS_TERMS = ("the bundled model (fine-tuned from InsightFace's gender-age checkpoint on UTKFace) is for "
-                 "non-commercial research use only, following the terms of InsightFace's models and of UTKFace")
+WEIGHTS_TERMS = ("the bundled model (fine-tuned from InsightFace's gender-age checkpoint on UTKFace and All-Age-Faces) "
+                 "is for non-commercial research use only, following the terms of InsightFace's models, of UTKFace "
+                 "and of All-Age-Faces (no licence stated by its authors: research only)")
 CODE_LICENSE = "Apache-2.0"
 
 # Loaded on first use, so `import agegender.symbols` (training) does not pull in onnxruntime and OpenCV.

@@ -237,4 +237,57 @@ def test_calibrate_write_needs_an_onnx_model(tmp_path):
     from tests.conftest import run_script
 
     proc = run_script("tools/calibrate.py", "--model", "models/agegender,0", "--write", str(tmp_path / "x.onnx"))
-    assert proc.returncode == 2 and "ONNX" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "-calibration.json" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n") == 1 and not (tmp_path / "x.onnx").exists()
+
+
+def _checkpoint_copy(tmp_path, temperature=None) -> str:
+    import shutil
+
+    from agegender.model.engine import BUNDLED_MODEL
+
+    prefix = str(tmp_path / "m")
+    for ext in ("-symbol.json", "-0000.params"):
+        shutil.copy(BUNDLED_MODEL + ext, prefix + ext)
+    if temperature is not None:
+        (tmp_path / "m-calibration.json").write_text(temperature)
+    return prefix
+
+
+def test_a_checkpoints_calibration_file_is_applied_by_mxnet_and_carried_into_its_export(tmp_path):
+    pytest.importorskip("mxnet", reason="the checkpoint engine needs MXNet (requirements.txt)")
+    from agegender.model.age import decode
+    from agegender.model.mxnet_engine import MxnetEngine
+    from agegender.symbols.onnx_export import metadata
+
+    from agegender.data.demo import wheel_image
+
+    rgb = cv2.cvtColor(cv2.imread(wheel_image("Tom_Hanks_54745.png")), cv2.COLOR_BGR2RGB)  # aligned, 112x112
+    faces = np.stack([rgb, np.ascontiguousarray(rgb[:, ::-1])])
+    plain = MxnetEngine(_checkpoint_copy(tmp_path), 0)
+    assert plain.gender_temperature == 1.0 and "gender_temperature" not in metadata(str(tmp_path / "m"), 0)
+    (tmp_path / "m-calibration.json").write_text('{"gender_temperature": 2.5}')
+    warm = MxnetEngine(str(tmp_path / "m"), 0)
+    assert warm.gender_temperature == 2.5
+    p, _ = warm.predict_faces(faces, flip=False)
+    raw = plain.outputs(faces.transpose(0, 3, 1, 2))
+    np.testing.assert_allclose(p, decode(raw, "prob", 2.5)[0], rtol=1e-5)
+    assert not np.allclose(p, decode(raw, "prob", 1.0)[0], atol=1e-3)  # the temperature made a difference
+    assert metadata(str(tmp_path / "m"), 0)["gender_temperature"] == "2.5000"
+
+
+@pytest.mark.parametrize("bad", ['{"gender_temperature": 0}', '{"gender_temperature": "warm"}', "[1]", "{"])
+def test_a_bad_calibration_file_is_a_one_line_error(tmp_path, bad):
+    from agegender.model.engine import checkpoint_temperature
+
+    prefix = str(tmp_path / "m")
+    (tmp_path / "m-calibration.json").write_text(bad)
+    with pytest.raises(UserError, match="m-calibration.json|gender_temperature"):
+        checkpoint_temperature(prefix, "m,0")
+
+
+def test_the_bundled_checkpoint_and_its_onnx_export_share_one_temperature():
+    from agegender.model.engine import BUNDLED_MODEL, BUNDLED_ONNX, checkpoint_temperature
+
+    onnx_t = OnnxEngine(BUNDLED_ONNX).gender_temperature
+    assert onnx_t == checkpoint_temperature(BUNDLED_MODEL, "bundled") and 0.3 < onnx_t < 1.0

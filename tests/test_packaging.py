@@ -40,7 +40,8 @@ def test_the_bundled_model_states_its_terms():
 
     engine = load_engine(threads=1)
     assert engine.is_bundled and "non-commercial" in engine.license == agegender.WEIGHTS_TERMS
-    assert engine.version is None  # exported before the version was written into the metadata
+    assert engine.version == agegender.__version__  # the export wrote the version and the terms into its metadata
+    assert engine.metadata["license"] == agegender.WEIGHTS_TERMS
     with open(os.path.join(ROOT, "models", "README.md"), encoding="utf-8") as f:
         card = f.read()
     assert "non-commercial" in card.lower() and "Apache-2.0" in card
@@ -103,6 +104,11 @@ def test_wheel_installs_into_a_fresh_venv_and_works_from_any_folder(tmp_path):
     cli = _run(str(venv / "bin" / "agegender"), "infer", "--image", t1, "--json", cwd=str(elsewhere))
     assert cli.returncode == 0, cli.stderr
     assert json.loads(cli.stdout)[0]["faces"] == doc["faces"]
+    # the CC0 teacher ships in the wheel too: the ensemble works from an installed package
+    ens = _run(str(venv / "bin" / "agegender"), "infer", "--image", t1, "--json", "--gender-ensemble",
+               cwd=str(elsewhere))
+    assert ens.returncode == 0, ens.stderr
+    assert len(json.loads(ens.stdout)[0]["faces"]) == len(doc["faces"])
     version = _run(str(venv / "bin" / "agegender"), "--version", cwd=str(elsewhere))
     assert version.stdout.startswith(f"agegender {agegender.__version__}")
     serve = _run(str(venv / "bin" / "agegender"), "serve", "--port", "0", cwd=str(elsewhere))  # no [serve] extra

@@ -3,13 +3,16 @@
 main face, aligned as infer.py does): the expected calibration error (10 bins) of P(male) per age band,
 as the model decodes it and after temperature scaling (one temperature T for the gender logit, fitted on
 all the lists together by log-likelihood); the ensemble's too. --write stores T in a copy of the ONNX model
-(metadata `gender_temperature`, which the onnx engine applies).
+(metadata `gender_temperature`, which the onnx engine applies), or beside a checkpoint in
+PREFIX-calibration.json (which the mxnet engine applies and tools/export_onnx.py carries into the export).
 
     python tools/calibrate.py --model models/agegender.onnx
     python tools/calibrate.py --model models/agegender.onnx --write models/agegender-calibrated.onnx
+    python tools/calibrate.py --model models/run/model,0 --write models/run/model-calibration.json
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -47,15 +50,20 @@ def main() -> int:
                    help="what runs the net (default: as infer.py picks)")
     p.add_argument("--lst", nargs="+", default=DEFAULT_LISTS, help="packed val splits' .lst files")
     p.add_argument("--limit", type=NON_NEGATIVE_INT, default=0, help="only the first N photos of each list")
-    p.add_argument("--write", metavar="OUT.onnx",
-                   help="write a copy of the (.onnx) model with the fitted temperature in its metadata")
+    p.add_argument("--write", metavar="OUT",
+                   help="store the fitted temperature: OUT.onnx, a copy of the (.onnx) model with it in its "
+                        "metadata; or PREFIX-calibration.json beside a checkpoint (read by the mxnet engine "
+                        "and carried into tools/export_onnx.py's export)")
     args = p.parse_args()
     from agegender.model.engine import BUNDLED_ONNX
 
     source = args.model or BUNDLED_ONNX
-    if args.write and not source.lower().endswith(".onnx"):
-        raise UserError("--write stores the temperature in an ONNX model: give --model a .onnx file "
-                        "(tools/export_onnx.py makes one from a checkpoint)")
+    from agegender.model.engine import CALIBRATION_SUFFIX
+
+    sidecar = bool(args.write) and args.write.endswith(CALIBRATION_SUFFIX)
+    if args.write and not sidecar and not (args.write.lower().endswith(".onnx") and source.lower().endswith(".onnx")):
+        raise UserError(f"--write takes OUT.onnx (with --model a .onnx file) or PREFIX{CALIBRATION_SUFFIX} "
+                        f"(beside a checkpoint PREFIX): {args.write}")
     if args.write:
         from agegender.atomic import check_writable
 
@@ -101,8 +109,11 @@ def main() -> int:
         from agegender.atomic import write_atomic
         from agegender.model.engine import with_temperature
 
-        with open(source, "rb") as f:
-            write_atomic(args.write, with_temperature(f.read(), t))
+        if sidecar:
+            write_atomic(args.write, json.dumps({"gender_temperature": round(t, 4)}) + "\n")
+        else:
+            with open(source, "rb") as f:
+                write_atomic(args.write, with_temperature(f.read(), t))
         print(f"\nwrote {args.write} (gender_temperature {t:.4f})")
     return 0
 

@@ -7,6 +7,7 @@ agegender/model/loading.py picks one of the two (importing MXNet only when asked
 """
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -43,7 +44,7 @@ class Engine:
     @property
     def version(self) -> str | None:
         """The AgeGender version that exported the model (ONNX metadata `agegender_version`; None for a
-        checkpoint or an export that predates it, as the bundled model)."""
+        checkpoint or an export that predates it)."""
         return self.metadata.get("agegender_version")
 
     @property
@@ -104,6 +105,25 @@ def stored_temperature(metadata: dict[str, str], name: str) -> float:
     if not (t > 0 and np.isfinite(t)):
         raise UserError(f"model {name}: metadata {TEMPERATURE_KEY}={raw!r} is not a positive number")
     return t
+
+
+CALIBRATION_SUFFIX = "-calibration.json"  # beside a checkpoint: PREFIX-calibration.json, {"gender_temperature": T}
+
+
+def checkpoint_temperature(prefix: str, name: str) -> float:
+    """The gender temperature of a checkpoint, from `PREFIX-calibration.json` (tools/calibrate.py --write),
+    1 when there is none: what the ONNX metadata is to an exported model."""
+    path = prefix + CALIBRATION_SUFFIX
+    if not os.path.exists(path):
+        return 1.0
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"model {name}: cannot read {path}: {exc}") from None
+    if not isinstance(doc, dict):
+        raise UserError(f"model {name}: {path} is not a JSON object")
+    return stored_temperature({k: str(v) for k, v in doc.items()}, name)
 
 
 def with_temperature(model: bytes, temperature: float) -> bytes:
@@ -172,4 +192,5 @@ class OnnxEngine(Engine):
 
 
 __all__ = ["Engine", "OnnxEngine", "session_options", "stored_temperature", "with_temperature", "TEMPERATURE_KEY",
+           "CALIBRATION_SUFFIX", "checkpoint_temperature",
            "BUNDLED_MODEL", "BUNDLED_ONNX", "ENGINES", "NUM_OUTPUTS", "short_name"]

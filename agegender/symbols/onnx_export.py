@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from agegender.model.engine import TEMPERATURE_KEY, checkpoint_temperature
 from agegender.symbols.common import NUM_OUTPUTS, OUTPUT_NAME
 
 INPUT_NAME = "data"
@@ -71,7 +72,7 @@ def metadata(prefix: str, epoch: int, license: str | None = None) -> dict[str, s
 
     from agegender import WEIGHTS_TERMS, __version__
 
-    return {
+    meta = {
         "agegender_version": __version__,
         "license": license or WEIGHTS_TERMS,
         "input": "data: (N,3,112,112) float32 RGB 0-255, the face aligned by its 5 landmarks onto the ArcFace "
@@ -87,6 +88,10 @@ def metadata(prefix: str, epoch: int, license: str | None = None) -> dict[str, s
                                 "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
                                 "numpy": np.__version__}),
     }
+    temperature = checkpoint_temperature(prefix, f"{prefix},{epoch}")
+    if temperature != 1.0:  # the checkpoint's calibration travels with it
+        meta[TEMPERATURE_KEY] = f"{temperature:.4f}"
+    return meta
 
 
 def export_onnx(prefix: str, epoch: int, faces: np.ndarray, license: str | None = None) -> tuple[bytes, float]:
