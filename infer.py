@@ -111,10 +111,6 @@ def main() -> int:
 
 def run_ray(args: argparse.Namespace) -> int:
     """--ray: Ray Data over the inputs into Parquet shards under --parquet DIR, then one summary line."""
-    try:
-        from agegender.serving.ray_batch import Settings, run
-    except ImportError as exc:
-        raise MissingDependency(missing_module_message((exc.name or "ray").split(".")[0], "--ray")) from None
     if not args.parquet:
         raise UserError("--ray writes Parquet shards: give the output folder with --parquet DIR")
     if args.json or args.jsonl or args.csv or args.output or args.output_dir or args.show:
@@ -123,6 +119,10 @@ def run_ray(args: argparse.Namespace) -> int:
         raise UserError("with --ray the net runs on the cluster's GPUs by itself; leave out --gpus")
     if args.gender_ensemble:
         raise UserError("--gender-ensemble is not available with --ray yet; run infer.py without --ray for it")
+    try:
+        from agegender.serving.ray_batch import Settings, run
+    except ImportError as exc:
+        raise MissingDependency(missing_module_message((exc.name or "ray").split(".")[0], "--ray")) from None
     settings = Settings(args.model, args.engine, args.det_model, args.det_thresh, args.max_size, args.min_face,
                         args.age_decode, args.flip, args.max_pixels, args.batch_size)
     summary = run(args.image, args.parquet, settings, None if args.ray == "local" else args.ray, args.shard_size)

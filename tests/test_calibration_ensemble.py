@@ -239,6 +239,10 @@ def test_calibrate_write_needs_an_onnx_model(tmp_path):
     proc = run_script("tools/calibrate.py", "--model", "models/agegender,0", "--write", str(tmp_path / "x.onnx"))
     assert proc.returncode == 2 and "-calibration.json" in proc.stderr and "Traceback" not in proc.stderr
     assert proc.stderr.count("\n") == 1 and not (tmp_path / "x.onnx").exists()
+    for model in ("models/agegender,0", "models/agegender.onnx"):  # a calibration file no engine would read
+        proc = run_script("tools/calibrate.py", "--model", model, "--write", str(tmp_path / "m-calibration.json"))
+        assert proc.returncode == 2 and "beside it" in proc.stderr and proc.stderr.count("\n") == 1
+    assert not (tmp_path / "m-calibration.json").exists()
 
 
 def _checkpoint_copy(tmp_path, temperature=None) -> str:

@@ -87,6 +87,11 @@ def test_age_band_weights_rebalance_the_bands():
     assert w[idx].mean() == pytest.approx(1.0)
     half = age_band_weights(ages, 0.5)
     assert 1 < half[7] / half[0] < w[7] / w[0]
+    # two sources mixed 1:1 in every batch: the small one's faces are seen 3x as often as the large one's
+    small, large = np.array([5] * 100), np.array([25] * 300)
+    rate = np.r_[np.full(100, 0.5 / 100), np.full(300, 0.5 / 300)]
+    mixed = age_band_weights(np.r_[small, large], 1.0, rate=rate)
+    assert mixed[0] == pytest.approx(mixed[2]) == pytest.approx(1.0)  # as sampled, the two bands are equal
 
 
 def test_gender_sample_weight_scales_the_gender_term_only():

@@ -55,13 +55,17 @@ def main() -> int:
                         "metadata; or PREFIX-calibration.json beside a checkpoint (read by the mxnet engine "
                         "and carried into tools/export_onnx.py's export)")
     args = p.parse_args()
-    from agegender.model.engine import BUNDLED_ONNX
+    from agegender.model.engine import BUNDLED_ONNX, CALIBRATION_SUFFIX
 
     source = args.model or BUNDLED_ONNX
-    from agegender.model.engine import CALIBRATION_SUFFIX
-
+    is_onnx = source.lower().endswith(".onnx")
+    prefix = None if is_onnx else source.partition(",")[0]
     sidecar = bool(args.write) and args.write.endswith(CALIBRATION_SUFFIX)
-    if args.write and not sidecar and not (args.write.lower().endswith(".onnx") and source.lower().endswith(".onnx")):
+    if sidecar and (prefix is None or os.path.realpath(args.write) != os.path.realpath(prefix + CALIBRATION_SUFFIX)):
+        # a calibration file is read only beside its own checkpoint: any other name would never be applied
+        raise UserError(f"--write {args.write}: a checkpoint's temperature goes beside it, as PREFIX{CALIBRATION_SUFFIX} "
+                        f"of --model PREFIX,EPOCH" + (f" ({prefix}{CALIBRATION_SUFFIX})" if prefix else ""))
+    if args.write and not sidecar and not (args.write.lower().endswith(".onnx") and is_onnx):
         raise UserError(f"--write takes OUT.onnx (with --model a .onnx file) or PREFIX{CALIBRATION_SUFFIX} "
                         f"(beside a checkpoint PREFIX): {args.write}")
     if args.write:

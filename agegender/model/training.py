@@ -128,13 +128,16 @@ def val_score(row: dict) -> float:
     return row["val_mae"] + 20.0 * (1.0 - row["val_acc"])
 
 
-def age_band_weights(ages: np.ndarray, power: float, band: float = 10.0) -> np.ndarray:
+def age_band_weights(ages: np.ndarray, power: float, band: float = 10.0,
+                     rate: np.ndarray | None = None) -> np.ndarray:
     """Weight per 10-year band (index = age // 10, last band 70+) that re-balances the training ages:
-    (band count / mean band count) ** -power, scaled so the average face weighs 1."""
+    (band count / mean band count) ** -power, scaled so the average face weighs 1. `rate` (per face): how
+    often training sees it (a source's share of a batch / its size), so that counts are those of the mix."""
     idx = np.minimum(np.asarray(ages) // band, 7).astype(int)
-    counts = np.bincount(idx, minlength=8).astype(np.float64)
-    w = np.where(counts > 0, (np.maximum(counts, 1) / counts[counts > 0].mean()) ** -power, 0.0)
-    return w / (w[idx].mean())
+    rate = np.ones(len(idx)) if rate is None else np.asarray(rate, np.float64)
+    counts = np.bincount(idx, weights=rate, minlength=8).astype(np.float64)
+    w = np.where(counts > 0, (np.maximum(counts, 1e-12) / counts[counts > 0].mean()) ** -power, 0.0)
+    return w / np.average(w[idx], weights=rate)
 
 
 def params_digest(net: gluon.Block) -> str:
@@ -176,14 +179,6 @@ class Fit:
         self.history: list[dict] = []
         self.best_score = math.inf
         self.band_weights = self.gender_band_weights = None
-        if cfg.age_balance > 0 or cfg.gender_balance > 0:
-            from agegender.data.distribution import load_labels
-
-            ages = np.concatenate([np.array(load_labels(s.train_rec).age) for s in self.sources])
-            if cfg.age_balance > 0:
-                self.band_weights = mx.nd.array(age_band_weights(ages, cfg.age_balance))
-            if cfg.gender_balance > 0:
-                self.gender_band_weights = mx.nd.array(age_band_weights(ages, cfg.gender_balance))
         for src in self.sources:
             src.labels_lst = self._teacher_labels(src) if src.teacher else ""
         self.train_labels = self.sources[0].labels_lst
@@ -193,6 +188,8 @@ class Fit:
                 if share > src.num_train:
                     raise UserError(f"source {src.name}: its share of a batch ({share}) is more than its "
                                     f"{src.num_train} train records; use a smaller --batch-size or weight")
+        if cfg.age_balance > 0 or cfg.gender_balance > 0:
+            self._band_weights()
         self._init_params()
         self.trainer = gluon.Trainer(self.net.collect_params(), "sgd",
                                      {"learning_rate": lr_at(cfg, self.begin_epoch), "wd": cfg.wd,
@@ -207,6 +204,22 @@ class Fit:
         self._eval_iters: dict[str, mx.io.DataIter] = {}
 
     # --- set-up -------------------------------------------------------------------------------------------
+    def _band_weights(self) -> None:
+        """--age-balance / --gender-balance: band weights from the ages as the mix samples them (each face
+        at its source's share of a batch over its size); for gender, only the faces with a known gender."""
+        from agegender.data.distribution import load_labels
+
+        shares = self.shares if len(self.sources) > 1 else [1]
+        labels = [load_labels(s.train_rec) for s in self.sources]
+        ages = np.concatenate([np.array(lb.age, np.float64) for lb in labels])
+        known = np.concatenate([np.array(lb.gender) >= 0 for lb in labels])
+        rate = np.concatenate([np.full(len(lb.age), share / max(len(lb.age), 1)) for lb, share in zip(labels, shares)])
+        if self.cfg.age_balance > 0:
+            self.band_weights = mx.nd.array(age_band_weights(ages, self.cfg.age_balance, rate=rate))
+        if self.cfg.gender_balance > 0 and known.any():
+            self.gender_band_weights = mx.nd.array(
+                age_band_weights(ages[known], self.cfg.gender_balance, rate=rate[known]))
+
     def _teacher_labels(self, src: Source) -> str:
         """A source's train `.lst` with the teacher's soft genders mixed in, written beside the checkpoints
         (`PREFIX-train-labels.lst`, or `PREFIX-train-labels-NAME.lst` with several sources) for the record

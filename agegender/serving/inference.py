@@ -258,12 +258,17 @@ class Outputs:
                             disable=None if progress is None else False)
 
     def __enter__(self) -> "Outputs":
-        if self.jsonl_path:  # streamed into a temporary file, renamed when the run ends
-            self.jsonl = self._stack.enter_context(open_output(self.jsonl_path))
-        if self.parquet_path:  # opened here, not in __init__: a model that fails to load leaves no temp file
-            from agegender.serving.batch import ParquetSink
+        try:
+            if self.jsonl_path:  # streamed into a temporary file, renamed when the run ends
+                self.jsonl = self._stack.enter_context(open_output(self.jsonl_path))
+            if self.parquet_path:  # opened here, not in __init__: a model that fails to load leaves no temp file
+                from agegender.serving.batch import ParquetSink
 
-            self.parquet = ParquetSink(self.parquet_path)
+                # as the JSON lines: in place when complete or interrupted, dropped when the run fails
+                self.parquet = self._stack.enter_context(ParquetSink(self.parquet_path))
+        except BaseException:
+            self._stack.close()  # no temporary file left behind by an output that did open
+            raise
         for spec, reason in self.problems:  # inputs that gave no file: reported first, the run goes on
             self.failed(spec, reason)
         return self
@@ -279,13 +284,11 @@ class Outputs:
         self.complete = exc_type is None
         if self.bar is not None:
             self.bar.close()
-        # every completed image is in the JSON lines, also after Ctrl-C; a failed write keeps the old file
+        # every completed image is in the JSON lines and the Parquet, also after Ctrl-C; a failed run keeps the
+        # old files
         self._stack.__exit__(exc_type, exc, tb)
         if self.csv and (self.complete or self.csv_rows):
             write_atomic(self.csv, csv_text(self.csv_rows))  # the rows done so far, also after Ctrl-C
-        if self.parquet is not None:  # as the JSON lines: in place when complete or interrupted, else dropped
-            keep = self.complete or issubclass(exc_type, KeyboardInterrupt)
-            self.parquet.close() if keep else self.parquet.abort()
         if self.complete and self.json_doc:
             print(dumps_json(self.docs), flush=True)
         if self.multi or not self.complete:
