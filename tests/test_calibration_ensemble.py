@@ -243,6 +243,11 @@ def test_calibrate_write_needs_an_onnx_model(tmp_path):
         proc = run_script("tools/calibrate.py", "--model", model, "--write", str(tmp_path / "m-calibration.json"))
         assert proc.returncode == 2 and "beside it" in proc.stderr and proc.stderr.count("\n") == 1
     assert not (tmp_path / "m-calibration.json").exists()
+    model = tmp_path / "model.onnx"  # the model it measures is an input: never replaced by its calibrated copy
+    model.write_bytes(open(os.path.join(os.path.dirname(TEACHER_ONNX), "agegender.onnx"), "rb").read())
+    before = model.read_bytes()
+    proc = run_script("tools/calibrate.py", "--model", str(model), "--write", str(model))
+    assert proc.returncode == 2 and "is an input" in proc.stderr and model.read_bytes() == before
 
 
 def _checkpoint_copy(tmp_path, temperature=None) -> str:

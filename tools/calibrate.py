@@ -18,10 +18,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from agegender.cli import NON_NEGATIVE_INT, ArgumentParser  # noqa: E402
+from agegender.cli import ArgumentParser  # noqa: E402
+from agegender.model.photo_eval import add_split_arguments  # noqa: E402
 from agegender.errors import UserError, run_cli  # noqa: E402
 
-DEFAULT_LISTS = ["dataset/utkface/val.lst", "dataset/aaf/val.lst"]
 
 
 def sigmoid(z):
@@ -45,11 +45,7 @@ def cross_fitted(logit, gender):
 
 def main() -> int:
     p = ArgumentParser(description=__doc__)
-    p.add_argument("--model", default=None, help="a .onnx file or PREFIX,EPOCH (default: the bundled model)")
-    p.add_argument("--engine", choices=("onnx", "mxnet"), default=None,
-                   help="what runs the net (default: as infer.py picks)")
-    p.add_argument("--lst", nargs="+", default=DEFAULT_LISTS, help="packed val splits' .lst files")
-    p.add_argument("--limit", type=NON_NEGATIVE_INT, default=0, help="only the first N photos of each list")
+    add_split_arguments(p)
     p.add_argument("--write", metavar="OUT",
                    help="store the fitted temperature: OUT.onnx, a copy of the (.onnx) model with it in its "
                         "metadata; or PREFIX-calibration.json beside a checkpoint (read by the mxnet engine "
@@ -69,8 +65,9 @@ def main() -> int:
         raise UserError(f"--write takes OUT.onnx (with --model a .onnx file) or PREFIX{CALIBRATION_SUFFIX} "
                         f"(beside a checkpoint PREFIX): {args.write}")
     if args.write:
-        from agegender.atomic import check_writable
+        from agegender.atomic import check_writable, checkpoint_files, refuse_inputs
 
+        refuse_inputs([("--write", args.write)], checkpoint_files(source) + list(args.lst))
         check_writable(args.write, "calibrated model")
     import numpy as np
 

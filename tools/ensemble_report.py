@@ -13,10 +13,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from agegender.cli import NON_NEGATIVE_INT, ArgumentParser  # noqa: E402
+from agegender.cli import ArgumentParser  # noqa: E402
+from agegender.model.photo_eval import add_split_arguments  # noqa: E402
 from agegender.errors import UserError, run_cli  # noqa: E402
 
-DEFAULT_LISTS = ["dataset/utkface/val.lst", "dataset/aaf/val.lst"]
 
 
 def acc(p, g) -> float:
@@ -53,14 +53,10 @@ def print_tables(sf, own: dict[int, float] | None) -> None:
 
 def main() -> int:
     p = ArgumentParser(description=__doc__)
-    p.add_argument("--model", default=None, help="a .onnx file or PREFIX,EPOCH (default: the bundled model)")
-    p.add_argument("--engine", choices=("onnx", "mxnet"), default=None,
-                   help="what runs the net (default: as infer.py picks)")
-    p.add_argument("--lst", nargs="+", default=DEFAULT_LISTS, help="packed val splits' .lst files")
+    add_split_arguments(p)
     p.add_argument("--teacher-own", nargs="*", default=None, metavar="CSV",
                    help="the teacher's own labels of each split (tools/teacher_gender.py), in --lst order "
                         "(default: <split>-teacher.csv beside each list, where it exists)")
-    p.add_argument("--limit", type=NON_NEGATIVE_INT, default=0, help="only the first N photos of each list")
     args = p.parse_args()
     if args.teacher_own is not None and len(args.teacher_own) != len(args.lst):
         raise UserError(f"--teacher-own needs one CSV per --lst ({len(args.lst)}), got {len(args.teacher_own)}")

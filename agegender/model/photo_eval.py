@@ -18,6 +18,20 @@ from agegender.model.ensemble import TeacherGender
 from agegender.model.teacher import read_lst
 
 
+DEFAULT_LISTS = ["dataset/utkface/val.lst", "dataset/aaf/val.lst"]
+
+
+def add_split_arguments(parser) -> None:
+    """The flags the report tools share: --model, --engine, --lst (val splits), --limit."""
+    from agegender.cli import NON_NEGATIVE_INT
+
+    parser.add_argument("--model", default=None, help="a .onnx file or PREFIX,EPOCH (default: the bundled model)")
+    parser.add_argument("--engine", choices=("onnx", "mxnet"), default=None,
+                        help="what runs the net (default: as infer.py picks)")
+    parser.add_argument("--lst", nargs="+", default=DEFAULT_LISTS, help="packed val splits' .lst files")
+    parser.add_argument("--limit", type=NON_NEGATIVE_INT, default=0, help="only the first N photos of each list")
+
+
 @dataclass
 class SplitFaces:
     """Per face: labels, our flip-averaged gender logit (male minus female, before any temperature), our
@@ -91,4 +105,4 @@ def split_faces(lst_path: str, detector, engine: Engine, teacher: TeacherGender,
     return out
 
 
-__all__ = ["SplitFaces", "split_faces"]
+__all__ = ["SplitFaces", "split_faces", "add_split_arguments", "DEFAULT_LISTS"]
