@@ -13,7 +13,8 @@ import platform
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
 from typing import Optional
 
 import cv2
@@ -221,25 +222,37 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
+@dataclass
+class Stream:
+    """One camera stream: its tracker, the next frame's index, when it started and was last used, and the
+    lock that keeps its frames in arrival order."""
+
+    tracker: Tracker = field(default_factory=Tracker)
+    next_frame: int = 0
+    started: float = field(default_factory=time.monotonic)
+    last_use: float = 0.0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
 class Streams:
-    """The camera streams being tracked: a Tracker per session id, the least recently used dropped past
-    MAX_STREAMS, and any idle for STREAM_IDLE_S. Frames of one stream are tracked in arrival order."""
+    """The camera streams being tracked: a Stream per session id, the least recently used dropped past
+    MAX_STREAMS, and any idle for STREAM_IDLE_S."""
 
     def __init__(self, max_streams: int = MAX_STREAMS, idle_s: float = STREAM_IDLE_S):
         self.max_streams, self.idle_s = max_streams, idle_s
-        self._live: OrderedDict[str, list] = OrderedDict()  # id -> [tracker, frame index, last use, lock, start]
+        self._live: OrderedDict[str, Stream] = OrderedDict()
 
-    def get(self, session: str) -> list:
-        """[tracker, next frame index, last use, lock, start time] of stream `session`, new if unknown."""
+    def get(self, session: str) -> Stream:
+        """Stream `session`, new if unknown."""
         now = time.monotonic()
-        for sid in [s for s, v in self._live.items() if now - v[2] > self.idle_s]:
+        for sid in [s for s, v in self._live.items() if now - v.last_use > self.idle_s]:
             del self._live[sid]
-        entry = self._live.pop(session, None) or [Tracker(), 0, now, asyncio.Lock(), now]
-        entry[2] = now
-        self._live[session] = entry
+        stream = self._live.pop(session, None) or Stream(started=now)
+        stream.last_use = now
+        self._live[session] = stream
         while len(self._live) > self.max_streams:
             self._live.popitem(last=False)
-        return entry
+        return stream
 
 
 def create_app(analyzer: FaceAnalyzer, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS,
@@ -353,6 +366,22 @@ def create_app(analyzer: FaceAnalyzer, max_bytes: int = MAX_BYTES, max_pixels: i
             raise ApiError(503, "overloaded", f"{max_queue} requests are in progress (--max-queue); retry shortly",
                            {"Retry-After": "1"})
 
+    async def receive(request: Request) -> list[tuple[bytes, str]]:
+        """The request's images (bytes, name), read only while there is room for the work (503 otherwise)."""
+        admit()
+        return await _images(request, await _read_body(request, max_bytes), max_bytes)
+
+    @contextmanager
+    def working():
+        """A request counted against --max-queue while its images are analysed (admitted again: the
+        queue may have filled while its body arrived)."""
+        admit()
+        in_progress[0] += 1
+        try:
+            yield
+        finally:
+            in_progress[0] -= 1
+
     async def analyse(data: bytes, name: str, det_thresh: float, min_face: float, max_faces: int,
                       t0: float) -> tuple[ImageResult, int, dict]:
         """One image through decode, detection and the batched net; (result, faces before max_faces, ms)."""
@@ -391,15 +420,10 @@ def create_app(analyzer: FaceAnalyzer, max_bytes: int = MAX_BYTES, max_pixels: i
         then a list, in order), or as the raw request body. Returns the document of `infer.py --json` for
         one image, plus its size, the model's name, `faces_total` and `timings_ms`."""
         t0 = time.perf_counter()
-        admit()
-        body = await _read_body(request, max_bytes)
-        images = await _images(request, body, max_bytes)
-        del body
+        images = await receive(request)
         if annotated and len(images) > 1:
             raise ApiError(400, "several_images", "annotated=1 takes one image; send the others separately")
-        admit()
-        in_progress[0] += 1
-        try:
+        with working():
             docs = []
             for data, name in images:
                 res, total, ms = await analyse(data, name, det_thresh, min_face, max_faces, t0)
@@ -411,8 +435,6 @@ def create_app(analyzer: FaceAnalyzer, max_bytes: int = MAX_BYTES, max_pixels: i
                 docs.append({"image": doc["image"], "width": int(res.image.shape[1]),
                              "height": int(res.image.shape[0]), "model": analyzer.engine.name,
                              "faces": doc["faces"], "faces_total": total, "timings_ms": ms})
-        finally:
-            in_progress[0] -= 1
         # returned as a response: the document already has AnalyzeOut's shape (the schema /docs shows)
         return JSONResponse(docs[0] if len(docs) == 1 else docs)
 
@@ -427,24 +449,19 @@ def create_app(analyzer: FaceAnalyzer, max_bytes: int = MAX_BYTES, max_pixels: i
         track id that stays while it is in view, and its gender and age smoothed over the frames. Returns
         `infer.py --video --jsonl`'s line for the frame, plus its size and `timings_ms`."""
         t0 = time.perf_counter()
-        admit()
-        body = await _read_body(request, max_bytes)
-        images = await _images(request, body, max_bytes)
+        images = await receive(request)
         if len(images) != 1:
             raise ApiError(400, "several_images", "a frame is one image")
-        admit()
-        in_progress[0] += 1
-        try:
+        with working():
             res, _, ms = await analyse(images[0][0], images[0][1], det_thresh, 0.0, 0, t0)
-            entry = streams.get(session)
-            async with entry[3]:
-                tracker, index = entry[0], entry[1]
-                entry[1] += 1
-                seen = tracker.update(index, [fr.face for fr in res.faces], [(fr.p_male, fr.age) for fr in res.faces])
-                tracker.finished.clear()  # a stream may run for hours: ended tracks are not kept
-                line = frame_json(index, time.monotonic() - entry[4], seen)
-        finally:
-            in_progress[0] -= 1
+            stream = streams.get(session)
+            async with stream.lock:
+                index = stream.next_frame
+                stream.next_frame += 1
+                seen = stream.tracker.update(index, [fr.face for fr in res.faces],
+                                             [(fr.p_male, fr.age) for fr in res.faces])
+                stream.tracker.finished.clear()  # a stream may run for hours: ended tracks are not kept
+                line = frame_json(index, time.monotonic() - stream.started, seen)
         line.update(width=int(res.image.shape[1]), height=int(res.image.shape[0]), timings_ms=ms)
         return JSONResponse(line)
 
@@ -456,4 +473,4 @@ def create_app(analyzer: FaceAnalyzer, max_bytes: int = MAX_BYTES, max_pixels: i
     return app
 
 
-__all__ = ["create_app", "MAX_BYTES", "DET_FLOOR", "MAX_QUEUE", "Streams"]
+__all__ = ["create_app", "MAX_BYTES", "DET_FLOOR", "MAX_QUEUE", "Stream", "Streams"]
