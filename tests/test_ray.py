@@ -155,6 +155,25 @@ def test_parquet_and_ray_usage_errors(tmp_path):
         assert proc.stderr.count("\n") == 1, proc.stderr
 
 
+@needs_ray
+def test_an_input_inside_the_output_folder_is_refused(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.copy(wheel_image("t1.jpg"), out / "t1.jpg")
+    listed = out / "part-00000.parquet"  # a list of paths named like a shard: it would be removed as stale
+    for spec in (out / "t1.jpg", out):
+        proc = run_script("infer.py", "--image", str(spec), "--ray", "--parquet", str(out))
+        assert proc.returncode == 2 and "holds the input" in proc.stderr and proc.stderr.count("\n") == 1
+    (out / "_manifest").mkdir()
+    listed.write_text("x")
+    from agegender.errors import UserError
+    from agegender.serving.ray_batch import refuse_inputs_in
+
+    with pytest.raises(UserError, match="holds the input"):
+        refuse_inputs_in(str(out), [str(listed)])
+    assert (out / "t1.jpg").exists() and listed.read_text() == "x"
+
+
 @needs_pyarrow
 def test_a_folder_of_someone_elses_part_files_is_refused_not_emptied(tmp_path):
     from agegender.errors import UserError

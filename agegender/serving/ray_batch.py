@@ -184,16 +184,26 @@ def prepare_output(out_dir: str, shards: list[list[str]], settings: Settings) ->
         if m and m.get("inputs") == inputs and m.get("settings") == fp and os.path.isfile(
                 os.path.join(out_dir, shard_name(i))):
             done[i] = m
-    for name in os.listdir(out_dir):
-        m = SHARD_RE.match(name)
-        stale = (m and int(m.group(1)) not in done) or (name.startswith(".part-") and ".tmp" in name)
-        if stale:
-            os.remove(os.path.join(out_dir, name))
-    for name in os.listdir(os.path.join(out_dir, MANIFEST_DIR)):
-        m = re.match(r"^part-(\d+)\.json$", name)
-        if (m and int(m.group(1)) not in done) or (name.startswith(".part-") and ".tmp" in name):
-            os.remove(os.path.join(out_dir, MANIFEST_DIR, name))
+    _drop_stale(out_dir, SHARD_RE, done)
+    _drop_stale(os.path.join(out_dir, MANIFEST_DIR), re.compile(r"^part-(\d+)\.json$"), done)
     return done
+
+
+def _drop_stale(folder: str, pattern: re.Pattern, done: dict[int, dict]) -> None:
+    """Remove the files of `folder` named by `pattern` whose shard is not complete, and temporary files."""
+    for name in os.listdir(folder):
+        m = pattern.match(name)
+        if (m and int(m.group(1)) not in done) or (name.startswith(".part-") and ".tmp" in name):
+            os.remove(os.path.join(folder, name))
+
+
+def refuse_inputs_in(out_dir: str, inputs: list[str]) -> None:
+    """The output folder is ours to clean (stale shards are removed): no input may lie inside it."""
+    root = os.path.join(os.path.realpath(out_dir), "")
+    for path in inputs:
+        if os.path.realpath(path).startswith(root):
+            raise UserError(f"--parquet {out_dir} holds the input {path}: its shards would be written (and stale "
+                            "ones removed) beside it; choose another folder")
 
 
 def _counts(docs: list[dict]) -> dict:
@@ -365,6 +375,7 @@ def run(specs: list[str], out_dir: str, settings: Settings = Settings(), address
         print(f"error: {spec}: {reason}", file=log, flush=True)
     if not paths:
         raise UserError("no image to process")
+    refuse_inputs_in(out_dir, [s for s in specs if os.path.isfile(s)] + paths)
     shards = plan_shards(paths, shard_size)
     done = prepare_output(out_dir, shards, settings)
     summary = Summary(out_dir, shards=len(shards), resumed=len(done))
@@ -413,5 +424,5 @@ def run(specs: list[str], out_dir: str, settings: Settings = Settings(), address
     return summary
 
 
-__all__ = ["Settings", "Summary", "expand_inputs", "plan_shards", "prepare_output", "write_shard", "detect_batch",
+__all__ = ["Settings", "Summary", "expand_inputs", "plan_shards", "prepare_output", "refuse_inputs_in", "write_shard", "detect_batch",
            "NetLabeller", "connect", "build_dataset", "run", "shard_name", "DIE_ONCE_ENV"]
