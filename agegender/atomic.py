@@ -226,6 +226,18 @@ def refuse_inputs(outputs: Iterable[tuple[str, str | None]], inputs: Iterable[st
             raise UserError(f"{flag} {path} is an input{same}: it would be replaced; choose another name")
 
 
+def refuse_same_outputs(outputs: Iterable[tuple[str, str | None]]) -> None:
+    """UserError (one line) when two named outputs (flag, path) are the same file (same path, or the same
+    file through links): one would overwrite the other. `-` and `None` are skipped."""
+    seen: dict[tuple, str] = {}
+    for flag, path in outputs:
+        if not path or path == "-":
+            continue
+        other = seen.setdefault(_identity(path), flag)
+        if other != flag:
+            raise UserError(f"{other} and {flag} are the same file: {path}")
+
+
 def refuse_prefix(flag: str, prefix: str, inputs: Iterable[str]) -> None:
     """`refuse_inputs` for a tool whose outputs are every `PREFIX-*` file (train.py's checkpoints, logs and
     metrics): UserError when an input file resolves to such a name."""
@@ -258,4 +270,4 @@ def checkpoint_files(model: str | None) -> list[str]:
     return [f"{prefix}-symbol.json"] + sorted(glob.glob(glob.escape(prefix) + "-[0-9][0-9][0-9][0-9].*"))
 
 
-__all__ = ["atomic_path", "open_output", "refuse_inputs", "refuse_prefix", "named", "dataset_files", "checkpoint_files", "temp_beside", "replace_with", "write_atomic", "save_figure", "check_writable", "is_stream"]
+__all__ = ["atomic_path", "open_output", "refuse_inputs", "refuse_same_outputs", "refuse_prefix", "named", "dataset_files", "checkpoint_files", "temp_beside", "replace_with", "write_atomic", "save_figure", "check_writable", "is_stream"]

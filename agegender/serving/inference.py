@@ -13,7 +13,8 @@ import cv2
 import numpy as np
 
 from agegender.serving.analyzer import NOT_FINITE, ImageResult
-from agegender.atomic import check_writable, is_stream, named, open_output, refuse_inputs, write_atomic
+from agegender.atomic import (check_writable, is_stream, named, open_output, refuse_inputs, refuse_same_outputs,
+                              write_atomic)
 from agegender.errors import UserError
 from agegender.schema import CSV_COLUMNS
 from agegender.data.face import Face
@@ -210,10 +211,7 @@ class Outputs:
         named_outputs = [(flag, where) for flag, where in (("--jsonl", jsonl), ("--csv", csv), ("--output", single),
                                                            ("--parquet", parquet)) if where and where != "-"]
         refuse_inputs(named_outputs, paths)
-        for i, (flag, where) in enumerate(named_outputs):
-            for other, there in named_outputs[i + 1:]:
-                if os.path.realpath(where) == os.path.realpath(there):
-                    raise UserError(f"{flag} and {other} are the same file: {where}")
+        refuse_same_outputs(named_outputs)
         if output and len(paths) == 1 and not os.path.isdir(output):
             if os.path.splitext(output)[1].lower() not in WRITABLE_EXTS and not is_stream(output):
                 raise UserError(f"--output must end in one of {', '.join(WRITABLE_EXTS)}: {output}")

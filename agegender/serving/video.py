@@ -21,7 +21,7 @@ import numpy as np
 
 from agegender.serving.analyzer import FaceAnalyzer, face_dict
 from agegender.serving.inference import COLORS_BGR
-from agegender.atomic import atomic_path, check_writable, named, open_output, refuse_inputs
+from agegender.atomic import atomic_path, check_writable, named, open_output, refuse_inputs, refuse_same_outputs
 from agegender.errors import UserError, short_reason
 from agegender.serving.tracking import Track, Tracker
 
@@ -127,8 +127,7 @@ def check_video_args(source: str, output: str | None, jsonl: str | None) -> None
     if source.isdigit() and int(source) > MAX_CAMERA_INDEX:
         raise UserError(f"camera index {source} is out of range (0-{MAX_CAMERA_INDEX}); for a file, give its path")
     refuse_inputs([("--output", output), ("--jsonl", jsonl)], [] if source.isdigit() else [source])
-    if output and jsonl and output != "-" and os.path.realpath(output) == os.path.realpath(jsonl):
-        raise UserError(f"--output and --jsonl are the same file: {output}")
+    refuse_same_outputs([("--output", output), ("--jsonl", jsonl)])
     if output == "-" and jsonl == "-":
         raise UserError("--output - and --jsonl - would both go to standard output; name a file for one")
     for path, flag in ((output, "--output"), (jsonl, "--jsonl")):
