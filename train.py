@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
               "--data-dir, one per source in the same order ('-' for none)")
     _add(o, "--teacher-weight", type=PROBABILITY, default=0.5,
          help="share of the teacher in each gender target: (1 - w) x label + w x teacher")
+    _add(o, "--teacher-online", type=PROBABILITY, default=0.0, metavar="W",
+         help="run the bundled teacher gender net on every augmented training face and give its P(male) this "
+              "share of the gender target (0 = off; instead of --teacher-gender)")
     _add(o, "--age-balance", type=number(float, 0, 2), default=0.0,
          help="re-weight the age loss by 10-year band frequency ** -this (0 = off, 1 = fully balanced)")
     _add(o, "--gender-balance", type=number(float, 0, 2), default=0.0,

@@ -266,8 +266,20 @@ _TEACHER_OVERSAMPLE = 4  # warp at 4x and area-average down: dlib filters before
 def teacher_chip(rgb: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     """The 32x32 RGB chip of one face for the teacher gender net, from our 5 landmarks: the least-squares
     similarity onto TEACHER_TEMPLATE (black outside the image), warped at 4x and area-averaged down."""
+    return _teacher_warp(rgb, similarity_transform(np.asarray(landmarks, np.float32).reshape(5, 2), TEACHER_TEMPLATE))
+
+
+def teacher_chips_of_aligned(faces: np.ndarray) -> np.ndarray:
+    """Teacher chips (N,32,32,3) of faces already aligned by `align_face` ((N,S,S,3), S a multiple of 112):
+    their landmarks sit on the ArcFace template, so one warp serves them all. The teacher's crop reaches
+    past the aligned crop's bottom edge: its last two to three rows (below the chin) come out black."""
+    faces = np.asarray(faces)
+    m = similarity_transform(ARCFACE_TEMPLATE * (faces.shape[1] / 112), TEACHER_TEMPLATE)
+    return np.stack([_teacher_warp(f, m) for f in faces]) if len(faces) else np.zeros((0, TEACHER_CHIP, TEACHER_CHIP, 3))
+
+
+def _teacher_warp(rgb: np.ndarray, m: np.ndarray) -> np.ndarray:
     k = _TEACHER_OVERSAMPLE
-    m = similarity_transform(np.asarray(landmarks, np.float32).reshape(5, 2), TEACHER_TEMPLATE)
     m = m * k
     m[:, 2] += (k - 1) / 2.0  # pixel centres: big pixel (k*i + (k-1)/2) is the centre of small pixel i
     big = cv2.warpAffine(rgb, m, (TEACHER_CHIP * k, TEACHER_CHIP * k), flags=cv2.INTER_LINEAR, borderValue=0.0)

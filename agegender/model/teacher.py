@@ -15,6 +15,8 @@ import os
 import sys
 from dataclasses import dataclass
 
+import numpy as np
+
 from agegender.atomic import write_atomic
 from agegender.data.main_face import main_face_score
 from agegender.errors import UserError
@@ -88,6 +90,48 @@ def soft_gender(hard: float, teacher: float | None, weight: float) -> float:
     if hard < 0 or teacher is None:
         return hard
     return (1.0 - weight) * hard + weight * teacher
+
+
+def soft_genders(hard: np.ndarray, teacher: np.ndarray, weight: float) -> np.ndarray:
+    """`soft_gender` over arrays: every known gender mixed with the teacher's P(male) of the same face."""
+    hard = np.asarray(hard, np.float32)
+    return np.where(hard < 0, hard, (1.0 - weight) * hard + weight * np.asarray(teacher, np.float32))
+
+
+class OnlineTeacher:
+    """`train.py --teacher-online`: the bundled teacher net (models/teacher-gender-v1.onnx, the classifier
+    the sidecar CSVs come from) run on every training batch after augmentation, so the student is matched
+    to the teacher on the very views it trains on, colour, JPEG and mixup blends included, rather than on
+    the clean photo only. Its chips come from the aligned crops (`teacher_chips_of_aligned`)."""
+
+    def __init__(self, weight: float, path: str = ""):
+        from agegender.model.ensemble import TEACHER_ONNX, TeacherGender
+
+        self.weight = weight
+        self.net = TeacherGender(path or TEACHER_ONNX, threads=1)  # 32x32 chips: one thread keeps up
+
+    def p_male(self, data) -> np.ndarray:
+        """P(male) of a batch of aligned faces, (N,3,S,S) RGB 0-255 (an MXNet or numpy array)."""
+        from agegender.data.face import teacher_chips_of_aligned
+
+        faces = data.asnumpy() if hasattr(data, "asnumpy") else np.asarray(data)
+        faces = np.clip(faces.transpose(0, 2, 3, 1) + 0.5, 0, 255).astype(np.uint8)
+        return self.net.p_male(teacher_chips_of_aligned(faces))
+
+    def targets(self, data, label, mix=None):
+        """The batch's (label, mix) with the teacher's P(male) of each (blended) face mixed into its gender
+        target and, for mixup, into its partner's: lam x own + (1 - lam) x partner's target then carries
+        exactly `weight` x the teacher's view of the image the net sees."""
+        import mxnet as mx
+
+        t = self.p_male(data)
+
+        def mixed(lab):
+            arr = lab.asnumpy().copy()
+            arr[:, 0] = soft_genders(arr[:, 0], t, self.weight)
+            return mx.nd.array(arr, ctx=lab.context, dtype=lab.dtype)
+
+        return mixed(label), ((mixed(mix[0]), mix[1]) if mix else None)
 
 
 def write_soft_lst(lst_path: str, sidecar: str, weight: float, out_path: str) -> tuple[int, int]:

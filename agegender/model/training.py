@@ -70,6 +70,7 @@ class TrainConfig:
     teacher_gender: str = ""
     teacher_genders: list[str] = field(default_factory=list)  # one CSV (or "") per source, in order
     teacher_weight: float = 0.5
+    teacher_online: float = 0.0  # share of the teacher net's P(male) of each augmented face (0 = off)
 
 
 @dataclass
@@ -181,6 +182,14 @@ class Fit:
         self.band_weights = self.gender_band_weights = None
         for src in self.sources:
             src.labels_lst = self._teacher_labels(src) if src.teacher else ""
+        self.teacher = None
+        if cfg.teacher_online > 0:
+            if any(src.teacher for src in self.sources):
+                raise UserError("--teacher-online and --teacher-gender both set the teacher's share of the gender "
+                                "targets; give one")
+            from agegender.model.teacher import OnlineTeacher
+
+            self.teacher = OnlineTeacher(cfg.teacher_online)
         self.train_labels = self.sources[0].labels_lst
         if len(self.sources) > 1:
             self.shares = batch_shares(self.global_batch, cfg.source_weights or [s.num_train for s in self.sources])
@@ -317,6 +326,8 @@ class Fit:
         """One optimisation step on a batch (augmentation that runs on arrays included). Returns
         (summed loss, outputs); the weights are left untouched when the loss is not finite."""
         data, mix = augment_batch(data, label, self.cfg.augment)
+        if self.teacher is not None:
+            label, mix = self.teacher.targets(data, label, mix)
         loss, outs = self.forward_backward(data, label, mix)
         if math.isfinite(loss):
             self.update()
