@@ -5,6 +5,7 @@ Runs everywhere: only the repository and the insightface wheel's images are need
 from __future__ import annotations
 
 import os
+import sys
 
 import mxnet as mx
 import numpy as np
@@ -199,6 +200,53 @@ def test_teacher_labels_reach_the_training_iterator_by_record_index(packed_demo,
     assert gender.tolist() == [1, 0, -1]  # training metrics count a soft label as its nearer gender
 
 
+def test_teacher_chips_of_aligned_faces_match_the_chips_cut_from_the_photo():
+    from agegender.data.face import teacher_chip, teacher_chips_of_aligned
+
+    rgb = read_image(wheel_image("t1.jpg"))
+    faces = load_detector(None).detect(rgb)
+    from_photo = np.stack([teacher_chip(rgb, f.landmarks) for f in faces]).astype(np.float32)
+    aligned = np.stack([align_face(rgb, f.landmarks) for f in faces])
+    from_crop = teacher_chips_of_aligned(aligned).astype(np.float32)
+    assert from_crop.shape == (len(faces), 32, 32, 3)
+    # the same face where the aligned crop reaches (two resamplings apart), black below it (the chin)
+    assert np.abs(from_crop[:, :28] - from_photo[:, :28]).mean() < 6
+    assert from_crop[:, 31].max() == 0 and from_photo[:, 31].mean() > 30
+
+
+def test_online_teacher_mixes_its_view_of_each_augmented_face_into_both_mixup_targets(aligned_t1):
+    from agegender.model.ensemble import TeacherGender
+    from agegender.data.face import teacher_chips_of_aligned
+    from agegender.model.teacher import OnlineTeacher
+
+    label = mx.nd.array([[1, 30], [0, 40], [-1, 8], [1, 50], [0, 9], [1, 70]])
+    partners = mx.nd.array([[0, 20], [1, 41], [1, 5], [-1, 52], [0, 10], [0, 3]])
+    teacher = OnlineTeacher(0.25)
+    got, (mixed_partners, lam) = teacher.targets(aligned_t1, label, (partners, 0.7))
+    faces = aligned_t1.asnumpy().transpose(0, 2, 3, 1).astype(np.uint8)
+    t = TeacherGender(threads=1).p_male(teacher_chips_of_aligned(faces))
+    assert ((t > 0.9) | (t < 0.1)).sum() >= 4  # real faces: the teacher is sure of most of them
+    for before, after in ((label, got), (partners, mixed_partners)):
+        before, after = before.asnumpy(), after.asnumpy()
+        want = np.where(before[:, 0] < 0, -1, 0.75 * before[:, 0] + 0.25 * t)  # unknown genders stay unknown
+        np.testing.assert_allclose(after[:, 0], want, atol=1e-5)
+        np.testing.assert_array_equal(after[:, 1], before[:, 1])  # ages untouched
+    assert lam == 0.7 and teacher.targets(aligned_t1, label)[1] is None
+
+
+def test_train_runs_with_the_online_teacher_and_refuses_two_teachers(packed_demo, tmp_path):
+    data_dir, _ = packed_demo
+    common = ["--data-dir", data_dir, "--batch-size", "4", "--max-steps", "2", "--num-workers", "1",
+              "--network", "m50", "--multiplier", "0.25", "--pretrained", f"{BUNDLED_MODEL},0", "--teacher-online", "0.5"]
+    run_script("train.py", *common, "--prefix", str(tmp_path / "a" / "m"), "--mixup", "0.2", check=True)
+    assert os.path.isfile(tmp_path / "a" / "m-0001.params")
+    sidecar = tmp_path / "t.csv"
+    sidecar.write_text("index,p_male\n0,0.5\n")
+    proc = run_script("train.py", *common, "--prefix", str(tmp_path / "b" / "m"), "--teacher-gender", str(sidecar))
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1
+    assert proc.stderr.startswith("error: --teacher-online and --teacher-gender")
+
+
 def test_teacher_sidecar_errors_are_one_line(packed_demo, tmp_path):
     from agegender.errors import UserError
     from agegender.model.teacher import read_sidecar, write_soft_lst
@@ -334,12 +382,13 @@ def test_subset_tool_keeps_a_seeded_share_of_train_byte_for_byte_and_the_same_va
         assert proc.returncode == 2 and proc.stderr.startswith("error: ") and len(proc.stderr.splitlines()) == 1
 
 
-def test_learning_curve_fits_the_gain_per_doubling_and_reads_every_run(packed_demo, tmp_path):
+def test_learning_curve_fits_the_gain_per_doubling_and_reads_every_run(packed_demo, tmp_path, monkeypatch):
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("learning_curve", os.path.join(
         os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "learning_curve.py"))
     lc = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "learning_curve", lc)  # its dataclass looks its module up
     spec.loader.exec_module(lc)
     a, b, se = lc.fit_per_doubling([1000, 2000, 4000, 4000], [5.0, 4.8, 4.6, 4.6])
     assert b == pytest.approx(-0.2) and a + b * np.log2(1000) == pytest.approx(5.0) and se == pytest.approx(0, abs=1e-9)
@@ -348,11 +397,26 @@ def test_learning_curve_fits_the_gain_per_doubling_and_reads_every_run(packed_de
     plot = str(tmp_path / "lc.png")
     proc = run_script("tools/learning_curve.py", f"100={BUNDLED_MODEL},0", f"200={BUNDLED_MODEL},0",
                       "--rec", f"{data_dir}/val.rec", "--plot", plot, check=True)
-    rows = [line for line in proc.stdout.splitlines() if line.startswith("| 1") or line.startswith("| 2")]
-    assert len(rows) == 2 and rows[0].split("|")[3:] == rows[1].split("|")[3:]  # the same model twice
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| runs | ")]
+    assert len(rows) == 2 and rows[0].split("|")[4:] == rows[1].split("|")[4:]  # the same model twice
     assert "gender      +0.0000" in proc.stdout and "MAE         +0.0000" in proc.stdout
     assert "gender 0-9  n/a" in proc.stdout  # no child in this split
     assert os.path.getsize(plot) > 10_000
-    for bad in (["x=models/agegender,0", f"200={BUNDLED_MODEL},0"], [f"100={BUNDLED_MODEL},0"]):
+    mae = float(rows[0].split("|")[6])
+
+    # a second series against runs measured earlier: the first series' line predicts the others' figures
+    name = f"{os.path.basename(data_dir)}/val"
+    ref = tmp_path / "ref.csv"
+    ref.write_text("series,rec,faces,model,acc,acc_0_9,mae,cs5\n"
+                   f"earlier,{name},100,a,0.5,0.5,{mae + 2},0.5\nearlier,{name},400,b,0.7,0.5,{mae + 1},0.6\n"
+                   "earlier,other/val,100,c,0.1,0.1,1,0.1\n")
+    proc = run_script("tools/learning_curve.py", "--reference", str(ref), f"more:1600={BUNDLED_MODEL},0",
+                      "--rec", f"{data_dir}/val.rec", check=True)
+    assert "earlier: per doubling" in proc.stdout and "more: per doubling" not in proc.stdout  # one size only
+    assert "MAE         -0.5000" in proc.stdout and "| other/val" not in proc.stdout
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("| more | 1,600 | ") and " / " in ln][0]
+    assert line.split("|")[5].strip().split(" / ")[1:] == [f"{mae:.2f}", "+0.00"]  # 400 faces -> mae + 1, 1600 -> mae
+    for bad in (["x=models/agegender,0", f"200={BUNDLED_MODEL},0"], [f"100={BUNDLED_MODEL},0"],
+                ["--reference", str(tmp_path / "none.csv")], ["--reference", str(data_dir) + "/val.lst"]):
         proc = run_script("tools/learning_curve.py", *bad, "--rec", f"{data_dir}/val.rec")
         assert proc.returncode == 2 and proc.stderr.startswith("error: ") and len(proc.stderr.splitlines()) == 1

@@ -1,19 +1,26 @@
 #!/usr/bin/env python
-"""Read a learning curve: runs of one recipe trained on different numbers of faces (`tools/subset_rec.py`),
-each evaluated with the default command on the same val split; per metric a least-squares line in
-log2(train faces), i.e. what each doubling of the faces gives, and the plot.
+"""Read learning curves: runs of one recipe trained on different numbers of faces (`tools/subset_rec.py`),
+each evaluated with the default command on the same val splits; per series of runs and per metric a
+least-squares line in log2(train faces), i.e. what each doubling of the faces gives, and the plot.
 
     python tools/learning_curve.py 4914=models/lc/s25/model,14 9828=models/lc/s50/model,14 \\
         19657=models/lc/s100/model,14 --rec dataset/utkface/val.rec --plot models/learning-curve.png
 
-Several runs may share a size (other seeds); each counts as a point of the fit.
+A run may name its series (`SERIES:FACES=MODEL`), e.g. runs on one source and runs with a second source
+added, and `--rec` may be given once per val split. `--reference CSV` adds runs measured earlier (columns
+series, rec, faces, model, acc, acc_0_9, mae, cs5; `rec` as the tables name it, e.g. `utkface/val`).
+The first series with a line on a split is its baseline: every other run is printed beside what that
+line predicts at its number of faces (does the curve still predict?). Several runs may share a size
+(other seeds); each counts as a point of its series' fit.
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import math
 import os
 import sys
+from dataclasses import dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -23,14 +30,50 @@ from agegender.errors import UserError, run_cli  # noqa: E402
 # (key of agegender.model.metrics.summarize, column title, plot title)
 METRICS = [("acc", "gender", "gender accuracy"), ("acc_0_9", "gender 0-9", "gender accuracy, ages 0-9"),
            ("mae", "MAE", "age MAE (years)"), ("cs5", "CS@5", "age CS@5")]
+DEFAULT_SERIES = "runs"
 
 
-def parse_run(text: str) -> tuple[int, str]:
-    """`FACES=PREFIX,EPOCH` (or `FACES=MODEL.onnx`) -> (faces, model)."""
-    faces, sep, model = text.partition("=")
-    if not sep or not faces.strip().isdigit() or int(faces) < 1 or not model:
-        raise UserError(f"bad run {text!r}: expected FACES=PREFIX,EPOCH, e.g. 4914=models/lc/s25/model,14")
-    return int(faces), model
+@dataclass
+class Point:
+    """One run read on one val split."""
+
+    series: str
+    faces: int
+    model: str
+    rec: str  # the split's table name (`utkface/val`)
+    metrics: dict
+
+
+def parse_run(text: str) -> tuple[str, int, str]:
+    """`[SERIES:]FACES=PREFIX,EPOCH` (or `FACES=MODEL.onnx`) -> (series, faces, model)."""
+    left, sep, model = text.partition("=")
+    series, colon, faces = left.rpartition(":")
+    series = series.strip() if colon else DEFAULT_SERIES
+    if not sep or not faces.strip().isdigit() or int(faces) < 1 or not model or not series:
+        raise UserError(f"bad run {text!r}: expected [SERIES:]FACES=PREFIX,EPOCH, e.g. 4914=models/lc/s25/model,14")
+    return series, int(faces), model
+
+
+def read_reference(path: str) -> list[Point]:
+    """Runs measured earlier, from a CSV (see the module docstring)."""
+    need = ["series", "rec", "faces", "model"] + [key for key, _, _ in METRICS]
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise UserError(f"cannot read --reference {path}: {exc}") from None
+    points = []
+    for line, row in enumerate(rows, start=2):
+        missing = [k for k in need if not (row.get(k) or "").strip()]
+        if missing:
+            raise UserError(f"{path}, line {line}: no {', '.join(missing)}")
+        try:
+            faces = int(row["faces"])
+            metrics = {key: float(row[key]) for key, _, _ in METRICS}
+        except ValueError:
+            raise UserError(f"{path}, line {line}: faces must be a whole number and the metrics numbers") from None
+        points.append(Point(row["series"].strip(), faces, row["model"].strip(), row["rec"].strip(), metrics))
+    return points
 
 
 def evaluate(model: str, rec: str) -> dict:
@@ -61,7 +104,59 @@ def fit_per_doubling(faces: list[int], values: list[float]) -> tuple[float, floa
     return float(a), float(b), se
 
 
-def plot(faces: list[int], rows: list[dict], fits: dict, path: str) -> None:
+def series_fits(points: list[Point]) -> dict[str, dict[str, tuple[float, float, float]]]:
+    """Per series of one split's points that has runs of two sizes or more: metric -> (a, b, se)."""
+    fits = {}
+    for name in dict.fromkeys(p.series for p in points):
+        own = [p for p in points if p.series == name]
+        if len({p.faces for p in own}) >= 2:
+            fits[name] = {key: fit_per_doubling([p.faces for p in own], [p.metrics[key] for p in own])
+                          for key, _, _ in METRICS}
+    return fits
+
+
+def _cell(key: str, value: float) -> str:
+    text = f"{value:.2f}" if key == "mae" else f"{value:.4f}"
+    return "n/a" if math.isnan(value) else text
+
+
+def report(rec: str, points: list[Point], fits: dict) -> str:
+    """One split's tables: the runs, each series' gain per doubling, and the baseline's predictions."""
+    out = [f"default command on {rec}\n", "| series | train faces | model | " + " | ".join(t for _, t, _ in METRICS)
+           + " |", "|---|---|---|" + "---|" * len(METRICS)]
+    for p in points:
+        out.append(f"| {p.series} | {p.faces:,} | {p.model} | "
+                   + " | ".join(_cell(k, p.metrics[k]) for k, _, _ in METRICS) + " |")
+    for name, fit in fits.items():
+        top = max(p.faces for p in points if p.series == name)
+        out.append(f"\n{name}: per doubling of the train faces (least squares in log2 faces, +- its standard error)\n")
+        for key, title, _ in METRICS:
+            a, b, se = fit[key]
+            if math.isnan(b):
+                out.append(f"  {title:<11} n/a")
+                continue
+            b = round(b, 6) + 0.0  # no "-0.0000"
+            out.append(f"  {title:<11} {b:+.4f} +- {se:.4f}   at {top:,} faces: {a + b * math.log2(top):.4f}")
+    if fits:
+        base = next(iter(fits))
+        others = [p for p in points if p.series != base]
+        if others:
+            out.append(f"\nmeasured against {base}'s line (measured / predicted / difference)\n")
+            out.append("| series | train faces | " + " | ".join(t for _, t, _ in METRICS) + " |")
+            out.append("|---|---|" + "---|" * len(METRICS))
+            for p in others:
+                cells = []
+                for key, _, _ in METRICS:
+                    a, b, _ = fits[base][key]
+                    pred, got = a + b * math.log2(p.faces), p.metrics[key]
+                    cells.append("n/a" if math.isnan(pred) or math.isnan(got) else
+                                 f"{_cell(key, got)} / {_cell(key, pred)} / {got - pred:+.{2 if key == 'mae' else 4}f}")
+                out.append(f"| {p.series} | {p.faces:,} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def plot(recs: list[str], points: list[Point], fits: dict, path: str) -> None:
+    """One row of panels per split, one panel per metric; each series its points and its dashed line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -70,60 +165,68 @@ def plot(faces: list[int], rows: list[dict], fits: dict, path: str) -> None:
 
     from agegender.atomic import save_figure
 
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.4))
-    xs = np.geomspace(min(faces), 8 * max(faces), 50)
-    for ax, (key, _, title) in zip(axes, METRICS):
-        a, b, _ = fits[key]
-        ax.plot(faces, [r[key] for r in rows], "o", color="C0", label="runs")
-        if not math.isnan(b):
-            ax.plot(xs, a + b * np.log2(xs), "--", color="C1", label=f"fit: {b:+.3f} per doubling")
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("train faces")
-        ax.set_title(title, fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    names = list(dict.fromkeys(p.series for p in points))
+    style = {n: (f"C{i % 10}", "osD^v<>ph*"[i % 10]) for i, n in enumerate(names)}
+    fig, axes = plt.subplots(len(recs), len(METRICS), figsize=(4 * len(METRICS), 3.4 * len(recs)), squeeze=False)
+    every = [p.faces for p in points]
+    xs = np.geomspace(min(every), 2 * max(every), 50)
+    for row, rec in zip(axes, recs):
+        own = [p for p in points if p.rec == rec]
+        for ax, (key, _, title) in zip(row, METRICS):
+            for name in dict.fromkeys(p.series for p in own):
+                color, marker = style[name]
+                pts = [p for p in own if p.series == name]
+                ax.plot([p.faces for p in pts], [p.metrics[key] for p in pts], marker, color=color, label=name)
+                a, b, _ = fits[rec].get(name, {}).get(key, (math.nan,) * 3)
+                if not math.isnan(b):
+                    ax.plot(xs, a + b * np.log2(xs), "--", color=color, lw=1, label=f"{b:+.3f} per doubling")
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("train faces")
+            ax.set_title(f"{title} on {rec}", fontsize=10)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, path)
 
 
 def main() -> int:
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="+", help="FACES=PREFIX,EPOCH per run (FACES: its train faces)")
-    p.add_argument("--rec", default="dataset/utkface/val.rec", help="the val split every run is read on")
+    p.add_argument("runs", nargs="*", help="[SERIES:]FACES=PREFIX,EPOCH per run (FACES: its train faces)")
+    p.add_argument("--rec", action="append", default=[],
+                   help="a val split every run is read on; once per split (default: dataset/utkface/val.rec)")
+    p.add_argument("--reference", default="", help="CSV of runs measured earlier (see above)")
     p.add_argument("--plot", default="", help="save the curves with their fits (PNG)")
     args = p.parse_args()
 
-    runs = sorted((parse_run(r) for r in args.runs), key=lambda r: r[0])
-    if not os.path.isfile(args.rec):
-        raise UserError(f"{args.rec} not found")
-    if len({n for n, _ in runs}) < 2:
-        raise UserError("a learning curve needs runs of at least two sizes")
     from agegender.atomic import check_writable, checkpoint_files, dataset_files, refuse_inputs
+    from agegender.model.evaluation import rec_name
 
+    runs = sorted((parse_run(r) for r in args.runs), key=lambda r: r[1])
+    recs = args.rec or ["dataset/utkface/val.rec"]
+    for rec in recs:
+        if not os.path.isfile(rec):
+            raise UserError(f"{rec} not found")
+    names = [rec_name(r) for r in recs]
+    reference = [q for q in read_reference(args.reference) if q.rec in names] if args.reference else []
+    if not runs and not reference:
+        raise UserError("no runs: name them (FACES=PREFIX,EPOCH) or give --reference runs of these splits")
     if args.plot:
-        models = [f for _, m in runs for f in checkpoint_files(m)]
-        refuse_inputs([("--plot", args.plot)], dataset_files(args.rec) + models)
+        inputs = [f for _, _, m in runs for f in checkpoint_files(m)] + [f for r in recs for f in dataset_files(r)]
+        refuse_inputs([("--plot", args.plot)], inputs + ([args.reference] if args.reference else []))
         check_writable(args.plot, "--plot")  # before the evaluations, not after them
-    rows = [evaluate(model, args.rec) for _, model in runs]
-    faces = [n for n, _ in runs]
-    print(f"default command on {args.rec}\n")
-    print("| train faces | model | " + " | ".join(t for _, t, _ in METRICS) + " |")
-    print("|---|---|" + "---|" * len(METRICS))
-    for (n, model), r in zip(runs, rows):
-        cells = [f"{r[key]:.2f}" if key == "mae" else f"{r[key]:.4f}" for key, _, _ in METRICS]
-        print(f"| {n:,} | {model} | " + " | ".join(c.replace("nan", "n/a") for c in cells) + " |")
-    fits = {key: fit_per_doubling(faces, [r[key] for r in rows]) for key, _, _ in METRICS}
-    print("\nper doubling of the train faces (least squares in log2 faces, +- its standard error)\n")
-    for key, title, _ in METRICS:
-        a, b, se = fits[key]
-        if math.isnan(b):
-            print(f"  {title:<11} n/a")
-            continue
-        b = round(b, 6) + 0.0  # no "-0.0000"
-        print(f"  {title:<11} {b:+.4f} +- {se:.4f}   at {max(faces):,} faces: {a + b * math.log2(max(faces)):.4f}")
+    points = sorted(reference, key=lambda q: q.faces)
+    points += [Point(series, faces, model, name, evaluate(model, rec))
+               for series, faces, model in runs for rec, name in zip(recs, names)]
+    fits = {}
+    for name in names:
+        own = [q for q in points if q.rec == name]
+        fits[name] = series_fits(own)
+        if not fits[name]:
+            raise UserError(f"a learning curve needs one series with runs of at least two sizes on {name}")
+        print(report(name, own, fits[name]) + "\n")
     if args.plot:
-        plot(faces, rows, fits, args.plot)
-        print(f"\nplot: {args.plot}")
+        plot(names, points, fits, args.plot)
+        print(f"plot: {args.plot}")
     return 0
 
 
