@@ -396,9 +396,9 @@ def test_learning_curve_fits_the_gain_per_doubling_and_reads_every_run(packed_de
     data_dir, _ = packed_demo
     plot = str(tmp_path / "lc.png")
     proc = run_script("tools/learning_curve.py", f"100={BUNDLED_MODEL},0", f"200={BUNDLED_MODEL},0",
-                      "--rec", f"{data_dir}/val.rec", "--plot", plot, check=True)
+                      f"200={BUNDLED_MODEL},0", "--rec", f"{data_dir}/val.rec", "--plot", plot, check=True)
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| runs | ")]
-    assert len(rows) == 2 and rows[0].split("|")[4:] == rows[1].split("|")[4:]  # the same model twice
+    assert len(rows) == 3 and rows[0].split("|")[4:] == rows[2].split("|")[4:]  # the same model thrice
     assert "gender      +0.0000" in proc.stdout and "MAE         +0.0000" in proc.stdout
     assert "gender 0-9  n/a" in proc.stdout  # no child in this split
     assert os.path.getsize(plot) > 10_000
@@ -409,14 +409,14 @@ def test_learning_curve_fits_the_gain_per_doubling_and_reads_every_run(packed_de
     ref = tmp_path / "ref.csv"
     ref.write_text("series,rec,faces,model,acc,acc_0_9,mae,cs5\n"
                    f"earlier,{name},100,a,0.5,0.5,{mae + 2},0.5\nearlier,{name},400,b,0.7,0.5,{mae + 1},0.6\n"
-                   "earlier,other/val,100,c,0.1,0.1,1,0.1\n")
+                   f"earlier,{name},400,b2,0.7,0.5,{mae + 1},0.6\nearlier,other/val,100,c,0.1,0.1,1,0.1\n")
     proc = run_script("tools/learning_curve.py", "--reference", str(ref), f"more:1600={BUNDLED_MODEL},0",
-                      "--rec", f"{data_dir}/val.rec", check=True)
-    assert "earlier: per doubling" in proc.stdout and "more: per doubling" not in proc.stdout  # one size only
+                      f"more:3200={BUNDLED_MODEL},0", "--rec", f"{data_dir}/val.rec", check=True)
+    assert "earlier: per doubling" in proc.stdout and "more: per doubling" not in proc.stdout  # two runs: no line
     assert "MAE         -0.5000" in proc.stdout and "| other/val" not in proc.stdout
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("| more | 1,600 | ") and " / " in ln][0]
     assert line.split("|")[5].strip().split(" / ")[1:] == [f"{mae:.2f}", "+0.00"]  # 400 faces -> mae + 1, 1600 -> mae
-    for bad in (["x=models/agegender,0", f"200={BUNDLED_MODEL},0"], [f"100={BUNDLED_MODEL},0"],
+    for bad in (["x=models/agegender,0", f"200={BUNDLED_MODEL},0"], [f"100={BUNDLED_MODEL},0", f"200={BUNDLED_MODEL},0"],
                 ["--reference", str(tmp_path / "none.csv")], ["--reference", str(data_dir) + "/val.lst"]):
         proc = run_script("tools/learning_curve.py", *bad, "--rec", f"{data_dir}/val.rec")
         assert proc.returncode == 2 and proc.stderr.startswith("error: ") and len(proc.stderr.splitlines()) == 1

@@ -11,7 +11,7 @@ added, and `--rec` may be given once per val split. `--reference CSV` adds runs 
 series, rec, faces, model, acc, acc_0_9, mae, cs5; `rec` as the tables name it, e.g. `utkface/val`).
 The first series with a line on a split is its baseline: every other run is printed beside what that
 line predicts at its number of faces (does the curve still predict?). Several runs may share a size
-(other seeds); each counts as a point of its series' fit.
+(other seeds); each counts as a point of its series' fit, which needs three runs or more.
 """
 from __future__ import annotations
 
@@ -105,11 +105,12 @@ def fit_per_doubling(faces: list[int], values: list[float]) -> tuple[float, floa
 
 
 def series_fits(points: list[Point]) -> dict[str, dict[str, tuple[float, float, float]]]:
-    """Per series of one split's points that has runs of two sizes or more: metric -> (a, b, se)."""
+    """Per series of one split's points with three runs or more, of two sizes or more (so that its line
+    has a standard error): metric -> (a, b, se). Smaller series stay points, set against the baseline."""
     fits = {}
     for name in dict.fromkeys(p.series for p in points):
         own = [p for p in points if p.series == name]
-        if len({p.faces for p in own}) >= 2:
+        if len(own) >= 3 and len({p.faces for p in own}) >= 2:
             fits[name] = {key: fit_per_doubling([p.faces for p in own], [p.metrics[key] for p in own])
                           for key, _, _ in METRICS}
     return fits
@@ -168,8 +169,7 @@ def plot(recs: list[str], points: list[Point], fits: dict, path: str) -> None:
     names = list(dict.fromkeys(p.series for p in points))
     style = {n: (f"C{i % 10}", "osD^v<>ph*"[i % 10]) for i, n in enumerate(names)}
     fig, axes = plt.subplots(len(recs), len(METRICS), figsize=(4 * len(METRICS), 3.4 * len(recs)), squeeze=False)
-    every = [p.faces for p in points]
-    xs = np.geomspace(min(every), 2 * max(every), 50)
+    top = 2 * max(p.faces for p in points)
     for row, rec in zip(axes, recs):
         own = [p for p in points if p.rec == rec]
         for ax, (key, _, title) in zip(row, METRICS):
@@ -178,7 +178,8 @@ def plot(recs: list[str], points: list[Point], fits: dict, path: str) -> None:
                 pts = [p for p in own if p.series == name]
                 ax.plot([p.faces for p in pts], [p.metrics[key] for p in pts], marker, color=color, label=name)
                 a, b, _ = fits[rec].get(name, {}).get(key, (math.nan,) * 3)
-                if not math.isnan(b):
+                if not math.isnan(b):  # from the series' own first run on: no line where it has no run
+                    xs = np.geomspace(min(p.faces for p in pts), top, 50)
                     ax.plot(xs, a + b * np.log2(xs), "--", color=color, lw=1, label=f"{b:+.3f} per doubling")
             ax.set_xscale("log", base=2)
             ax.set_xlabel("train faces")
@@ -222,7 +223,8 @@ def main() -> int:
         own = [q for q in points if q.rec == name]
         fits[name] = series_fits(own)
         if not fits[name]:
-            raise UserError(f"a learning curve needs one series with runs of at least two sizes on {name}")
+            raise UserError(f"a learning curve needs one series of three runs or more, of at least two sizes, "
+                            f"on {name}")
         print(report(name, own, fits[name]) + "\n")
     if args.plot:
         plot(names, points, fits, args.plot)
