@@ -104,13 +104,19 @@ def fit_per_doubling(faces: list[int], values: list[float]) -> tuple[float, floa
     return float(a), float(b), se
 
 
+def has_line(sizes: list[int]) -> bool:
+    """Whether a series of runs of these sizes gets a line: three runs or more (so that the line has a
+    standard error), of two sizes or more."""
+    return len(sizes) >= 3 and len(set(sizes)) >= 2
+
+
 def series_fits(points: list[Point]) -> dict[str, dict[str, tuple[float, float, float]]]:
-    """Per series of one split's points with three runs or more, of two sizes or more (so that its line
-    has a standard error): metric -> (a, b, se). Smaller series stay points, set against the baseline."""
+    """Per series of one split's points that `has_line`: metric -> (a, b, se). Smaller series stay
+    points, set against the baseline."""
     fits = {}
     for name in dict.fromkeys(p.series for p in points):
         own = [p for p in points if p.series == name]
-        if len(own) >= 3 and len({p.faces for p in own}) >= 2:
+        if has_line([p.faces for p in own]):
             fits[name] = {key: fit_per_doubling([p.faces for p in own], [p.metrics[key] for p in own])
                           for key, _, _ in METRICS}
     return fits
@@ -211,6 +217,13 @@ def main() -> int:
     reference = [q for q in read_reference(args.reference) if q.rec in names] if args.reference else []
     if not runs and not reference:
         raise UserError("no runs: name them (FACES=PREFIX,EPOCH) or give --reference runs of these splits")
+    for name in names:  # before the evaluations, not after them
+        sizes: dict[str, list[int]] = {}
+        for series, faces in [(q.series, q.faces) for q in reference if q.rec == name] + [r[:2] for r in runs]:
+            sizes.setdefault(series, []).append(faces)
+        if not any(has_line(v) for v in sizes.values()):
+            raise UserError(f"a learning curve needs one series of three runs or more, of at least two sizes, "
+                            f"on {name}")
     if args.plot:
         inputs = [f for _, _, m in runs for f in checkpoint_files(m)] + [f for r in recs for f in dataset_files(r)]
         refuse_inputs([("--plot", args.plot)], inputs + ([args.reference] if args.reference else []))
@@ -222,9 +235,6 @@ def main() -> int:
     for name in names:
         own = [q for q in points if q.rec == name]
         fits[name] = series_fits(own)
-        if not fits[name]:
-            raise UserError(f"a learning curve needs one series of three runs or more, of at least two sizes, "
-                            f"on {name}")
         print(report(name, own, fits[name]) + "\n")
     if args.plot:
         plot(names, points, fits, args.plot)
