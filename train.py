@@ -119,7 +119,7 @@ def main() -> int:
 
     set_verbose(args.verbose)
     from agegender.data.iterators import Augment
-    from agegender.model.training import Fit, TrainConfig
+    from agegender.model.training import TWO_TEACHERS, Fit, TrainConfig
 
     values = vars(args)
     cfg = TrainConfig(**{f.name: values[f.name] for f in dataclasses.fields(TrainConfig) if f.name in values})
@@ -128,6 +128,8 @@ def main() -> int:
     cfg.data_dir, cfg.data_dirs = dirs[0], dirs
     teachers = args.teacher_gender or []
     cfg.teacher_gender, cfg.teacher_genders = (teachers[0] if teachers else ""), teachers
+    if cfg.teacher_online > 0 and any(t not in ("", "-") for t in teachers):
+        raise UserError(TWO_TEACHERS)
     cfg.source_weights = _weights(args.source_weights)
     cfg.augment = Augment(mirror=bool(args.rand_mirror), color=args.color, cutoff=args.cutoff, rotate=args.rotate,
                           scale=args.scale, shift=args.shift, gray=args.gray, blur=args.blur,

@@ -212,6 +212,14 @@ def test_teacher_chips_of_aligned_faces_match_the_chips_cut_from_the_photo():
     # the same face where the aligned crop reaches (two resamplings apart), black below it (the chin)
     assert np.abs(from_crop[:, :28] - from_photo[:, :28]).mean() < 6
     assert from_crop[:, 31].max() == 0 and from_photo[:, 31].mean() > 30
+    # the online teacher's batch path (NCHW floats in) reads the faces as the photo path does
+    from agegender.model.ensemble import TeacherGender
+    from agegender.model.teacher import OnlineTeacher
+
+    photo = TeacherGender(threads=1).p_male(from_photo.astype(np.uint8))
+    online = OnlineTeacher(0.5).p_male(mx.nd.array(aligned.transpose(0, 3, 1, 2).astype(np.float32)))
+    sure = np.abs(photo - 0.5) > 0.4
+    assert sure.sum() >= 4 and np.abs(online - photo)[sure].max() < 0.05
 
 
 def test_online_teacher_mixes_its_view_of_each_augmented_face_into_both_mixup_targets(aligned_t1):
@@ -245,6 +253,7 @@ def test_train_runs_with_the_online_teacher_and_refuses_two_teachers(packed_demo
     proc = run_script("train.py", *common, "--prefix", str(tmp_path / "b" / "m"), "--teacher-gender", str(sidecar))
     assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1
     assert proc.stderr.startswith("error: --teacher-online and --teacher-gender")
+    assert not (tmp_path / "b").exists()  # refused before the run's folder is made
 
 
 def test_teacher_sidecar_errors_are_one_line(packed_demo, tmp_path):
@@ -414,9 +423,16 @@ def test_learning_curve_fits_the_gain_per_doubling_and_reads_every_run(packed_de
                       f"more:3200={BUNDLED_MODEL},0", "--rec", f"{data_dir}/val.rec", check=True)
     assert "earlier: per doubling" in proc.stdout and "more: per doubling" not in proc.stdout  # two runs: no line
     assert "MAE         -0.5000" in proc.stdout and "| other/val" not in proc.stdout
+    val = f"{data_dir}/val.rec"
+    zero = tmp_path / "zero.csv"  # no faces: no place on a log axis
+    zero.write_text(ref.read_text().replace(f"earlier,{name},100,", f"earlier,{name},0,"))
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("| more | 1,600 | ") and " / " in ln][0]
     assert line.split("|")[5].strip().split(" / ")[1:] == [f"{mae:.2f}", "+0.00"]  # 400 faces -> mae + 1, 1600 -> mae
     for bad in (["x=models/agegender,0", f"200={BUNDLED_MODEL},0"], [f"100={BUNDLED_MODEL},0", f"200={BUNDLED_MODEL},0"],
-                ["--reference", str(tmp_path / "none.csv")], ["--reference", str(data_dir) + "/val.lst"]):
-        proc = run_script("tools/learning_curve.py", *bad, "--rec", f"{data_dir}/val.rec")
+                ["--reference", str(tmp_path / "none.csv")], ["--reference", str(data_dir) + "/val.lst"],
+                ["--reference", str(zero)], [f"{n}={BUNDLED_MODEL},0" for n in (100, 200, 200)] + ["--rec", val]):
+        proc = run_script("tools/learning_curve.py", *bad, "--rec", val)
         assert proc.returncode == 2 and proc.stderr.startswith("error: ") and len(proc.stderr.splitlines()) == 1
+    assert "faces must be at least 1" in run_script("tools/learning_curve.py", "--reference", str(zero), "--rec",
+                                                    val).stderr
+    assert "two splits share a table name" in proc.stderr  # the same split twice would count every run twice

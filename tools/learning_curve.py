@@ -58,7 +58,7 @@ def read_reference(path: str) -> list[Point]:
     """Runs measured earlier, from a CSV (see the module docstring)."""
     need = ["series", "rec", "faces", "model"] + [key for key, _, _ in METRICS]
     try:
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # a spreadsheet's byte-order mark too
             rows = list(csv.DictReader(f))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise UserError(f"cannot read --reference {path}: {exc}") from None
@@ -72,6 +72,8 @@ def read_reference(path: str) -> list[Point]:
             metrics = {key: float(row[key]) for key, _, _ in METRICS}
         except ValueError:
             raise UserError(f"{path}, line {line}: faces must be a whole number and the metrics numbers") from None
+        if faces < 1:
+            raise UserError(f"{path}, line {line}: faces must be at least 1")
         points.append(Point(row["series"].strip(), faces, row["model"].strip(), row["rec"].strip(), metrics))
     return points
 
@@ -214,6 +216,9 @@ def main() -> int:
         if not os.path.isfile(rec):
             raise UserError(f"{rec} not found")
     names = [rec_name(r) for r in recs]
+    if len(set(names)) < len(names):
+        raise UserError(f"--rec: two splits share a table name ({', '.join(names)}); the tables name a split by "
+                        f"its folder and file, so give each split once, from folders of different names")
     reference = [q for q in read_reference(args.reference) if q.rec in names] if args.reference else []
     if not runs and not reference:
         raise UserError("no runs: name them (FACES=PREFIX,EPOCH) or give --reference runs of these splits")

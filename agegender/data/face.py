@@ -272,7 +272,7 @@ def teacher_chip(rgb: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
 def teacher_chips_of_aligned(faces: np.ndarray) -> np.ndarray:
     """Teacher chips (N,32,32,3) of faces already aligned by `align_face` ((N,S,S,3), S a multiple of 112):
     their landmarks sit on the ArcFace template, so one warp serves them all. The teacher's crop reaches
-    past the aligned crop's bottom edge: its last two to three rows (below the chin) come out black."""
+    past the aligned crop's bottom edge: its last three rows and part of a fourth (below the chin) come out black."""
     faces = np.asarray(faces)
     m = similarity_transform(ARCFACE_TEMPLATE * (faces.shape[1] / 112), TEACHER_TEMPLATE)
     return np.stack([_teacher_warp(f, m) for f in faces]) if len(faces) else np.zeros((0, TEACHER_CHIP, TEACHER_CHIP, 3))

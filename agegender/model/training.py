@@ -86,6 +86,9 @@ class Source:
     labels_lst: str = ""
 
 
+TWO_TEACHERS = "--teacher-online and --teacher-gender both set the teacher's share of the gender targets; give one"
+
+
 def load_sources(cfg: TrainConfig) -> list[Source]:
     """The sources of `cfg` (`data_dirs`, or `data_dir` alone), each checked (UserError on a bad one)."""
     dirs = cfg.data_dirs or [cfg.data_dir]
@@ -180,16 +183,15 @@ class Fit:
         self.history: list[dict] = []
         self.best_score = math.inf
         self.band_weights = self.gender_band_weights = None
-        for src in self.sources:
-            src.labels_lst = self._teacher_labels(src) if src.teacher else ""
         self.teacher = None
         if cfg.teacher_online > 0:
             if any(src.teacher for src in self.sources):
-                raise UserError("--teacher-online and --teacher-gender both set the teacher's share of the gender "
-                                "targets; give one")
+                raise UserError(TWO_TEACHERS)
             from agegender.model.teacher import OnlineTeacher
 
             self.teacher = OnlineTeacher(cfg.teacher_online)
+        for src in self.sources:
+            src.labels_lst = self._teacher_labels(src) if src.teacher else ""
         self.train_labels = self.sources[0].labels_lst
         if len(self.sources) > 1:
             self.shares = batch_shares(self.global_batch, cfg.source_weights or [s.num_train for s in self.sources])
