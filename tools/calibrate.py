@@ -23,7 +23,6 @@ from agegender.model.photo_eval import add_split_arguments  # noqa: E402
 from agegender.errors import UserError, run_cli  # noqa: E402
 
 
-
 def sigmoid(z):
     import numpy as np
 

@@ -18,7 +18,6 @@ from agegender.model.photo_eval import add_split_arguments  # noqa: E402
 from agegender.errors import UserError, run_cli  # noqa: E402
 
 
-
 def acc(p, g) -> float:
     """Gender accuracy over known genders."""
     import numpy as np

@@ -112,12 +112,19 @@ def has_line(sizes: list[int]) -> bool:
     return len(sizes) >= 3 and len(set(sizes)) >= 2
 
 
+def by_series(points: list[Point]) -> dict[str, list[Point]]:
+    """The points of each series, the series in the order they first appear."""
+    groups: dict[str, list[Point]] = {}
+    for p in points:
+        groups.setdefault(p.series, []).append(p)
+    return groups
+
+
 def series_fits(points: list[Point]) -> dict[str, dict[str, tuple[float, float, float]]]:
     """Per series of one split's points that `has_line`: metric -> (a, b, se). Smaller series stay
     points, set against the baseline."""
     fits = {}
-    for name in dict.fromkeys(p.series for p in points):
-        own = [p for p in points if p.series == name]
+    for name, own in by_series(points).items():
         if has_line([p.faces for p in own]):
             fits[name] = {key: fit_per_doubling([p.faces for p in own], [p.metrics[key] for p in own])
                           for key, _, _ in METRICS}
@@ -174,16 +181,14 @@ def plot(recs: list[str], points: list[Point], fits: dict, path: str) -> None:
 
     from agegender.atomic import save_figure
 
-    names = list(dict.fromkeys(p.series for p in points))
-    style = {n: (f"C{i % 10}", "osD^v<>ph*"[i % 10]) for i, n in enumerate(names)}
+    style = {n: (f"C{i % 10}", "osD^v<>ph*"[i % 10]) for i, n in enumerate(by_series(points))}
     fig, axes = plt.subplots(len(recs), len(METRICS), figsize=(4 * len(METRICS), 3.4 * len(recs)), squeeze=False)
     top = 2 * max(p.faces for p in points)
     for row, rec in zip(axes, recs):
         own = [p for p in points if p.rec == rec]
         for ax, (key, _, title) in zip(row, METRICS):
-            for name in dict.fromkeys(p.series for p in own):
+            for name, pts in by_series(own).items():
                 color, marker = style[name]
-                pts = [p for p in own if p.series == name]
                 ax.plot([p.faces for p in pts], [p.metrics[key] for p in pts], marker, color=color, label=name)
                 a, b, _ = fits[rec].get(name, {}).get(key, (math.nan,) * 3)
                 if not math.isnan(b):  # from the series' own first run on: no line where it has no run
@@ -223,10 +228,8 @@ def main() -> int:
     if not runs and not reference:
         raise UserError("no runs: name them (FACES=PREFIX,EPOCH) or give --reference runs of these splits")
     for name in names:  # before the evaluations, not after them
-        sizes: dict[str, list[int]] = {}
-        for series, faces in [(q.series, q.faces) for q in reference if q.rec == name] + [r[:2] for r in runs]:
-            sizes.setdefault(series, []).append(faces)
-        if not any(has_line(v) for v in sizes.values()):
+        planned = [q for q in reference if q.rec == name] + [Point(r[0], r[1], r[2], name, {}) for r in runs]
+        if not any(has_line([p.faces for p in own]) for own in by_series(planned).values()):
             raise UserError(f"a learning curve needs one series of three runs or more, of at least two sizes, "
                             f"on {name}")
     if args.plot:

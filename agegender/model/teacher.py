@@ -87,15 +87,13 @@ def soft_gender(hard: float, teacher: float | None, weight: float) -> float:
     """The gender target of one face: its label (1 male, 0 female) mixed with the teacher's P(male) as
     (1 - weight) * label + weight * teacher. An unknown gender (-1) or a face the teacher did not label
     keeps its label."""
-    if hard < 0 or teacher is None:
-        return hard
-    return (1.0 - weight) * hard + weight * teacher
+    return hard if teacher is None else float(soft_genders(np.float64(hard), teacher, weight))
 
 
 def soft_genders(hard: np.ndarray, teacher: np.ndarray, weight: float) -> np.ndarray:
     """`soft_gender` over arrays: every known gender mixed with the teacher's P(male) of the same face."""
-    hard = np.asarray(hard, np.float32)
-    return np.where(hard < 0, hard, (1.0 - weight) * hard + weight * np.asarray(teacher, np.float32))
+    hard = np.asarray(hard, np.float64)
+    return np.where(hard < 0, hard, (1.0 - weight) * hard + weight * np.asarray(teacher, np.float64))
 
 
 class OnlineTeacher:
@@ -111,11 +109,10 @@ class OnlineTeacher:
         self.net = TeacherGender(path or TEACHER_ONNX, threads=1)  # 32x32 chips: one thread keeps up
 
     def p_male(self, data) -> np.ndarray:
-        """P(male) of a batch of aligned faces, (N,3,S,S) RGB 0-255 (an MXNet or numpy array)."""
+        """P(male) of a batch of aligned faces: an MXNet (N,3,S,S) array, RGB 0-255, as training feeds them."""
         from agegender.data.face import teacher_chips_of_aligned
 
-        faces = data.asnumpy() if hasattr(data, "asnumpy") else np.asarray(data)
-        faces = np.clip(faces.transpose(0, 2, 3, 1) + 0.5, 0, 255).astype(np.uint8)
+        faces = np.clip(data.asnumpy().transpose(0, 2, 3, 1) + 0.5, 0, 255).astype(np.uint8)
         return self.net.p_male(teacher_chips_of_aligned(faces))
 
     def targets(self, data, label, mix=None):
