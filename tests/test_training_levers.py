@@ -436,3 +436,7 @@ def test_learning_curve_fits_the_gain_per_doubling_and_reads_every_run(packed_de
     assert "faces must be at least 1" in run_script("tools/learning_curve.py", "--reference", str(zero), "--rec",
                                                     val).stderr
     assert "two splits share a table name" in proc.stderr  # the same split twice would count every run twice
+    for target in (str(ref), f"{data_dir}/val.rec"):  # the plot never lands on an input
+        before = open(target, "rb").read()
+        proc = run_script("tools/learning_curve.py", "--reference", str(ref), "--rec", val, "--plot", target)
+        assert proc.returncode == 2 and "is an input" in proc.stderr and open(target, "rb").read() == before
