@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Pack raw AFAD / MegaAge / AgeDB / UTKFace / All-Age-Faces folders and `path,gender,age` lists into train/val
+"""Pack raw AFAD / MegaAge / AgeDB / UTKFace / All-Age-Faces / FairFace folders and `path,gender,age` lists into train/val
 MXNet RecordIO files of 5-point-aligned 112x112 faces. See README.md, "Packing a dataset"."""
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from agegender.data.image import MAX_PIXELS
 from agegender.errors import UserError, run_cli
 from agegender.atomic import refuse_inputs
 from agegender.data.pack import PACKED_FILES, FaceSettings, pack_dataset, summary_table, unique_source_names
-from agegender.data.sources import parse_aaf, parse_afad, parse_agedb, parse_list, parse_megaage, parse_utkface
+from agegender.data.sources import (parse_aaf, parse_afad, parse_agedb, parse_fairface, parse_list, parse_megaage,
+                                    parse_utkface)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--utkface", metavar="DIR", help="UTKFace folder: <age>_<gender>_<race>_<date>.jpg.chip.jpg")
     src.add_argument("--aaf", metavar="DIR",
                      help="All-Age-Faces root: 'DIR/original images/<id>A<age>.jpg', 'DIR/image sets/{train_,val_}.txt'")
+    src.add_argument("--fairface", metavar="DIR",
+                     help="FairFace root: DIR/{train,val}/<n>.jpg, DIR/fairface_label_{train,val}.csv (age groups "
+                          "kept as intervals, race kept)")
+    src.add_argument("--fairface-set", choices=("train", "val"), default="train",
+                     help="which FairFace CSV to pack: train (split by --val-ratio) or val (the published "
+                          "benchmark split, packed whole into val.rec, never into train)")
     src.add_argument("--list", metavar="FILE", action="append", default=[],
                      help="list of `path,gender,age` lines (path relative to the list; repeatable)")
     out = p.add_argument_group("output")
@@ -65,7 +72,8 @@ def main() -> int:
 
     parsers = [(args.afad, parse_afad), (args.megaage, lambda d: parse_megaage(d, args.megaage_split == "official")),
                (args.agedb, parse_agedb), (args.utkface, parse_utkface),
-               (args.aaf, lambda d: parse_aaf(d, args.aaf_split == "official"))]
+               (args.aaf, lambda d: parse_aaf(d, args.aaf_split == "official")),
+               (args.fairface, lambda d: parse_fairface(d, args.fairface_set))]
     sources = []
     try:
         for path, parse in parsers:
@@ -75,7 +83,7 @@ def main() -> int:
     except FileNotFoundError as exc:
         raise UserError(str(exc)) from None
     if not sources:
-        raise UserError("no source given: use --afad, --megaage, --agedb, --utkface, --aaf or --list")
+        raise UserError("no source given: use --afad, --megaage, --agedb, --utkface, --aaf, --fairface or --list")
     sources = unique_source_names(sources)
     written = [os.path.join(args.output, n) for n in PACKED_FILES]
     refuse_inputs([("--output", w) for w in written],

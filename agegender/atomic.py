@@ -249,12 +249,13 @@ def refuse_prefix(flag: str, prefix: str, inputs: Iterable[str]) -> None:
 
 
 def dataset_files(path: str) -> list[str]:
-    """A packed split and what is read with it: `X.rec` -> X.rec, X.idx, X.lst and the folder's meta.json
-    (a `.lst` or `.idx` gives the same set)."""
+    """A packed split and what is read with it: `X.rec` -> X.rec, X.idx, X.lst, X-attrs.csv and the folder's
+    meta.json (a `.lst` or `.idx` gives the same set)."""
     base, ext = os.path.splitext(path)
     if ext.lower() not in (".rec", ".idx", ".lst"):
         return [path]
-    return [base + e for e in (".rec", ".idx", ".lst")] + [os.path.join(os.path.dirname(path), "meta.json")]
+    return [base + e for e in (".rec", ".idx", ".lst", "-attrs.csv")] + \
+        [os.path.join(os.path.dirname(path), "meta.json")]
 
 
 def checkpoint_files(model: str | None) -> list[str]:

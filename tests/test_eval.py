@@ -53,8 +53,8 @@ def test_eval_numbers_equal_a_hand_computation(packed_demo, random_model, tmp_pa
     assert got["age CS@3"] == pytest.approx(cs3, abs=1e-4) and got["age CS@5"] == pytest.approx(cs5, abs=1e-4)
     assert f"records: {n} ({n_known} with known gender)" in proc.stdout
     # per age band and, the demo set mixing five sources, per source
-    assert re.search(r"^age band\s+count\s+MAE\s+CS@5\s+acc$", proc.stdout, re.M)
-    assert re.search(r"^source\s+count\s+acc\s+MAE\s+CS@5$", proc.stdout, re.M)
+    assert re.search(r"^age band\s+count\s+MAE\s+CS@5\s+bias\s+acc$", proc.stdout, re.M)
+    assert re.search(r"^source\s+count\s+acc\s+MAE\s+CS@5\s+bias\s+group$", proc.stdout, re.M)
     for name in ("afad", "agedb", "utkface", "megaage"):
         assert re.search(rf"^{name}\s+\d+", proc.stdout, re.M), name
     doc = json.loads(out_json.read_text())

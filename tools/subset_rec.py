@@ -18,6 +18,8 @@ import os
 import shutil
 import sys
 
+import numpy as np
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from agegender.cli import ArgumentParser, number  # noqa: E402
@@ -35,7 +37,7 @@ def choose(n: int, share: float, seed: int) -> list[int]:
 def write_subset(src: str, share: float, seed: int, out: str) -> int:
     """Write the subset folder (see the module docstring); returns the number of train records kept."""
     from agegender.atomic import atomic_path, write_atomic
-    from agegender.data.recordio import SplitWriter, iter_records, split_paths
+    from agegender.data.recordio import SplitWriter, iter_records, read_attrs, split_paths
     from agegender.model.teacher import read_lst
 
     train = split_paths(src, "train")
@@ -52,12 +54,19 @@ def write_subset(src: str, share: float, seed: int, out: str) -> int:
     paths = [e.path for e in read_lst(train["lst"])]
     keep = set(choose(len(paths), share, seed))
     os.makedirs(out, exist_ok=True)
+    ages = np.array([e.age for e in read_lst(train["lst"])], np.float64)
+    try:
+        attrs = read_attrs(train["rec"], ages)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     writer = SplitWriter(out, "train")
     try:
         n = 0
         for n, rec in enumerate(iter_records(train["rec"]), 1):
-            if n - 1 in keep:
-                writer.write(rec.jpeg, rec.gender, rec.age, rec.source_id, paths[n - 1])
+            i = n - 1
+            if i in keep:
+                interval = (attrs.age_lo[i], attrs.age_hi[i]) if attrs.grouped[i] else None
+                writer.write(rec.jpeg, rec.gender, rec.age, rec.source_id, paths[i], attrs.race[i], interval)
         if n != len(paths):
             raise UserError(f"{train['rec']} holds {n} records but its .lst {len(paths)} lines")
     except BaseException:

@@ -46,7 +46,7 @@ def _save(path: str, rgb: np.ndarray | None = None, data: bytes | None = None) -
 
 
 def build_demo_sources(root: str) -> dict[str, str]:
-    """Write miniature AFAD, MegaAge, AgeDB, UTKFace, All-Age-Faces and list sources under root.
+    """Write miniature AFAD, MegaAge, AgeDB, UTKFace, All-Age-Faces, FairFace and list sources under root.
 
     Returns {source: path}. Each holds real faces plus bad inputs (empty, truncated, not an image,
     malformed names and lines), so a packing run exercises every skip reason.
@@ -120,7 +120,34 @@ def build_demo_sources(root: str) -> dict[str, str]:
     with open(paths["list"], "w") as f:
         f.write("path,gender,age\n# custom faces\nimg/p0.jpg,m,33\nimg/p1.jpg,0,27\nimg/p2.jpg,-1,48\n"
                 "img/missing.jpg,f,20\nimg/p0.jpg,x,20\nimg/p1.jpg,1,-4\nnot a valid line\n")
+    paths["fairface"] = build_demo_fairface(os.path.join(root, "fairface"), faces)
     return paths
+
+
+# (file, age group, gender, race) of the miniature FairFace layout; the bad rows are skipped when packed
+DEMO_FAIRFACE_TRAIN = [("train/1.jpg", "20-29", "Male", "Black"), ("train/2.jpg", "3-9", "Female", "Indian"),
+                       ("train/3.jpg", "more than 70", "Female", "East Asian"), ("train/4.jpg", "50-59", "Male", "White"),
+                       ("train/5.jpg", "10-19", "Female", "Latino_Hispanic"), ("train/6.jpg", "0-2", "Male", "Southeast Asian"),
+                       ("train/7.jpg", "03-Sep", "Male", "White"),         # bad_age: a spreadsheet's date
+                       ("train/8.jpg", "30-39", "Unknown", "White"),       # bad_gender
+                       ("train/9.jpg", "40-49", "Male", "Middle Eastern")]  # the file is missing
+DEMO_FAIRFACE_VAL = [("val/1.jpg", "30-39", "Female", "White"), ("val/2.jpg", "60-69", "Male", "Black")]
+
+
+def build_demo_fairface(root: str, faces: list[np.ndarray] | None = None) -> str:
+    """A miniature FairFace layout (`train/`, `val/`, `fairface_label_{train,val}.csv`) made of the insightface
+    wheel's faces, never FairFace's images; with a spreadsheet-damaged age group, an unknown gender and a
+    missing file among its rows. Returns root."""
+    faces = faces or face_crops()
+    for i, (name, *_rest) in enumerate(DEMO_FAIRFACE_TRAIN[:6] + DEMO_FAIRFACE_VAL):
+        _save(os.path.join(root, name), faces[i % len(faces)])
+    _save(os.path.join(root, "train", "7.jpg"), faces[0][:, ::-1])
+    _save(os.path.join(root, "train", "8.jpg"), faces[1][:, ::-1])
+    for subset, rows in (("train", DEMO_FAIRFACE_TRAIN), ("val", DEMO_FAIRFACE_VAL)):
+        with open(os.path.join(root, f"fairface_label_{subset}.csv"), "w", encoding="utf-8") as f:
+            f.write("file,age,gender,race,service_test\n")
+            f.writelines(f"{n},{a},{g},{r},True\n" for n, a, g, r in rows)
+    return root
 
 
 def aligned_demo_faces() -> np.ndarray:

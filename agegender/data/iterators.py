@@ -84,15 +84,16 @@ class Augment:
 
 def record_iter(rec_path: str, batch_size: int, train: bool, augment: Augment | None = None,
                 threads: int = 2, seed: int = 0, num_parts: int = 1, part_index: int = 0,
-                labels_lst: str = "") -> mx.io.DataIter:
+                labels_lst: str = "", label_width: int = LABEL_WIDTH) -> mx.io.DataIter:
     """An ImageRecordIter giving `data` (N,3,112,112) RGB 0-255 float and `label` (N,2) = [gender, age].
 
     `train`: shuffled, augmented, last batch wrapped around; otherwise file order (read it through
     `eval_batches`, which drops the stale rows of the last batch). `labels_lst`: an im2rec `.lst` whose
-    labels replace the records' own, matched by record index (the teacher's soft genders)."""
+    labels replace the records' own, matched by record index (the teacher's soft genders; with
+    `label_width` 3, [gender, age_lo, age_hi] for interval labels)."""
     augment = augment or Augment()
     kwargs = dict(path_imgrec=rec_path, path_imgidx=os.path.splitext(rec_path)[0] + ".idx",
-                  data_shape=(3, INPUT_SIZE, INPUT_SIZE), label_width=LABEL_WIDTH, batch_size=batch_size,
+                  data_shape=(3, INPUT_SIZE, INPUT_SIZE), label_width=label_width, batch_size=batch_size,
                   preprocess_threads=max(1, threads), num_parts=num_parts, part_index=part_index,
                   verbose=False, ctx="cpu")
     if labels_lst:
@@ -259,9 +260,14 @@ def eval_batches(it: mx.io.DataIter, total: int):
 
 
 def to_numpy_labels(label: mx.nd.NDArray) -> tuple[np.ndarray, np.ndarray]:
-    """(gender, age) columns of a (N,2) label batch, a soft gender rounded to 1 / 0 (-1 stays unknown)."""
+    """(gender, age) columns of a (N,2) label batch, a soft gender rounded to 1 / 0 (-1 stays unknown); of a
+    (N,3) interval batch, the age is the group's midpoint as packed (`group_midpoint`)."""
+    from agegender.data.sources import group_midpoint
+
     lab = label.asnumpy()
     gender = np.where(lab[:, 0] < 0, -1.0, (lab[:, 0] >= 0.5).astype(np.float32))
+    if lab.shape[1] == 3:
+        return gender, np.where(lab[:, 2] > lab[:, 1], group_midpoint(lab[:, 1], lab[:, 2]), lab[:, 1])
     return gender, lab[:, 1]
 
 

@@ -22,7 +22,7 @@ from agegender.data.split import split_samples
 NO_FACE = "no_face"
 SPLITS = ("train", "val")
 
-PACKED_FILES = tuple(f"{split}.{ext}" for split in ("train", "val") for ext in ("rec", "idx", "lst")) + \
+PACKED_FILES = tuple(f"{split}{ext}" for split in ("train", "val") for ext in (".rec", ".idx", ".lst", "-attrs.csv")) + \
     ("meta.json", "skipped.csv")  # what a packing run writes into its folder
 
 
@@ -151,7 +151,8 @@ def pack_dataset(sources: list[Parsed], out_dir: str, settings: FaceSettings, va
                     skipped.append(Skip(sample.path, reason, detail))
                     c["skipped"][reason] += 1
                     continue
-                writers[split].write(jpeg, sample.gender, sample.age, source_id, sample.path)
+                writers[split].write(jpeg, sample.gender, sample.age, source_id, sample.path, sample.race,
+                                     None if sample.age_lo is None else sample.interval())
                 labels[split].append((sample.gender, sample.age))
                 c[split] += 1
                 inside += in_photo
@@ -186,7 +187,7 @@ def pack_dataset(sources: list[Parsed], out_dir: str, settings: FaceSettings, va
     _write_skipped(out_dir, skipped)
     meta = {
         "tool": "create_dataset.py",
-        "label": {"layout": ["gender", "age"], "gender": {"1": "male", "0": "female", "-1": "unknown"}},
+        "label": {"layout": ["gender", "age"], "attrs": "<split>-attrs.csv: index,race,age_lo,age_hi", "gender": {"1": "male", "0": "female", "-1": "unknown"}},
         "seed": seed,
         "val_ratio": val_ratio,
         "face": asdict(settings),

@@ -4,6 +4,11 @@ Each record: `IRHeader(flag=2, label=[gender, age] float32, id=<running index>, 
 followed by a JPEG of the 112x112 aligned face in the source's RGB colours. Gender 1 = male,
 0 = female, -1 = unknown; age in years as the source gave it. `.lst` lines are im2rec-style:
 `index\tgender\tage\tsource-path`. Training, evaluation and the histogram all read this module.
+
+Beside each split, `<split>-attrs.csv` (`index,race,age_lo,age_hi`, keyed by record index) keeps what the
+two-float label cannot: the source's race field and, for grouped ages (FairFace), the interval the age lies
+in (the record's age is then the group's midpoint). A split packed before it existed has no sidecar: its
+ages are exact and its races unknown (`read_attrs`).
 """
 from __future__ import annotations
 
@@ -73,8 +78,58 @@ def iter_records(rec_path: str, with_images: bool = True):
 
 
 def split_paths(out_dir: str, split: str) -> dict[str, str]:
-    """The .rec/.idx/.lst paths of one split."""
-    return {ext: os.path.join(out_dir, f"{split}.{ext}") for ext in ("rec", "idx", "lst")}
+    """The .rec/.idx/.lst paths of one split, and its attributes sidecar."""
+    paths = {ext: os.path.join(out_dir, f"{split}.{ext}") for ext in ("rec", "idx", "lst")}
+    paths["attrs"] = os.path.join(out_dir, f"{split}-attrs.csv")
+    return paths
+
+
+ATTRS_HEADER = "index,race,age_lo,age_hi"
+
+
+@dataclass
+class Attrs:
+    """A split's sidecar read back, one entry per record index (see the module's docstring)."""
+
+    race: list[str]
+    age_lo: np.ndarray  # float64; equal to the record's age for an exact age
+    age_hi: np.ndarray
+
+    @property
+    def grouped(self) -> np.ndarray:
+        """Whether each record's age is an interval (a group) rather than an exact age."""
+        return self.age_hi > self.age_lo
+
+
+def attrs_path(rec_path: str) -> str:
+    """The sidecar of a split's `.rec` (`val.rec` -> `val-attrs.csv`)."""
+    base, _ = os.path.splitext(rec_path)
+    return base + "-attrs.csv"
+
+
+def read_attrs(rec_path: str, ages: np.ndarray) -> Attrs:
+    """The sidecar of `rec_path` for its records' `ages` (in index order); without one, exact ages and no
+    races. Raises ValueError when the sidecar does not match the split."""
+    import csv
+
+    n = len(ages)
+    race = [""] * n
+    lo = np.asarray(ages, np.float64).copy()
+    hi = lo.copy()
+    path = attrs_path(rec_path)
+    if not os.path.isfile(path):
+        return Attrs(race, lo, hi)
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows or ",".join(rows[0]) != ATTRS_HEADER or len(rows) - 1 != n:
+        raise ValueError(f"{path} does not match {rec_path} ({len(rows) - 1} rows for {n} records); repack it")
+    for row in rows[1:]:
+        try:
+            i = int(row[0])
+            race[i], lo[i], hi[i] = row[1], float(row[2]), float(row[3])
+        except (ValueError, IndexError):
+            raise ValueError(f"{path}: bad row {row!r}; repack it") from None
+    return Attrs(race, lo, hi)
 
 
 class SplitWriter:
@@ -92,12 +147,19 @@ class SplitWriter:
         self._tmp = {k: temp_beside(p) for k, p in self.paths.items()}
         self._rec = mx.recordio.MXIndexedRecordIO(self._tmp["idx"], self._tmp["rec"], "w")
         self._lst = open(self._tmp["lst"], "w", encoding="utf-8")
+        self._attrs = open(self._tmp["attrs"], "w", encoding="utf-8", newline="")
+        self._attrs.write(ATTRS_HEADER + "\n")
 
-    def write(self, jpeg: bytes, gender: int, age: float, source_id: int, source_path: str) -> int:
-        """Append one face; returns its running index."""
+    def write(self, jpeg: bytes, gender: int, age: float, source_id: int, source_path: str,
+              race: str = "", interval: tuple[float, float] | None = None) -> int:
+        """Append one face (`interval`: its age group's (lo, hi), None for an exact age); returns its index."""
+        import csv
+
         index = self.count
         self._rec.write_idx(index, pack_record(jpeg, gender, age, index, source_id))
         self._lst.write(f"{index}\t{gender:d}\t{age:g}\t{source_path}\n")
+        lo, hi = interval or (age, age)
+        csv.writer(self._attrs, lineterminator="\n").writerow([index, race, f"{lo:g}", f"{hi:g}"])
         self.count += 1
         return index
 
@@ -105,6 +167,7 @@ class SplitWriter:
         if self._lst is not None:
             self._rec.close()
             self._lst.close()
+            self._attrs.close()
             self._lst = None
 
     def commit(self) -> None:

@@ -6,8 +6,11 @@ could not, so nothing is dropped silently. Gender is coded as the project codes 
 """
 from __future__ import annotations
 
+import csv
 import os
 import re
+
+import numpy as np
 from dataclasses import dataclass, field
 
 MALE, FEMALE, UNKNOWN = 1, 0, -1
@@ -21,7 +24,10 @@ UNLISTED = "unlisted"        # AAF: an image in no image-set list, so without a 
 DUPLICATE = "duplicate"      # AAF: an image listed twice
 
 # The order sources get their `id2` in (lists follow, in the order given).
-SOURCE_ORDER = ("afad", "megaage", "agedb", "utkface", "aaf")
+SOURCE_ORDER = ("afad", "megaage", "agedb", "utkface", "aaf", "fairface")
+
+# UTKFace's race field, as its authors define it
+UTKFACE_RACES = {"0": "White", "1": "Black", "2": "Asian", "3": "Indian", "4": "Others"}
 
 
 @dataclass
@@ -33,6 +39,13 @@ class Sample:
     age: float                # years, as the source gives it (> 100 kept)
     group: str                # identity key: samples sharing it land in the same split
     split: str | None = None  # forced split ("train"/"val"), e.g. MegaAge's official lists
+    age_lo: float | None = None  # an interval label (FairFace's age groups): the age lies in
+    age_hi: float | None = None  # age_lo..age_hi (whole years, inclusive); None for an exact age
+    race: str = ""               # the source's own race field, where it has one (kept for eval)
+
+    def interval(self) -> tuple[float, float]:
+        """(lo, hi) of the age label: (age, age) for an exact age."""
+        return (self.age, self.age) if self.age_lo is None else (self.age_lo, self.age_hi)
 
 
 @dataclass
@@ -193,7 +206,8 @@ def parse_utkface(root: str) -> Parsed:
         if gender is None:
             out.skips.append(Skip(path, BAD_GENDER, m["gender"]))
             continue
-        out.samples.append(Sample(path, gender, float(m["age"]), group=f"utkface:{os.path.basename(path)}"))
+        out.samples.append(Sample(path, gender, float(m["age"]), group=f"utkface:{os.path.basename(path)}",
+                                  race=UTKFACE_RACES.get(m["race"], "")))
     return out
 
 
@@ -253,6 +267,80 @@ def parse_aaf(root: str, official_split: bool = True) -> Parsed:
     listed = {os.path.join(images, n) for n in seen}
     out.skips.extend(Skip(path, UNLISTED, "in no image-set list, so its gender is unknown")
                      for path in _files_under(images) if path not in listed)
+    return out
+
+
+FAIRFACE_SETS = ("train", "val")
+# "more than 70" has no upper end: its hi is the last age the 100 "age > k" classifiers can tell
+OPEN_AGE_HI = 100.0
+_GROUP = re.compile(r"^\s*(?P<lo>\d{1,3})\s*-\s*(?P<hi>\d{1,3})\s*$")
+_MORE_THAN = re.compile(r"^\s*more than (?P<lo>\d{1,3})\s*$", re.IGNORECASE)
+
+
+def parse_age_group(text: str) -> tuple[float, float] | None:
+    """An age group as FairFace writes it ("10-19", "more than 70") -> (lo, hi) in whole years, inclusive;
+    None for anything else, e.g. a group a spreadsheet turned into a date ("03-Sep")."""
+    m = _GROUP.match(text)
+    if m and int(m["lo"]) <= int(m["hi"]):
+        return float(m["lo"]), float(m["hi"])
+    m = _MORE_THAN.match(text)
+    if m:
+        return float(m["lo"]), OPEN_AGE_HI
+    return None
+
+
+def group_midpoint(lo: float, hi: float) -> float:
+    """The age packed into a grouped record's [gender, age] label, for tools that read one age: the middle
+    of the group (75 for "more than 70")."""
+    return (lo + np.minimum(hi, 80.0)) / 2.0
+
+
+def parse_fairface(root: str, subset: str = "train") -> Parsed:
+    """FairFace's official layout: root/{train,val}/<n>.jpg and root/fairface_label_{train,val}.csv
+    (`file,age,gender,race[,service_test]`, age an age group, gender `Male`/`Female`).
+
+    Each face gets its group as an interval label (`age_lo`..`age_hi`), the group's midpoint as its packed
+    age, and its race. `subset` picks the CSV: `train` (split by --val-ratio, seeded) or `val` (the published
+    benchmark split: all of it lands in val, so training never selects on it). Rows with a bad group
+    (e.g. a date a spreadsheet made of "3-9"), gender or missing file are skipped with the reason.
+    FairFace names no person, so every image is its own group.
+    """
+    if subset not in FAIRFACE_SETS:
+        raise ValueError(f"FairFace subset must be one of {', '.join(FAIRFACE_SETS)}, got {subset!r}")
+    _require_dir(root, "FairFace")
+    csv_path = os.path.join(root, f"fairface_label_{subset}.csv")
+    if not os.path.isfile(csv_path):
+        raise FileNotFoundError(f"FairFace labels not found: {csv_path}")
+    out = Parsed("fairface" if subset == "train" else "fairface-val", root)
+    with open(csv_path, encoding="utf-8-sig", errors="replace", newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows or [c.strip().lower() for c in rows[0][:4]] != ["file", "age", "gender", "race"]:
+        raise FileNotFoundError(f"{csv_path} does not start with the header file,age,gender,race")
+    seen: set[str] = set()
+    for no, row in enumerate(rows[1:], 2):
+        if not any(c.strip() for c in row):
+            continue
+        where = f"{csv_path}:{no}"
+        if len(row) < 4 or not row[0].strip():
+            out.skips.append(Skip(where, BAD_LINE, ",".join(row)[:80]))
+            continue
+        name, group, gender_text, race = (c.strip() for c in row[:4])
+        path = os.path.normpath(os.path.join(root, name))
+        if name in seen:
+            out.skips.append(Skip(path, DUPLICATE, f"{where}: listed twice"))
+            continue
+        seen.add(name)
+        interval = parse_age_group(group)
+        if interval is None:
+            out.skips.append(Skip(path, BAD_AGE, f"{where}: age group {group!r}"))
+            continue
+        gender = {"male": MALE, "female": FEMALE}.get(gender_text.lower())
+        if gender is None:
+            out.skips.append(Skip(path, BAD_GENDER, f"{where}: {gender_text!r}"))
+            continue
+        lo, hi = interval
+        out.samples.append(Sample(path, gender, group_midpoint(lo, hi), group=f"fairface:{subset}:{name}",
+                                  split="val" if subset == "val" else None, age_lo=lo, age_hi=hi, race=race))
     return out
 
 

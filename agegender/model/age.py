@@ -71,12 +71,26 @@ def age_targets(F, age, num_bins: int = NUM_AGE_BINS, sigma: float = 0.0):
     return F.sigmoid(F.broadcast_sub(a, k + 0.5) / scale)
 
 
+def interval_targets(F, lo, hi, num_bins: int = NUM_AGE_BINS):
+    """(N,) age intervals lo..hi (whole years, inclusive) -> ((N, num_bins) targets, (N, num_bins) mask) of
+    "age > k": 1 for k < lo, 0 for k >= hi, and masked out (mask 0) for lo <= k < hi, where the label does not
+    say. An exact age is lo = hi: nothing masked, the same targets as `age_targets`."""
+    k = F.arange(num_bins).reshape((1, num_bins))
+    lo = F.clip(lo, 0, MAX_AGE).reshape((-1, 1))
+    hi = F.clip(hi, 0, MAX_AGE).reshape((-1, 1))
+    unknown = F.broadcast_lesser_equal(lo, k) * F.broadcast_greater(hi, k)
+    return F.broadcast_greater(lo, k), 1 - unknown
+
+
 def age_gender_loss(F, output, label, gender_weight: float = 1.0, age_sigma: float = 0.0,
-                    gender_smooth: float = 0.0, sample_weight=None, gender_sample_weight=None):
+                    gender_smooth: float = 0.0, sample_weight=None, gender_sample_weight=None,
+                    intervals: bool = False):
     """Softmax cross-entropy of gender over [0:2] (unknown gender, -1, ignored) plus the sum over the
     100 pairs of the cross-entropy of "age > k", as InsightFace's 1 + 100 SoftmaxOutputs (a mean over
     the pairs would leave age a hundredth of the gradient), the gender term times `gender_weight`.
-    `label` is (N,2) = [gender, age] as packed (gender may be a soft P(male), see `agegender.model.teacher`).
+    `label` is (N,2) = [gender, age] as packed (gender may be a soft P(male), see `agegender.model.teacher`),
+    or with `intervals` (N,3) = [gender, age_lo, age_hi]: an age group teaches only the pairs it decides
+    (`interval_targets`), exact ages (lo = hi) all of them, softened by `age_sigma` as before.
     `age_sigma`: soft age targets (see `age_targets`); `gender_smooth`: label smoothing of gender;
     `sample_weight` (N,): a weight per face on the age term; `gender_sample_weight` (N,): on the gender term.
     Returns (N,) losses."""
@@ -96,11 +110,18 @@ def age_gender_loss(F, output, label, gender_weight: float = 1.0, age_sigma: flo
     pairs = F.slice_axis(output, axis=1, begin=2, end=2 + 2 * NUM_AGE_BINS).reshape((0, NUM_AGE_BINS, 2))
     a_logp = F.log_softmax(pairs, axis=-1)
     t = age_targets(F, age, sigma=age_sigma)
-    a_loss = -(t * F.slice_axis(a_logp, axis=2, begin=1, end=2).reshape((0, NUM_AGE_BINS))
-               + (1 - t) * F.slice_axis(a_logp, axis=2, begin=0, end=1).reshape((0, NUM_AGE_BINS))).sum(axis=1)
+    mask = None
+    if intervals:
+        hi = F.slice_axis(label, axis=1, begin=2, end=3).reshape((-1,))
+        hard, mask = interval_targets(F, age, hi)
+        grouped = (hi > age).reshape((-1, 1))
+        t = F.broadcast_mul(grouped, hard) + F.broadcast_mul(1 - grouped, t)
+    a_nll = -(t * F.slice_axis(a_logp, axis=2, begin=1, end=2).reshape((0, NUM_AGE_BINS))
+              + (1 - t) * F.slice_axis(a_logp, axis=2, begin=0, end=1).reshape((0, NUM_AGE_BINS)))
+    a_loss = (a_nll if mask is None else a_nll * mask).sum(axis=1)
     if sample_weight is not None:
         a_loss = a_loss * sample_weight
     return gender_weight * g_loss + a_loss
 
 
-__all__ = ["decode", "AGE_DECODINGS", "DEFAULT_DECODE", "DEFAULT_FLIP", "age_targets", "age_gender_loss", "NUM_AGE_BINS", "MAX_AGE"]
+__all__ = ["decode", "AGE_DECODINGS", "DEFAULT_DECODE", "DEFAULT_FLIP", "age_targets", "interval_targets", "age_gender_loss", "NUM_AGE_BINS", "MAX_AGE"]

@@ -12,8 +12,9 @@ from agegender.model.age import DEFAULT_DECODE, DEFAULT_FLIP
 from agegender.atomic import save_figure, write_atomic
 from agegender.data.iterators import check_rec, eval_batches, record_iter
 from agegender.data.distribution import load_labels
+from agegender.data.recordio import read_attrs
 from agegender.errors import UserError
-from agegender.model.metrics import CS_LEVELS, band_table, summarize
+from agegender.model.metrics import CS_LEVELS, band_table, in_interval, summarize
 from agegender.model.engine import Engine
 
 
@@ -26,6 +27,29 @@ class Predictions:
     gender: np.ndarray
     age: np.ndarray
     source: list[str]
+    race: list[str] | None = None      # the source's race field per record ("" where it has none)
+    age_lo: np.ndarray | None = None   # age groups (FairFace): the age lies in age_lo..age_hi; equal to
+    age_hi: np.ndarray | None = None   # `age` for exact ages
+
+    def __post_init__(self):
+        n = len(self.age)
+        if self.race is None:
+            self.race = [""] * n
+        if self.age_lo is None:
+            self.age_lo = np.asarray(self.age, np.float64)
+        if self.age_hi is None:
+            self.age_hi = np.asarray(self.age, np.float64)
+
+    @property
+    def grouped(self) -> np.ndarray:
+        return np.asarray(self.age_hi) > np.asarray(self.age_lo)
+
+    def select(self, sel: np.ndarray) -> "Predictions":
+        """The records where `sel` (a boolean mask) holds."""
+        idx = np.flatnonzero(sel)
+        return Predictions(self.p_male[idx], self.age_pred[idx], self.gender[idx], self.age[idx],
+                           [self.source[i] for i in idx], [self.race[i] for i in idx], self.age_lo[idx],
+                           self.age_hi[idx])
 
 
 def predict_rec(predictor: Engine, rec: str, batch_size: int = 256, age_decode: str = DEFAULT_DECODE,
@@ -51,7 +75,12 @@ def predict_rec(predictor: Engine, rec: str, batch_size: int = 256, age_decode: 
     seen = np.concatenate(seen_age)
     if len(seen) != total or not np.allclose(seen, labels.age):  # the iterator must read file order
         raise UserError(f"{rec}: the records read back do not match its index ({len(seen)} of {total})")
-    return Predictions(np.concatenate(p_male), np.concatenate(age_pred), labels.gender, labels.age, labels.source)
+    try:
+        attrs = read_attrs(rec, np.asarray(labels.age, np.float64))
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    return Predictions(np.concatenate(p_male), np.concatenate(age_pred), np.asarray(labels.gender),
+                       np.asarray(labels.age, np.float64), labels.source, attrs.race, attrs.age_lo, attrs.age_hi)
 
 
 def rec_name(rec: str) -> str:
@@ -65,22 +94,59 @@ def rec_name(rec: str) -> str:
 
 def concat_predictions(preds: list[Predictions]) -> Predictions:
     """Several files' predictions as one set (the overall line of a cross-dataset evaluation)."""
-    return Predictions(*(np.concatenate([getattr(p, k) for p in preds]) for k in ("p_male", "age_pred", "gender", "age")),
-                       [s for p in preds for s in p.source])
+    arrays = [np.concatenate([getattr(p, k) for p in preds]) for k in ("p_male", "age_pred", "gender", "age")]
+    return Predictions(*arrays, [s for p in preds for s in p.source], [r for p in preds for r in p.race],
+                       np.concatenate([p.age_lo for p in preds]), np.concatenate([p.age_hi for p in preds]))
+
+
+def _metrics(pred: Predictions) -> dict:
+    """`summarize` with grouped labels kept apart: gender over every face; MAE, CS@n and the mean signed
+    error (`bias`, predicted minus true) over exact ages only; `group_acc` (the predicted age inside the
+    labelled group) and `groups` over grouped ones."""
+    grouped = pred.grouped
+    exact = ~grouped
+    out = summarize(pred.p_male, pred.age_pred, pred.gender, pred.age)
+    if grouped.any():
+        m = summarize(pred.p_male[exact], pred.age_pred[exact], pred.gender[exact], pred.age[exact])
+        out.update({k: m[k] for k in ("mae", *(f"cs{n}" for n in CS_LEVELS))})
+        out["group_acc"] = float(in_interval(pred.age_pred[grouped], pred.age_lo[grouped], pred.age_hi[grouped]).mean())
+        out["groups"] = int(grouped.sum())
+    out["bias"] = float((pred.age_pred[exact] - pred.age[exact]).mean()) if exact.any() else float("nan")
+    return out
+
+
+def _group_table(pred: Predictions) -> list[dict]:
+    """Per labelled age group (grouped faces only): count, share read inside the group, median predicted age,
+    gender accuracy."""
+    rows = []
+    g = pred.grouped
+    for lo, hi in sorted({(float(a), float(b)) for a, b in zip(pred.age_lo[g], pred.age_hi[g])}):
+        sel = g & (pred.age_lo == lo) & (pred.age_hi == hi)
+        name = f"{lo:g}-{hi:g}" if hi < 100 else f"{lo:g}+"
+        rows.append({"group": name, "count": int(sel.sum()),
+                     "group_acc": float(in_interval(pred.age_pred[sel], lo, hi).mean()),
+                     "median_age": float(np.median(pred.age_pred[sel])),
+                     "acc": summarize(pred.p_male[sel], pred.age_pred[sel], pred.gender[sel], pred.age[sel])["acc"]})
+    return rows
 
 
 def report(pred: Predictions) -> dict:
-    """Everything eval.py prints: overall metrics, per age band, per source (when several)."""
-    out = summarize(pred.p_male, pred.age_pred, pred.gender, pred.age)
-    out["bands"] = band_table(pred.age_pred, pred.age, pred.p_male, pred.gender)
+    """Everything eval.py prints: overall metrics, per age band (with the mean signed error), per age group
+    and per race where the data has them, per source (when several)."""
+    out = _metrics(pred)
+    # a group falls in the band of its lower end
+    out["bands"] = band_table(pred.age_pred, np.where(pred.grouped, pred.age_lo, pred.age), pred.p_male,
+                              pred.gender, age_hi=pred.age_hi)
+    if pred.grouped.any():
+        out["groups_table"] = _group_table(pred)
+    races = sorted({r for r in pred.race if r})
+    if races:
+        race = np.asarray(pred.race)
+        out["races"] = [{"race": r, **_metrics(pred.select(race == r))} for r in races]
     names = sorted(set(pred.source))
     if len(names) > 1:
         src = np.asarray(pred.source)
-        out["sources"] = []
-        for name in names:
-            sel = src == name
-            m = summarize(pred.p_male[sel], pred.age_pred[sel], pred.gender[sel], pred.age[sel])
-            out["sources"].append({"source": name, **m})
+        out["sources"] = [{"source": name, **_metrics(pred.select(src == name))} for name in names]
     known = pred.gender >= 0
     male = pred.p_male >= 0.5
     out["gender_confusion"] = {"true_female": {"female": int((~male & (pred.gender == 0)).sum()),
@@ -99,13 +165,23 @@ def format_report(rep: dict) -> str:
     """The text eval.py prints."""
     lines = [f"gender accuracy: {_f(rep['acc'])}", f"age MAE: {_f(rep['mae'], 2)}"]
     lines += [f"age CS@{n}: {_f(rep[f'cs{n}'])}" for n in CS_LEVELS]
+    lines.append(f"age bias: {_f(rep['bias'], 2)} (mean predicted minus true age)")
+    if "group_acc" in rep:
+        lines.append(f"age group accuracy: {_f(rep['group_acc'])} ({rep['groups']} faces labelled by group)")
     lines.append(f"records: {rep['count']} ({rep['gender_count']} with known gender)")
-    lines += ["", f"{'age band':<10}{'count':>8}{'MAE':>8}{'CS@5':>8}{'acc':>8}"]
-    lines += [f"{b['band']:<10}{b['count']:>8}{b['mae']:>8.2f}{b['cs5']:>8.4f}{_f(b['acc']):>8}" for b in rep["bands"]]
-    if rep.get("sources"):
-        lines += ["", f"{'source':<16}{'count':>8}{'acc':>8}{'MAE':>8}{'CS@5':>8}"]
-        lines += [f"{s['source']:<16}{s['count']:>8}{_f(s['acc']):>8}{s['mae']:>8.2f}{s['cs5']:>8.4f}"
-                  for s in rep["sources"]]
+    grouped = "group_acc" in rep["bands"][0] if rep["bands"] else False
+    lines += ["", f"{'age band':<10}{'count':>8}{'MAE':>8}{'CS@5':>8}{'bias':>8}{'acc':>8}" + ("   group" if grouped else "")]
+    lines += [f"{b['band']:<10}{b['count']:>8}{_f(b['mae'], 2):>8}{_f(b['cs5']):>8}{_f(b['bias'], 2):>8}{_f(b['acc']):>8}"
+              + (f"{_f(b['group_acc']):>8}" if grouped else "") for b in rep["bands"]]
+    if rep.get("groups_table"):
+        lines += ["", f"{'age group':<10}{'count':>8}{'inside':>8}{'median':>8}{'acc':>8}"]
+        lines += [f"{g['group']:<10}{g['count']:>8}{_f(g['group_acc']):>8}{g['median_age']:>8.1f}{_f(g['acc']):>8}"
+                  for g in rep["groups_table"]]
+    for key, title in (("races", "race"), ("sources", "source")):
+        if rep.get(key):
+            lines += ["", f"{title:<16}{'count':>8}{'acc':>8}{'MAE':>8}{'CS@5':>8}{'bias':>8}{'group':>8}"]
+            lines += [f"{s[title]:<16}{s['count']:>8}{_f(s['acc']):>8}{_f(s['mae'], 2):>8}{_f(s['cs5']):>8}"
+                      f"{_f(s['bias'], 2):>8}{_f(s.get('group_acc', float('nan'))):>8}" for s in rep[key]]
     return "\n".join(lines)
 
 

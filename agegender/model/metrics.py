@@ -26,17 +26,36 @@ def summarize(p_male: np.ndarray, age_pred: np.ndarray, gender: np.ndarray, age:
     return out
 
 
+def in_interval(age_pred: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Whether each predicted age lies in its labelled group lo..hi (whole years): lo <= a < hi + 1, so a
+    predicted 19.6 is inside "10-19" (the age group accuracy of grouped labels, as FairFace is reported)."""
+    a = np.asarray(age_pred, np.float64)
+    return (a >= np.asarray(lo, np.float64)) & (a < np.asarray(hi, np.float64) + 1)
+
+
 def band_table(age_pred: np.ndarray, age: np.ndarray, p_male: np.ndarray | None = None,
-               gender: np.ndarray | None = None) -> list[dict]:
-    """Per true-age band: band label, count, MAE, CS@5 and, given genders, gender accuracy (over known
-    genders; NaN when none). Bands without records are left out."""
+               gender: np.ndarray | None = None, age_hi: np.ndarray | None = None) -> list[dict]:
+    """Per true-age band: band label, count, MAE, CS@5, the mean signed error `bias` (predicted minus true:
+    positive = read older) and, given genders, gender accuracy (over known genders; NaN when none). Bands
+    without records are left out. With `age_hi` (grouped labels: `age` is then each group's lo), a group
+    falls in the band of its lo; MAE, CS@5 and bias count the exact ages only, and `group_acc` is the share
+    of grouped faces read inside their group (NaN where the band has none of that kind)."""
     age_pred, age = np.asarray(age_pred, np.float64), np.asarray(age, np.float64)
+    grouped = np.zeros(age.shape, bool) if age_hi is None else np.asarray(age_hi, np.float64) > age
     rows = []
     for label, lo, hi in AGE_BANDS:
         sel = (age >= lo) & (age <= hi)
         if sel.any():
-            err = np.abs(age_pred[sel] - age[sel])
-            row = {"band": label, "count": int(sel.sum()), "mae": float(err.mean()), "cs5": float((err <= 5).mean())}
+            exact = sel & ~grouped
+            err = age_pred[exact] - age[exact]
+            nan = float("nan")
+            row = {"band": label, "count": int(sel.sum()),
+                   "mae": float(np.abs(err).mean()) if err.size else nan,
+                   "cs5": float((np.abs(err) <= 5).mean()) if err.size else nan,
+                   "bias": float(err.mean()) if err.size else nan}
+            if grouped.any():
+                g = sel & grouped
+                row["group_acc"] = float(in_interval(age_pred[g], age[g], age_hi[g]).mean()) if g.any() else nan
             if p_male is not None and gender is not None:
                 row["acc"] = summarize(np.asarray(p_male)[sel], age_pred[sel], np.asarray(gender)[sel], age[sel])["acc"]
             rows.append(row)
@@ -101,5 +120,5 @@ class AgeGenderMetric:
         return summarize(*self.arrays())
 
 
-__all__ = ["summarize", "band_table", "expected_calibration_error", "fit_temperature",
+__all__ = ["summarize", "band_table", "in_interval", "expected_calibration_error", "fit_temperature",
            "AgeGenderMetric", "AGE_BANDS", "CS_LEVELS"]

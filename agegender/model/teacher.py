@@ -131,12 +131,15 @@ class OnlineTeacher:
         return mixed(label), ((mixed(mix[0]), mix[1]) if mix else None)
 
 
-def write_soft_lst(lst_path: str, sidecar: str, weight: float, out_path: str) -> tuple[int, int]:
+def write_soft_lst(lst_path: str, sidecar: str, weight: float, out_path: str,
+                   intervals: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[int, int]:
     """A copy of a split's `.lst` with each gender replaced by `soft_gender` (the labels ImageRecordIter
-    reads through `path_imglist`, matched to records by index). Returns (records, records with a teacher
-    label); a sidecar that names an index the list lacks is a one-line error (the wrong split's labels)."""
+    reads through `path_imglist`, matched to records by index); no `sidecar` ("") keeps the genders. With
+    `intervals` (age_lo, age_hi per record index) the labels are [gender, age_lo, age_hi] (`label_width` 3).
+    Returns (records, records with a teacher label); a sidecar that names an index the list lacks is a
+    one-line error (the wrong split's labels)."""
     entries = read_lst(lst_path)
-    teacher = read_sidecar(sidecar)
+    teacher = read_sidecar(sidecar) if sidecar else {}
     indices = {e.index for e in entries}
     foreign = sorted(set(teacher) - indices)
     if foreign:
@@ -147,7 +150,8 @@ def write_soft_lst(lst_path: str, sidecar: str, weight: float, out_path: str) ->
         t = teacher.get(e.index)
         labelled += t is not None and e.gender >= 0
         g = soft_gender(e.gender, t, weight)
-        lines.append(f"{e.index}\t{g:.6f}\t{e.age:g}\t{e.path}\n")
+        ages = f"{e.age:g}" if intervals is None else f"{intervals[0][e.index]:g}\t{intervals[1][e.index]:g}"
+        lines.append(f"{e.index}\t{g:.6f}\t{ages}\t{e.path}\n")
     write_atomic(out_path, "".join(lines))
     return len(entries), labelled
 

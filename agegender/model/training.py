@@ -20,6 +20,7 @@ from agegender.data.iterators import (Augment, MixedBatches, augment_batch, batc
                                       record_iter, to_numpy_labels)
 from agegender.model.devices import contexts, kvstore
 from agegender.errors import Terminated, UserError, short_reason
+from agegender.data.recordio import LABEL_WIDTH
 from agegender.model.checkpoints import RunCheckpoints
 from agegender.model.run_files import curves_path, history_path, plot_history, read_history, write_history
 from agegender.model.metrics import AgeGenderMetric
@@ -190,8 +191,9 @@ class Fit:
             from agegender.model.teacher import OnlineTeacher
 
             self.teacher = OnlineTeacher(cfg.teacher_online)
-        for src in self.sources:
-            src.labels_lst = self._teacher_labels(src) if src.teacher else ""
+        self.label_width, attrs = self._interval_attrs()
+        for src, src_attrs in zip(self.sources, attrs):
+            src.labels_lst = self._train_labels(src, src_attrs) if src.teacher or src_attrs is not None else ""
         self.train_labels = self.sources[0].labels_lst
         if len(self.sources) > 1:
             self.shares = batch_shares(self.global_batch, cfg.source_weights or [s.num_train for s in self.sources])
@@ -231,17 +233,39 @@ class Fit:
             self.gender_band_weights = mx.nd.array(
                 age_band_weights(ages[known], self.cfg.gender_balance, rate=rate[known]))
 
-    def _teacher_labels(self, src: Source) -> str:
-        """A source's train `.lst` with the teacher's soft genders mixed in, written beside the checkpoints
-        (`PREFIX-train-labels.lst`, or `PREFIX-train-labels-NAME.lst` with several sources) for the record
-        iterator."""
+    def _interval_attrs(self) -> tuple[int, list]:
+        """(label width, per source (age_lo, age_hi) or None): when any source's train split holds age groups
+        (its `train-attrs.csv`, e.g. FairFace), every source trains on [gender, age_lo, age_hi] labels."""
+        from agegender.data.recordio import read_attrs
+        from agegender.model.teacher import read_lst
+
+        attrs = []
+        for src in self.sources:
+            lst = os.path.splitext(src.train_rec)[0] + ".lst"
+            try:
+                a = read_attrs(src.train_rec, np.array([e.age for e in read_lst(lst)], np.float64))
+            except ValueError as exc:
+                raise UserError(str(exc)) from None
+            attrs.append(a)
+        if not any(a.grouped.any() for a in attrs):
+            return LABEL_WIDTH, [None] * len(attrs)
+        for src, a in zip(self.sources, attrs):
+            log.info("age labels of %s: %d groups (intervals), %d exact", src.name, int(a.grouped.sum()),
+                     int((~a.grouped).sum()))
+        return 3, [(a.age_lo, a.age_hi) for a in attrs]
+
+    def _train_labels(self, src: Source, intervals) -> str:
+        """A source's train `.lst` with the teacher's soft genders mixed in and/or its age intervals, written
+        beside the checkpoints (`PREFIX-train-labels.lst`, or `PREFIX-train-labels-NAME.lst` with several
+        sources) for the record iterator."""
         from agegender.model.teacher import write_soft_lst
 
         out = f"{self.cfg.prefix}-train-labels" + (f"-{src.name}" if len(self.sources) > 1 else "") + ".lst"
         n, labelled = write_soft_lst(os.path.splitext(src.train_rec)[0] + ".lst", src.teacher,
-                                     self.cfg.teacher_weight, out)
-        log.info("teacher genders from %s for %d of %d train faces of %s (weight %g): %s", src.teacher,
-                 labelled, n, src.name, self.cfg.teacher_weight, out)
+                                     self.cfg.teacher_weight, out, intervals)
+        if src.teacher:
+            log.info("teacher genders from %s for %d of %d train faces of %s (weight %g): %s", src.teacher,
+                     labelled, n, src.name, self.cfg.teacher_weight, out)
         return out
 
     def _network(self) -> gluon.HybridBlock:
@@ -318,7 +342,7 @@ class Fit:
             gender_weight = self.gender_band_weights.take(band).as_in_context(out.context)
         return age_gender_loss(mx.nd, out, label, c.gender_weight, age_sigma=c.age_sigma,
                                gender_smooth=c.gender_smooth, sample_weight=weight,
-                               gender_sample_weight=gender_weight)
+                               gender_sample_weight=gender_weight, intervals=label.shape[1] == 3)
 
     def update(self) -> None:
         # gradients are summed over contexts (and over workers by a dist kvstore): normalise by all rows
@@ -379,7 +403,8 @@ class Fit:
         batch at `shares` (`--source-weights`, by default each source's size)."""
         c = self.cfg
         its = [record_iter(s.train_rec, share, train=True, augment=c.augment, threads=c.num_workers,
-                           seed=c.seed + i, num_parts=self.workers, part_index=self.rank, labels_lst=s.labels_lst)
+                           seed=c.seed + i, num_parts=self.workers, part_index=self.rank, labels_lst=s.labels_lst,
+                           label_width=self.label_width)
                for i, (s, share) in enumerate(zip(self.sources, getattr(self, "shares", [self.global_batch])))]
         if len(its) == 1:
             return its[0]

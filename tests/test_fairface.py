@@ -1,0 +1,114 @@
+"""FairFace: the official layout read natively (age groups as intervals, race kept, spreadsheet dates
+refused), the attributes sidecar, interval targets in the loss, and eval's age-group and race tables."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+from agegender.data.recordio import read_attrs
+from agegender.data.sources import BAD_AGE, BAD_GENDER, parse_age_group, parse_fairface
+from agegender.model.age import age_gender_loss, age_targets, interval_targets
+from agegender.model.metrics import band_table, in_interval
+from conftest import run_script
+
+
+def test_age_groups_parse_as_intervals():
+    assert parse_age_group("10-19") == (10, 19)
+    assert parse_age_group("0-2") == (0, 2)
+    assert parse_age_group("more than 70") == (70, 100)
+    for bad in ("03-Sep", "Sep-03", "19-10", "", "ten"):
+        assert parse_age_group(bad) is None
+
+
+def test_parse_fairface_keeps_race_and_intervals_and_reports_bad_rows(demo_sources):
+    p = parse_fairface(demo_sources["fairface"], "train")
+    by_name = {os.path.basename(s.path): s for s in p.samples}
+    assert by_name["1.jpg"].gender == 1 and by_name["1.jpg"].race == "Black"
+    assert by_name["2.jpg"].gender == 0 and by_name["2.jpg"].interval() == (3, 9)
+    assert by_name["3.jpg"].interval() == (70, 100)
+    assert by_name["2.jpg"].age == pytest.approx(6.0)  # the midpoint, for tools that read one age
+    reasons = {os.path.basename(s.path): s.reason for s in p.skips}
+    assert reasons == {"7.jpg": BAD_AGE, "8.jpg": BAD_GENDER}
+    assert "03-Sep" in next(s.detail for s in p.skips if s.reason == BAD_AGE)
+    val = parse_fairface(demo_sources["fairface"], "val")
+    assert {s.split for s in val.samples} == {"val"}  # the benchmark split never reaches train
+
+
+def test_create_dataset_packs_fairface_with_its_sidecar(demo_sources, tmp_path):
+    out = tmp_path / "ff"
+    proc = run_script("create_dataset.py", "--fairface", demo_sources["fairface"], "--output", str(out),
+                      "--val-ratio", "0", "--workers", "1", "--no-progress", "--no-face", "center")
+    assert proc.returncode == 0, proc.stderr
+    with open(out / "skipped.csv") as f:
+        skipped = {os.path.basename(r["path"]): r["reason"] for r in csv.DictReader(f)}
+    assert skipped["7.jpg"] == BAD_AGE and skipped["8.jpg"] == BAD_GENDER and "9.jpg" in skipped
+    lst = [line.split("\t") for line in (out / "train.lst").read_text().splitlines()]
+    attrs = read_attrs(str(out / "train.rec"), np.array([float(r[2]) for r in lst]))
+    by_name = {os.path.basename(r[3]): i for i, r in enumerate(lst)}
+    i = by_name["5.jpg"]
+    assert (attrs.age_lo[i], attrs.age_hi[i], attrs.race[i]) == (10, 19, "Latino_Hispanic")
+    assert attrs.grouped.all()
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["sources"][0]["name"] == "fairface"
+    # the published val split goes whole into val.rec
+    bench = tmp_path / "ffval"
+    proc = run_script("create_dataset.py", "--fairface", demo_sources["fairface"], "--fairface-set", "val",
+                      "--output", str(bench), "--workers", "1", "--no-progress", "--no-face", "center")
+    assert proc.returncode == 0, proc.stderr
+    assert (bench / "val.rec").exists() and not (bench / "train.rec").exists()
+
+
+def test_a_sidecar_of_another_split_is_refused(tmp_path):
+    rec = tmp_path / "val.rec"
+    (tmp_path / "val-attrs.csv").write_text("index,race,age_lo,age_hi\n0,White,10,19\n")
+    with pytest.raises(ValueError, match="does not match"):
+        read_attrs(str(rec), np.array([14.5, 30.0]))
+    # a split packed before the sidecar existed: exact ages, no race
+    a = read_attrs(str(tmp_path / "train.rec"), np.array([14.0, 30.0]))
+    assert not a.grouped.any() and a.race == ["", ""]
+
+
+def test_interval_targets_mask_what_the_group_does_not_say():
+    lo = mx.nd.array([10, 25, 70])
+    hi = mx.nd.array([19, 25, 100])
+    t, mask = (x.asnumpy() for x in interval_targets(mx.nd, lo, hi))
+    # "10-19": age > k is 1 for k < 10, unknown for 10 <= k < 19, 0 for k >= 19
+    assert (t[0, :10] == 1).all() and (mask[0, :10] == 1).all()
+    assert (mask[0, 10:19] == 0).all() and (mask[0, 19:] == 1).all() and (t[0, 19:] == 0).all()
+    # an exact age is fully known, and the same as age_targets
+    assert (mask[1] == 1).all()
+    np.testing.assert_array_equal(t[1], age_targets(mx.nd, mx.nd.array([25])).asnumpy()[0])
+    # "more than 70": nothing above 70 is taught
+    assert (mask[2, 70:] == 0).all() and (t[2, :70] == 1).all()
+
+
+def test_the_loss_ignores_the_pairs_inside_a_group():
+    """Changing the outputs of pairs inside the labelled group leaves an interval label's loss unchanged;
+    outside it, it changes. An exact label (lo = hi) sees every pair."""
+    rng = np.random.default_rng(0)
+    out = rng.normal(size=(2, 202)).astype(np.float32)
+    label = mx.nd.array([[1, 10, 19], [0, 30, 30]])
+    base = age_gender_loss(mx.nd, mx.nd.array(out), label, intervals=True).asnumpy()
+    inside = out.copy()
+    inside[:, 3 + 2 * 12: 3 + 2 * 15: 2] += 3.0  # "yes" of pairs k = 12..14
+    moved = age_gender_loss(mx.nd, mx.nd.array(inside), label, intervals=True).asnumpy()
+    assert moved[0] == pytest.approx(base[0], rel=1e-6)  # inside 10..19: not taught
+    assert moved[1] != pytest.approx(base[1], rel=1e-3)  # an exact 30: taught
+    outside = out.copy()
+    outside[:, 3 + 2 * 25] += 3.0
+    assert age_gender_loss(mx.nd, mx.nd.array(outside), label, intervals=True).asnumpy()[0] != pytest.approx(base[0])
+    # exact labels in a width-3 batch give the loss of the width-2 batch
+    two = age_gender_loss(mx.nd, mx.nd.array(out[1:]), mx.nd.array([[0, 30]])).asnumpy()
+    assert base[1] == pytest.approx(two[0], rel=1e-6)
+
+
+def test_group_accuracy_and_signed_error():
+    assert in_interval([19.6, 20.0, 9.9], [10, 10, 10], [19, 19, 19]).tolist() == [True, False, False]
+    rows = {r["band"]: r for r in band_table([14, 33, 12], [10, 30, 12], age_hi=np.array([19, 30, 12]))}
+    assert rows["10-19"]["group_acc"] == 1.0 and rows["10-19"]["bias"] == pytest.approx(0.0)  # exact 12 read 12
+    assert rows["30-39"]["bias"] == pytest.approx(3.0) and rows["30-39"]["mae"] == pytest.approx(3.0)
