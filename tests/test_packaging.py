@@ -113,3 +113,34 @@ def test_wheel_installs_into_a_fresh_venv_and_works_from_any_folder(tmp_path):
     assert version.stdout.startswith(f"agegender {agegender.__version__}")
     serve = _run(str(venv / "bin" / "agegender"), "serve", "--port", "0", cwd=str(elsewhere))  # no [serve] extra
     assert serve.returncode == 2 and serve.stderr.count("\n") == 1 and "agegender[serve]" in serve.stderr
+    # with the extra, as the README says: everything `agegender serve` imports comes with it (httptools was not)
+    extra = _run(py, "-m", "pip", "install", "--disable-pip-version-check", "-q", f"{wheel}[serve]", timeout=900)
+    assert extra.returncode == 0, extra.stderr[-2000:]
+    _serves_health(str(venv / "bin" / "agegender"), tmp_path, cwd=str(elsewhere))
+
+
+def _serves_health(agegender_cmd: str, tmp, cwd: str) -> None:
+    """`agegender serve` on a free port answers /health with the model loaded, then stops on SIGTERM."""
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(tmp / "serve.log", "w+")
+    proc = subprocess.Popen([agegender_cmd, "serve", "--port", str(port)], cwd=cwd, stdout=log,
+                            stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline, answer = time.time() + 120, None
+        while time.time() < deadline and answer is None:
+            assert proc.poll() is None, "agegender serve exited: " + (tmp / "serve.log").read_text()[-2000:]
+            try:
+                answer = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2))
+            except OSError:
+                time.sleep(0.3)
+        assert answer == {"status": "ok", "model_loaded": True}, (tmp / "serve.log").read_text()[-2000:]
+    finally:
+        proc.terminate()
+        assert proc.wait(60) == 0
+        log.close()
