@@ -143,6 +143,36 @@ def test_photo_upload_draws_and_lists_six_faces(server, tmp_path, size):
         driver.quit()
 
 
+def test_a_failed_upload_clears_the_previous_result(server, tmp_path):
+    """t1.jpg, then a text file named bad.jpg: the error shows, and the previous photo, boxes, table and
+    "Download JSON" are gone (then t1.jpg again works as the first time)."""
+    from selenium.webdriver.common.by import By
+
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("not a photo\n")
+    driver = _driver(tmp_path, DESKTOP)
+    try:
+        driver.get(server + "/")
+        driver.find_element(By.ID, "file").send_keys(T1)
+        _wait(driver, lambda d: d.find_element(By.ID, "canvas").get_attribute("data-faces") == "6", what="6 faces")
+        assert driver.find_element(By.ID, "download").is_enabled()
+        driver.find_element(By.ID, "file").send_keys(str(bad))
+        _wait(driver, lambda d: "error" in d.find_element(By.ID, "status").get_attribute("class"), 30, "the error")
+        assert driver.find_elements(By.CSS_SELECTOR, "#faces tbody tr") == []
+        canvas = driver.find_element(By.ID, "canvas")
+        assert canvas.get_attribute("data-faces") == "0" and canvas.get_attribute("width") == "0"
+        assert not driver.find_element(By.ID, "download").is_enabled()
+        assert driver.execute_script("return window.ageGender.doc") is None
+        driver.find_element(By.ID, "download").click()  # disabled: no download of an old result
+        time.sleep(1)
+        assert not list(tmp_path.glob("*.json"))
+        driver.find_element(By.ID, "file").send_keys(T1)
+        _wait(driver, lambda d: d.find_element(By.ID, "canvas").get_attribute("data-faces") == "6", what="6 again")
+        assert driver.find_element(By.ID, "status").get_attribute("class") == "status"
+    finally:
+        driver.quit()
+
+
 def test_camera_mode_tracks_faces_with_stable_ids(server, tmp_path):
     from selenium.webdriver.common.by import By
 

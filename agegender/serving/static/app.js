@@ -60,6 +60,7 @@
   async function analyse(file) {
     const st = $("status");
     if (!file) return;
+    clearResult();  // a failed upload must not leave the previous photo's boxes, table and JSON on show
     status(st, "Analysing " + file.name + "…");
     state.name = file.name;
     const img = new Image();
@@ -74,6 +75,14 @@
     } catch (e) {
       status(st, e.message, true);
     }
+  }
+  function clearResult() {
+    state.doc = null; state.image = null;
+    const canvas = $("canvas");
+    canvas.width = 0; canvas.height = 0;
+    canvas.dataset.faces = "0";
+    $("faces").tBodies[0].innerHTML = "";
+    $("download").disabled = true;
   }
   function shownFaces() {
     const t = parseFloat($("thresh").value);
