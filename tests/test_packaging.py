@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -144,3 +145,31 @@ def _serves_health(agegender_cmd: str, tmp, cwd: str) -> None:
         proc.terminate()
         assert proc.wait(60) == 0
         log.close()
+
+
+def _fake_python(path, version: str) -> str:
+    """An executable that answers the Makefile's version question as a Python of `version` would."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"#!/bin/sh\necho {version}\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+@pytest.mark.skipif(not shutil.which("make"), reason="needs make")
+def test_make_demo_rebuilds_its_venv_when_another_python_is_asked_for(tmp_path):
+    """`make demo DEMO_PYTHON=python3.13` after a `make demo` on 3.11: .venv-infer is rebuilt, and make says
+    so; with the same Python it is left as it is."""
+    venv = tmp_path / "venv-infer"
+    _fake_python(venv / "bin" / "python", "3.11.9")
+    (venv / ".installed-python3.11.9").touch()
+    same = _fake_python(tmp_path / "py311", "3.11.9")
+    other = _fake_python(tmp_path / "py313", "3.13.1")
+    up = _run("make", "-q", "install-infer", f"INFER_VENV={venv}", f"DEMO_PYTHON={same}")
+    assert up.returncode == 0, up.stdout + up.stderr  # up to date: nothing is rebuilt
+    plan = _run("make", "-n", "install-infer", f"INFER_VENV={venv}", f"DEMO_PYTHON={other}")
+    assert plan.returncode == 0, plan.stderr
+    lines = plan.stdout.splitlines()
+    said = next(i for i, line in enumerate(lines) if "rebuilding" in line)
+    assert f"has Python 3.11.9 and {other} is Python 3.13.1: rebuilding {venv}" in lines[said]
+    assert f"rm -rf {venv}" in lines[said]
+    assert lines.index(f"{other} -m venv {venv}") > said and lines[-1] == f"touch {venv}/.installed-python3.13.1"
