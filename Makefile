@@ -10,7 +10,7 @@ INFER_VENV  := .venv-infer
 INFER_PY    := $(INFER_VENV)/bin/python
 DEMO        := dataset/demo
 
-.PHONY: demo demo-pack test bench install install-infer clean
+.PHONY: demo demo-pack test test-quick bench install install-infer clean
 
 install: $(VENV)/.installed
 
@@ -56,8 +56,13 @@ demo-pack: install
 	    --utkface $(DEMO)/raw/utkface --aaf $(DEMO)/raw/aaf --list $(DEMO)/raw/list/labels.csv --val-ratio 0.2 --output $(DEMO)
 	$(PY) show_age_distribution.py $(DEMO)/train.rec --output $(DEMO)/age_distribution.png
 
+# the whole suite, then its total time and its ten slowest tests (the time depends on the machine's load)
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=10
+
+# the same without the tests marked slow (a wheel built and installed with its extras in a fresh venv)
+test-quick: install
+	$(PY) -m pytest -q -m "not slow" --durations=10
 
 bench: install
 	$(PY) benchmarks/pack.py
