@@ -99,3 +99,18 @@ def test_service_example_size_and_model_name(analyzer):
     m = re.search(r'\{"image": "t1\.jpg", "width": (\d+), "height": (\d+), "model": "([^"]+)"', _read("docs", "service.md"))
     h, w = cv2.imread(T1).shape[:2]
     assert m and (int(m.group(1)), int(m.group(2)), m.group(3)) == (w, h, os.path.basename(analyzer.engine.name))
+
+
+def test_readme_limitations_quote_the_model_card():
+    """README's "Limitations" exists near the top, links the model card's section, and every figure it
+    quotes is in that section: the two cannot drift apart."""
+    readme = _read("README.md")
+    assert "## Limitations" in readme and readme.index("## Limitations") < readme.index("## One example per script")
+    section = readme.split("## Limitations", 1)[1].split("\n## ", 1)[0]
+    assert "(models/README.md#known-limitations-measured)" in section
+    card = _read("models", "README.md").split("## Known limitations (measured)", 1)[1].split("\n## ", 1)[0]
+    figures = re.findall(r"\+?\d+\.\d+|\d+ %|\b\d\d\b", section.replace("1.1 MB", "").replace("10-19", "")
+                         .replace("0-9", "").replace("10-29", "").replace("5,000", ""))
+    assert len(figures) >= 10, figures
+    missing = [f for f in figures if f not in card]
+    assert not missing, f"README's Limitations quotes {missing}, which models/README.md's section does not say"
