@@ -27,9 +27,9 @@ def _nearness(a: np.ndarray, b: np.ndarray, reach: np.ndarray) -> np.ndarray:
     """1 for boxes of `a` (N,4) and `b` (M,4) with one centre and size, falling to 0 at a centre distance of
     `reach` (N,) face widths, times the ratio of their areas: a similarity in IoU's range."""
     ca, cb = (a[:, :2] + a[:, 2:]) / 2, (b[:, :2] + b[:, 2:]) / 2
-    side = np.sqrt(np.clip((a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]), 1e-9, None))
     area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
     area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    side = np.sqrt(np.clip(area_a, 1e-9, None))
     ratio = np.minimum(area_a[:, None], area_b[None]) / np.maximum(np.maximum(area_a[:, None], area_b[None]), 1e-9)
     dist = np.linalg.norm(ca[:, None] - cb[None], axis=2) / side[:, None]
     return np.clip(1 - dist / np.maximum(reach[:, None], 1e-9), 0, None) * ratio

@@ -116,9 +116,10 @@ def draw_tracks(bgr: np.ndarray, tracks: list[Track]) -> np.ndarray:
 
 
 def frame_json(index: int, timestamp: float, tracks: list[Track], detected: bool = True) -> dict:
-    """One JSON line (the schema's `frame`): per face the schema's face object -- this frame's box and the
-    labels of the track's latest labelled frame (this one when `detected`) -- and its `track`: id, frames
-    labelled, and the smoothed gender, P(male) and age (gender never null once labelled)."""
+    """One JSON line (the schema's `frame`): per face the schema's face object -- this frame's box (between
+    detections, where the track predicts it) and the labels of the track's latest labelled frame (this one
+    when `detected`) -- and its `track`: id, frames labelled, and the smoothed gender, P(male) and age
+    (gender never null once labelled)."""
     faces = []
     for t in tracks:
         p_male, age = t.raw or t.last or (None, None)
