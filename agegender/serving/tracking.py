@@ -154,7 +154,10 @@ class Tracker:
         live = [t for t in self.tracks if frame - t.seen_frame - 1 <= self.max_missed]
         old = np.array([t.predict(frame) for t in live], np.float64).reshape(-1, 4)
         new = np.array([f.box for f in faces], np.float64).reshape(-1, 4)
-        sim = iou_matrix(old, new)
+        # where it should be now, or (a small face's jittery detections make a noisy velocity) where it was
+        # last seen: a track is never lost for having been predicted
+        last = np.array([t.seen.box for t in live], np.float64).reshape(-1, 4)
+        sim = np.maximum(iou_matrix(old, new), iou_matrix(last, new))
         # a track detected once has no velocity yet: a fast face (a pan, every K-th frame detected) may have
         # left its box, so it is also looked for nearby, at most MAX_STEP face widths a frame away
         young = [i for i, t in enumerate(live) if t.detections == 1]
