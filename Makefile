@@ -10,7 +10,7 @@ INFER_VENV  := .venv-infer
 INFER_PY    := $(INFER_VENV)/bin/python
 DEMO        := dataset/demo
 
-.PHONY: demo demo-pack test bench install install-infer clean
+.PHONY: demo demo-pack test test-quick bench install install-infer clean
 
 install: $(VENV)/.installed
 
@@ -22,14 +22,22 @@ $(VENV)/.installed: requirements.txt requirements-common.txt requirements-ray.tx
 	$(PY) -m pip install --quiet -r requirements.txt -r requirements-ray.txt
 	@touch $@
 
-install-infer: $(INFER_VENV)/.installed
+# The stamp names the Python version .venv-infer was built with: asking for another one (DEMO_PYTHON)
+# rebuilds it, and says so, rather than running the demo on the old one.
+DEMO_PYVER   = $(shell $(DEMO_PYTHON) -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' 2>/dev/null)
+INFER_PYVER  = $(shell $(INFER_PY) -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' 2>/dev/null)
+INFER_STAMP  = $(INFER_VENV)/.installed-python$(DEMO_PYVER)
 
-$(INFER_VENV)/.installed: requirements-infer.txt requirements-demo.txt
+install-infer: $(INFER_STAMP)
+
+$(INFER_STAMP): requirements-infer.txt requirements-demo.txt
 	@command -v $(DEMO_PYTHON) >/dev/null 2>&1 || { echo "error: $(DEMO_PYTHON) not found; make demo needs Python 3.9-3.13: run 'make demo DEMO_PYTHON=/path/to/python3'"; exit 2; }
 	@$(DEMO_PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if (3, 9) <= v <= (3, 13) else "error: Python %d.%d is not supported by make demo: it needs 3.9-3.13 (run make demo DEMO_PYTHON=/path/to/python3.x)" % v)'
+	$(if $(and $(INFER_PYVER),$(filter-out $(DEMO_PYVER),$(INFER_PYVER))),@echo "make demo: $(INFER_VENV) has Python $(INFER_PYVER) and $(DEMO_PYTHON) is Python $(DEMO_PYVER): rebuilding $(INFER_VENV)" && rm -rf $(INFER_VENV))
 	$(DEMO_PYTHON) -m venv $(INFER_VENV)
 	$(INFER_PY) -m pip install --quiet --upgrade pip
 	$(INFER_PY) -m pip install --quiet -r requirements-demo.txt
+	@rm -f $(INFER_VENV)/.installed $(INFER_VENV)/.installed-python*
 	@touch $@
 
 # The main job: every face of a real photo (t1.jpg, shipped inside the insightface wheel) found by the
@@ -48,8 +56,13 @@ demo-pack: install
 	    --utkface $(DEMO)/raw/utkface --aaf $(DEMO)/raw/aaf --list $(DEMO)/raw/list/labels.csv --val-ratio 0.2 --output $(DEMO)
 	$(PY) show_age_distribution.py $(DEMO)/train.rec --output $(DEMO)/age_distribution.png
 
+# the whole suite, then its total time and its ten slowest tests (the time depends on the machine's load)
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=10
+
+# the same without the tests marked slow (a wheel built and installed with its extras in a fresh venv)
+test-quick: install
+	$(PY) -m pytest -q -m "not slow" --durations=10
 
 bench: install
 	$(PY) benchmarks/pack.py

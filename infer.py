@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--detect-every", type=COUNT, default=1,
                    help="detect and label every K-th frame; tracked boxes are carried between detections")
     v.add_argument("--track-max-missed", type=NON_NEGATIVE_INT, default=15,
-                   help="a track ends after this many frames without its face")
+                   help="a track ends once its face has not been detected for more than this many frames (frames, "
+                        "also with --detect-every)")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar (it is shown on stderr over several images or a video, on a terminal only)")
     p.epilog = ("exit status: 0 every image processed; 1 some images failed (each reported as 'error: PATH: "
@@ -135,7 +136,7 @@ def run_ray(args: argparse.Namespace) -> int:
 def run_video(args: argparse.Namespace) -> int:
     """--video: a file or a camera, annotated video (--output) and JSON lines (--jsonl), one line of summary."""
     from agegender.serving.analyzer import FaceAnalyzer
-    from agegender.serving.video import check_video_args, process_video
+    from agegender.serving.video import check_video_args, process_video, summary_lines
 
     if args.output_dir or args.json or args.csv or args.parquet or args.ray:
         raise UserError("with --video, write the annotated video with --output FILE.mp4 and the faces with --jsonl")
@@ -146,12 +147,8 @@ def run_video(args: argparse.Namespace) -> int:
                                          gender_ensemble=args.gender_ensemble)
     res = process_video(args.video, analyzer, args.output, args.jsonl, args.detect_every, args.track_max_missed,
                         args.show, progress=False if args.no_progress else None)
-    labelled = [t for t in res.tracks if t.gender]
     out = sys.stderr if "-" in (args.output, args.jsonl) else sys.stdout  # stdout carries the video or lines
-    print(f"{res.frames} frames ({res.detected} detected) in {res.seconds:.1f} s = {res.frames / res.seconds:.1f} "
-          f"frames/s; {len(res.tracks)} tracks", file=out)
-    for t in labelled:
-        print(f"track {t.id}: frames {t.first_frame}-{t.last_frame}, gender: {t.gender}, age: {round(t.age)}", file=out)
+    print("\n".join(summary_lines(res)), file=out)
     if res.ended_early:
         print(f"error: {args.video}: the stream ended early; the {res.frames} frames read are written", file=sys.stderr)
         return 1

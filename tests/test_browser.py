@@ -143,6 +143,36 @@ def test_photo_upload_draws_and_lists_six_faces(server, tmp_path, size):
         driver.quit()
 
 
+def test_a_failed_upload_clears_the_previous_result(server, tmp_path):
+    """t1.jpg, then a text file named bad.jpg: the error shows, and the previous photo, boxes, table and
+    "Download JSON" are gone (then t1.jpg again works as the first time)."""
+    from selenium.webdriver.common.by import By
+
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("not a photo\n")
+    driver = _driver(tmp_path, DESKTOP)
+    try:
+        driver.get(server + "/")
+        driver.find_element(By.ID, "file").send_keys(T1)
+        _wait(driver, lambda d: d.find_element(By.ID, "canvas").get_attribute("data-faces") == "6", what="6 faces")
+        assert driver.find_element(By.ID, "download").is_enabled()
+        driver.find_element(By.ID, "file").send_keys(str(bad))
+        _wait(driver, lambda d: "error" in d.find_element(By.ID, "status").get_attribute("class"), 30, "the error")
+        assert driver.find_elements(By.CSS_SELECTOR, "#faces tbody tr") == []
+        canvas = driver.find_element(By.ID, "canvas")
+        assert canvas.get_attribute("data-faces") == "0" and canvas.get_attribute("width") == "0"
+        assert not driver.find_element(By.ID, "download").is_enabled()
+        assert driver.execute_script("return window.ageGender.doc") is None
+        driver.find_element(By.ID, "download").click()  # disabled: no download of an old result
+        time.sleep(1)
+        assert not list(tmp_path.glob("*.json"))
+        driver.find_element(By.ID, "file").send_keys(T1)
+        _wait(driver, lambda d: d.find_element(By.ID, "canvas").get_attribute("data-faces") == "6", what="6 again")
+        assert driver.find_element(By.ID, "status").get_attribute("class") == "status"
+    finally:
+        driver.quit()
+
+
 def test_camera_mode_tracks_faces_with_stable_ids(server, tmp_path):
     from selenium.webdriver.common.by import By
 
@@ -164,6 +194,8 @@ def test_camera_mode_tracks_faces_with_stable_ids(server, tmp_path):
         time.sleep(1.0)  # a few more frames drawn at the phone's width
         assert driver.execute_script("return document.documentElement.scrollWidth") <= PHONE[0] + 1
         driver.save_screenshot(str(tmp_path / f"camera-{PHONE[0]}.png"))
+        overlay = driver.find_element(By.ID, "overlay")
+        predicted = overlay.get_attribute("data-predicted")  # every box drawn where its track says it is now
         driver.find_element(By.ID, "cam-stop").click()
     finally:
         driver.quit()
@@ -172,9 +204,43 @@ def test_camera_mode_tracks_faces_with_stable_ids(server, tmp_path):
     assert len(frames) >= 30 and all(len(x) == 6 for x in ids), ids
     assert all(x == ids[0] for x in ids), ids  # one id per person, all along
     assert [fr["frame"] for fr in frames] == list(range(frames[0]["frame"], frames[0]["frame"] + len(frames)))
+    assert predicted == "6"
     last = frames[-1]["faces"]
     assert all(f["track"]["settled"] and f["track"]["gender"] in ("male", "female") and f["track"]["age"] > 0
                for f in last)
+
+
+def test_camera_boxes_are_drawn_where_the_faces_are_now(server, tmp_path):
+    """An answer describes the frame grabbed a request ago: on a pan each box is moved on at its track's
+    velocity for the time since (at most PREDICT_MS), and a box whose frame is older than STALE_MS is dashed."""
+    from selenium.webdriver.common.by import By
+
+    driver = _driver(tmp_path, DESKTOP)
+    try:
+        driver.get(server + "/")
+        driver.find_element(By.ID, "tab-camera").click()
+        got = driver.execute_script("""
+            const s = window.ageGender, c = document.getElementById('overlay');
+            const face = (x) => ({box: [x, 100, x + 60, 160], score: 0.99, landmarks: [[x + 20, 120]],
+                                  gender: 'male', p_male: 0.9, age: 30,
+                                  track: {id: 4, labelled: 6, settled: true, gender: 'male', p_male: 0.9, age: 30}});
+            const line = (x, n) => ({frame: n, time: n / 10, detected: true, faces: [face(x)]});
+            const alpha = (x, y) => c.getContext('2d').getImageData(x, y, 1, 1).data[3];
+            s.acceptLine(line(100, 0), 1000, 640, 360);
+            s.acceptLine(line(120, 1), 1100, 640, 360);  // 20 px in 100 ms: a fast pan
+            s.drawOverlay(1200);                          // 100 ms later the face is at 140
+            const now = {at140: alpha(140, 130), at120: alpha(120, 130), predicted: c.dataset.predicted,
+                         stale: c.dataset.stale};
+            s.drawOverlay(1100 + s.STALE_MS + 500);       // no answer for long: moved at most PREDICT_MS, dashed
+            return {now, late: {stale: c.dataset.stale, predicted: c.dataset.predicted},
+                    capped: s.predictBox({box: [0, 0, 10, 10], t: 0}, {box: [10, 0, 20, 10], t: 100}, 1e6),
+                    first: s.predictBox(null, {box: [1, 2, 3, 4], t: 5}, 99)};
+        """)
+    finally:
+        driver.quit()
+    assert got["now"] == {"at140": 255, "at120": 0, "predicted": "1", "stale": "0"}, got
+    assert got["late"] == {"stale": "1", "predicted": "1"} and got["first"] == [1, 2, 3, 4], got
+    assert got["capped"] == [10 + 0.1 * 1000, 0, 20 + 0.1 * 1000, 10], got  # 0.1 px/ms for PREDICT_MS at most
 
 
 def test_swagger_try_it_out_uploads_a_photo(server, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -113,3 +114,62 @@ def test_wheel_installs_into_a_fresh_venv_and_works_from_any_folder(tmp_path):
     assert version.stdout.startswith(f"agegender {agegender.__version__}")
     serve = _run(str(venv / "bin" / "agegender"), "serve", "--port", "0", cwd=str(elsewhere))  # no [serve] extra
     assert serve.returncode == 2 and serve.stderr.count("\n") == 1 and "agegender[serve]" in serve.stderr
+    # with the extra, as the README says: everything `agegender serve` imports comes with it (httptools was not)
+    extra = _run(py, "-m", "pip", "install", "--disable-pip-version-check", "-q", f"{wheel}[serve]", timeout=900)
+    assert extra.returncode == 0, extra.stderr[-2000:]
+    _serves_health(str(venv / "bin" / "agegender"), tmp_path, cwd=str(elsewhere))
+
+
+def _serves_health(agegender_cmd: str, tmp, cwd: str) -> None:
+    """`agegender serve` on a free port answers /health with the model loaded, then stops on SIGTERM."""
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(tmp / "serve.log", "w+")
+    proc = subprocess.Popen([agegender_cmd, "serve", "--port", str(port)], cwd=cwd, stdout=log,
+                            stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline, answer = time.time() + 120, None
+        while time.time() < deadline and answer is None:
+            assert proc.poll() is None, "agegender serve exited: " + (tmp / "serve.log").read_text()[-2000:]
+            try:
+                answer = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2))
+            except OSError:
+                time.sleep(0.3)
+        assert answer == {"status": "ok", "model_loaded": True}, (tmp / "serve.log").read_text()[-2000:]
+    finally:
+        proc.terminate()
+        assert proc.wait(60) == 0
+        log.close()
+
+
+def _fake_python(path, version: str) -> str:
+    """An executable that answers the Makefile's version question as a Python of `version` would."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"#!/bin/sh\necho {version}\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+@pytest.mark.skipif(not shutil.which("make"), reason="needs make")
+def test_make_demo_rebuilds_its_venv_when_another_python_is_asked_for(tmp_path):
+    """`make demo DEMO_PYTHON=python3.13` after a `make demo` on 3.11: .venv-infer is rebuilt, and make says
+    so; with the same Python it is left as it is."""
+    venv = tmp_path / "venv-infer"
+    _fake_python(venv / "bin" / "python", "3.11.9")
+    (venv / ".installed-python3.11.9").touch()
+    same = _fake_python(tmp_path / "py311", "3.11.9")
+    other = _fake_python(tmp_path / "py313", "3.13.1")
+    up = _run("make", "-q", "install-infer", f"INFER_VENV={venv}", f"DEMO_PYTHON={same}")
+    assert up.returncode == 0, up.stdout + up.stderr  # up to date: nothing is rebuilt
+    plan = _run("make", "-n", "install-infer", f"INFER_VENV={venv}", f"DEMO_PYTHON={other}")
+    assert plan.returncode == 0, plan.stderr
+    lines = plan.stdout.splitlines()
+    said = next(i for i, line in enumerate(lines) if "rebuilding" in line)
+    assert f"has Python 3.11.9 and {other} is Python 3.13.1: rebuilding {venv}" in lines[said]
+    assert f"rm -rf {venv}" in lines[said]
+    assert lines.index(f"{other} -m venv {venv}") > said and lines[-1] == f"touch {venv}/.installed-python3.13.1"

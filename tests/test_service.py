@@ -61,7 +61,7 @@ def test_json_equals_infer_json_for_the_same_file(client, photo):
     assert r.status_code == 200, r.text
     doc = r.json()
     validate(doc, "analyze")
-    assert doc["image"] == os.path.basename(photo) and doc["model"] == "models/agegender.onnx"
+    assert doc["image"] == os.path.basename(photo) and doc["model"] == "agegender.onnx"
     h, w = cv2.imread(photo).shape[:2]
     assert (doc["width"], doc["height"]) == (w, h)
     assert doc["faces"] == expected["faces"] and doc["faces_total"] == len(doc["faces"])
@@ -194,6 +194,30 @@ def test_api_key_and_cors(analyzer):
     with _app(analyzer) as c:  # no origin allowed by default
         r = c.get("/health", headers={"Origin": "http://pages.test"})
         assert "access-control-allow-origin" not in r.headers
+
+
+def test_answers_name_the_model_without_a_path_of_the_machine(tmp_path):
+    """Served from an installed package (the model deep in site-packages): /v1/model and /v1/analyze name
+    it `agegender.onnx`, and no answer carries a folder of the serving machine."""
+    import shutil
+
+    from agegender.serving.analyzer import FaceAnalyzer
+    from agegender.serving.service import DET_FLOOR, create_app
+
+    weights = tmp_path / "venv" / "lib" / "python3.13" / "site-packages" / "agegender" / "weights"
+    weights.mkdir(parents=True)
+    shutil.copy(os.path.join(ROOT, "models", "agegender.onnx"), weights / "agegender.onnx")
+    installed = FaceAnalyzer.from_options(str(weights / "agegender.onnx"), det_thresh=DET_FLOOR, det_threads=1,
+                                          net_threads=1)
+    assert str(tmp_path) in installed.engine.name  # the engine itself knows where it is
+    data = open(T1, "rb").read()
+    with TestClient(create_app(installed)) as c:
+        answers = [c.get("/v1/model"), c.post("/v1/analyze", content=data), c.post("/v1/track?session=s", content=data),
+                   c.get("/health"), c.post("/v1/analyze", content=b"not an image"), c.get("/openapi.json")]
+    assert answers[0].json()["name"] == answers[1].json()["model"] == "agegender.onnx"
+    for r in answers:
+        for folder in (str(tmp_path), "site-packages", ROOT, os.path.expanduser("~") + "/"):
+            assert folder not in r.text, (r.request.url, folder)
 
 
 def test_over_max_queue_is_503_with_retry_after(analyzer, monkeypatch):

@@ -144,7 +144,6 @@ COLORS_BGR = {"male": (235, 140, 30), "female": (60, 60, 230)}
 def draw(res: ImageResult) -> np.ndarray:
     """A BGR copy of the image with boxes, landmarks and `M 30` / `F 31` labels sized to each face."""
     img = cv2.cvtColor(res.image, cv2.COLOR_RGB2BGR)
-    h, w = img.shape[:2]
     for fr in res.faces:
         x1, y1, x2, y2 = _box(fr.face)
         side = max(1, min(x2 - x1, y2 - y1))
@@ -155,15 +154,31 @@ def draw(res: ImageResult) -> np.ndarray:
             cv2.circle(img, (int(round(float(x))), int(round(float(y)))), max(1, round(side / 35)), (0, 220, 255), -1,
                        cv2.LINE_AA)
         text = f"{fr.gender[0].upper()} {round(fr.age)}" if fr.ok else "?"
-        scale = float(np.clip(side / 70, 0.4, 3.0))  # legible on 20 px faces and on 500 px ones
-        tthick = max(1, round(scale * 1.5))
-        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, tthick)
-        ty = y1 - 4 if y1 - th - base - 4 >= 0 else min(h - 1, y2 + th + 4)  # above the box, else below
-        tx = min(max(0, x1), max(0, w - tw - 2))
-        cv2.rectangle(img, (tx, ty - th - base), (tx + tw + 2, ty + base // 2), color, -1)
-        cv2.putText(img, text, (tx + 1, ty - base // 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), tthick,
-                    cv2.LINE_AA)
+        draw_label(img, text, (x1, y1, x2, y2), color, float(np.clip(side / 70, 0.4, 3.0)))  # legible 20-500 px
     return img
+
+
+def draw_label(img: np.ndarray, text: str, box: tuple[int, int, int, int], color: tuple[int, int, int],
+               scale: float) -> tuple[int, int, int, int]:
+    """White `text` on a `color` band above `box` (below it where the top edge is near, inside the frame
+    always: a face at an edge keeps its whole label; a label wider than the frame is drawn smaller).
+    Returns the band as x1, y1, x2, y2."""
+    h, w = img.shape[:2]
+    while True:
+        thick = max(1, round(scale * 1.5))
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
+        if (tw + 2 < w and th + base + base // 2 < h) or scale <= 0.3:
+            break
+        scale *= 0.8
+    x1, y1, x2, y2 = box
+    ty = y1 - 4 if y1 - th - base - 4 >= 0 else y2 + th + 4  # the text's baseline: above the box, else below
+    ty = int(min(max(ty, th + base), h - 1 - base // 2))
+    tx = int(min(max(0, x1), max(0, w - tw - 2)))
+    band = (tx, ty - th - base, tx + tw + 2, ty + base // 2)
+    cv2.rectangle(img, band[:2], band[2:], color, -1)
+    cv2.putText(img, text, (tx + 1, ty - base // 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thick,
+                cv2.LINE_AA)
+    return band
 
 
 def save_image(path: str, bgr: np.ndarray) -> None:
@@ -365,5 +380,5 @@ class Outputs:
         return 1 if self.labelled else 2
 
 
-__all__ = ["Outputs", "find_images", "output_paths", "NOT_FINITE", "format_lines", "to_json", "draw", "save_image", "dumps_json", "IMAGE_EXTS", "csv_rows",
+__all__ = ["Outputs", "find_images", "output_paths", "NOT_FINITE", "format_lines", "to_json", "draw", "draw_label", "save_image", "dumps_json", "IMAGE_EXTS", "csv_rows",
            "csv_text"]

@@ -75,7 +75,7 @@ class AnalyzeOut(BaseModel):
     image: str = Field(description="the uploaded file's name, or '-' for a raw body", examples=["t1.jpg"])
     width: int
     height: int
-    model: str = Field(examples=["models/agegender.onnx"])
+    model: str = Field(examples=["agegender.onnx"], description="the model's file name (no folder)")
     faces: list[FaceOut]
     faces_total: int = Field(description="faces found before max_faces kept the best; equals len(faces) "
                                          "when nothing was cut")
@@ -213,6 +213,12 @@ def _weights_file(name: str) -> str | None:
     return os.path.abspath(params) if params and os.path.isfile(params) else None
 
 
+def _public_name(name: str) -> str:
+    """The model's name without the folders it lies in (`agegender.onnx`, `PREFIX,EPOCH (exported to
+    ONNX)`): no answer carries a path of the serving machine."""
+    return os.path.basename(name) or name
+
+
 @functools.lru_cache(maxsize=4)
 def _sha256(path: str) -> str:
     h = hashlib.sha256()
@@ -343,7 +349,7 @@ def create_app(analyzer: FaceAnalyzer, max_bytes: int = MAX_BYTES, max_pixels: i
         import onnxruntime
 
         weights = _weights_file(analyzer.engine.name)
-        return {"name": analyzer.engine.name, "file": os.path.basename(weights or analyzer.engine.name),
+        return {"name": _public_name(analyzer.engine.name), "file": os.path.basename(weights or analyzer.engine.name),
                 "sha256": await asyncio.get_running_loop().run_in_executor(pool, _sha256, weights) if weights else None,
                 "engine": analyzer.engine.kind,
                 "input": "aligned faces (N,3,112,112) RGB 0-255, ArcFace 5-point template",
@@ -433,7 +439,7 @@ def create_app(analyzer: FaceAnalyzer, max_bytes: int = MAX_BYTES, max_pixels: i
                     return Response(jpeg, media_type="image/jpeg")
                 doc = to_json(res)
                 docs.append({"image": doc["image"], "width": int(res.image.shape[1]),
-                             "height": int(res.image.shape[0]), "model": analyzer.engine.name,
+                             "height": int(res.image.shape[0]), "model": _public_name(analyzer.engine.name),
                              "faces": doc["faces"], "faces_total": total, "timings_ms": ms})
         # returned as a response: the document already has AnalyzeOut's shape (the schema /docs shows)
         return JSONResponse(docs[0] if len(docs) == 1 else docs)

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from agegender.serving.analyzer import FaceAnalyzer, face_dict
-from agegender.serving.inference import COLORS_BGR
+from agegender.serving.inference import COLORS_BGR, draw_label
 from agegender.atomic import atomic_path, check_writable, named, open_output, refuse_inputs, refuse_same_outputs
 from agegender.errors import UserError, short_reason
 from agegender.serving.tracking import Track, Tracker
@@ -69,6 +69,24 @@ class VideoSummary:
     dropped: int
 
 
+def summary_lines(res: VideoSummary) -> list[str]:
+    """The run in one line, then one line per track -- every track the count counts: a gender once it has
+    settled, else the side it leans to so far and how few frames were labelled."""
+    rate = res.frames / res.seconds if res.seconds > 0 else 0.0
+    lines = [f"{res.frames} frames ({res.detected} detected) in {res.seconds:.1f} s = {rate:.1f} frames/s; "
+             f"{len(res.tracks)} tracks"]
+    for t in res.tracks:
+        if t.settled:
+            label = f"gender: {t.gender}, age: {round(t.age)}"
+        elif t.labelled:
+            label = (f"gender: not settled ({t.labelled} labelled frame{'s' if t.labelled > 1 else ''}, "
+                     f"{t.gender_so_far} so far), age: {round(t.age)}")
+        else:
+            label = "no label (the model's output was not finite)"
+        lines.append(f"track {t.id}: frames {t.first_frame}-{t.last_frame}, {label}")
+    return lines
+
+
 def open_video(source: str) -> tuple[cv2.VideoCapture, bool]:
     """(capture, is_camera) for a file path or a camera index; UserError when it does not open."""
     camera = source.isdigit()
@@ -93,20 +111,15 @@ def draw_tracks(bgr: np.ndarray, tracks: list[Track]) -> np.ndarray:
         color = COLORS_BGR.get(t.gender, (128, 128, 128))
         cv2.rectangle(bgr, (x1, y1), (x2, y2), color, max(1, round(side / 50)), cv2.LINE_AA)
         text = f"#{t.id} " + (f"{t.gender[0].upper()} {round(t.age)}" if t.gender else "?")
-        scale = float(np.clip(side / 80, 0.4, 2.0))
-        thick = max(1, round(scale * 1.5))
-        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
-        ty = y1 - 4 if y1 - th - base - 4 >= 0 else min(bgr.shape[0] - 1, y2 + th + 4)
-        cv2.rectangle(bgr, (x1, ty - th - base), (x1 + tw + 2, ty + base // 2), color, -1)
-        cv2.putText(bgr, text, (x1 + 1, ty - base // 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thick,
-                    cv2.LINE_AA)
+        draw_label(bgr, text, (x1, y1, x2, y2), color, float(np.clip(side / 80, 0.4, 2.0)))
     return bgr
 
 
 def frame_json(index: int, timestamp: float, tracks: list[Track], detected: bool = True) -> dict:
-    """One JSON line (the schema's `frame`): per face the schema's face object -- this frame's box and the
-    labels of the track's latest labelled frame (this one when `detected`) -- and its `track`: id, frames
-    labelled, and the smoothed gender, P(male) and age (gender never null once labelled)."""
+    """One JSON line (the schema's `frame`): per face the schema's face object -- this frame's box (between
+    detections, where the track predicts it) and the labels of the track's latest labelled frame (this one
+    when `detected`) -- and its `track`: id, frames labelled, and the smoothed gender, P(male) and age
+    (gender never null once labelled)."""
     faces = []
     for t in tracks:
         p_male, age = t.raw or t.last or (None, None)
@@ -222,4 +235,4 @@ def process_video(source: str, analyzer: FaceAnalyzer, output: str | None = None
                         reader.dropped if reader else 0)
 
 
-__all__ = ["process_video", "check_video_args", "MAX_CAMERA_INDEX", "open_video", "frame_json", "draw_tracks", "VideoSummary", "CameraReader"]
+__all__ = ["process_video", "check_video_args", "MAX_CAMERA_INDEX", "open_video", "frame_json", "draw_tracks", "summary_lines", "VideoSummary", "CameraReader"]

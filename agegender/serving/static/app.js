@@ -4,7 +4,8 @@
 (function () {
   const $ = (id) => document.getElementById(id);
   const COLORS = { male: "#1e8ceb", female: "#e63c3c" };
-  const state = { doc: null, image: null, name: "", frames: [], session: null, camTimer: null, stream: null };
+  const state = { doc: null, image: null, name: "", frames: [], session: null, camTimer: null, stream: null,
+                  live: null, seen: new Map(), prevSeen: new Map(), raf: 0 };
   window.ageGender = state;  // for a look from the console (and the browser test)
 
   // --- the face fields of the output schema (agegender/schema/face.schema.json); a tracked face's
@@ -60,6 +61,7 @@
   async function analyse(file) {
     const st = $("status");
     if (!file) return;
+    clearResult();  // a failed upload must not leave the previous photo's boxes, table and JSON on show
     status(st, "Analysing " + file.name + "…");
     state.name = file.name;
     const img = new Image();
@@ -75,11 +77,19 @@
       status(st, e.message, true);
     }
   }
+  function clearResult() {
+    state.doc = null; state.image = null;
+    const canvas = $("canvas");
+    canvas.width = 0; canvas.height = 0;
+    canvas.dataset.faces = "0";
+    $("faces").tBodies[0].innerHTML = "";
+    $("download").disabled = true;
+  }
   function shownFaces() {
     const t = parseFloat($("thresh").value);
     return state.doc ? state.doc.faces.filter((f) => score(f) >= t) : [];
   }
-  function drawFace(ctx, f, scale, text) {
+  function drawFace(ctx, f, scale, text, stale) {
     // canvas pixels per CSS pixel: labels stay readable where the canvas is shown smaller (phones)
     const k = Math.max(1, ctx.canvas.width / Math.max(1, ctx.canvas.getBoundingClientRect().width));
     const [x1, y1, x2, y2] = box(f).map((v) => v * scale);
@@ -87,7 +97,9 @@
     const color = COLORS[gender(f)] || "#888";
     ctx.lineWidth = Math.max(2, side / 40);
     ctx.strokeStyle = color;
+    ctx.setLineDash(stale ? [ctx.lineWidth * 3, ctx.lineWidth * 2] : []);  // an old box: dashed
     ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
+    ctx.setLineDash([]);
     ctx.fillStyle = "#ffd400";
     for (const [x, y] of landmarks(f)) {
       ctx.beginPath(); ctx.arc(x * scale, y * scale, Math.max(2, side / 45), 0, 2 * Math.PI); ctx.fill();
@@ -179,11 +191,12 @@
       grab.width = Math.round(video.videoWidth * scale); grab.height = Math.round(video.videoHeight * scale);
       grab.getContext("2d").drawImage(video, 0, 0, grab.width, grab.height);
       const blob = await new Promise((ok) => grab.toBlob(ok, "image/jpeg", 0.85));
+      const grabbed = performance.now();
       const line = await post(`/v1/track?session=${state.session}&det_thresh=${$("thresh").value}`, blob);
       if (!state.stream) return;
       state.frames.push(line);
       if (state.frames.length > 500) state.frames.shift();
-      drawTracks(line, grab.width, grab.height);
+      acceptLine(line, grabbed, grab.width, grab.height);
       status($("cam-status"), `frame ${line.frame}: ${line.faces.length} face${line.faces.length === 1 ? "" : "s"}` +
         (line.timings_ms ? `, ${Math.round(line.timings_ms.total)} ms` : ""));
     } catch (e) {
@@ -192,16 +205,64 @@
     const wait = Math.max(0, 1000 / fps - (performance.now() - started));
     state.camTimer = setTimeout(loop, wait);
   }
-  function drawTracks(line, w, h) {
+
+  // --- where the faces are now: an answer describes the frame grabbed one request ago, so each tracked
+  // box moves on at its track's velocity (its last two answers) for the time since that frame was grabbed,
+  // at most PREDICT_MS; a box whose frame is older than STALE_MS is drawn dashed ---------------------------
+  const PREDICT_MS = 1000, STALE_MS = 1000;
+  function predictBox(prev, cur, now) {
+    if (!prev || !(cur.t > prev.t)) return cur.box.slice();
+    const dt = Math.min(Math.max(0, now - cur.t), PREDICT_MS);
+    return cur.box.map((v, i) => v + (v - prev.box[i]) / (cur.t - prev.t) * dt);
+  }
+  const isStale = (grabbed, now) => now - grabbed > STALE_MS;
+  function acceptLine(line, grabbed, w, h) {
+    const seen = new Map(), prevSeen = new Map();
+    for (const f of line.faces) {
+      const id = tracked(f) ? tracked(f).id : null;
+      if (id == null) continue;
+      seen.set(id, { box: box(f), t: grabbed });
+      if (state.seen.has(id)) prevSeen.set(id, state.seen.get(id));
+    }
+    state.seen = seen; state.prevSeen = prevSeen;
+    state.live = { line, grabbed, w, h };
     const canvas = $("overlay");
     canvas.width = w; canvas.height = h;
-    const ctx = canvas.getContext("2d");
-    ctx.clearRect(0, 0, w, h);
-    for (const f of line.faces) drawFace(ctx, f, 1, `#${tracked(f) ? tracked(f).id : "?"} ${label(f)}`);
-    canvas.dataset.faces = String(line.faces.length);
+    drawOverlay(performance.now());
+    if (!state.raf) state.raf = requestAnimationFrame(animate);
   }
+  function animate() {
+    state.raf = 0;
+    if (!state.live || !state.stream) return;
+    drawOverlay(performance.now());
+    state.raf = requestAnimationFrame(animate);
+  }
+  function drawOverlay(now) {
+    const canvas = $("overlay"), live = state.live;
+    const ctx = canvas.getContext("2d");
+    ctx.clearRect(0, 0, canvas.width, canvas.height);
+    if (!live) return;
+    const stale = isStale(live.grabbed, now);
+    let predicted = 0;
+    for (const f of live.line.faces) {
+      const id = tracked(f) ? tracked(f).id : null;
+      let shown = f;
+      if (id != null && state.prevSeen.has(id)) {
+        const b = predictBox(state.prevSeen.get(id), state.seen.get(id), now), b0 = box(f);
+        const dx = (b[0] + b[2] - b0[0] - b0[2]) / 2, dy = (b[1] + b[3] - b0[1] - b0[3]) / 2;
+        shown = Object.assign({}, f, { box: b, landmarks: landmarks(f).map(([x, y]) => [x + dx, y + dy]) });
+        predicted++;
+      }
+      drawFace(ctx, shown, 1, `#${id == null ? "?" : id} ${label(f)}`, stale);
+    }
+    canvas.dataset.faces = String(live.line.faces.length);
+    canvas.dataset.predicted = String(predicted);
+    canvas.dataset.stale = String(stale ? live.line.faces.length : 0);
+  }
+  Object.assign(state, { predictBox, isStale, acceptLine, drawOverlay, PREDICT_MS, STALE_MS });
   function stopCamera() {
     clearTimeout(state.camTimer);
+    cancelAnimationFrame(state.raf); state.raf = 0;
     if (state.stream) state.stream.getTracks().forEach((t) => t.stop());
     state.stream = null;
     $("cam-start").disabled = false; $("cam-stop").disabled = true;
