@@ -192,10 +192,12 @@ def request_id(scope) -> str:
 class Front:
     """ASGI middleware around the whole app: X-Request-ID on every answer, one access-log line per request
     (when `access_log`), an unread request body drained (up to `limits`) before an early answer so that
-    every client reads it, and a client that went away logged as one line."""
+    every client reads it, a client that went away logged as one line, and `default_headers` on every
+    answer that does not set them itself (the security headers)."""
 
-    def __init__(self, app, limits: Limits = Limits(), access_log: bool = True):
-        self.app, self.limits, self.access_log = app, limits, access_log
+    def __init__(self, app, limits: Limits = Limits(), access_log: bool = True,
+                 default_headers: tuple[tuple[bytes, bytes], ...] = ()):
+        self.app, self.limits, self.access_log, self.default_headers = app, limits, access_log, default_headers
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -221,6 +223,8 @@ class Front:
             if msg["type"] == "http.response.start":
                 headers = [h for h in msg.get("headers", []) if h[0].lower() != b"x-request-id"]
                 headers.append((b"x-request-id", rid.encode()))
+                given = {h[0].lower() for h in headers}
+                headers += [h for h in self.default_headers if h[0] not in given]
                 if not state["done"] and not await self._drain(recv, state):
                     headers.append((b"connection", b"close"))
                 state["status"] = msg["status"]
