@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pixels", type=COUNT, default=MAX_PIXELS, help="largest image, from its header (413 above)")
     p.add_argument("--batch-window-ms", type=NON_NEGATIVE, default=5.0,
                    help="how long the first waiting face waits for others to form a batch")
-    p.add_argument("--batch-faces", type=BATCH, default=64, help="a batch runs as soon as this many faces wait")
+    p.add_argument("--batch-faces", type=BATCH, default=64, help="a batch runs as soon as this many faces wait; also the most faces in one "
+                        "forward pass (the net's memory grows with it)")
     p.add_argument("--workers", type=NON_NEGATIVE_INT, default=0, help="decoding and detection threads (0 = cores + 1)")
     p.add_argument("--gpus", default="", help="GPU ids for the net, as infer.py")
     g = p.add_argument_group("who may call it, and how much (docs/service.md)")
@@ -104,7 +105,8 @@ def main() -> int:
     from agegender.serving.service import DET_FLOOR, create_app
 
     analyzer = FaceAnalyzer.from_options(args.model, args.engine, args.det_model, DET_FLOOR, args.max_size, args.gpus,
-                                         det_threads=1, net_threads=1, age_decode=args.age_decode, flip=args.flip)
+                                         det_threads=1, net_threads=1, age_decode=args.age_decode, flip=args.flip,
+                                         batch_size=args.batch_faces)  # the net's memory grows with its batch
     limits = Limits(max_header_bytes=args.max_header_bytes, read_timeout=args.read_timeout,
                     idle_timeout=args.idle_timeout, max_connections=args.max_connections)
     app = create_app(analyzer, args.max_bytes, args.max_pixels, args.batch_window_ms, args.batch_faces, args.workers,

@@ -334,6 +334,9 @@ def create_app(analyzer: FaceAnalyzer, max_bytes: int = MAX_BYTES, max_pixels: i
     streams = Streams(idle_s=stream_idle_s)
     budget = MemoryBudget(memory_budget)
     max_tracks = max(MAX_TRACKS, max_faces_per_image)
+    # the onnxruntime sessions whose arenas grow with a burst (the net's with its batch, the detector's with
+    # the images detected at once): shrunk when the burst is over
+    sessions = [getattr(part, "session", None) for part in (analyzer.engine, analyzer.detector, analyzer.teacher)]
     in_progress = [0]
     worked = [False]  # requests ran since the heap was last given back
 
@@ -346,7 +349,7 @@ def create_app(analyzer: FaceAnalyzer, max_bytes: int = MAX_BYTES, max_pixels: i
             streams.expire()
             if worked[0] and in_progress[0] == 0:
                 worked[0] = False
-                await loop.run_in_executor(pool, give_back_memory)
+                await loop.run_in_executor(pool, give_back_memory, *sessions)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
