@@ -436,6 +436,8 @@ def test_a_scaled_down_memory_attack_is_answered_or_refused(tmp_path_factory):
                 doc = json.loads(body)
                 assert len(doc["faces"]) == cap and doc["faces_dropped"] == doc["faces_total"] - cap > 0
         _, peak = server.rss_mb()
+        print(f"scaled-down attack: {statuses.count(200)} x 200, {statuses.count(503)} x 503, "
+              f"RSS {rss0:.0f} -> peak {peak:.0f} MB")
         assert peak - rss0 < 400, (rss0, peak)  # the budget (31 MB) plus the net's and the bodies' share
         assert post(0)[0] == 200  # the budget came back
         assert "Traceback" not in server.text()
