@@ -31,8 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pixels", type=COUNT, default=MAX_PIXELS, help="largest image, from its header (413 above)")
     p.add_argument("--batch-window-ms", type=NON_NEGATIVE, default=5.0,
                    help="how long the first waiting face waits for others to form a batch")
-    p.add_argument("--batch-faces", type=BATCH, default=64, help="a batch runs as soon as this many faces wait; also the most faces in one "
-                        "forward pass (the net's memory grows with it)")
+    p.add_argument("--batch-faces", type=BATCH, default=64,
+                   help="a batch runs as soon as this many faces wait; also the most faces in one forward pass "
+                        "(the net's memory grows with it)")
     p.add_argument("--workers", type=NON_NEGATIVE_INT, default=0, help="decoding and detection threads (0 = cores + 1)")
     p.add_argument("--gpus", default="", help="GPU ids for the net, as infer.py")
     g = p.add_argument_group("who may call it, and how much (docs/service.md)")
