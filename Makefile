@@ -70,6 +70,7 @@ bench: install
 	$(PY) benchmarks/infer.py
 	$(PY) benchmarks/video.py
 	$(PY) benchmarks/serve.py
+	$(PY) benchmarks/serve_memory.py
 	$(PY) benchmarks/ray.py
 
 clean:

@@ -13,6 +13,7 @@ from agegender.cli import BATCH, COUNT, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE
 from agegender.model.engine import ENGINES
 from agegender.errors import UserError, run_cli
 from agegender.data.image import MAX_PIXELS
+from agegender.serving.memory import MAX_FACES_PER_IMAGE, MEMORY_BUDGET, check_memory_budget
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pixels", type=COUNT, default=MAX_PIXELS, help="largest image, from its header (413 above)")
     p.add_argument("--batch-window-ms", type=NON_NEGATIVE, default=5.0,
                    help="how long the first waiting face waits for others to form a batch")
-    p.add_argument("--batch-faces", type=BATCH, default=64, help="a batch runs as soon as this many faces wait")
+    p.add_argument("--batch-faces", type=BATCH, default=64,
+                   help="a batch runs as soon as this many faces wait; also the most faces in one forward pass "
+                        "(the net's memory grows with it)")
     p.add_argument("--workers", type=NON_NEGATIVE_INT, default=0, help="decoding and detection threads (0 = cores + 1)")
     p.add_argument("--gpus", default="", help="GPU ids for the net, as infer.py")
     g = p.add_argument_group("who may call it, and how much (docs/service.md)")
@@ -43,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-queue", type=COUNT, default=32,
                    help="requests in progress at once; over it: 503 with Retry-After")
     g.add_argument("--max-connections", type=COUNT, default=256, help="open connections; over it: 503 and close")
+    g.add_argument("--memory-budget", type=COUNT, default=MEMORY_BUDGET, metavar="BYTES",
+                   help="decoded images and face crops held by the requests in progress together; over it: "
+                        "503 with Retry-After (default: 1 GB)")
+    g.add_argument("--max-faces-per-image", type=COUNT, default=MAX_FACES_PER_IMAGE, metavar="N",
+                   help="faces labelled in one image: the largest are kept, the answer's faces_dropped counts "
+                        "the others")
     g.add_argument("--max-header-bytes", type=COUNT, default=64 * 1024,
                    help="request line and headers (431 above)")
     g.add_argument("--read-timeout", type=POSITIVE, default=30.0,
@@ -58,12 +67,18 @@ API_KEY_ENV = "AGEGENDER_API_KEY"
 
 
 def read_api_key(path: str | None) -> str | None:
-    """The key from --api-key-file (first line), else from the environment; None: no key needed."""
+    """The key from --api-key-file (first line), else from the environment; None: no key needed. A key that
+    is set but blank is refused, from either place: it would leave the service open without a word."""
     if path is None:
-        key = os.environ.get(API_KEY_ENV, "").strip()
-        return key or None
+        if API_KEY_ENV not in os.environ:
+            return None
+        key = os.environ[API_KEY_ENV].strip()
+        if not key:
+            raise UserError(f"{API_KEY_ENV} is set but blank: set a key, or unset it to run without one")
+        return key
     try:
-        with open(path, encoding="utf-8") as f:
+        # utf-8-sig: a key file saved by Notepad starts with a byte-order mark, which is not part of the key
+        with open(path, encoding="utf-8-sig") as f:
             key = f.readline().strip()
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read --api-key-file {path}: {getattr(exc, 'strerror', None) or exc}") from None
@@ -75,6 +90,10 @@ def read_api_key(path: str | None) -> str | None:
 def main() -> int:
     args = build_parser().parse_args()
     api_key = read_api_key(args.api_key_file)
+    try:
+        check_memory_budget(args.memory_budget, args.max_pixels, args.max_faces_per_image)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     with socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET) as s:
         try:  # a port in use is one line now, not a log line after the model has loaded
             s.bind((args.host, args.port))
@@ -87,12 +106,14 @@ def main() -> int:
     from agegender.serving.service import DET_FLOOR, create_app
 
     analyzer = FaceAnalyzer.from_options(args.model, args.engine, args.det_model, DET_FLOOR, args.max_size, args.gpus,
-                                         det_threads=1, net_threads=1, age_decode=args.age_decode, flip=args.flip)
+                                         det_threads=1, net_threads=1, age_decode=args.age_decode, flip=args.flip,
+                                         batch_size=args.batch_faces)  # the net's memory grows with its batch
     limits = Limits(max_header_bytes=args.max_header_bytes, read_timeout=args.read_timeout,
                     idle_timeout=args.idle_timeout, max_connections=args.max_connections)
     app = create_app(analyzer, args.max_bytes, args.max_pixels, args.batch_window_ms, args.batch_faces, args.workers,
                      max_queue=args.max_queue, api_key=api_key, cors_origins=tuple(args.cors_origin),
-                     access_log=args.access_log, limits=limits)
+                     access_log=args.access_log, limits=limits, memory_budget=args.memory_budget,
+                     max_faces_per_image=args.max_faces_per_image)
     # uvicorn handles Ctrl-C and SIGTERM: no new connections, in-flight requests finish, exit 0
     uvicorn.run(app, host=args.host, port=args.port, timeout_graceful_shutdown=30, log_level="info",
                 access_log=False, http=protocol_class(limits), timeout_keep_alive=int(max(1, args.idle_timeout)),

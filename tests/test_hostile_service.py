@@ -41,14 +41,14 @@ def _free_port() -> int:
 class Server:
     """serve.py with small limits, its output in a log file."""
 
-    def __init__(self, tmp):
+    def __init__(self, tmp, *extra: str):
         self.port = _free_port()
         self.log_path = os.path.join(tmp, "server.log")
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             [sys.executable, os.path.join(ROOT, "serve.py"), "--port", str(self.port), "--max-bytes", str(MAX_BYTES),
              "--read-timeout", str(READ_TIMEOUT), "--idle-timeout", "2", "--max-connections", str(MAX_CONNECTIONS),
-             "--max-header-bytes", "16384", "--max-pixels", "20000000"],
+             "--max-header-bytes", "16384", "--max-pixels", "20000000", *extra],
             cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
         deadline = time.time() + 90
         while time.time() < deadline:
@@ -331,3 +331,226 @@ def test_seeded_fuzz_run(server):
     # memory: what a client can make it hold is bounded by the limits, not by what it sends
     assert rss - rss0 < 300 and peak < 2500, (rss0, rss, peak)
     assert urllib.request.urlopen(server.url("/health"), timeout=5).status == 200
+
+
+# --- round 4: memory, tracking, keys, logs, encodes, multipart (issue 32) -----------------------------------
+@pytest.fixture(scope="module")
+def analyzer():
+    from agegender.serving.analyzer import FaceAnalyzer
+    from agegender.serving.service import DET_FLOOR
+
+    return FaceAnalyzer.from_options(det_thresh=DET_FLOOR, det_threads=1, net_threads=1)
+
+
+def _client(analyzer, **kw):
+    from fastapi.testclient import TestClient
+
+    from agegender.serving.service import create_app
+
+    return TestClient(create_app(analyzer, max_pixels=20_000_000, **kw))
+
+
+def test_requests_over_the_memory_budget_get_503_and_the_budget_comes_back(analyzer):
+    from agegender.serving.memory import request_bytes
+
+    data = open(T1, "rb").read()
+    h, w = cv2.imread(T1).shape[:2]
+    with _client(analyzer) as c:
+        budget = c.app.state.budget
+        others = budget.take(budget.limit - request_bytes(w * h, 256) + 1)  # the other requests in progress
+        r = c.post("/v1/analyze", content=data)
+        assert r.status_code == 503 and r.headers["retry-after"] == "1" and r.json()["error"]["code"] == "overloaded"
+        assert "--memory-budget" in r.json()["error"]["message"]
+        others.release()
+        assert c.post("/v1/analyze", content=data).status_code == 200
+        assert c.post("/v1/analyze?annotated=1", content=data).status_code == 200
+        assert budget.used == 0  # every request gave its bytes back, the annotated one too
+    with pytest.raises(ValueError, match="--memory-budget"):  # a budget no image could fit is refused up front
+        _client(analyzer, memory_budget=1_000_000)
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "serve.py"), "--memory-budget", "1000000", "--port", "0"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: --memory-budget") and \
+        len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_faces_per_image_are_capped_keeping_the_largest(analyzer):
+    from agegender.schema import validate
+
+    data = open(T1, "rb").read()
+    with _client(analyzer) as c:
+        every = c.post("/v1/analyze", content=data).json()
+    with _client(analyzer, max_faces_per_image=2) as c:
+        doc = c.post("/v1/analyze", content=data).json()
+        frame = c.post("/v1/track?session=s", content=data).json()
+        best = c.post("/v1/analyze?max_faces=1", content=data).json()
+    validate(doc, "analyze")
+    validate(frame, "track_frame")
+    assert every["faces_total"] == 6 and every["faces_dropped"] == 0
+    assert doc["faces_total"] == 6 and doc["faces_dropped"] == 4 and len(doc["faces"]) == 2
+    area = lambda f: (f["box"][2] - f["box"][0]) * (f["box"][3] - f["box"][1])  # noqa: E731
+    largest = sorted(every["faces"], key=lambda f: -area(f))[:2]
+    assert sorted(f["box"] for f in doc["faces"]) == sorted(f["box"] for f in largest)
+    assert frame["faces_dropped"] == 4 and len(frame["faces"]) == 2
+    assert len(best["faces"]) == 1 and best["faces_dropped"] == 4  # max_faces picks among the kept
+
+
+def _attack_image(side: int) -> bytes:
+    """A side x side JPEG tiled from t1.jpg: many faces, and many pixels for few bytes."""
+    tile = cv2.imread(T1)
+    reps = (side // tile.shape[0] + 1, side // tile.shape[1] + 1, 1)
+    return cv2.imencode(".jpg", np.tile(tile, reps)[:side, :side], [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes()
+
+
+def test_a_scaled_down_memory_attack_is_answered_or_refused(tmp_path_factory):
+    """benchmarks/serve_memory.py's attack, scaled down: concurrent big many-face images against a budget
+    that fits one of them. Every request is answered (200) or refused (503 with Retry-After), at least one
+    is refused, the faces are capped, and the server is whole afterwards."""
+    from agegender.serving.memory import request_bytes
+
+    side, cap = 2048, 16
+    budget = request_bytes(5_000_000, cap) + 1_000_000  # one 2048x2048 decode fits, two do not
+    server = Server(str(tmp_path_factory.mktemp("attack")), "--max-pixels", "5000000", "--workers", "4",
+                    "--max-connections", "64", "--memory-budget", str(budget), "--max-faces-per-image", str(cap))
+    try:
+        data = _attack_image(side)
+        rss0, _ = server.rss_mb()
+
+        def post(_):
+            req = urllib.request.Request(server.url("/v1/analyze?det_thresh=0.3"), data=data, method="POST",
+                                         headers={"Content-Type": "image/jpeg"})
+            try:
+                with urllib.request.urlopen(req, timeout=120) as r:
+                    return r.status, dict(r.headers), r.read()
+            except urllib.error.HTTPError as err:
+                return err.code, err.headers, err.read()
+
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(12) as pool:
+            answers = list(pool.map(post, range(12)))
+        statuses = sorted(s for s, _, _ in answers)
+        assert set(statuses) <= {200, 503} and 200 in statuses and 503 in statuses, statuses
+        for status, headers, body in answers:
+            if status == 503:
+                assert headers["Retry-After"] == "1" and json.loads(body)["error"]["code"] == "overloaded"
+            else:
+                doc = json.loads(body)
+                assert len(doc["faces"]) == cap and doc["faces_dropped"] == doc["faces_total"] - cap > 0
+        _, peak = server.rss_mb()
+        print(f"scaled-down attack: {statuses.count(200)} x 200, {statuses.count(503)} x 503, "
+              f"RSS {rss0:.0f} -> peak {peak:.0f} MB")
+        assert peak - rss0 < 400, (rss0, peak)  # the budget (31 MB) plus the net's and the bodies' share
+        assert post(0)[0] == 200  # the budget came back
+        assert "Traceback" not in server.text()
+    finally:
+        server.close()
+
+
+def test_tracking_runs_off_the_event_loop(analyzer, monkeypatch):
+    """While one frame's tracking runs (held here until /health has answered), the server answers others."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from agegender.serving.tracking import Tracker
+
+    update, entered, release = Tracker.update, threading.Event(), threading.Event()
+    order = []
+
+    def held_update(self, *a, **kw):
+        entered.set()
+        release.wait(20)  # on the event loop this would hold /health until it gives up
+        order.append("track")
+        return update(self, *a, **kw)
+
+    monkeypatch.setattr(Tracker, "update", held_update)
+    data = open(T1, "rb").read()
+    with _client(analyzer) as c, ThreadPoolExecutor(1) as pool:
+        frame = pool.submit(c.post, "/v1/track?session=s", content=data)
+        assert entered.wait(60)
+        assert c.get("/health").status_code == 200
+        order.append("health")
+        release.set()
+        r = frame.result(60)
+    assert order == ["health", "track"] and r.status_code == 200
+    assert set(r.json()["timings_ms"]) == {"decode", "detect", "net", "track", "total"}
+
+
+def test_tracks_per_session_are_bounded_and_idle_sessions_expire(analyzer, monkeypatch):
+    from agegender.data.face import Face
+    from agegender.serving import service
+
+    rng = np.random.default_rng(0)
+
+    def many_faces(rgb, *a, **kw):  # ten new faces in every frame, none overlapping the last frame's
+        x = rng.uniform(0, 1000, 10)
+        points = np.array([[6, 8], [14, 8], [10, 12], [7, 16], [13, 16]], np.float32)  # eyes, nose, mouth
+        return [Face(np.array([v, i * 40, v + 20, i * 40 + 20], np.float32), 0.99, points + [v, i * 40])
+                for i, v in enumerate(x)]
+
+    monkeypatch.setattr(analyzer, "find", many_faces)
+    monkeypatch.setattr(service, "MAX_TRACKS", 25)
+    data = open(T1, "rb").read()
+    with _client(analyzer, max_faces_per_image=10, stream_idle_s=0.5) as c:
+        for _ in range(6):
+            line = c.post("/v1/track?session=s", content=data).json()
+            assert len(line["faces"]) == 10
+        streams = c.app.state.streams
+        assert len(streams) == 1 and len(streams.get("s").tracker.tracks) == 25  # 60 made, the 25 latest kept
+        deadline = time.time() + 30
+        while len(streams) and time.time() < deadline:  # no request comes: the sweep forgets the session
+            time.sleep(0.1)
+        assert len(streams) == 0
+
+
+def test_a_blank_api_key_is_refused_and_a_bom_key_file_works(tmp_path, monkeypatch):
+    sys.path.insert(0, ROOT)
+    from serve import API_KEY_ENV, read_api_key
+
+    from agegender.errors import UserError
+
+    bom = tmp_path / "key"
+    bom.write_bytes("s3cret\r\n".encode("utf-8-sig"))  # as Notepad saves it
+    assert read_api_key(str(bom)) == "s3cret"
+    for blank in ("", "   ", "\t\n"):
+        monkeypatch.setenv(API_KEY_ENV, blank)
+        with pytest.raises(UserError, match=API_KEY_ENV):
+            read_api_key(None)
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "serve.py"), "--port", "0"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, env={**os.environ, API_KEY_ENV: "   "})
+    assert proc.returncode == 2 and API_KEY_ENV in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_log_lines_cannot_be_forged(server):
+    forged = "INFO:     127.0.0.1:1 POST /v1/analyze 200 5B 1.0ms id=forged"
+    path = "/x%0a" + forged.replace(" ", "%20") + "%0d%1b[2J%e2%80%a8"
+    status, _, _ = _raw(server.port, f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    assert status == 404
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:  # a client leaving: its line too
+        s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nab".encode())
+        time.sleep(0.2)
+    time.sleep(0.5)
+    log = server.text()
+    lines = log.splitlines()
+    assert not [ln for ln in lines if ln.startswith(forged[:30])], log[-2000:]
+    assert "\x1b" not in log and "\r" not in log and "\u2028" not in log
+    assert sum("/x\\x0a" + forged in ln and "\\x0d\\x1b[2J\\u2028" in ln for ln in lines) >= 2, log[-2000:]
+
+
+def test_an_annotated_image_too_wide_for_jpeg_is_a_json_error(server):
+    wide = cv2.imencode(".png", np.full((1, 100_000, 3), 128, np.uint8))[1].tobytes()
+    status, _, body = _raw(server.port, b"POST /v1/analyze?annotated=1 HTTP/1.1\r\nHost: x\r\nContent-Length: " +
+                           str(len(wide)).encode() + b"\r\n\r\n" + wide)
+    assert status == 422 and json.loads(body)["error"]["code"] == "cannot_annotate", body
+    assert "100000x1" in json.loads(body)["error"]["message"]
+
+
+def test_an_unterminated_multipart_body_is_bad_multipart(server):
+    t1 = open(T1, "rb").read()
+    body = (b"--b0undary\r\nContent-Disposition: form-data; name=\"image\"; filename=\"t1.jpg\"\r\n"
+            b"Content-Type: image/jpeg\r\n\r\n" + t1[:5000])  # the upload stops inside the image: no closing line
+    status, _, answer = _raw(server.port, b"POST /v1/analyze HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data;"
+                             b" boundary=b0undary\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    assert status == 400 and json.loads(answer)["error"]["code"] == "bad_multipart", answer
+    empty = b"--b0undary\r\nContent-Disposition: form-data; name=\"other\"\r\n\r\nx\r\n--b0undary--\r\n"
+    status, _, answer = _raw(server.port, b"POST /v1/analyze HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data;"
+                             b" boundary=b0undary\r\nContent-Length: " + str(len(empty)).encode() + b"\r\n\r\n" + empty)
+    assert status == 400 and json.loads(answer)["error"]["code"] == "no_image_field"  # a whole body without it

@@ -20,6 +20,15 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 LOG = logging.getLogger("agegender.serve")
 ACCESS = logging.getLogger("agegender.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+# what a client could use to forge or hide log lines: C0 and C1 controls (newline, CR, ESC...), DEL, the
+# Unicode line and paragraph separators, and the invisible direction and width marks
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
+
+
+def printable(text: object) -> str:
+    """`text` for a log line: every character a client could forge a line with escaped as \\xNN or \\uNNNN."""
+    return _UNPRINTABLE.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}",
+                            str(text))
 
 
 @dataclass(frozen=True)
@@ -71,7 +80,8 @@ def protocol_class(limits: Limits) -> type:
         def _read_expired(self) -> None:
             """The request did not arrive in time: 408 (unless an answer has begun), close, one log line."""
             scope = self.scope or {}
-            where = f"{scope['method']} {scope['path']}" if "path" in scope else "(headers incomplete)"
+            where = (f"{printable(scope['method'])} {printable(scope['path'])}" if "path" in scope
+                     else "(headers incomplete)")
             rid = scope.get("state", {}).get("request_id") or request_id(scope)
             LOG.warning("408 %s:%s %s: the request did not arrive within %.0f s, connection closed (request %s)",
                         *(self.client or ("?", 0)), where, limits.read_timeout, rid)
@@ -143,8 +153,8 @@ def _refusal(status: int, code: str, message: str, extra: tuple = ()):
     async def app(scope, receive, send) -> None:
         rid = request_id(scope)
         client = scope.get("client") or ("?", 0)
-        LOG.warning("%d %s:%s %s %s: %s (request %s)", status, client[0], client[1], scope["method"], scope["path"],
-                    code, rid)
+        LOG.warning("%d %s:%s %s %s: %s (request %s)", status, client[0], client[1], printable(scope["method"]),
+                    printable(scope["path"]), code, rid)
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                                 (b"x-request-id", rid.encode()), (b"connection", b"close"), *extra]})
@@ -182,10 +192,12 @@ def request_id(scope) -> str:
 class Front:
     """ASGI middleware around the whole app: X-Request-ID on every answer, one access-log line per request
     (when `access_log`), an unread request body drained (up to `limits`) before an early answer so that
-    every client reads it, and a client that went away logged as one line."""
+    every client reads it, a client that went away logged as one line, and `default_headers` on every
+    answer that does not set them itself (the security headers)."""
 
-    def __init__(self, app, limits: Limits = Limits(), access_log: bool = True):
-        self.app, self.limits, self.access_log = app, limits, access_log
+    def __init__(self, app, limits: Limits = Limits(), access_log: bool = True,
+                 default_headers: tuple[tuple[bytes, bytes], ...] = ()):
+        self.app, self.limits, self.access_log, self.default_headers = app, limits, access_log, default_headers
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -211,6 +223,8 @@ class Front:
             if msg["type"] == "http.response.start":
                 headers = [h for h in msg.get("headers", []) if h[0].lower() != b"x-request-id"]
                 headers.append((b"x-request-id", rid.encode()))
+                given = {h[0].lower() for h in headers}
+                headers += [h for h in self.default_headers if h[0] not in given]
                 if not state["done"] and not await self._drain(recv, state):
                     headers.append((b"connection", b"close"))
                 state["status"] = msg["status"]
@@ -223,11 +237,11 @@ class Front:
             await self.app(scope, recv, snd)
         except ClientDisconnect:
             if not scope.get("agegender.timed_out"):
-                LOG.info("%s %s: the client went away after sending %d bytes (request %s)", scope["method"],
-                         scope["path"], state["received"], rid)
+                LOG.info("%s %s: the client went away after sending %d bytes (request %s)",
+                         printable(scope["method"]), printable(scope["path"]), state["received"], rid)
             state["status"] = state["status"] or (408 if scope.get("agegender.timed_out") else 499)
         except Exception:  # noqa: BLE001 -- a bug: its traceback in the log, the client a JSON 500
-            LOG.exception("500 %s %s (request %s)", scope["method"], scope["path"], rid)
+            LOG.exception("500 %s %s (request %s)", printable(scope["method"]), printable(scope["path"]), rid)
             if not state["status"]:
                 body = json.dumps({"error": {"code": "internal_error", "message": "the request failed"}}).encode()
                 await snd({"type": "http.response.start", "status": 500,
@@ -237,8 +251,9 @@ class Front:
         finally:
             if self.access_log:
                 client = scope.get("client") or ("-", 0)
-                ACCESS.info("%s:%s %s %s %d %dB %.1fms id=%s", client[0], client[1], scope["method"], scope["path"],
-                            state["status"], state["sent"], (time.perf_counter() - t0) * 1000, rid)
+                ACCESS.info("%s:%s %s %s %d %dB %.1fms id=%s", client[0], client[1], printable(scope["method"]),
+                            printable(scope["path"]), state["status"], state["sent"],
+                            (time.perf_counter() - t0) * 1000, rid)
 
     async def _drain(self, recv, state) -> bool:
         """Read and drop the rest of the body, within the limits; True when it was all read."""
@@ -260,4 +275,4 @@ class Front:
         return True
 
 
-__all__ = ["Limits", "Front", "protocol_class", "request_id", "error_bytes"]
+__all__ = ["Limits", "Front", "protocol_class", "request_id", "error_bytes", "printable"]

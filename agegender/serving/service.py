@@ -5,11 +5,13 @@ at `/docs`, and `/v1/track`: camera frames of one stream followed by the video t
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import hashlib
 import hmac
 import os
 import platform
+import re
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -28,15 +30,18 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.datastructures import Headers, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.formparsers import MultiPartException, MultiPartParser, parse_options_header
 from starlette.middleware.cors import CORSMiddleware
 
 from agegender import CODE_LICENSE, __version__
 from agegender.serving.analyzer import FaceAnalyzer, FaceResult, ImageResult
 from agegender.serving.batcher import FaceBatcher
 from agegender.cli import DET_THRESH_MIN
-from agegender.data.image import MAX_PIXELS, TOO_LARGE, TRUNCATED, ImageError, decode_image
+from agegender.data.image import MAX_PIXELS, TOO_LARGE, TRUNCATED, ImageError, decode_image, header_size
 from agegender.serving.http import Front, Limits
+from agegender.serving.memory import (CROP_BYTES, IMAGE_BYTES_PER_PIXEL, MAX_FACES_PER_IMAGE, MEMORY_BUDGET,
+                                      MemoryBudget, OverBudget, check_memory_budget, give_back_memory,
+                                      request_bytes)
 from agegender.serving.inference import draw, to_json
 from agegender.serving.tracking import Tracker
 from agegender.serving.video import frame_json
@@ -48,9 +53,32 @@ MAX_IMAGES = 8   # repeated `image` fields in one request
 MAX_FIELDS = 32  # multipart fields of any name in one request
 MAX_STREAMS = 64  # camera sessions tracked at once (the least recently used is dropped)
 STREAM_IDLE_S = 120.0
+MAX_TRACKS = 1000  # live tracks of one camera session (at least --max-faces-per-image)
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 RAW_TYPES = ("image/jpeg", "image/png", "image/webp", "image/bmp", "image/gif", "image/tiff",
              "application/octet-stream")
+
+
+# Security headers. Every answer: no MIME sniffing, no framing, and for the JSON a policy that runs nothing.
+# The page: its own scripts and styles only, photos shown through blob: URLs, the camera (getUserMedia needs
+# no CSP source; srcObject is not a URL), the API on the same origin. /docs: Swagger UI's bundled files, its
+# one inline script allowed by hash (`_docs_policy`), inline styles and data: icons as it draws them.
+SECURITY_HEADERS = ((b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
+                    (b"referrer-policy", b"no-referrer"),
+                    (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"))
+PAGE_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
+               "media-src 'self' blob:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+               "form-action 'none'; frame-ancestors 'none'")
+PAGE_PERMISSIONS = "camera=(self), microphone=(), geolocation=()"
+
+
+def _docs_policy(html: str) -> str:
+    """/docs's policy: its inline scripts allowed by their sha256, nothing else inline but styles."""
+    hashes = " ".join("'sha256-" + base64.b64encode(hashlib.sha256(m.encode()).digest()).decode() + "'"
+                      for m in re.findall(r"<script>(.*?)</script>", html, re.S))
+    return (f"default-src 'self'; script-src 'self' {hashes}; style-src 'self' 'unsafe-inline'; "
+            f"img-src 'self' data: blob:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+            f"form-action 'none'; frame-ancestors 'none'")
 
 
 class ApiError(Exception):
@@ -79,8 +107,11 @@ class AnalyzeOut(BaseModel):
     faces: list[FaceOut]
     faces_total: int = Field(description="faces found before max_faces kept the best; equals len(faces) "
                                          "when nothing was cut")
+    faces_dropped: int = Field(description="of faces_total, the smallest faces left out by the server's "
+                                           "--max-faces-per-image (0 when it cut none)")
     timings_ms: dict[str, float] = Field(description="decode, detect (with alignment), net (with the wait "
-                                                     "for a batch), total (from the first byte read)")
+                                                     "for a batch), total (from the first byte read); "
+                                                     "/v1/track adds track (matching faces to tracks)")
 
 
 class ErrorBody(BaseModel):
@@ -119,9 +150,11 @@ ERRORS = {400: {"model": ErrorOut, "description": "empty body, truncated image, 
           408: {"model": ErrorOut, "description": "the request did not arrive in time"},
           413: {"model": ErrorOut, "description": "body over --max-bytes, or image over --max-pixels"},
           415: {"model": ErrorOut, "description": "the body is not an image"},
-          422: {"model": ErrorOut, "description": "a query parameter out of range"},
-          503: {"model": ErrorOut, "description": "over --max-queue requests in progress: retry after "
-                                                  "the Retry-After header's seconds"}}
+          422: {"model": ErrorOut, "description": "a query parameter out of range, or an annotated image "
+                                                  "too large for a JPEG"},
+          503: {"model": ErrorOut, "description": "over --max-queue requests in progress, or the images in "
+                                                  "progress fill --memory-budget: retry after the "
+                                                  "Retry-After header's seconds"}}
 
 IMAGE_BODY = {"required": True, "content": {
     "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
@@ -185,6 +218,11 @@ async def _images(request: Request, body: bytes, max_bytes: int) -> list[tuple[b
     finally:
         await form.close()
     if not found:
+        # the parser takes a body that ends inside a part as one without that part: say what is wrong
+        boundary = parse_options_header(headers["content-type"])[1].get(b"boundary", b"")
+        if boundary and b"--" + boundary + b"--" not in body:
+            raise ApiError(400, "bad_multipart", "the multipart body cannot be read: it ends before its closing "
+                                                 "boundary")
         raise ApiError(400, "no_image_field", "a multipart upload needs the image in the field 'image'")
     if len(found) > MAX_IMAGES:
         raise ApiError(400, "too_many_images", f"{len(found)} images in one request: at most {MAX_IMAGES}")
@@ -242,17 +280,28 @@ class Stream:
 
 class Streams:
     """The camera streams being tracked: a Stream per session id, the least recently used dropped past
-    MAX_STREAMS, and any idle for STREAM_IDLE_S."""
+    MAX_STREAMS, and any idle for STREAM_IDLE_S (on the next request, and by the service's sweep without one)."""
 
     def __init__(self, max_streams: int = MAX_STREAMS, idle_s: float = STREAM_IDLE_S):
         self.max_streams, self.idle_s = max_streams, idle_s
         self._live: OrderedDict[str, Stream] = OrderedDict()
 
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def expire(self) -> int:
+        """Forget the streams idle for over `idle_s` (none while a frame of theirs is being followed);
+        returns how many."""
+        now = time.monotonic()
+        idle = [s for s, v in self._live.items() if now - v.last_use > self.idle_s and not v.lock.locked()]
+        for sid in idle:
+            del self._live[sid]
+        return len(idle)
+
     def get(self, session: str) -> Stream:
         """Stream `session`, new if unknown."""
         now = time.monotonic()
-        for sid in [s for s, v in self._live.items() if now - v.last_use > self.idle_s]:
-            del self._live[sid]
+        self.expire()
         stream = self._live.pop(session, None) or Stream(started=now)
         stream.last_use = now
         self._live[session] = stream
@@ -261,23 +310,59 @@ class Streams:
         return stream
 
 
+def follow(stream: Stream, faces: list[FaceResult], max_tracks: int) -> dict:
+    """One frame of `stream` through its tracker (call with the stream's lock held): the frame's JSON line,
+    without its size and timings. At most `max_tracks` live tracks stay: those seen longest ago go first."""
+    index = stream.next_frame
+    stream.next_frame += 1
+    tracker = stream.tracker
+    seen = tracker.update(index, [fr.face for fr in faces], [(fr.p_male, fr.age) for fr in faces])
+    tracker.finished.clear()  # a stream may run for hours: ended tracks are not kept
+    if len(tracker.tracks) > max_tracks:
+        tracker.tracks = sorted(tracker.tracks, key=lambda t: t.missed)[:max_tracks]
+    return frame_json(index, time.monotonic() - stream.started, seen)
+
+
 def create_app(analyzer: FaceAnalyzer, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS,
                batch_window_ms: float = 5.0, batch_faces: int = 64, workers: int = 0, *,
                max_queue: int = MAX_QUEUE, api_key: str | None = None, cors_origins: tuple[str, ...] = (),
-               access_log: bool = True, limits: Limits = Limits()) -> FastAPI:
+               access_log: bool = True, limits: Limits = Limits(), memory_budget: int = MEMORY_BUDGET,
+               max_faces_per_image: int = MAX_FACES_PER_IMAGE, stream_idle_s: float = STREAM_IDLE_S) -> FastAPI:
     """The service around a loaded analyzer (its detector should run at DET_FLOOR). `api_key`: requests to
-    /v1/ need `Authorization: Bearer <key>`; `max_queue`: requests in progress over it get 503."""
+    /v1/ need `Authorization: Bearer <key>`; `max_queue`: requests in progress over it get 503;
+    `memory_budget`: bytes of decoded images and face crops held at once (503 over it; at least what one
+    image of `max_pixels` needs); `max_faces_per_image`: the largest faces of an image that are labelled."""
+    check_memory_budget(memory_budget, max_pixels, max_faces_per_image)
     batcher = FaceBatcher(analyzer, batch_window_ms, batch_faces)
     # one thread more than cores: while a thread does its Python work (decode set-up, alignment), the
     # others keep every core in onnxruntime (load test: +10 % faces/s over one per core)
     pool = ThreadPoolExecutor(max_workers=workers or (os.cpu_count() or 1) + 1, thread_name_prefix="detect")
-    streams = Streams()
+    streams = Streams(idle_s=stream_idle_s)
+    budget = MemoryBudget(memory_budget)
+    max_tracks = max(MAX_TRACKS, max_faces_per_image)
+    # the onnxruntime sessions whose arenas grow with a burst (the net's with its batch, the detector's with
+    # the images detected at once): shrunk when the burst is over
+    sessions = [getattr(part, "session", None) for part in (analyzer.engine, analyzer.detector, analyzer.teacher)]
     in_progress = [0]
+    worked = [False]  # requests ran since the heap was last given back
+
+    async def housekeeping() -> None:
+        """Every few seconds: forget idle camera streams, and once a burst is over give its memory back
+        (onnxruntime's arenas and glibc's heap keep what a burst took otherwise: round 3 held 2.7 GB)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(2.0, stream_idle_s))
+            streams.expire()
+            if worked[0] and in_progress[0] == 0:
+                worked[0] = False
+                await loop.run_in_executor(pool, give_back_memory, *sessions)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         batcher.start()
+        sweeper = asyncio.get_running_loop().create_task(housekeeping())
         yield
+        sweeper.cancel()
         await batcher.stop()
         pool.shutdown(wait=True)
 
@@ -285,7 +370,7 @@ def create_app(analyzer: FaceAnalyzer, max_bytes: int = MAX_BYTES, max_pixels: i
                   description="Gender and age of every face in an image: RetinaFace detection, 5-point "
                               "alignment, and the bundled (or given) gender/age model. The page at `/` "
                               "tries it on a photo or a camera.")
-    app.state.batcher = batcher
+    app.state.batcher, app.state.budget, app.state.streams = batcher, budget, streams
     bearer = HTTPBearer(auto_error=False, description="the key of --api-key-file (only when the server has one)")
 
     async def authorised(credentials: Optional[HTTPAuthorizationCredentials] = Depends(bearer)) -> None:
@@ -328,16 +413,19 @@ def create_app(analyzer: FaceAnalyzer, max_bytes: int = MAX_BYTES, max_pixels: i
 
     @app.get("/", include_in_schema=False)
     async def page():
-        return FileResponse(os.path.join(STATIC, "index.html"), media_type="text/html")
+        return FileResponse(os.path.join(STATIC, "index.html"), media_type="text/html",
+                            headers={"Content-Security-Policy": PAGE_POLICY, "Permissions-Policy": PAGE_PERMISSIONS})
 
     @app.get("/docs", include_in_schema=False)
     async def docs():
         if swagger_ui_path is None:
             raise ApiError(404, "not_found", "the API docs need the package swagger-ui-bundle-v2")
-        return get_swagger_ui_html(openapi_url=app.openapi_url, title="AgeGender API",
+        html = get_swagger_ui_html(openapi_url=app.openapi_url, title="AgeGender API",
                                    swagger_js_url="/docs-assets/swagger-ui-bundle.js",
                                    swagger_css_url="/docs-assets/swagger-ui.css",
                                    swagger_favicon_url="/docs-assets/favicon-32x32.png")
+        html.headers["Content-Security-Policy"] = _docs_policy(html.body.decode())
+        return html
 
     @app.get("/health", response_model=HealthOut, summary="Liveness and readiness")
     async def health():
@@ -359,7 +447,8 @@ def create_app(analyzer: FaceAnalyzer, max_bytes: int = MAX_BYTES, max_pixels: i
                                  "'p_male' is the model's P(male)",
                 "detector": getattr(analyzer.detector, "name", type(analyzer.detector).__name__),
                 "limits": {"max_bytes": max_bytes, "max_pixels": max_pixels, "det_thresh_min": DET_FLOOR,
-                           "max_queue": max_queue, "max_images": MAX_IMAGES,
+                           "max_queue": max_queue, "max_images": MAX_IMAGES, "memory_budget": memory_budget,
+                           "max_faces_per_image": max_faces_per_image, "max_tracks": max_tracks,
                            "max_header_bytes": limits.max_header_bytes, "read_timeout_s": limits.read_timeout,
                            "max_connections": limits.max_connections},
                 "versions": {"python": platform.python_version(), "numpy": np.__version__,
@@ -383,32 +472,76 @@ def create_app(analyzer: FaceAnalyzer, max_bytes: int = MAX_BYTES, max_pixels: i
         queue may have filled while its body arrived)."""
         admit()
         in_progress[0] += 1
+        worked[0] = True
         try:
             yield
         finally:
             in_progress[0] -= 1
 
-    async def analyse(data: bytes, name: str, det_thresh: float, min_face: float, max_faces: int,
-                      t0: float) -> tuple[ImageResult, int, dict]:
-        """One image through decode, detection and the batched net; (result, faces before max_faces, ms)."""
-        loop = asyncio.get_running_loop()
+    def hold_for(data: bytes):
+        """The budget an image of these bytes may need at its peak (from its header), held now; 503 when the
+        requests in progress hold too much. An image over --max-pixels is counted at the limit: decoding
+        refuses it from the header, before any pixel."""
+        size = header_size(data) if data else None
+        pixels = min(size[0] * size[1], max_pixels or size[0] * size[1]) if size else 0
+        try:
+            return budget.take(request_bytes(pixels, max_faces_per_image))
+        except OverBudget:
+            raise ApiError(503, "overloaded", "the images in progress fill the server's memory budget "
+                                              "(--memory-budget); retry shortly", {"Retry-After": "1"}) from None
 
+    async def analyse(data: bytes, name: str, det_thresh: float, min_face: float, max_faces: int,
+                      t0: float, keep_image: bool = False) -> tuple[ImageResult, dict, dict, object]:
+        """One image through decode, detection and the batched net: (result, {"width", "height",
+        "faces_total", "faces_dropped"}, ms, the budget it holds: release it when done). The result keeps
+        the decoded image only with `keep_image` (to draw on)."""
         def prepare():
             t = time.perf_counter()
-            rgb = _decode(data, max_pixels)
-            t_decode = time.perf_counter()
-            found = analyzer.find(rgb, det_thresh, min_face)
-            faces, crops = analyzer.keep(rgb, found, max_faces)
-            return rgb, faces, crops, len(found), t_decode - t, time.perf_counter() - t_decode
+            hold = hold_for(data)
+            try:
+                rgb = _decode(data, max_pixels)
+                hold.shrink_to(rgb.nbytes + max_faces_per_image * CROP_BYTES)
+                t_decode = time.perf_counter()
+                found = analyzer.find(rgb, det_thresh, min_face)
+                # the largest faces are kept: a crowd's tiny background faces are the ones a cap can spare
+                kept = sorted(found, key=lambda f: -f.area)[:max_faces_per_image]
+                faces, crops = analyzer.keep(rgb, kept, max_faces)
+                counts = {"width": int(rgb.shape[1]), "height": int(rgb.shape[0]), "faces_total": len(found),
+                          "faces_dropped": len(found) - len(kept)}
+                if not keep_image:
+                    rgb = None
+                hold.shrink_to((counts["width"] * counts["height"] * IMAGE_BYTES_PER_PIXEL if keep_image else 0)
+                               + len(crops) * CROP_BYTES)
+            except BaseException:
+                hold.release()
+                raise
+            return rgb, faces, crops, counts, hold, t_decode - t, time.perf_counter() - t_decode
 
-        rgb, faces, crops, total, decode_s, detect_s = await loop.run_in_executor(pool, prepare)
-        t_net = time.perf_counter()
-        p_male, age = await batcher.label(crops)
-        net_s = time.perf_counter() - t_net
+        job = pool.submit(prepare)
+        try:
+            rgb, faces, crops, counts, hold, decode_s, detect_s = await asyncio.wrap_future(job)
+        except asyncio.CancelledError:  # the work may still finish in its thread: its budget goes back then
+            job.add_done_callback(lambda j: j.cancelled() or j.exception() or j.result()[4].release())
+            raise
+        try:
+            t_net = time.perf_counter()
+            p_male, age = await batcher.label(crops)
+            net_s = time.perf_counter() - t_net
+        except BaseException:
+            hold.release()
+            raise
         res = ImageResult(name, rgb, [FaceResult(f, float(p), float(a)) for f, p, a in zip(faces, p_male, age)])
         ms = {"decode": decode_s * 1000, "detect": detect_s * 1000, "net": net_s * 1000,
               "total": (time.perf_counter() - t0) * 1000}
-        return res, total, {k: round(v, 1) for k, v in ms.items()}
+        return res, counts, {k: round(v, 1) for k, v in ms.items()}, hold
+
+    def annotated_jpeg(res: ImageResult) -> bytes:
+        ok, buf = cv2.imencode(".jpg", draw(res))
+        if not ok:  # JPEG holds at most 65,500 pixels a side
+            height, width = res.image.shape[:2]
+            raise ApiError(422, "cannot_annotate", f"a {width}x{height} image cannot be drawn as a JPEG (at most "
+                                                   f"65,500 pixels a side): ask for the JSON")
+        return buf.tobytes()
 
     @app.post("/v1/analyze", response_model=AnalyzeOut, dependencies=[Depends(authorised)],
               responses={**ERRORS, 200: {"content": {"image/jpeg": {}},
@@ -424,7 +557,7 @@ def create_app(analyzer: FaceAnalyzer, max_bytes: int = MAX_BYTES, max_pixels: i
                       annotated: bool = Query(False, description="return the annotated JPEG instead of JSON")):
         """Send the image as the multipart form field `image` (repeat it for several images: the answer is
         then a list, in order), or as the raw request body. Returns the document of `infer.py --json` for
-        one image, plus its size, the model's name, `faces_total` and `timings_ms`."""
+        one image, plus its size, the model's name, `faces_total`, `faces_dropped` and `timings_ms`."""
         t0 = time.perf_counter()
         images = await receive(request)
         if annotated and len(images) > 1:
@@ -432,15 +565,17 @@ def create_app(analyzer: FaceAnalyzer, max_bytes: int = MAX_BYTES, max_pixels: i
         with working():
             docs = []
             for data, name in images:
-                res, total, ms = await analyse(data, name, det_thresh, min_face, max_faces, t0)
-                if annotated:
-                    jpeg = await asyncio.get_running_loop().run_in_executor(
-                        pool, lambda: cv2.imencode(".jpg", draw(res))[1].tobytes())
-                    return Response(jpeg, media_type="image/jpeg")
-                doc = to_json(res)
-                docs.append({"image": doc["image"], "width": int(res.image.shape[1]),
-                             "height": int(res.image.shape[0]), "model": _public_name(analyzer.engine.name),
-                             "faces": doc["faces"], "faces_total": total, "timings_ms": ms})
+                res, counts, ms, hold = await analyse(data, name, det_thresh, min_face, max_faces, t0,
+                                                      keep_image=annotated)
+                with hold:
+                    if annotated:
+                        jpeg = await asyncio.get_running_loop().run_in_executor(pool, annotated_jpeg, res)
+                        return Response(jpeg, media_type="image/jpeg")
+                    doc = to_json(res)
+                docs.append({"image": doc["image"], "width": counts["width"], "height": counts["height"],
+                             "model": _public_name(analyzer.engine.name), "faces": doc["faces"],
+                             "faces_total": counts["faces_total"], "faces_dropped": counts["faces_dropped"],
+                             "timings_ms": ms})
         # returned as a response: the document already has AnalyzeOut's shape (the schema /docs shows)
         return JSONResponse(docs[0] if len(docs) == 1 else docs)
 
@@ -453,30 +588,35 @@ def create_app(analyzer: FaceAnalyzer, max_bytes: int = MAX_BYTES, max_pixels: i
                     det_thresh: float = Query(0.8, ge=DET_FLOOR, le=1.0, description="minimum detector score")):
         """Frames of one `session` are followed as `infer.py --video` follows a video's: each face gets a
         track id that stays while it is in view, and its gender and age smoothed over the frames. Returns
-        `infer.py --video --jsonl`'s line for the frame, plus its size and `timings_ms`."""
+        `infer.py --video --jsonl`'s line for the frame, plus its size, `faces_dropped` and `timings_ms`
+        (with `track`)."""
         t0 = time.perf_counter()
         images = await receive(request)
         if len(images) != 1:
             raise ApiError(400, "several_images", "a frame is one image")
         with working():
-            res, _, ms = await analyse(images[0][0], images[0][1], det_thresh, 0.0, 0, t0)
-            stream = streams.get(session)
-            async with stream.lock:
-                index = stream.next_frame
-                stream.next_frame += 1
-                seen = stream.tracker.update(index, [fr.face for fr in res.faces],
-                                             [(fr.p_male, fr.age) for fr in res.faces])
-                stream.tracker.finished.clear()  # a stream may run for hours: ended tracks are not kept
-                line = frame_json(index, time.monotonic() - stream.started, seen)
-        line.update(width=int(res.image.shape[1]), height=int(res.image.shape[0]), timings_ms=ms)
+            res, counts, ms, hold = await analyse(images[0][0], images[0][1], det_thresh, 0.0, 0, t0)
+            with hold:
+                stream = streams.get(session)
+                async with stream.lock:  # frames of one stream in arrival order; the matching off the event loop
+                    t_track = time.perf_counter()
+                    line = await asyncio.get_running_loop().run_in_executor(pool, follow, stream, res.faces,
+                                                                            max_tracks)
+                    stream.last_use = time.monotonic()
+                ms["track"] = round((time.perf_counter() - t_track) * 1000, 1)
+                ms["total"] = round((time.perf_counter() - t0) * 1000, 1)
+        line.update(width=counts["width"], height=counts["height"], faces_dropped=counts["faces_dropped"],
+                    timings_ms=ms)
         return JSONResponse(line)
 
     if cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
                            expose_headers=["X-Request-ID", "Retry-After"])
-    app.add_middleware(Front, limits=limits, access_log=access_log)  # outermost: every answer has its id
+    # outermost: every answer has its id and the security headers
+    app.add_middleware(Front, limits=limits, access_log=access_log, default_headers=SECURITY_HEADERS)
     return app
 
 
-__all__ = ["create_app", "MAX_BYTES", "DET_FLOOR", "MAX_QUEUE", "Stream", "Streams"]
+__all__ = ["create_app", "follow", "MAX_BYTES", "DET_FLOOR", "MAX_QUEUE", "MAX_TRACKS",
+           "MAX_FACES_PER_IMAGE", "Stream", "Streams"]

@@ -132,9 +132,10 @@
     });
     $("faces").tBodies[0].innerHTML = rows.join("");
     const total = state.doc.faces_total ?? state.doc.faces.length;
+    const dropped = state.doc.faces_dropped ? `, the ${state.doc.faces_dropped} smallest not labelled` : "";
     const ms = state.doc.timings_ms ? ` in ${Math.round(state.doc.timings_ms.total)} ms` : "";
     status($("status"), `${faces.length} face${faces.length === 1 ? "" : "s"} at threshold ` +
-      `${parseFloat($("thresh").value).toFixed(2)} (${total} found at 0.30)${ms}`);
+      `${parseFloat($("thresh").value).toFixed(2)} (${total} found at 0.30${dropped})${ms}`);
   }
   function download() {
     if (!state.doc) return;
