@@ -46,13 +46,14 @@ def main() -> int:
 
     set_verbose(args.verbose)
 
-    from agegender.atomic import check_writable, checkpoint_files, dataset_files, refuse_inputs
+    from agegender.atomic import check_writable, dataset_files, refuse_inputs
+    from agegender.model.engine import model_files
     from agegender.model.loading import load_engine
     from agegender.model.evaluation import (concat_predictions, format_report, format_sources, plot_predictions,
                                             predict_rec, rec_name, report, write_json)
 
     refuse_inputs([("--json", args.json), ("--plot", args.plot)],
-                  [f for rec in recs for f in dataset_files(rec)] + checkpoint_files(args.model))
+                  [f for rec in recs for f in dataset_files(rec)] + model_files(args.model))
     if args.json and args.plot and args.json != "-" and os.path.realpath(args.json) == os.path.realpath(args.plot):
         raise UserError(f"--json and --plot are the same file: {args.json}")
     for path, flag in ((args.json, "--json"), (args.plot, "--plot")):

@@ -257,17 +257,4 @@ def dataset_files(path: str) -> list[str]:
     return [base + e for e in (".rec", ".idx", ".lst")] + [os.path.join(os.path.dirname(path), "meta.json")]
 
 
-def checkpoint_files(model: str | None) -> list[str]:
-    """The files of a `--model` value: a .onnx file, or PREFIX[,EPOCH]'s -symbol.json and every
-    PREFIX-NNNN.params (and optimizer states) that exists."""
-    import glob
-
-    if not model:
-        return []
-    prefix = model.rsplit(",", 1)[0] if "," in model else model
-    if prefix.lower().endswith(".onnx"):
-        return [prefix]
-    return [f"{prefix}-symbol.json"] + sorted(glob.glob(glob.escape(prefix) + "-[0-9][0-9][0-9][0-9].*"))
-
-
-__all__ = ["atomic_path", "open_output", "refuse_inputs", "refuse_same_outputs", "refuse_prefix", "named", "dataset_files", "checkpoint_files", "temp_beside", "replace_with", "write_atomic", "save_figure", "check_writable", "is_stream"]
+__all__ = ["atomic_path", "open_output", "refuse_inputs", "refuse_same_outputs", "refuse_prefix", "named", "dataset_files", "temp_beside", "replace_with", "write_atomic", "save_figure", "check_writable", "is_stream"]

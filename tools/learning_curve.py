@@ -212,7 +212,8 @@ def main() -> int:
     p.add_argument("--plot", default="", help="save the curves with their fits (PNG)")
     args = p.parse_args()
 
-    from agegender.atomic import check_writable, checkpoint_files, dataset_files, refuse_inputs
+    from agegender.atomic import check_writable, dataset_files, refuse_inputs
+    from agegender.model.engine import model_files
     from agegender.model.evaluation import rec_name
 
     runs = sorted((parse_run(r) for r in args.runs), key=lambda r: r[1])
@@ -233,7 +234,8 @@ def main() -> int:
             raise UserError(f"a learning curve needs one series of three runs or more, of at least two sizes, "
                             f"on {name}")
     if args.plot:
-        inputs = [f for _, _, m in runs for f in checkpoint_files(m)] + [f for r in recs for f in dataset_files(r)]
+        inputs = model_files(*[m for _, _, m in runs])
+        inputs += [f for r in recs for f in dataset_files(r)]
         refuse_inputs([("--plot", args.plot)], inputs + ([args.reference] if args.reference else []))
         check_writable(args.plot, "--plot")  # before the evaluations, not after them
     points = sorted(reference, key=lambda q: q.faces)

@@ -1,0 +1,130 @@
+"""Safety, round 4 (issue 32), the command lines: the model is an input too, a run keeps its own checkpoint,
+spreadsheets cannot be forged, a full disk leaves no temporary file, bad lists are one line, a split counts
+once, a closed pipe is quiet. One test per finding of the hostile review (the service's are in
+tests/test_hostile_service.py)."""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from agegender.data.demo import wheel_image
+from agegender.model.engine import BUNDLED_MODEL, BUNDLED_ONNX, TEACHER_ONNX, model_files
+from tests.conftest import ROOT, run_script
+
+T1 = wheel_image("t1.jpg")
+
+
+def _digest(path) -> bytes:
+    return hashlib.sha256(open(path, "rb").read()).digest()
+
+
+def _one_line_error(proc: subprocess.CompletedProcess, code: int, text: str = "") -> None:
+    """Exit `code`, one `error:` line naming `text`, no traceback."""
+    err = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == code, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [ln for ln in err if ln.startswith("error:")]
+    assert len(errors) == 1 and text in errors[0], proc.stderr
+
+
+@pytest.fixture
+def models(tmp_path) -> dict:
+    """Hard links to the bundled model and the teacher (an output written there would be refused the same
+    as on the file itself, and a run that was not refused replaces only the link), and a copy of the
+    bundled model as a .onnx file and as a checkpoint with its calibration file."""
+    own = tmp_path / "models"
+    own.mkdir()
+    os.link(BUNDLED_ONNX, own / "bundled.onnx")
+    os.link(TEACHER_ONNX, own / "teacher.onnx")
+    shutil.copy(BUNDLED_ONNX, own / "mine.onnx")
+    for suffix in ("-symbol.json", "-0000.params", "-calibration.json"):
+        shutil.copy(BUNDLED_MODEL + suffix, own / f"ck{suffix}")
+    return {"bundled": str(own / "bundled.onnx"), "teacher": str(own / "teacher.onnx"), "onnx": str(own / "mine.onnx"),
+            "ck": str(own / "ck"), "digests": {p: _digest(p) for p in own.iterdir()}}
+
+
+def _unchanged(models: dict) -> None:
+    for path, digest in models["digests"].items():
+        assert _digest(path) == digest, f"{path} was written"
+
+
+# --- 1. the model is an input ---------------------------------------------------------------------------
+def test_model_files_name_every_file_a_model_is_read_from(models):
+    ck = models["ck"]
+    assert model_files(None) == [BUNDLED_ONNX, f"{BUNDLED_MODEL}-symbol.json", f"{BUNDLED_MODEL}-0000.params",
+                                 f"{BUNDLED_MODEL}-calibration.json", TEACHER_ONNX]
+    assert model_files(f"{ck},0") == [f"{ck}-symbol.json", f"{ck}-0000.params", f"{ck}-calibration.json", TEACHER_ONNX]
+    assert model_files(ck, calibration=False) == [f"{ck}-symbol.json", f"{ck}-0000.params", TEACHER_ONNX]
+    assert model_files("a,b.onnx") == ["a,b.onnx", TEACHER_ONNX]  # a .onnx file, as load_engine reads it
+    assert model_files() == [TEACHER_ONNX]
+
+
+@pytest.mark.parametrize("flag", ["--csv", "--jsonl", "--parquet", "--output"])
+def test_infer_outputs_never_replace_the_model(models, flag):
+    ck = models["ck"]
+    cases = [([], models["bundled"]), (["--model", models["onnx"]], models["onnx"]),
+             (["--model", f"{ck},0"], f"{ck}-0000.params"), (["--model", ck], f"{ck}-calibration.json"),
+             (["--model", f"{ck},0"], f"{ck}-symbol.json"), (["--gender-ensemble"], models["teacher"]),
+             (["--det-model", models["onnx"]], models["onnx"])]
+    for extra, out in cases:
+        proc = run_script("infer.py", "--image", T1, *extra, flag, out)
+        _one_line_error(proc, 2, "is an input")
+        assert proc.stdout == ""
+    _unchanged(models)
+
+
+def test_annotated_copies_and_video_outputs_never_replace_the_model(models, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.copy(T1, tmp_path / "a.jpg")
+    os.link(BUNDLED_ONNX, out / "a_agegender.jpg")  # where the annotated copy of a.jpg would go
+    proc = run_script("infer.py", "--image", str(tmp_path / "a.jpg"), str(tmp_path / "a.jpg"), "--output-dir", str(out))
+    _one_line_error(proc, 2, "is an input")
+    for flag in ("--jsonl", "--output"):
+        proc = run_script("infer.py", "--video", str(tmp_path / "clip.mp4"), flag, models["bundled"])
+        _one_line_error(proc, 2, "is an input")
+    _unchanged(models)
+
+
+@pytest.mark.parametrize("flag", ["--json", "--plot"])
+def test_eval_outputs_never_replace_the_model(models, tmp_path, flag):
+    rec = str(tmp_path / "val.rec")  # refused before the split is read
+    for extra, out in (([], models["bundled"]), ([], models["teacher"]), (["--model", models["onnx"]], models["onnx"]),
+                       (["--model", f"{models['ck']},0"], f"{models['ck']}-calibration.json")):
+        _one_line_error(run_script("eval.py", "--rec", rec, *extra, flag, out), 2, "is an input")
+    _unchanged(models)
+
+
+def test_tools_never_write_over_a_model(models, tmp_path):
+    ck = models["ck"]
+    lst = tmp_path / "val.lst"
+    lst.write_text(f"0\t1\t30\t{T1}\n")
+    for script, args in (("tools/export_onnx.py", [f"{ck},0", models["teacher"]]),
+                         ("tools/calibrate.py", ["--lst", str(lst), "--write", models["bundled"]]),
+                         ("tools/calibrate.py", ["--model", models["onnx"], "--lst", str(lst), "--write", models["teacher"]]),
+                         ("tools/teacher_gender.py", [str(lst), models["teacher"]]),
+                         ("show_age_distribution.py", [str(lst), "--output", models["teacher"]])):
+        _one_line_error(run_script(script, *args), 2, "is an input")
+    _unchanged(models)
+    # the one model file a tool rewrites by design: a checkpoint's calibration file (the run then fails on the
+    # missing list, after the check)
+    proc = run_script("tools/calibrate.py", "--model", f"{ck},0", "--lst", str(tmp_path / "none.lst"), "--write",
+                      f"{ck}-calibration.json")
+    assert "is an input" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+# --- 2. a run keeps the checkpoint it starts from --------------------------------------------------------
+@pytest.mark.parametrize("flags", [["--overwrite"], []])
+def test_train_refuses_to_start_from_its_own_prefix(models, tmp_path, flags):
+    ck = models["ck"]
+    for pretrained in (f"{ck},0", f"{os.path.dirname(ck)}/../models/ck,0"):
+        proc = run_script("train.py", "--data-dir", str(tmp_path / "data"), "--prefix", ck, "--pretrained", pretrained,
+                          *flags)
+        _one_line_error(proc, 2, "this run's own --prefix")
+    _unchanged(models)
+    assert sorted(os.listdir(os.path.dirname(ck))) == sorted(os.path.basename(p) for p in models["digests"])
