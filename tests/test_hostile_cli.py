@@ -128,3 +128,36 @@ def test_train_refuses_to_start_from_its_own_prefix(models, tmp_path, flags):
         _one_line_error(proc, 2, "this run's own --prefix")
     _unchanged(models)
     assert sorted(os.listdir(os.path.dirname(ck))) == sorted(os.path.basename(p) for p in models["digests"])
+
+
+# --- 7. a CSV cannot carry a formula ---------------------------------------------------------------------
+def test_csv_text_cells_that_begin_like_formulas_are_quoted_numbers_stay_numbers():
+    import csv
+    import io
+
+    from agegender.serving.inference import csv_text
+
+    rows = [{"image": name, "face": 1, "x1": -3, "y1": 0, "x2": 10.5, "y2": 12, "score": 0.9, "gender": "male",
+             "p_male": 0.75, "age": 30, "error": ""} for name in ("=1+1", "+cmd", "-2+3", "@SUM(1+1)", "\tx", "\rx")]
+    rows.append({"image": "a=b.jpg", "error": "-bad file"})  # an error cell too; `=` further in is harmless
+    text = csv_text(rows)
+    assert "\r\n" not in text and text.count("\n") == 1 + len(rows) and "\"'\rx\"" in text  # the CR is quoted
+    back = list(csv.DictReader(io.StringIO(text, newline="")))
+    assert [r["image"] for r in back] == ["'=1+1", "'+cmd", "'-2+3", "'@SUM(1+1)", "'\tx", "'\rx", "a=b.jpg"]
+    assert back[-1]["error"] == "'-bad file"
+    assert all(r["x1"] == "-3" and r["x2"] == "10.5" and r["score"] == "0.9" for r in back[:-1])
+
+
+def test_infer_csv_of_photos_named_like_formulas(tmp_path):
+    import csv
+
+    names = ['=HYPERLINK("evil","y").jpg', "@SUM(1+1).jpg", "+cmd.jpg"]
+    shutil.copy(T1, tmp_path / names[0])
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "infer.py"), "--image", *names, "--csv", "out.csv",
+                           "--no-progress"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr  # two of the three are missing
+    with open(tmp_path / "out.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["image"] for r in rows} == {"'" + n for n in names}
+    faces = [r for r in rows if r["face"]]
+    assert faces and all(int(r["x1"]) == int(r["x1"]) and not r["x1"].startswith("'") for r in faces)

@@ -128,16 +128,35 @@ def csv_rows(doc: dict) -> list[dict]:
             for i, f in enumerate(doc["faces"], 1)]
 
 
+# a text cell that a spreadsheet would run as a formula begins with one of these (OWASP, "CSV Injection")
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value):
+    """A text cell that begins like a formula (a photo named `=HYPERLINK(...).jpg`, `@SUM(1+1).jpg`), with
+    a single quote in front, so that Excel and LibreOffice show it as text; numbers (a box at x = -3) are
+    left as they are."""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
+
+
 def csv_text(rows: list[dict]) -> str:
-    """The CSV document: a header of the schema's CSV_COLUMNS, then the rows."""
+    """The CSV document: a header of the schema's CSV_COLUMNS, then the rows (text cells through
+    `csv_cell`), lines ending in LF. A cell holding a CR or a LF (a file name may) is quoted, so it cannot
+    start a row of its own."""
     import csv
     import io
 
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, restval="", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
+    # Python's writer quotes only the characters of its line terminator: with CR LF both are quoted; each
+    # line then ends in LF as before
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, restval="", lineterminator="\r\n")
+    lines = []
+    for row in [dict(zip(CSV_COLUMNS, CSV_COLUMNS))] + rows:
+        buf.seek(0)
+        buf.truncate()
+        writer.writerow({k: csv_cell(v) for k, v in row.items()})
+        lines.append(buf.getvalue()[:-2])
+    return "\n".join(lines) + "\n"
 
 
 COLORS_BGR = {"male": (235, 140, 30), "female": (60, 60, 230)}
@@ -369,4 +388,4 @@ class Outputs:
 
 
 __all__ = ["Outputs", "find_images", "output_paths", "NOT_FINITE", "format_lines", "to_json", "draw", "save_image", "dumps_json", "IMAGE_EXTS", "csv_rows",
-           "csv_text"]
+           "csv_text", "csv_cell", "FORMULA_STARTS"]
