@@ -161,3 +161,25 @@ def test_infer_csv_of_photos_named_like_formulas(tmp_path):
     assert {r["image"] for r in rows} == {"'" + n for n in names}
     faces = [r for r in rows if r["face"]]
     assert faces and all(int(r["x1"]) == int(r["x1"]) and not r["x1"].startswith("'") for r in faces)
+
+
+# --- 9. a full disk while closing the Parquet file -------------------------------------------------------
+def test_a_full_disk_when_the_parquet_file_closes_leaves_no_temporary_file(tmp_path, monkeypatch, capsys):
+    pq = pytest.importorskip("pyarrow.parquet", reason="pyarrow is not installed (pip install -r requirements-ray.txt)")
+    import errno
+
+    from agegender.errors import run_cli
+    from agegender.serving.batch import write_parquet
+
+    out = tmp_path / "out.parquet"
+    out.write_bytes(b"the earlier run")
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pq.ParquetWriter, "close", full)
+    with pytest.raises(SystemExit) as stop:
+        run_cli(lambda: write_parquet(str(out), [{"image": "a.jpg", "faces": []}]))
+    assert stop.value.code == 1
+    assert capsys.readouterr().err == f"error: cannot write {out}: No space left on device\n"
+    assert os.listdir(tmp_path) == ["out.parquet"] and out.read_bytes() == b"the earlier run"
