@@ -183,3 +183,60 @@ def test_a_full_disk_when_the_parquet_file_closes_leaves_no_temporary_file(tmp_p
     assert stop.value.code == 1
     assert capsys.readouterr().err == f"error: cannot write {out}: No space left on device\n"
     assert os.listdir(tmp_path) == ["out.parquet"] and out.read_bytes() == b"the earlier run"
+
+
+# --- 10. bad lists and files are one line ----------------------------------------------------------------
+def test_image_lists_that_are_not_text_or_not_paths_are_one_line(tmp_path):
+    pa = pytest.importorskip("pyarrow", reason="pyarrow is not installed (pip install -r requirements-ray.txt)")
+    import pyarrow.parquet as pq
+
+    latin = tmp_path / "list.txt"
+    latin.write_bytes(f"{T1}\n".encode() + "caf\xe9.jpg\n".encode("latin-1"))
+    numbers = tmp_path / "list.parquet"
+    pq.write_table(pa.table({"path": [1, 2]}), numbers)
+    for spec, text in ((latin, "line 2: not UTF-8"), (numbers, "column path holds int64")):
+        proc = run_script("infer.py", "--ray", "--image", str(spec), "--parquet", str(tmp_path / "out"))
+        _one_line_error(proc, 2, text)
+    bom = tmp_path / "bom.txt"
+    bom.write_bytes(b"\xef\xbb\xbf" + f"{T1}\n".encode())  # as Notepad saves it: the first path is still a path
+    from agegender.serving.ray_batch import expand_inputs
+
+    assert expand_inputs([str(bom)]) == ([T1], [])
+
+
+def test_calibrate_on_a_list_that_is_not_utf8_is_one_line(tmp_path):
+    lst = tmp_path / "val.lst"
+    lst.write_bytes(f"0\t1\t30\t{T1}\n".encode() + "1\t0\t20\tcaf\xe9.jpg\n".encode("latin-1"))
+    _one_line_error(run_script("tools/calibrate.py", "--lst", str(lst)), 2, "line 2: not UTF-8")
+
+
+@pytest.mark.parametrize("digits", [300, 400])
+def test_learning_curve_reference_with_a_huge_number_is_one_line(tmp_path, digits):
+    (tmp_path / "utkface").mkdir()
+    (tmp_path / "utkface" / "val.rec").write_bytes(b"")
+    rows = ["series,rec,faces,model,acc,acc_0_9,mae,cs5"]
+    rows += [f"runs,utkface/val,{n},m{n},0.9,0.8,5.0,0.7" for n in ("1" * digits, "200", "400")]
+    (tmp_path / "ref.csv").write_text("\n".join(rows) + "\n")
+    rows = ["series,rec,faces,model,acc,acc_0_9,mae,cs5"]
+    rows += [f"runs,utkface/val,{n},m{n},0.9,0.8,{'1' * digits},0.7" for n in ("100", "200", "400")]
+    (tmp_path / "ref2.csv").write_text("\n".join(rows) + "\n")
+    for ref, text in (("ref.csv", "faces must be from 1"), ("ref2.csv", "mae a number of years")):
+        proc = run_script("tools/learning_curve.py", "--reference", str(tmp_path / ref), "--rec",
+                          str(tmp_path / "utkface" / "val.rec"))
+        _one_line_error(proc, 2, text)
+    proc = run_script("tools/learning_curve.py", f"{'1' * digits}=m,0", "200=m,0", "400=m,0", "--rec",
+                      str(tmp_path / "utkface" / "val.rec"))
+    _one_line_error(proc, 2, "bad run")
+
+
+def test_a_truncated_pil_image_is_a_value_error():
+    import io
+
+    from PIL import Image
+
+    from agegender import FaceAnalyzer
+
+    data = open(T1, "rb").read()
+    image = Image.open(io.BytesIO(data[:len(data) // 2]))  # opened lazily: decoded by analyze()
+    with pytest.raises(ValueError, match="cannot use the image .PIL RGB"):
+        FaceAnalyzer.from_options(net_threads=1).analyze(image)
