@@ -240,3 +240,20 @@ def test_a_truncated_pil_image_is_a_value_error():
     image = Image.open(io.BytesIO(data[:len(data) // 2]))  # opened lazily: decoded by analyze()
     with pytest.raises(ValueError, match="cannot use the image .PIL RGB"):
         FaceAnalyzer.from_options(net_threads=1).analyze(image)
+
+
+# --- 12a. a split counts once -----------------------------------------------------------------------------
+def test_eval_counts_a_split_named_twice_once(packed_demo, tmp_path):
+    import json
+
+    data_dir, _ = packed_demo
+    rec = os.path.join(data_dir, "val.rec")
+    os.symlink(rec, tmp_path / "link.rec")
+    once = run_script("eval.py", "--rec", rec, "--json", str(tmp_path / "once.json"), "--no-progress", check=True)
+    proc = run_script("eval.py", "--rec", rec, "--rec", str(tmp_path / "link.rec"), "--rec", rec, "--json",
+                      str(tmp_path / "twice.json"), "--no-progress", check=True)
+    assert proc.stderr.splitlines() == [f"note: {tmp_path / 'link.rec'} is the same file as {rec}: evaluated once",
+                                        f"note: {rec} is given twice: evaluated once"]
+    assert proc.stdout == once.stdout
+    first, second = (json.loads((tmp_path / n).read_text()) for n in ("once.json", "twice.json"))
+    assert first == second
