@@ -257,3 +257,16 @@ def test_eval_counts_a_split_named_twice_once(packed_demo, tmp_path):
     assert proc.stdout == once.stdout
     first, second = (json.loads((tmp_path / n).read_text()) for n in ("once.json", "twice.json"))
     assert first == second
+
+
+# --- 12c. a closed pipe is quiet --------------------------------------------------------------------------
+@pytest.mark.parametrize("args", [["--version"], ["--help"]])
+def test_the_console_command_into_a_closed_pipe_ends_quietly(args):
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line, as `| head -1` may be after it: every write fails
+    try:
+        proc = subprocess.run([sys.executable, "-m", "agegender", *args], cwd=ROOT, stdout=write,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
