@@ -270,3 +270,22 @@ def test_the_console_command_into_a_closed_pipe_ends_quietly(args):
     finally:
         os.close(write)
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+
+
+def test_other_lists_that_are_not_utf8_are_one_line(tmp_path):
+    import importlib.util
+
+    from agegender.errors import UserError
+
+    hosts = tmp_path / "hosts.txt"
+    hosts.write_bytes("h\xf4te\n".encode("latin-1"))
+    proc = run_script("tools/launch.py", "-n", "1", "-H", str(hosts), "--", "python", "-c", "pass")
+    _one_line_error(proc, 2, "line 1: not UTF-8")
+    spec = importlib.util.spec_from_file_location("model_report", os.path.join(ROOT, "tools", "model_report.py"))
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    (tmp_path / "val.lst").write_bytes(b"0\t1\t30\ta/25_1_2_x.jpg\n" + "1\t0\t20\tcaf\xe9.jpg\n".encode("latin-1"))
+    with pytest.raises(UserError, match="line 2: not UTF-8"):
+        report.races_of(str(tmp_path / "val.rec"))
+    (tmp_path / "val.lst").write_text("0\t1\t30\ta/25_1_2_x.jpg\n1\t0\t20\tb.jpg\n")
+    assert report.races_of(str(tmp_path / "val.rec")) == [2, None]  # one entry per record, as before
