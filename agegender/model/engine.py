@@ -22,7 +22,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 _PACKAGED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights", "agegender")
 BUNDLED_MODEL = _PACKAGED if os.path.isfile(_PACKAGED + ".onnx") else os.path.join(ROOT, "models", "agegender")
 BUNDLED_ONNX = BUNDLED_MODEL + ".onnx"                   # the same model exported by tools/export_onnx.py
-# the gender ensemble's teacher net (agegender/model/ensemble.py), beside the bundled model
+# the gender ensemble's teacher net (agegender/model/ensemble.py), beside the bundled model: models/ in a
+# checkout, agegender/weights/ in an installed wheel
 TEACHER_ONNX = os.path.join(os.path.dirname(BUNDLED_MODEL), "teacher-gender-v1.onnx")
 ENGINES = ("onnx", "mxnet")
 NUM_OUTPUTS = 2 + 2 * NUM_AGE_BINS
@@ -117,8 +118,8 @@ def model_files(*models: str | None, calibration: bool = True) -> list[str]:
     output may replace one). Each of `models` as `--model` takes it: a .onnx file is itself; PREFIX[,EPOCH]
     is PREFIX-symbol.json, every PREFIX-NNNN.params (and optimizer states) and PREFIX-calibration.json
     (left out with `calibration=False`, for tools/calibrate.py, which rewrites it); None or "" (`--model`
-    left out) is the bundled model, its .onnx and its checkpoint. The teacher net's ONNX is always one: it ships
-    with the project and nothing writes it."""
+    left out) is the bundled model, its .onnx and its checkpoint. The teacher net's ONNX is always one: it
+    ships with the project and nothing writes it."""
     import glob
 
     files = []
