@@ -11,6 +11,7 @@ from agegender.cli import COUNT, DET_THRESH, NON_NEGATIVE_INT, RATIO, ArgumentPa
 from agegender.data.image import MAX_PIXELS
 from agegender.errors import UserError, run_cli
 from agegender.atomic import refuse_inputs
+from agegender.model.engine import model_files
 from agegender.data.pack import PACKED_FILES, FaceSettings, pack_dataset, summary_table, unique_source_names
 from agegender.data.sources import (parse_aaf, parse_afad, parse_agedb, parse_fairface, parse_list, parse_megaage,
                                     parse_utkface)
@@ -87,7 +88,8 @@ def main() -> int:
     sources = unique_source_names(sources)
     written = [os.path.join(args.output, n) for n in PACKED_FILES]
     refuse_inputs([("--output", w) for w in written],
-                  list(args.list) + [s.path for parsed in sources for s in parsed.samples])
+                  list(args.list) + [s.path for parsed in sources for s in parsed.samples] + model_files() +
+                  ([args.det_model] if args.det_model else []))
 
     settings = FaceSettings(align=args.align, no_face=args.no_face, image_size=args.image_size,
                             quality=args.quality, det_thresh=args.det_thresh, det_model=args.det_model,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from agegender.model.age import AGE_DECODINGS, DEFAULT_DECODE, DEFAULT_FLIP
 from agegender.model.engine import ENGINES
@@ -46,13 +47,18 @@ def main() -> int:
 
     set_verbose(args.verbose)
 
-    from agegender.atomic import check_writable, checkpoint_files, dataset_files, refuse_inputs
+    from agegender.atomic import check_writable, dataset_files, refuse_inputs, unique_files
+    from agegender.model.engine import model_files
     from agegender.model.loading import load_engine
     from agegender.model.evaluation import (concat_predictions, format_report, format_sources, plot_predictions,
                                             predict_rec, rec_name, report, write_json)
 
+    recs, repeated = unique_files(recs)
+    for again, first in repeated:  # counted twice, the split would weigh double in the overall line
+        same = "given twice" if again == first else f"the same file as {first}"
+        print(f"note: {again} is {same}: evaluated once", file=sys.stderr)
     refuse_inputs([("--json", args.json), ("--plot", args.plot)],
-                  [f for rec in recs for f in dataset_files(rec)] + checkpoint_files(args.model))
+                  [f for rec in recs for f in dataset_files(rec)] + model_files(args.model))
     if args.json and args.plot and args.json != "-" and os.path.realpath(args.json) == os.path.realpath(args.plot):
         raise UserError(f"--json and --plot are the same file: {args.json}")
     for path, flag in ((args.json, "--json"), (args.plot, "--plot")):

@@ -99,7 +99,8 @@ def main() -> int:
     paths, problems = find_images(args.image)
     outputs = Outputs(paths, problems, text=not args.json, json_doc=args.json, jsonl=args.jsonl, output=args.output,
                       output_dir=args.output_dir, show=args.show, csv=args.csv, parquet=args.parquet,
-                      progress=False if args.no_progress else None)  # checks every output before the work
+                      progress=False if args.no_progress else None,
+                      inputs=model_inputs(args))  # checks every output before the work
     analyzer = FaceAnalyzer.from_options(args.model, args.engine, args.det_model, args.det_thresh, args.max_size,
                                          args.gpus, det_threads=1, net_threads=1, age_decode=args.age_decode,
                                          min_face=args.min_face, flip=args.flip, batch_size=args.batch_size,
@@ -108,6 +109,14 @@ def main() -> int:
         for result in analyzer.analyze_paths(paths, keep_images=outputs.draws):
             outputs.add(result)
     return outputs.exit_status()
+
+
+def model_inputs(args: argparse.Namespace) -> list[str]:
+    """The model files this run reads (--model or the bundled one, --det-model, the teacher): no output
+    may replace one."""
+    from agegender.model.engine import model_files
+
+    return model_files(args.model) + ([args.det_model] if args.det_model else [])
 
 
 def run_ray(args: argparse.Namespace) -> int:
@@ -140,7 +149,7 @@ def run_video(args: argparse.Namespace) -> int:
 
     if args.output_dir or args.json or args.csv or args.parquet or args.ray:
         raise UserError("with --video, write the annotated video with --output FILE.mp4 and the faces with --jsonl")
-    check_video_args(args.video, args.output, args.jsonl)  # before the models load
+    check_video_args(args.video, args.output, args.jsonl, model_inputs(args))  # before the models load
     analyzer = FaceAnalyzer.from_options(args.model, args.engine, args.det_model, args.det_thresh, args.max_size,
                                          args.gpus, det_threads=0, net_threads=1, age_decode=args.age_decode,
                                          min_face=args.min_face, flip=args.flip, batch_size=args.batch_size,

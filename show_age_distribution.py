@@ -5,6 +5,7 @@ from __future__ import annotations
 
 
 from agegender.atomic import check_writable, dataset_files, refuse_inputs
+from agegender.model.engine import model_files
 from agegender.cli import ArgumentParser
 from agegender.data.distribution import load_labels, plot_histogram, summarize
 from agegender.errors import UserError, run_cli, short_reason
@@ -17,7 +18,7 @@ def main() -> int:
     args = p.parse_args()
     if not args.input.lower().endswith((".rec", ".lst", ".csv", ".txt")):
         raise UserError(f"{args.input} is not a .rec, .lst or path,gender,age list (.csv/.txt)")
-    refuse_inputs([("--output", args.output)], dataset_files(args.input))
+    refuse_inputs([("--output", args.output)], dataset_files(args.input) + model_files())
     check_writable(args.output, "--output")
     try:
         labels = load_labels(args.input)

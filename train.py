@@ -134,13 +134,19 @@ def main() -> int:
     cfg.augment = Augment(mirror=bool(args.rand_mirror), color=args.color, cutoff=args.cutoff, rotate=args.rotate,
                           scale=args.scale, shift=args.shift, gray=args.gray, blur=args.blur,
                           jpeg=args.jpeg, mixup=args.mixup)
-    from agegender.atomic import check_writable, checkpoint_files, dataset_files, refuse_prefix
+    from agegender.atomic import check_writable, dataset_files, refuse_prefix
+    from agegender.model.engine import model_files
     from agegender.model.run_files import claim_prefix
 
     reads = [f for d in cfg.data_dirs for split in ("train", "val")
              for f in dataset_files(os.path.join(d, f"{split}.rec"))]
-    if cfg.pretrained and cfg.pretrained.rsplit(",", 1)[0] != cfg.prefix:  # the run's own prefix: resumed
-        reads += checkpoint_files(cfg.pretrained)
+    own = bool(cfg.pretrained) and os.path.realpath(cfg.pretrained.partition(",")[0]) == os.path.realpath(cfg.prefix)
+    if own and not cfg.resume:  # --overwrite would delete the weights before they are loaded
+        raise UserError(f"--pretrained {cfg.pretrained} is this run's own --prefix {cfg.prefix}: "
+                        f"{'--overwrite would delete it' if args.overwrite else 'the run would replace it'} before "
+                        "it is loaded; continue that run with --resume, or train into another --prefix")
+    # without --pretrained the bundled model is protected all the same (a run under its prefix would replace it)
+    reads += model_files(None if own or not cfg.pretrained else cfg.pretrained)
     refuse_prefix("--prefix", cfg.prefix, reads + [t for t in cfg.teacher_genders if t != "-"])
 
     if os.path.dirname(cfg.prefix):

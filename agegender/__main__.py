@@ -9,7 +9,7 @@ import os
 import sys
 
 from agegender import CODE_LICENSE, WEIGHTS_TERMS, __version__
-from agegender.errors import EXTRAS
+from agegender.errors import EXTRAS, run_cli
 
 COMMANDS = {  # command: (script, what it does)
     "infer": ("infer.py", "gender and age of every face in images, folders or a video"),
@@ -39,7 +39,7 @@ def usage() -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def dispatch(argv: list[str] | None = None) -> int:
     """Dispatch to a command's script (which exits with its own status); 0/2 for --help/--version/usage."""
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] in ("-h", "--help"):
@@ -70,5 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def main() -> None:
+    """The console command: `dispatch` under run_cli, so that `agegender --version | head -1` ends quietly."""
+    run_cli(dispatch)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

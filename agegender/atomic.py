@@ -203,6 +203,20 @@ def _identity(path: str) -> tuple:
         return ("path", real)
 
 
+def unique_files(paths: Iterable[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """`paths` with each file kept once, where first named (the same file: the same path, through links, or
+    the same inode), and the (dropped, kept) pairs, for the caller to say what it dropped."""
+    kept: dict[tuple, str] = {}
+    dropped = []
+    for path in paths:
+        key = _identity(path)
+        if key in kept:
+            dropped.append((path, kept[key]))
+        else:
+            kept[key] = path
+    return list(kept.values()), dropped
+
+
 def named(exc: OSError, path: str) -> OSError:
     """`exc` with `path` as its file name when it has none (a failed write on an open file carries no
     name), so the one-line error says which output failed."""
@@ -258,17 +272,4 @@ def dataset_files(path: str) -> list[str]:
         [os.path.join(os.path.dirname(path), "meta.json")]
 
 
-def checkpoint_files(model: str | None) -> list[str]:
-    """The files of a `--model` value: a .onnx file, or PREFIX[,EPOCH]'s -symbol.json and every
-    PREFIX-NNNN.params (and optimizer states) that exists."""
-    import glob
-
-    if not model:
-        return []
-    prefix = model.rsplit(",", 1)[0] if "," in model else model
-    if prefix.lower().endswith(".onnx"):
-        return [prefix]
-    return [f"{prefix}-symbol.json"] + sorted(glob.glob(glob.escape(prefix) + "-[0-9][0-9][0-9][0-9].*"))
-
-
-__all__ = ["atomic_path", "open_output", "refuse_inputs", "refuse_same_outputs", "refuse_prefix", "named", "dataset_files", "checkpoint_files", "temp_beside", "replace_with", "write_atomic", "save_figure", "check_writable", "is_stream"]
+__all__ = ["atomic_path", "open_output", "refuse_inputs", "refuse_same_outputs", "refuse_prefix", "named", "unique_files", "dataset_files", "temp_beside", "replace_with", "write_atomic", "save_figure", "check_writable", "is_stream"]

@@ -45,6 +45,22 @@ def short_reason(exc: BaseException) -> str:
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS}
 
 
+def read_text(path: str, what: str) -> str:
+    """A text file that the user names (a list of paths, a split's .lst), read whole as UTF-8 (a byte-order
+    mark allowed); UserError in one line, naming `what` and the line, when it is not UTF-8 or cannot be
+    read."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise UserError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise UserError(f"{what} {path}, line {line}: not UTF-8 text; save it as UTF-8") from None
+
+
 class MissingDependency(UserError):
     """An optional package a feature needs is not installed."""
 

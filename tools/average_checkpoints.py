@@ -45,12 +45,15 @@ def main() -> int:
 
     from agegender.symbols import average_checkpoints, write_checkpoint
 
-    from agegender.atomic import checkpoint_files, refuse_inputs
+    from agegender.atomic import refuse_inputs
+    from agegender.model.engine import model_files
 
     epochs = parse_epochs(args.epochs)
     runs = [r for r in args.prefix.split(",") if r]
+    if not runs:
+        raise UserError(f"no checkpoint prefix in {args.prefix!r}")
     refuse_inputs([("output", f"{args.output}-symbol.json"), ("output", f"{args.output}-0000.params")],
-                  [f for r in runs for f in checkpoint_files(r)])
+                  model_files(*runs))
     try:
         sym, arg, aux = average_checkpoints(runs, epochs)
     except ValueError as exc:

@@ -64,9 +64,11 @@ def main() -> int:
         raise UserError(f"--write takes OUT.onnx (with --model a .onnx file) or PREFIX{CALIBRATION_SUFFIX} "
                         f"(beside a checkpoint PREFIX): {args.write}")
     if args.write:
-        from agegender.atomic import check_writable, checkpoint_files, refuse_inputs
+        from agegender.atomic import check_writable, refuse_inputs
+        from agegender.model.engine import model_files
 
-        refuse_inputs([("--write", args.write)], checkpoint_files(source) + list(args.lst))
+        # the sidecar is the one model file rewritten by design: its temperature is read, then replaced
+        refuse_inputs([("--write", args.write)], model_files(args.model, calibration=not sidecar) + list(args.lst))
         check_writable(args.write, "calibrated model")
     import numpy as np
 

@@ -33,10 +33,11 @@ def main() -> int:
 
     from agegender.symbols import parse_model_spec
     from agegender.symbols.onnx_export import TOLERANCE, export_onnx
-    from agegender.atomic import checkpoint_files, refuse_inputs, write_atomic
+    from agegender.atomic import refuse_inputs, write_atomic
     from agegender.data.demo import aligned_demo_faces
+    from agegender.model.engine import model_files
 
-    refuse_inputs([("output", args.output)], checkpoint_files(args.model))
+    refuse_inputs([("output", args.output)], model_files(args.model))
     try:
         prefix, epoch = parse_model_spec(args.model)
         data, diff = export_onnx(prefix, epoch, aligned_demo_faces(), args.license)

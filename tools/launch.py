@@ -13,7 +13,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from agegender.cli import ArgumentParser, number, COUNT, POSITIVE  # noqa: E402
-from agegender.errors import UserError, run_cli  # noqa: E402
+from agegender.errors import UserError, read_text, run_cli  # noqa: E402
 from agegender.model.launch import REMOTE_PORT, JobError, check_host, launch  # noqa: E402
 
 
@@ -39,8 +39,8 @@ def main() -> int:
     if args.hostfile:
         if not os.path.isfile(args.hostfile):
             raise UserError(f"host file not found: {args.hostfile}")
-        with open(args.hostfile, encoding="utf-8") as f:
-            hosts = [h.strip() for h in f if h.strip() and not h.startswith("#")]
+        hosts = [h.strip() for h in read_text(args.hostfile, "host file").split("\n")
+                 if h.strip() and not h.startswith("#")]
         for host in hosts:
             try:
                 check_host(host)

@@ -31,6 +31,8 @@ from agegender.errors import UserError, run_cli  # noqa: E402
 METRICS = [("acc", "gender", "gender accuracy"), ("acc_0_9", "gender 0-9", "gender accuracy, ages 0-9"),
            ("mae", "MAE", "age MAE (years)"), ("cs5", "CS@5", "age CS@5")]
 DEFAULT_SERIES = "runs"
+# the most train faces a run may claim: the fits take log2 of a float, which a 300-digit number overflows
+MAX_FACES = 10 ** 12
 
 
 @dataclass
@@ -49,8 +51,9 @@ def parse_run(text: str) -> tuple[str, int, str]:
     left, sep, model = text.partition("=")
     series, colon, faces = left.rpartition(":")
     series = series.strip() if colon else DEFAULT_SERIES
-    if not sep or not faces.strip().isdigit() or int(faces) < 1 or not model or not series:
-        raise UserError(f"bad run {text!r}: expected [SERIES:]FACES=PREFIX,EPOCH, e.g. 4914=models/lc/s25/model,14")
+    if not sep or not faces.strip().isdigit() or not 1 <= int(faces) <= MAX_FACES or not model or not series:
+        raise UserError(f"bad run {text!r}: expected [SERIES:]FACES=PREFIX,EPOCH, e.g. 4914=models/lc/s25/model,14 "
+                        f"(FACES from 1 to {MAX_FACES:.0e})")
     return series, int(faces), model
 
 
@@ -72,8 +75,12 @@ def read_reference(path: str) -> list[Point]:
             metrics = {key: float(row[key]) for key, _, _ in METRICS}
         except ValueError:
             raise UserError(f"{path}, line {line}: faces must be a whole number and the metrics numbers") from None
-        if faces < 1:
-            raise UserError(f"{path}, line {line}: faces must be at least 1")
+        if not 1 <= faces <= MAX_FACES:
+            raise UserError(f"{path}, line {line}: faces must be from 1 to {MAX_FACES:.0e}")
+        if not all(math.isnan(v) or math.isfinite(v) and 0 <= v <= (1e3 if key == "mae" else 1)
+                   for key, v in metrics.items()):
+            raise UserError(f"{path}, line {line}: the shares (acc, acc_0_9, cs5) must be from 0 to 1 and mae a "
+                            "number of years (nan: not measured)")
         points.append(Point(row["series"].strip(), faces, row["model"].strip(), row["rec"].strip(), metrics))
     return points
 
@@ -212,7 +219,8 @@ def main() -> int:
     p.add_argument("--plot", default="", help="save the curves with their fits (PNG)")
     args = p.parse_args()
 
-    from agegender.atomic import check_writable, checkpoint_files, dataset_files, refuse_inputs
+    from agegender.atomic import check_writable, dataset_files, refuse_inputs
+    from agegender.model.engine import model_files
     from agegender.model.evaluation import rec_name
 
     runs = sorted((parse_run(r) for r in args.runs), key=lambda r: r[1])
@@ -233,7 +241,8 @@ def main() -> int:
             raise UserError(f"a learning curve needs one series of three runs or more, of at least two sizes, "
                             f"on {name}")
     if args.plot:
-        inputs = [f for _, _, m in runs for f in checkpoint_files(m)] + [f for r in recs for f in dataset_files(r)]
+        inputs = model_files(*[m for _, _, m in runs])
+        inputs += [f for r in recs for f in dataset_files(r)]
         refuse_inputs([("--plot", args.plot)], inputs + ([args.reference] if args.reference else []))
         check_writable(args.plot, "--plot")  # before the evaluations, not after them
     points = sorted(reference, key=lambda q: q.faces)

@@ -23,11 +23,12 @@ def races_of(rec: str) -> list[int | None]:
     lst = os.path.splitext(rec)[0] + ".lst"
     if not os.path.isfile(lst):
         raise UserError(f"{lst} not found: the race comes from the source file names listed there")
+    from agegender.errors import read_text
+
     out = []
-    with open(lst, encoding="utf-8") as f:
-        for line in f:
-            parts = os.path.basename(line.rstrip("\n").split("\t")[-1]).split("_")
-            out.append(int(parts[2]) if len(parts) > 3 and parts[2].isdigit() else None)
+    for line in read_text(lst, "list file").removesuffix("\n").split("\n"):  # one line per record
+        parts = os.path.basename(line.rstrip("\r").split("\t")[-1]).split("_")
+        out.append(int(parts[2]) if len(parts) > 3 and parts[2].isdigit() else None)
     return out
 
 

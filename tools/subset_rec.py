@@ -47,10 +47,11 @@ def write_subset(src: str, share: float, seed: int, out: str) -> int:
     if os.path.realpath(src) == os.path.realpath(out):
         raise UserError("OUTPUT must not be SOURCE: the subset would replace the split it is drawn from")
     from agegender.atomic import dataset_files, refuse_inputs
+    from agegender.model.engine import model_files
 
     refuse_inputs([("OUTPUT", os.path.join(out, os.path.basename(f))) for f in dataset_files(train["rec"]) +
                    dataset_files(os.path.join(src, "val.rec"))],
-                  dataset_files(train["rec"]) + dataset_files(os.path.join(src, "val.rec")))
+                  dataset_files(train["rec"]) + dataset_files(os.path.join(src, "val.rec")) + model_files())
     paths = [e.path for e in read_lst(train["lst"])]
     keep = set(choose(len(paths), share, seed))
     os.makedirs(out, exist_ok=True)

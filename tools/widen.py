@@ -35,10 +35,11 @@ def main() -> int:
     from agegender.symbols import get_network, load_weights, parse_model_spec, save_checkpoint
     from agegender.symbols.widen import widen_into
 
-    from agegender.atomic import checkpoint_files, refuse_inputs
+    from agegender.atomic import refuse_inputs
+    from agegender.model.engine import model_files
 
     refuse_inputs([("output", f"{args.output}-symbol.json"), ("output", f"{args.output}-0000.params")],
-                  checkpoint_files(args.source))
+                  model_files(args.source))
     try:
         prefix, epoch = parse_model_spec(args.source)
     except ValueError as exc:

@@ -22,6 +22,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 _PACKAGED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights", "agegender")
 BUNDLED_MODEL = _PACKAGED if os.path.isfile(_PACKAGED + ".onnx") else os.path.join(ROOT, "models", "agegender")
 BUNDLED_ONNX = BUNDLED_MODEL + ".onnx"                   # the same model exported by tools/export_onnx.py
+# the gender ensemble's teacher net (agegender/model/ensemble.py), beside the bundled model: models/ in a
+# checkout, agegender/weights/ in an installed wheel
+TEACHER_ONNX = os.path.join(os.path.dirname(BUNDLED_MODEL), "teacher-gender-v1.onnx")
 ENGINES = ("onnx", "mxnet")
 NUM_OUTPUTS = 2 + 2 * NUM_AGE_BINS
 TEMPERATURE_KEY = "gender_temperature"  # ONNX metadata_props key: the fitted temperature of the gender logits
@@ -110,6 +113,28 @@ def stored_temperature(metadata: dict[str, str], name: str) -> float:
 CALIBRATION_SUFFIX = "-calibration.json"  # beside a checkpoint: PREFIX-calibration.json, {"gender_temperature": T}
 
 
+def model_files(*models: str | None, calibration: bool = True) -> list[str]:
+    """The one list of the model files a run reads, as inputs for `refuse_inputs` / `refuse_prefix` (no
+    output may replace one). Each of `models` as `--model` takes it: a .onnx file is itself; PREFIX[,EPOCH]
+    is PREFIX-symbol.json, every PREFIX-NNNN.params (and optimizer states) and PREFIX-calibration.json
+    (left out with `calibration=False`, for tools/calibrate.py, which rewrites it); None or "" (`--model`
+    left out) is the bundled model, its .onnx and its checkpoint. The teacher net's ONNX is always one: it
+    ships with the project and nothing writes it."""
+    import glob
+
+    files = []
+    for spec in (s for m in models for s in ([m] if m else [BUNDLED_ONNX, BUNDLED_MODEL])):
+        if spec.lower().endswith(".onnx"):  # as load_engine tells the two apart
+            files.append(spec)
+            continue
+        prefix = spec.partition(",")[0]  # as parse_model_spec reads PREFIX,EPOCH
+        files.append(f"{prefix}-symbol.json")
+        files += sorted(glob.glob(glob.escape(prefix) + "-[0-9][0-9][0-9][0-9].*"))
+        if calibration:
+            files.append(prefix + CALIBRATION_SUFFIX)
+    return files + [TEACHER_ONNX]
+
+
 def checkpoint_temperature(prefix: str, name: str) -> float:
     """The gender temperature of a checkpoint, from `PREFIX-calibration.json` (tools/calibrate.py --write),
     1 when there is none: what the ONNX metadata is to an exported model."""
@@ -192,5 +217,5 @@ class OnnxEngine(Engine):
 
 
 __all__ = ["Engine", "OnnxEngine", "session_options", "stored_temperature", "with_temperature", "TEMPERATURE_KEY",
-           "CALIBRATION_SUFFIX", "checkpoint_temperature",
+           "CALIBRATION_SUFFIX", "checkpoint_temperature", "model_files", "TEACHER_ONNX",
            "BUNDLED_MODEL", "BUNDLED_ONNX", "ENGINES", "NUM_OUTPUTS", "short_name"]

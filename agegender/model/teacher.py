@@ -19,7 +19,7 @@ import numpy as np
 
 from agegender.atomic import write_atomic
 from agegender.data.main_face import main_face_score
-from agegender.errors import UserError
+from agegender.errors import UserError, read_text
 
 SIDECAR_HEADER = ("index", "p_male")
 
@@ -40,15 +40,14 @@ def read_lst(path: str) -> list[ListEntry]:
     if not os.path.isfile(path):
         raise UserError(f"list file not found: {path} (create_dataset.py writes it beside the .rec)")
     entries = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            parts = line.rstrip("\n").split("\t")
-            try:
-                entries.append(ListEntry(int(parts[0]), float(parts[1]), float(parts[2]), parts[3]))
-            except (ValueError, IndexError):
-                raise UserError(f"{path}, line {n}: not 'index<TAB>gender<TAB>age<TAB>path'") from None
+    for n, line in enumerate(read_text(path, "list file").split("\n"), 1):
+        if not line.strip():
+            continue
+        parts = line.rstrip("\r").split("\t")
+        try:
+            entries.append(ListEntry(int(parts[0]), float(parts[1]), float(parts[2]), parts[3]))
+        except (ValueError, IndexError):
+            raise UserError(f"{path}, line {n}: not 'index<TAB>gender<TAB>age<TAB>path'") from None
     return entries
 
 

@@ -38,7 +38,8 @@ def to_rgb(image: ImageInput, bgr: bool = False, max_pixels: int = MAX_PIXELS) -
     """Any accepted image as an RGB uint8 (H,W,3) array, converted as infer.py converts files: grey becomes
     3 channels, an alpha channel is dropped, 16-bit is scaled to 8-bit. A bare array is taken as RGB;
     `bgr=True` says it is in OpenCV's BGR order (arrays only: files, bytes and PIL images carry their own).
-    TypeError / ValueError (one line) for anything else; FileNotFoundError for a missing path."""
+    TypeError / ValueError (one line) for anything else (a truncated PIL image included); FileNotFoundError
+    for a missing path."""
     if isinstance(image, np.ndarray):
         return _array_to_rgb(image, bgr)
     if bgr:
@@ -54,9 +55,13 @@ def to_rgb(image: ImageInput, bgr: bool = False, max_pixels: int = MAX_PIXELS) -
         what = image if isinstance(image, (str, Path)) else f"{len(image)} bytes"
         raise ValueError(f"cannot use the image ({what}): {exc.describe()}") from None
     if hasattr(image, "mode") and hasattr(image, "convert"):  # a PIL image, without importing Pillow for the test
-        if image.mode.startswith("I;16"):
-            return _array_to_rgb(np.asarray(image).astype(np.uint16), False)
-        return np.asarray(image.convert("RGB"))
+        try:  # an opened file is decoded here: a truncated or damaged one fails as undecodable bytes do
+            if image.mode.startswith("I;16"):
+                return _array_to_rgb(np.asarray(image).astype(np.uint16), False)
+            return np.asarray(image.convert("RGB"))
+        except (OSError, SyntaxError, EOFError) as exc:  # what Pillow's decoders raise
+            raise ValueError(f"cannot use the image (PIL {image.mode} {image.size[0]}x{image.size[1]}): "
+                             f"{short_reason(exc)}") from None
     raise TypeError(f"analyze() takes {EXPECTED}, or a list of them; got {type(image).__name__}")
 
 

@@ -11,6 +11,7 @@ here only: nothing else of the project needs it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 
 import pyarrow as pa
@@ -102,14 +103,20 @@ class ParquetSink:
             self._rows = []
 
     def close(self) -> None:
-        """Write what is waiting and the footer, then put the file in place."""
-        self.flush()
-        self._writer.close()
-        if self._file is not None:
-            self._file.close()
-        if self.tmp is not None:
-            replace_with(self.tmp, self.path)
-            self.tmp = None
+        """Write what is waiting and the footer, then put the file in place. When that fails (a full disk),
+        the temporary file is removed (the target keeps what it had) and the OSError names the output."""
+        try:
+            self.flush()
+            self._writer.close()
+            if self._file is not None:
+                self._file.close()
+            if self.tmp is not None:
+                replace_with(self.tmp, self.path)
+                self.tmp = None
+        except OSError as exc:
+            self.abort()
+            # pyarrow's errors carry no errno: EIO, so that the script reports it in one line (exit 1)
+            raise OSError(exc.errno or errno.EIO, exc.strerror or str(exc), self.path) from None
 
     def abort(self) -> None:
         """Drop the file being written (the target keeps what it had)."""

@@ -55,10 +55,12 @@ def find_images(specs: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
     return unique, problems
 
 
-def output_paths(paths: list[str], out_dir: str, suffix: str = "_agegender") -> dict[str, str]:
+def output_paths(paths: list[str], out_dir: str, suffix: str = "_agegender",
+                 others: list[str] = ()) -> dict[str, str]:
     """Where each input's annotated copy goes under `out_dir`: its path relative to the inputs' common
     folder, with `suffix` before the extension (`a/photo.jpg` -> `OUT/a/photo_agegender.jpg`). Distinct
-    inputs get distinct outputs, and no output is an input."""
+    inputs get distinct outputs, and no output is an input (an image, or one of the `others`: the model's
+    files)."""
     if not paths:
         return {}
     real = [os.path.realpath(p) for p in paths]
@@ -82,7 +84,7 @@ def output_paths(paths: list[str], out_dir: str, suffix: str = "_agegender") -> 
     clash = [p for p, o in out.items() if os.path.realpath(o) in inputs]
     if clash:
         raise UserError(f"the annotated copy of {clash[0]} would replace an input image; choose another --output-dir")
-    refuse_inputs([("--output-dir", o) for o in out.values()], paths)  # hard links too
+    refuse_inputs([("--output-dir", o) for o in out.values()], paths + list(others))  # hard links too
     return out
 
 
@@ -126,16 +128,35 @@ def csv_rows(doc: dict) -> list[dict]:
             for i, f in enumerate(doc["faces"], 1)]
 
 
+# a text cell that a spreadsheet would run as a formula begins with one of these (OWASP, "CSV Injection")
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value):
+    """A text cell that begins like a formula (a photo named `=HYPERLINK(...).jpg`, `@SUM(1+1).jpg`), with
+    a single quote in front, so that Excel and LibreOffice show it as text; numbers (a box at x = -3) are
+    left as they are."""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
+
+
 def csv_text(rows: list[dict]) -> str:
-    """The CSV document: a header of the schema's CSV_COLUMNS, then the rows."""
+    """The CSV document: a header of the schema's CSV_COLUMNS, then the rows (text cells through
+    `csv_cell`), lines ending in LF. A cell holding a CR or a LF (a file name may) is quoted, so it cannot
+    start a row of its own."""
     import csv
     import io
 
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, restval="", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
+    # Python's writer quotes only the characters of its line terminator: with CR LF both are quoted; each
+    # line then ends in LF as before
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, restval="", lineterminator="\r\n")
+    lines = []
+    for row in [dict(zip(CSV_COLUMNS, CSV_COLUMNS))] + rows:
+        buf.seek(0)
+        buf.truncate()
+        writer.writerow({k: csv_cell(v) for k, v in row.items()})
+        lines.append(buf.getvalue()[:-2])
+    return "\n".join(lines) + "\n"
 
 
 COLORS_BGR = {"male": (235, 140, 30), "female": (60, 60, 230)}
@@ -203,12 +224,13 @@ class Outputs:
     `--output-dir`, each written atomically as it completes); `error: PATH: reason` on stderr for each input
     that fails; a summary line and the exit status at the end. When JSON or CSV goes to stdout, every human
     line goes to stderr. A progress bar (stderr) runs over several images when stderr is a terminal. Every
-    output is checked before the work starts."""
+    output is checked before the work starts, and none may be an image of `paths` or one of `inputs` (the
+    model's files: agegender.model.engine.model_files)."""
 
     def __init__(self, paths: list[str], problems: list[tuple[str, str]] = (), text: bool = True,
                  json_doc: bool = False, jsonl: str | None = None, output: str | None = None,
                  output_dir: str | None = None, show: bool = False, csv: str | None = None,
-                 progress: bool | None = None, parquet: str | None = None):
+                 progress: bool | None = None, parquet: str | None = None, inputs: list[str] = ()):
         self.text, self.json_doc, self.show = text, json_doc, show
         self.problems = list(problems)
         self.total = len(paths) + len(self.problems)
@@ -225,7 +247,7 @@ class Outputs:
         single = output if output and not os.path.isdir(output) else None
         named_outputs = [(flag, where) for flag, where in (("--jsonl", jsonl), ("--csv", csv), ("--output", single),
                                                            ("--parquet", parquet)) if where and where != "-"]
-        refuse_inputs(named_outputs, paths)
+        refuse_inputs(named_outputs, list(paths) + list(inputs))
         refuse_same_outputs(named_outputs)
         if output and len(paths) == 1 and not os.path.isdir(output):
             if os.path.splitext(output)[1].lower() not in WRITABLE_EXTS and not is_stream(output):
@@ -239,7 +261,7 @@ class Outputs:
             except OSError as exc:
                 raise UserError(f"cannot create output folder {folder}: {exc.strerror or exc}") from None
             check_writable(os.path.join(folder, "x.jpg"), "into output folder")
-            self.targets = output_paths(paths, folder)
+            self.targets = output_paths(paths, folder, others=list(inputs))
         self.csv = csv
         if csv:
             check_writable(csv, "--csv")
@@ -381,4 +403,4 @@ class Outputs:
 
 
 __all__ = ["Outputs", "find_images", "output_paths", "NOT_FINITE", "format_lines", "to_json", "draw", "draw_label", "save_image", "dumps_json", "IMAGE_EXTS", "csv_rows",
-           "csv_text"]
+           "csv_text", "csv_cell", "FORMULA_STARTS"]

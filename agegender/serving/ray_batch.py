@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from agegender.atomic import write_atomic
-from agegender.errors import UserError
+from agegender.errors import UserError, read_text
 from agegender.model.age import DEFAULT_DECODE, DEFAULT_FLIP
 from agegender.data.image import MAX_PIXELS
 from agegender.serving.batch import write_parquet
@@ -114,8 +114,7 @@ def expand_inputs(specs: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
     for spec in specs:
         low = spec.lower()
         if os.path.isfile(spec) and low.endswith(".txt"):
-            with open(spec, encoding="utf-8") as f:
-                found = [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
+            found = _text_list(spec)
         elif os.path.isfile(spec) and low.endswith(".parquet"):
             found = _parquet_list(spec)
         else:
@@ -129,15 +128,24 @@ def expand_inputs(specs: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
     return list(dict.fromkeys(paths)), problems
 
 
+def _text_list(path: str) -> list[str]:
+    """The paths of a `.txt` list (UTF-8, a byte-order mark allowed); UserError for one that is not text."""
+    text = read_text(path, "the list of inputs")
+    return [ln.strip() for ln in text.split("\n") if ln.strip() and not ln.lstrip().startswith("#")]
+
+
 def _parquet_list(path: str) -> list[str]:
     try:
-        names = pq.read_schema(path).names
+        schema = pq.read_schema(path)
     except Exception as exc:  # noqa: BLE001 -- pyarrow raises several types for a file that is not Parquet
         raise UserError(f"cannot read the list of inputs {path}: {exc}") from None
-    col = next((c for c in LIST_COLUMNS if c in names), None)
+    col = next((c for c in LIST_COLUMNS if c in schema.names), None)
     if col is None:
         raise UserError(f"the list of inputs {path} has no column {' or '.join(LIST_COLUMNS)} "
-                        f"(has: {', '.join(names)})")
+                        f"(has: {', '.join(schema.names)})")
+    kind = schema.field(col).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        raise UserError(f"the list of inputs {path}: column {col} holds {kind}, not paths (text)")
     return [p for p in pq.read_table(path, columns=[col]).column(col).to_pylist() if p]
 
 

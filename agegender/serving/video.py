@@ -134,12 +134,12 @@ def frame_json(index: int, timestamp: float, tracks: list[Track], detected: bool
 MAX_CAMERA_INDEX = 1023  # OpenCV takes an int; a larger "index" is a typo, not a camera
 
 
-def check_video_args(source: str, output: str | None, jsonl: str | None) -> None:
-    """Before any work: a camera index in range, no output that is the input video or the other output,
-    every output writable (UserError in one line otherwise)."""
+def check_video_args(source: str, output: str | None, jsonl: str | None, inputs: list[str] = ()) -> None:
+    """Before any work: a camera index in range, no output that is the input video, one of `inputs` (the
+    model's files) or the other output, every output writable (UserError in one line otherwise)."""
     if source.isdigit() and int(source) > MAX_CAMERA_INDEX:
         raise UserError(f"camera index {source} is out of range (0-{MAX_CAMERA_INDEX}); for a file, give its path")
-    refuse_inputs([("--output", output), ("--jsonl", jsonl)], [] if source.isdigit() else [source])
+    refuse_inputs([("--output", output), ("--jsonl", jsonl)], ([] if source.isdigit() else [source]) + list(inputs))
     refuse_same_outputs([("--output", output), ("--jsonl", jsonl)])
     if output == "-" and jsonl == "-":
         raise UserError("--output - and --jsonl - would both go to standard output; name a file for one")
