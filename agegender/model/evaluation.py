@@ -213,25 +213,42 @@ def write_json(path: str, rep: dict, extra: dict) -> None:
 
 
 def plot_predictions(pred: Predictions, path: str, title: str = "") -> None:
-    """One PNG: MAE by true age, predicted vs true age, gender confusion matrix."""
+    """One PNG: MAE and mean signed error by true age (exact ages; for a set of age groups only, the share
+    read inside each group and its median predicted age), predicted vs true age, gender confusion matrix."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(15, 4.4))
-    ages = np.clip(np.round(pred.age).astype(int), 0, 100)
-    err = np.abs(pred.age_pred - pred.age)
-    present = np.unique(ages)
-    a1.bar(present, [err[ages == a].mean() for a in present], width=0.9, color="#4c72b0")
-    a1.set(title=f"MAE by true age (overall {err.mean():.2f})", xlabel="true age", ylabel="MAE (years)")
-    a1b = a1.twinx()
-    a1b.plot(present, [(ages == a).sum() for a in present], color="#999999", lw=1)
-    a1b.set_ylabel("faces", color="#999999")
+    exact = ~pred.grouped
+    if exact.any():
+        ages = np.clip(np.round(pred.age[exact]).astype(int), 0, 100)
+        signed = pred.age_pred[exact] - pred.age[exact]
+        err = np.abs(signed)
+        present = np.unique(ages)
+        a1.bar(present, [err[ages == a].mean() for a in present], width=0.9, color="#4c72b0", label="MAE")
+        a1.plot(present, [signed[ages == a].mean() for a in present], color="#c44e52", lw=1.2,
+                label="mean signed error (+ = read older)")
+        a1.axhline(0, color="black", lw=0.6)
+        a1.legend(loc="upper left", fontsize=8)
+        a1.set(title=f"error by true age (MAE {err.mean():.2f}, bias {signed.mean():+.2f})", xlabel="true age",
+               ylabel="years")
+        a1b = a1.twinx()
+        a1b.plot(present, [(ages == a).sum() for a in present], color="#999999", lw=1)
+        a1b.set_ylabel("faces", color="#999999")
+    else:
+        rows = _group_table(pred)
+        x = np.arange(len(rows))
+        a1.bar(x, [r["group_acc"] for r in rows], color="#4c72b0")
+        for i, r in enumerate(rows):
+            a1.text(i, r["group_acc"] + 0.02, f"{r['median_age']:.0f}", ha="center", fontsize=8)
+        a1.set(xticks=x, xticklabels=[r["group"] for r in rows], ylim=(0, 1.1), xlabel="labelled age group",
+               ylabel="read inside the group", title="age group accuracy (numbers: median predicted age)")
     a2.scatter(pred.age, pred.age_pred, s=4, alpha=0.35, color="#4c72b0")
     hi = max(100.0, float(pred.age.max(initial=0)))
     a2.plot([0, hi], [0, hi], "k--", lw=1)
-    a2.set(title="predicted vs true age", xlabel="true age", ylabel="predicted age", xlim=(0, hi), ylim=(0, hi))
+    a2.set(title="predicted vs true age", xlabel="true age" + (" (a group at its midpoint)" if pred.grouped.any() else ""), ylabel="predicted age", xlim=(0, hi), ylim=(0, hi))
     known = pred.gender >= 0
     cm = np.zeros((2, 2), int)
     for t in (0, 1):
