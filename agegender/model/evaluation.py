@@ -187,12 +187,15 @@ def format_report(rep: dict) -> str:
 
 def format_sources(per: list[dict], overall: dict) -> str:
     """The cross-dataset summary: one line per evaluated file, then the overall line (all faces pooled)."""
-    head = f"{'evaluated on':<24}{'faces':>8}{'gender':>8}{'MAE':>8}{'CS@3':>8}{'CS@5':>8}{'gender 0-9':>12}"
+    head = (f"{'evaluated on':<24}{'faces':>8}{'gender':>8}{'MAE':>8}{'CS@3':>8}{'CS@5':>8}{'gender 0-9':>12}"
+            f"{'bias 10-29':>12}{'age group':>11}")
 
     def line(name: str, r: dict) -> str:
         kids = next((b for b in r["bands"] if b["band"] == "0-9"), None)
+        young = [b for b in r["bands"] if b["band"] in ("10-19", "20-29") and b["bias"] == b["bias"]]
+        bias = sum(b["bias"] * b["count"] for b in young) / sum(b["count"] for b in young) if young else float("nan")
         return (f"{name:<24}{r['count']:>8}{_f(r['acc']):>8}{_f(r['mae'], 2):>8}{_f(r['cs3']):>8}{_f(r['cs5']):>8}"
-                f"{_f(kids['acc']) if kids else 'n/a':>12}")
+                f"{_f(kids['acc']) if kids else 'n/a':>12}{_f(bias, 2):>12}{_f(r.get('group_acc', float('nan'))):>11}")
 
     return "\n".join([head] + [line(r["name"], r) for r in per] + [line("overall", overall)])
 
