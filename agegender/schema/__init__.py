@@ -11,15 +11,18 @@ import json
 import os
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # every document carries it (schema_version); 2: face index, age range, quality flags
 SCHEMA_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "face.schema.json")
 
 # Field order is the order the producers write them in.
-FACE_FIELDS = ("box", "score", "landmarks", "gender", "p_male", "age")   # plus "error" when labels are null
-IMAGE_FIELDS = ("image", "faces")                                         # plus "error" for a failed input
-TRACK_FIELDS = ("id", "labelled", "settled", "gender", "p_male", "age")
-FRAME_FIELDS = ("frame", "time", "detected", "faces")
-CSV_COLUMNS = ("image", "face", "x1", "y1", "x2", "y2", "score", "gender", "p_male", "age", "error")
+# "face": the face's number in its image, from 1, left to right -- the same in every output
+FACE_FIELDS = ("face", "box", "score", "landmarks", "gender", "p_male", "age", "age_low", "age_high",
+               "flags")                                                   # plus "error" when labels are null
+IMAGE_FIELDS = ("schema_version", "image", "faces")                       # plus "error" for a failed input
+TRACK_FIELDS = ("id", "labelled", "settled", "gender", "p_male", "age", "age_low", "age_high")
+FRAME_FIELDS = ("schema_version", "frame", "time", "detected", "faces")
+CSV_COLUMNS = ("schema_version", "image", "face", "x1", "y1", "x2", "y2", "score", "gender", "p_male", "age",
+               "age_low", "age_high", "flags", "error")
 KINDS = ("face", "image", "analyze", "track", "video_face", "frame", "track_frame")
 
 

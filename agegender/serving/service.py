@@ -32,14 +32,15 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.middleware.cors import CORSMiddleware
 
 from agegender import CODE_LICENSE, __version__
-from agegender.serving.analyzer import FaceAnalyzer, FaceResult, ImageResult
+from agegender.model.engine import Labels
+from agegender.serving.analyzer import FaceAnalyzer, ImageResult
 from agegender.serving.batcher import FaceBatcher
 from agegender.cli import DET_THRESH_MIN
 from agegender.data.image import MAX_PIXELS, TOO_LARGE, TRUNCATED, ImageError, decode_image
 from agegender.serving.http import Front, Limits
 from agegender.serving.inference import draw, to_json
 from agegender.serving.tracking import Tracker
-from agegender.serving.video import frame_json
+from agegender.serving.video import face_labels, frame_json
 
 MAX_BYTES = 10_000_000
 DET_FLOOR = DET_THRESH_MIN  # the detector runs at this threshold; each request raises it with det_thresh
@@ -61,6 +62,8 @@ class ApiError(Exception):
 
 # --- response models (they are what /docs shows) ------------------------------------------------------
 class FaceOut(BaseModel):
+    face: int = Field(description="the face's number in the image, from 1, left to right (as in every output)",
+                      examples=[1])
     box: list[int] = Field(description="x1, y1, x2, y2 in pixels of the image", examples=[[59, 259, 165, 399]])
     score: float = Field(description="detector score", examples=[0.9998])
     landmarks: list[list[float]] = Field(description="eyes, nose, mouth corners: 5 x (x, y)")
@@ -68,10 +71,17 @@ class FaceOut(BaseModel):
                                   examples=["female"])
     p_male: Optional[float] = Field(description="P(male); gender is male when >= 0.5", examples=[0.0925])
     age: Optional[float] = Field(description="decoded age in years", examples=[25.6])
+    age_low: Optional[int] = Field(description="the age range's lowest age: the true age is in [age_low, "
+                                   "age_high] for the range's level of faces (serve.py --age-level, default 0.8)",
+                                   examples=[21])
+    age_high: Optional[int] = Field(description="the age range's highest age", examples=[31])
+    flags: list[str] = Field(description="why the face is too poor to judge well: small, blurred, turned; "
+                             "empty: fine", examples=[[]])
     error: Optional[str] = Field(default=None, description="why this face has no labels")
 
 
 class AnalyzeOut(BaseModel):
+    schema_version: int = Field(description="the output schema's version (agegender/schema)", examples=[2])
     image: str = Field(description="the uploaded file's name, or '-' for a raw body", examples=["t1.jpg"])
     width: int
     height: int
@@ -383,8 +393,9 @@ def create_app(analyzer: FaceAnalyzer, max_bytes: int = MAX_BYTES, max_pixels: i
             in_progress[0] -= 1
 
     async def analyse(data: bytes, name: str, det_thresh: float, min_face: float, max_faces: int,
-                      t0: float) -> tuple[ImageResult, int, dict]:
-        """One image through decode, detection and the batched net; (result, faces before max_faces, ms)."""
+                      t0: float) -> tuple[ImageResult, int, dict, Labels]:
+        """One image through decode, detection and the batched net; (result, faces before max_faces, ms, the
+        net's rows: P(age > k) feeds a track's age range)."""
         loop = asyncio.get_running_loop()
 
         def prepare():
@@ -397,12 +408,12 @@ def create_app(analyzer: FaceAnalyzer, max_bytes: int = MAX_BYTES, max_pixels: i
 
         rgb, faces, crops, total, decode_s, detect_s = await loop.run_in_executor(pool, prepare)
         t_net = time.perf_counter()
-        p_male, age = await batcher.label(crops)
+        labels = await batcher.labels(crops)
         net_s = time.perf_counter() - t_net
-        res = ImageResult(name, rgb, [FaceResult(f, float(p), float(a)) for f, p, a in zip(faces, p_male, age)])
+        res = ImageResult(name, rgb, analyzer.results(faces, crops, labels))
         ms = {"decode": decode_s * 1000, "detect": detect_s * 1000, "net": net_s * 1000,
               "total": (time.perf_counter() - t0) * 1000}
-        return res, total, {k: round(v, 1) for k, v in ms.items()}
+        return res, total, {k: round(v, 1) for k, v in ms.items()}, labels
 
     @app.post("/v1/analyze", response_model=AnalyzeOut, dependencies=[Depends(authorised)],
               responses={**ERRORS, 200: {"content": {"image/jpeg": {}},
@@ -426,13 +437,14 @@ def create_app(analyzer: FaceAnalyzer, max_bytes: int = MAX_BYTES, max_pixels: i
         with working():
             docs = []
             for data, name in images:
-                res, total, ms = await analyse(data, name, det_thresh, min_face, max_faces, t0)
+                res, total, ms, _ = await analyse(data, name, det_thresh, min_face, max_faces, t0)
                 if annotated:
                     jpeg = await asyncio.get_running_loop().run_in_executor(
                         pool, lambda: cv2.imencode(".jpg", draw(res))[1].tobytes())
                     return Response(jpeg, media_type="image/jpeg")
                 doc = to_json(res)
-                docs.append({"image": doc["image"], "width": int(res.image.shape[1]),
+                docs.append({"schema_version": doc["schema_version"], "image": doc["image"],
+                             "width": int(res.image.shape[1]),
                              "height": int(res.image.shape[0]), "model": analyzer.engine.name,
                              "faces": doc["faces"], "faces_total": total, "timings_ms": ms})
         # returned as a response: the document already has AnalyzeOut's shape (the schema /docs shows)
@@ -453,15 +465,14 @@ def create_app(analyzer: FaceAnalyzer, max_bytes: int = MAX_BYTES, max_pixels: i
         if len(images) != 1:
             raise ApiError(400, "several_images", "a frame is one image")
         with working():
-            res, _, ms = await analyse(images[0][0], images[0][1], det_thresh, 0.0, 0, t0)
+            res, _, ms, labels = await analyse(images[0][0], images[0][1], det_thresh, 0.0, 0, t0)
             stream = streams.get(session)
             async with stream.lock:
                 index = stream.next_frame
                 stream.next_frame += 1
-                seen = stream.tracker.update(index, [fr.face for fr in res.faces],
-                                             [(fr.p_male, fr.age) for fr in res.faces])
+                seen = stream.tracker.update(index, [fr.face for fr in res.faces], face_labels(res.faces, labels))
                 stream.tracker.finished.clear()  # a stream may run for hours: ended tracks are not kept
-                line = frame_json(index, time.monotonic() - stream.started, seen)
+                line = frame_json(index, time.monotonic() - stream.started, seen, analyzer=analyzer)
         line.update(width=int(res.image.shape[1]), height=int(res.image.shape[0]), timings_ms=ms)
         return JSONResponse(line)
 

@@ -26,7 +26,8 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 class Track:
     """One person while in view. Gender is smoothed as the mean logit of P(male) over the frames where the
     face was labelled, shown once SETTLE frames are in, and with hysteresis (it changes only when the mean
-    is clearly on the other side); age as the mean of the decoded ages."""
+    is clearly on the other side); age as the mean of the decoded ages, and the age distribution (for the
+    track's age range) as the mean of its frames' P(age > k)."""
 
     id: int
     face: Face
@@ -37,19 +38,25 @@ class Track:
     logit_sum: float = 0.0
     age_sum: float = 0.0
     shown_male: bool | None = None
-    raw: tuple[float, float] | None = None  # (P(male), age) of the current frame, when labelled in it
-    last: tuple[float, float] | None = None  # (P(male), age) of the last frame it was labelled in
+    raw: tuple | None = None  # (P(male), age, ...) of the current frame, when labelled in it
+    last: tuple | None = None  # (P(male), age, ...) of the last frame it was labelled in
+    probs_sum: np.ndarray | None = None  # sum of the labelled frames' P(age > k), when given
 
     HYSTERESIS = 1.0  # in logit units: the mean must pass P(male) 0.27 / 0.73 to flip the shown gender
     SETTLE = 5        # frames labelled before a gender is shown: one frame's guess is not a person's label
 
-    def add_label(self, p_male: float, age: float) -> None:
+    def add_label(self, p_male: float, age: float, *extra) -> None:
+        """One frame's labels; `extra` as video.py's `face_labels` gives them (age range, flags, and last
+        P(age > k), summed into the track's distribution)."""
         if not (np.isfinite(p_male) and np.isfinite(age)):
             return
         p = float(np.clip(p_male, 1e-4, 1 - 1e-4))
         self.logit_sum += np.log(p / (1 - p))
         self.age_sum += age
         self.labelled += 1
+        if extra and extra[-1] is not None:
+            probs = np.asarray(extra[-1], np.float64)
+            self.probs_sum = probs.copy() if self.probs_sum is None else self.probs_sum + probs
         mean = self.logit_sum / self.labelled
         if self.labelled < self.SETTLE:
             return
@@ -83,6 +90,11 @@ class Track:
     def age(self) -> float:
         return self.age_sum / self.labelled if self.labelled else float("nan")
 
+    @property
+    def age_probs(self) -> np.ndarray | None:
+        """The smoothed age distribution: the mean P(age > k) over the labelled frames (None without)."""
+        return None if self.probs_sum is None or not self.labelled else self.probs_sum / self.labelled
+
 
 class Tracker:
     """Assigns each frame's faces to tracks; a track ends after `max_missed` frames without its face."""
@@ -93,9 +105,9 @@ class Tracker:
         self.finished: list[Track] = []
         self._next_id = 1
 
-    def update(self, frame: int, faces: list[Face], labels: list[tuple[float, float]] | None = None) -> list[Track]:
+    def update(self, frame: int, faces: list[Face], labels: list[tuple] | None = None) -> list[Track]:
         """Match this frame's detections to the live tracks (new tracks for the unmatched, missed counts
-        for the tracks left over); `labels` (P(male), age) per face feed the smoothing. Returns the tracks
+        for the tracks left over); `labels` (P(male), age, ...) per face feed the smoothing. Returns the tracks
         seen in this frame."""
         from scipy.optimize import linear_sum_assignment
 
