@@ -139,19 +139,20 @@ def age_range(p: np.ndarray, level: float = DEFAULT_AGE_LEVEL, widening: Widenin
               age: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(low, high) whole years per row of non-increasing P(age > k) (`age_probs`): the central `level`
     interval of the model's distribution, its distance from the median times the calibrated `widening`
-    factor of the predicted age's band, rounded outwards to whole years and stretched to hold the point
-    `age` (the decoded age shown beside it), within 0..MAX_AGE. The true age is meant to lie in
-    [low, high] for `level` of faces."""
+    factor of the predicted age's band, stretched to hold the point `age` (the decoded age shown beside
+    it); its ends become the whole years whose spans (a - 1/2, a + 1/2) hold them, within 0..MAX_AGE.
+    The true age is meant to lie in [low, high] for `level` of faces."""
     level = check_level(level)
     p = np.asarray(p, np.float64).reshape(-1, NUM_AGE_BINS)
     med = quantile_age(p, 0.5)
     lo, hi = quantile_age(p, (1 - level) / 2), quantile_age(p, (1 + level) / 2)
     point = med if age is None else np.asarray(age, np.float64)
     s = (widening or NO_WIDENING).factor(level, point)
-    lo, hi = med - s * (med - lo), med + s * (hi - med)
-    if age is not None:
-        lo, hi = np.minimum(lo, point), np.maximum(hi, point)
-    return np.clip(np.floor(lo + 0.5), 0, MAX_AGE), np.clip(np.ceil(hi - 0.5), 0, MAX_AGE)
+    low = np.floor(med - s * (med - lo) + 0.5)  # the whole years whose spans hold the ends
+    high = np.ceil(med + s * (hi - med) - 0.5)
+    if age is not None:  # the age as shown (rounded as Python rounds it for the text) is inside
+        low, high = np.minimum(low, np.round(point)), np.maximum(high, np.round(point))
+    return np.clip(low, 0, MAX_AGE), np.clip(high, 0, MAX_AGE)
 
 
 def coverage(low: np.ndarray, high: np.ndarray, age: np.ndarray) -> float:

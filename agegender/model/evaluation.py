@@ -8,12 +8,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agegender.model.age import DEFAULT_DECODE, DEFAULT_FLIP
+from agegender.model.age import DEFAULT_AGE_LEVEL, DEFAULT_DECODE, DEFAULT_FLIP
 from agegender.atomic import save_figure, write_atomic
 from agegender.data.iterators import check_rec, eval_batches, record_iter
 from agegender.data.distribution import load_labels
 from agegender.errors import UserError
-from agegender.model.metrics import CS_LEVELS, band_table, summarize
+from agegender.model.metrics import CS_LEVELS, band_table, calibration_half, format_range_report, range_report, summarize
 from agegender.model.engine import Engine
 
 
@@ -26,32 +26,42 @@ class Predictions:
     gender: np.ndarray
     age: np.ndarray
     source: list[str]
+    age_low: np.ndarray | None = None   # the age range (whole years), at the level asked for
+    age_high: np.ndarray | None = None
+    index: np.ndarray | None = None     # record number in its file: picks the range's reporting half
 
 
 def predict_rec(predictor: Engine, rec: str, batch_size: int = 256, age_decode: str = DEFAULT_DECODE,
-                flip: bool = DEFAULT_FLIP, progress: bool = True, threads: int = 2) -> Predictions:
-    """Run the model over every record of `rec` in batches (ImageRecordIter decoding, file order)."""
+                flip: bool = DEFAULT_FLIP, progress: bool = True, threads: int = 2,
+                age_level: float = DEFAULT_AGE_LEVEL) -> Predictions:
+    """Run the model over every record of `rec` in batches (ImageRecordIter decoding, file order); the age
+    range at `age_level` with the model's stored widening."""
     from tqdm import tqdm
 
-    from agegender.model.age import decode
+    from agegender.model.age import age_probs, age_range, decode
 
     total = check_rec(rec)
     labels = load_labels(rec)  # file order, with source names from meta.json
     it = record_iter(rec, batch_size, train=False, threads=threads)
-    p_male, age_pred, seen_age = [], [], []
+    p_male, age_pred, seen_age, low, high = [], [], [], [], []
     with tqdm(total=total, unit="face", disable=None if progress else True, desc="eval",  # TTY only
               file=sys.stderr) as bar:
         for data, label in eval_batches(it, total):
-            p, a = decode(predictor.outputs(data if predictor.kind == "mxnet" else data.asnumpy(), flip=flip),
-                          age_decode)
+            out = predictor.outputs(data if predictor.kind == "mxnet" else data.asnumpy(), flip=flip)
+            out = out.asnumpy() if hasattr(out, "asnumpy") else out
+            p, a = decode(out, age_decode)
+            lo, hi = age_range(age_probs(out), age_level, predictor.age_widening, a)
             p_male.append(p)
             age_pred.append(a)
+            low.append(lo)
+            high.append(hi)
             seen_age.append(label.asnumpy()[:, 1])
             bar.update(len(p))
     seen = np.concatenate(seen_age)
     if len(seen) != total or not np.allclose(seen, labels.age):  # the iterator must read file order
         raise UserError(f"{rec}: the records read back do not match its index ({len(seen)} of {total})")
-    return Predictions(np.concatenate(p_male), np.concatenate(age_pred), labels.gender, labels.age, labels.source)
+    return Predictions(np.concatenate(p_male), np.concatenate(age_pred), labels.gender, labels.age, labels.source,
+                       np.concatenate(low), np.concatenate(high), np.arange(total))
 
 
 def rec_name(rec: str) -> str:
@@ -65,8 +75,10 @@ def rec_name(rec: str) -> str:
 
 def concat_predictions(preds: list[Predictions]) -> Predictions:
     """Several files' predictions as one set (the overall line of a cross-dataset evaluation)."""
-    return Predictions(*(np.concatenate([getattr(p, k) for p in preds]) for k in ("p_male", "age_pred", "gender", "age")),
-                       [s for p in preds for s in p.source])
+    cat = lambda k: None if any(getattr(p, k) is None for p in preds) else \
+        np.concatenate([getattr(p, k) for p in preds])  # noqa: E731
+    return Predictions(*(cat(k) for k in ("p_male", "age_pred", "gender", "age")), [s for p in preds for s in p.source],
+                       cat("age_low"), cat("age_high"), cat("index"))
 
 
 def report(pred: Predictions) -> dict:
@@ -88,6 +100,9 @@ def report(pred: Predictions) -> dict:
                                "true_male": {"female": int((~male & (pred.gender == 1)).sum()),
                                              "male": int((male & (pred.gender == 1)).sum())}}
     out["gender_unknown"] = int((~known).sum())
+    if pred.age_low is not None:  # on the half of the records the range was not calibrated on
+        half = ~calibration_half(pred.index)
+        out["age_range"] = range_report(pred.age_low[half], pred.age_high[half], pred.age_pred[half], pred.age[half])
     return out
 
 
@@ -95,7 +110,7 @@ def _f(x: float, digits: int = 4) -> str:
     return "n/a" if x != x else f"{x:.{digits}f}"
 
 
-def format_report(rep: dict) -> str:
+def format_report(rep: dict, age_level: float = DEFAULT_AGE_LEVEL) -> str:
     """The text eval.py prints."""
     lines = [f"gender accuracy: {_f(rep['acc'])}", f"age MAE: {_f(rep['mae'], 2)}"]
     lines += [f"age CS@{n}: {_f(rep[f'cs{n}'])}" for n in CS_LEVELS]
@@ -106,6 +121,9 @@ def format_report(rep: dict) -> str:
         lines += ["", f"{'source':<16}{'count':>8}{'acc':>8}{'MAE':>8}{'CS@5':>8}"]
         lines += [f"{s['source']:<16}{s['count']:>8}{_f(s['acc']):>8}{s['mae']:>8.2f}{s['cs5']:>8.4f}"
                   for s in rep["sources"]]
+    if rep.get("age_range"):
+        lines += ["", "on the odd records (the half tools/calibrate.py does not calibrate the range on):",
+                  format_range_report(rep["age_range"], age_level)]
     return "\n".join(lines)
 
 

@@ -48,7 +48,7 @@ def _validator(kind: str):
 
 def validate(obj: Any, kind: str = "face") -> None:
     """Check `obj` against the schema's `kind` (one of KINDS); ValueError naming the path and the problem.
-    Beyond the schema: a labelled face's gender agrees with its p_male."""
+    Beyond the schema: a labelled face's gender agrees with its p_male, and its age lies in its age range."""
     if kind not in KINDS:
         raise ValueError(f"unknown schema kind {kind!r}; expected one of {', '.join(KINDS)}")
     error = next(iter(sorted(_validator(kind).iter_errors(obj), key=lambda e: list(e.absolute_path))), None)
@@ -65,6 +65,9 @@ def validate(obj: Any, kind: str = "face") -> None:
             raise ValueError(f"{kind} at {path}: null labels without an error")
         if face["p_male"] is not None and face["gender"] != ("male" if face["p_male"] >= 0.5 else "female"):
             raise ValueError(f"{kind} at {path}: gender {face['gender']!r} disagrees with p_male {face['p_male']}")
+        low, high, age = face.get("age_low"), face.get("age_high"), face["age"]
+        if low is not None and high is not None and age is not None and not low <= round(age) <= high:
+            raise ValueError(f"{kind} at {path}: age {age} outside its age range {low}-{high}")
 
 
 def _faces(obj: Any, kind: str):

@@ -351,7 +351,7 @@ class Outputs:
         self.failed_inputs.add(path)
         self._say(f"error: {path}: {reason}", sys.stderr)
         if emit:
-            self._emit({"image": path, "error": reason, "faces": []})
+            self._emit(ImageResult(path, None, error=reason).to_dict())
 
     def add(self, res: ImageResult) -> None:
         if self.bar is not None:
