@@ -59,8 +59,8 @@ def test_widening_makes_an_overconfident_range_cover_on_held_out_faces():
     half = calibration_half(np.arange(truth.size))
     low, high = age_range(p[~half], 0.8, None, pred[~half])
     assert coverage(low, high, truth[~half]) < 0.6  # raw: far from 80 %
-    w = fit_widening(p[half], pred[half], truth[half])
-    assert np.all(w.scale > 1.4)
+    w = fit_widening(p[half], pred[half], truth[half], edges=(0,))
+    assert np.all(w.low > 1.4) and np.all(w.high > 1.4)
     for level in (0.5, 0.8, 0.9):
         low, high = age_range(p[~half], level, w, pred[~half])
         assert abs(coverage(low, high, truth[~half]) - level) < 0.03, level
@@ -77,13 +77,16 @@ def test_a_narrow_range_means_a_better_guess_in_the_report():
 
 
 def test_widening_round_trips_and_refuses_nonsense():
-    w = Widening([0.5, 0.8], [0, 20], [[1.2, 1.5], [1.4, 2.0]])
+    w = Widening([0.5, 0.8], [0, 20], [[1.2, 1.5], [1.4, 2.0]], [[1.0, 1.1], [0.9, 0.8]])
     assert Widening.from_dict(json.dumps(w.to_dict())) == w
-    assert w.factor(0.8, np.array([5.0, 25.0])).tolist() == [1.4, 2.0]
-    assert w.factor(0.65, np.array([5.0]))[0] == pytest.approx(1.3)  # between two levels: interpolated
+    low, high = w.factors(0.8, np.array([5.0, 25.0]))
+    assert low.tolist() == [1.4, 2.0] and high.tolist() == [0.9, 0.8]
+    assert w.factors(0.65, np.array([5.0]))[0][0] == pytest.approx(1.3)  # between two levels: interpolated
     assert NO_WIDENING.is_identity and not w.is_identity
-    for bad in ({"levels": [0.8], "edges": [0], "scale": [[-1]]}, {"levels": [1.5], "edges": [0], "scale": [[1]]},
-                {"levels": [0.8], "edges": [5], "scale": [[1]]}, {"levels": [0.8]}, "not json"):
+    one = {"levels": [0.8], "edges": [0], "low": [[1.0]], "high": [[1.0]]}
+    assert Widening.from_dict(one).is_identity
+    for bad in ({**one, "low": [[-1]]}, {**one, "levels": [1.5]}, {**one, "edges": [5]}, {**one, "high": [[1, 2]]},
+                {"levels": [0.8]}, "not json"):
         with pytest.raises(ValueError):
             Widening.from_dict(bad)
 
@@ -92,7 +95,7 @@ def test_widening_is_stored_beside_the_temperature_and_read_back(tmp_path):
     from agegender.model.engine import (BUNDLED_ONNX, OnnxEngine, checkpoint_temperature, checkpoint_widening,
                                         with_temperature)
 
-    w = Widening([0.8], [0, 30], [[1.5, 2.5]])
+    w = Widening([0.8], [0, 30], [[1.5, 2.5]], [[1.2, 3.0]])
     with open(BUNDLED_ONNX, "rb") as f:
         model = with_temperature(f.read(), 0.7, w)
     engine = OnnxEngine("calibrated.onnx", threads=1, model=model)
@@ -103,6 +106,10 @@ def test_widening_is_stored_beside_the_temperature_and_read_back(tmp_path):
     raw = engine.predict_labels(faces, age_level=0.8)
     assert np.all(wide.age_high - wide.age_low >= raw.age_high - raw.age_low)
     assert np.any(wide.age_high - wide.age_low > raw.age_high - raw.age_low)
+    # the sides widen apart: a longer low side moves only the low end
+    engine.age_widening = Widening([0.8], [0], [[3.0]], [[1.0]])
+    low_only = engine.predict_labels(faces, age_level=0.8)
+    assert np.array_equal(low_only.age_high, raw.age_high) and np.all(low_only.age_low <= raw.age_low)
     # a checkpoint's: PREFIX-calibration.json
     prefix = str(tmp_path / "model")
     (tmp_path / "model-calibration.json").write_text(json.dumps({"gender_temperature": 0.6,

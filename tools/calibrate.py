@@ -142,12 +142,15 @@ def age_range_section(splits):
     import numpy as np
 
     from agegender.model.age import DEFAULT_AGE_LEVEL, age_range
-    from agegender.model.metrics import calibration_half, fit_widening, format_range_report, range_report
+    from agegender.model.metrics import calibration_half, format_range_report, range_report, select_widening
 
     fit = [calibration_half(s.index) for s in splits]
     cat = lambda k, sel: np.concatenate([getattr(s, k)[m if sel else ~m] for s, m in zip(splits, fit)])  # noqa: E731
-    widening = fit_widening(cat("age_probs", True), cat("age_pred", True), cat("age", True))
-    print(f"\nage range: widening fitted on the even records ({sum(int(m.sum()) for m in fit)} faces): "
+    index = np.concatenate([s.index[m] for s, m in zip(splits, fit)])  # record numbers: the folds
+    widening, chosen, scores = select_widening(cat("age_probs", True), cat("age_pred", True), cat("age", True), index)
+    print(f"\nage range: widening fitted on the even records ({sum(int(m.sum()) for m in fit)} faces), its layout "
+          "chosen by two-fold cross-validation inside them (mean |coverage - level| over the levels): "
+          + ", ".join(f"{name} {score:.4f}" for name, score in scores) + f"; chosen: {chosen}\n"
           f"{json.dumps(widening.to_dict())}")
     for s, m in zip(splits, fit):
         r = ~m

@@ -14,7 +14,7 @@ from agegender.data.face import Face
 # Below these the net's error grows fast (measured on the val splits, tools/quality_report.py):
 MIN_WIDTH = 24.0       # box width in pixels of the image
 MIN_SHARPNESS = 20.0   # variance of the Laplacian over the aligned crop's inner face (grey, 0-255)
-MAX_YAW = 0.35         # nose offset from the eyes' midpoint along the eye line, in eye distances
+MAX_YAW = 0.45         # nose offset from the eyes' midpoint along the eye line, in eye distances
 REASONS = ("small", "blurred", "turned")  # in this order in every output
 
 

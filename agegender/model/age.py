@@ -84,35 +84,41 @@ def check_level(level: float) -> float:
 
 
 class Widening:
-    """How much the raw range is widened so that it covers (tools/calibrate.py): per range level (`levels`)
-    and band of the *predicted* age (`edges`: each band's lowest age, the first 0), a factor on the raw
-    range's distance from the median. A level between two stored levels takes the interpolated factor, one
-    outside them the nearest level's; no widening is factor 1 everywhere."""
+    """How the raw range is widened (or narrowed) so that it covers (tools/calibrate.py): per range level
+    (`levels`) and band of the *predicted* age (`edges`: each band's lowest age, the first 0), a factor on
+    the raw range's distance from the median below it (`low`) and above it (`high`), each fitted so that the
+    true age falls below the range (above it) for half of the 1 - level that may miss: a model that reads
+    a band too old gets a longer low side. A level between two stored levels takes the interpolated
+    factors, one outside them the nearest level's; no widening is factor 1 everywhere."""
 
-    def __init__(self, levels=(DEFAULT_AGE_LEVEL,), edges=(0.0,), scale=((1.0,),)):
-        self.levels = np.asarray(levels, np.float64)
-        self.edges = np.asarray(edges, np.float64)
-        self.scale = np.asarray(scale, np.float64).reshape(len(self.levels), len(self.edges))
-        if (len(self.levels) == 0 or np.any(np.diff(self.levels) <= 0) or np.any(np.diff(self.edges) <= 0)
-                or self.edges[0] != 0 or not np.all(np.isfinite(self.scale)) or np.any(self.scale <= 0)
-                or np.any((self.levels <= 0) | (self.levels >= 1))):
-            raise ValueError("age range widening: levels in (0,1) and band edges from 0 must increase, and "
-                             "every factor must be a positive number")
+    def __init__(self, levels=(DEFAULT_AGE_LEVEL,), edges=(0.0,), low=((1.0,),), high=None):
+        self.levels = np.asarray(levels, np.float64).reshape(-1)
+        self.edges = np.asarray(edges, np.float64).reshape(-1)
+        shape = (len(self.levels), len(self.edges))
+        self.low = np.asarray(low, np.float64)
+        self.high = np.asarray(low if high is None else high, np.float64)
+        if (len(self.levels) == 0 or len(self.edges) == 0 or self.low.shape != shape or self.high.shape != shape
+                or np.any(np.diff(self.levels) <= 0) or np.any(np.diff(self.edges) <= 0) or self.edges[0] != 0
+                or not (np.all(np.isfinite(self.low)) and np.all(np.isfinite(self.high)))
+                or np.any(self.low <= 0) or np.any(self.high <= 0) or np.any((self.levels <= 0) | (self.levels >= 1))):
+            raise ValueError("age range widening: levels in (0,1) and band edges from 0 must increase, and low "
+                             "and high must hold a positive factor per level and band")
 
     @property
     def is_identity(self) -> bool:
-        return bool(np.all(self.scale == 1.0))
+        return bool(np.all(self.low == 1.0) and np.all(self.high == 1.0))
 
-    def factor(self, level: float, age: np.ndarray) -> np.ndarray:
-        """The factor per face of predicted `age` at `level`."""
+    def factors(self, level: float, age: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The (low side, high side) factors per face of predicted `age` at `level`."""
         band = np.clip(np.searchsorted(self.edges, np.asarray(age, np.float64), side="right") - 1, 0,
                        len(self.edges) - 1)
-        per_band = np.array([np.interp(level, self.levels, self.scale[:, b]) for b in range(len(self.edges))])
-        return per_band[band]
+        at = lambda table: np.array([np.interp(level, self.levels, table[:, b]) for b in range(len(self.edges))])  # noqa: E731
+        return at(self.low)[band], at(self.high)[band]
 
     def to_dict(self) -> dict:
+        rows = lambda table: [[round(float(v), 4) for v in row] for row in table]  # noqa: E731
         return {"levels": [round(float(v), 4) for v in self.levels], "edges": [float(v) for v in self.edges],
-                "scale": [[round(float(v), 4) for v in row] for row in self.scale]}
+                "low": rows(self.low), "high": rows(self.high)}
 
     @classmethod
     def from_dict(cls, doc) -> "Widening":
@@ -121,10 +127,10 @@ class Widening:
 
         if isinstance(doc, str):
             doc = json.loads(doc)
-        if not isinstance(doc, dict) or not {"levels", "edges", "scale"} <= set(doc):
-            raise ValueError("age range widening must be an object with levels, edges and scale")
+        if not isinstance(doc, dict) or not {"levels", "edges", "low", "high"} <= set(doc):
+            raise ValueError("age range widening must be an object with levels, edges, low and high")
         try:
-            return cls(doc["levels"], doc["edges"], doc["scale"])
+            return cls(doc["levels"], doc["edges"], doc["low"], doc["high"])
         except (TypeError, ValueError) as exc:
             raise ValueError(str(exc) or "age range widening: malformed numbers") from None
 
@@ -147,9 +153,9 @@ def age_range(p: np.ndarray, level: float = DEFAULT_AGE_LEVEL, widening: Widenin
     med = quantile_age(p, 0.5)
     lo, hi = quantile_age(p, (1 - level) / 2), quantile_age(p, (1 + level) / 2)
     point = med if age is None else np.asarray(age, np.float64)
-    s = (widening or NO_WIDENING).factor(level, point)
-    low = np.floor(med - s * (med - lo) + 0.5)  # the whole years whose spans hold the ends
-    high = np.ceil(med + s * (hi - med) - 0.5)
+    s_low, s_high = (widening or NO_WIDENING).factors(level, point)
+    low = np.floor(med - s_low * (med - lo) + 0.5)  # the whole years whose spans hold the ends
+    high = np.ceil(med + s_high * (hi - med) - 0.5)
     if age is not None:  # the age as shown (rounded as Python rounds it for the text) is inside
         low, high = np.minimum(low, np.round(point)), np.maximum(high, np.round(point))
     return np.clip(low, 0, MAX_AGE), np.clip(high, 0, MAX_AGE)

@@ -91,15 +91,20 @@ def calibration_half(index: np.ndarray) -> np.ndarray:
     return np.asarray(index, np.int64) % 2 == 0
 
 
-def _least_factor(p: np.ndarray, age_pred: np.ndarray, age: np.ndarray, level: float) -> float:
-    """The smallest factor (0.01 steps) whose ranges hold `level` of these faces' true ages."""
-    from agegender.model.age import Widening, age_range, coverage
+def _least_factor(p: np.ndarray, age_pred: np.ndarray, age: np.ndarray, level: float, side: str) -> float:
+    """The smallest factor (0.01 steps) on the `side` ("low" or "high") of these faces' ranges for which at
+    most (1 - level) / 2 of their true ages fall beyond that side."""
+    from agegender.model.age import Widening, age_range
 
+    miss = (1 - level) / 2
     lo_i, hi_i = 0, len(_FACTORS) - 1
-    while lo_i < hi_i:  # coverage grows with the factor: bisect
+    while lo_i < hi_i:  # the misses shrink as the factor grows: bisect
         mid = (lo_i + hi_i) // 2
-        low, high = age_range(p, level, Widening([level], [0], [[_FACTORS[mid]]]), age_pred)
-        if coverage(low, high, age) >= level:
+        f = [[_FACTORS[mid]]]
+        low, high = age_range(p, level, Widening([level], [0], f if side == "low" else [[1.0]],
+                                                 f if side == "high" else [[1.0]]), age_pred)
+        beyond = (age < low) if side == "low" else (age > high)
+        if beyond.mean() <= miss:
             hi_i = mid
         else:
             lo_i = mid + 1
@@ -108,21 +113,52 @@ def _least_factor(p: np.ndarray, age_pred: np.ndarray, age: np.ndarray, level: f
 
 def fit_widening(p: np.ndarray, age_pred: np.ndarray, age: np.ndarray, levels=WIDENING_LEVELS,
                  edges=WIDENING_EDGES, min_faces: int = MIN_BAND_FACES):
-    """The `Widening` (agegender.model.age) that makes the range cover: for each level and band of the
-    predicted age, the smallest factor on the raw range's distance from the median whose ranges hold the
-    true age for `level` of the band's faces (a band of fewer than `min_faces` faces: the factor of all
-    faces). `p`: P(age > k) per face (`age_probs`); `age_pred`: the decoded age shown with the range."""
+    """The `Widening` (agegender.model.age) that makes the range cover: for each level, band of the
+    predicted age and side of the range, the smallest factor on the raw range's distance from the median
+    for which at most (1 - level) / 2 of the band's true ages fall beyond that side (a band of fewer than
+    `min_faces` faces: the factor of all faces). `p`: P(age > k) per face (`age_probs`); `age_pred`: the
+    decoded age shown with the range."""
     from agegender.model.age import Widening
 
     p, age_pred, age = np.asarray(p, np.float64), np.asarray(age_pred, np.float64), np.asarray(age, np.float64)
     edges = np.asarray(edges, np.float64)
     band = np.clip(np.searchsorted(edges, age_pred, side="right") - 1, 0, len(edges) - 1)
-    scale = []
-    for level in levels:
-        overall = _least_factor(p, age_pred, age, level)
-        scale.append([_least_factor(p[band == b], age_pred[band == b], age[band == b], level)
-                      if (band == b).sum() >= min_faces else overall for b in range(len(edges))])
-    return Widening(levels, edges, scale)
+    tables = {}
+    for side in ("low", "high"):
+        tables[side] = []
+        for level in levels:
+            overall = _least_factor(p, age_pred, age, level, side)
+            tables[side].append([_least_factor(p[band == b], age_pred[band == b], age[band == b], level, side)
+                                 if (band == b).sum() >= min_faces else overall for b in range(len(edges))])
+    return Widening(levels, edges, tables["low"], tables["high"])
+
+
+WIDENING_CHOICES = (("global", (0,), 0), ("per band, >= 200 faces", WIDENING_EDGES, 200),
+                    ("per band, >= 100 faces", WIDENING_EDGES, 100), ("per band, >= 50 faces", WIDENING_EDGES, 50))
+
+
+def select_widening(p: np.ndarray, age_pred: np.ndarray, age: np.ndarray, index: np.ndarray,
+                    levels=WIDENING_LEVELS) -> tuple[object, str, list[tuple[str, float]]]:
+    """Fit the widening on these (calibration) faces with the layout -- one factor per side for all ages, or
+    one per band of the predicted age -- that holds up best on faces it was not fitted on: two-fold cross-
+    validation inside these faces (record number // 2 odd or even: the calibration half has even numbers), scored by the mean |coverage - level|
+    over the levels. Returns (widening fitted on all of them, the layout's name, [(layout, score)])."""
+    p, age_pred, age = np.asarray(p, np.float64), np.asarray(age_pred, np.float64), np.asarray(age, np.float64)
+    from agegender.model.age import age_range, coverage
+
+    fold = (np.asarray(index, np.int64) // 2) % 2 == 0
+    scores = []
+    for name, edges, min_faces in WIDENING_CHOICES:
+        dev = []
+        for train in (fold, ~fold):
+            w = fit_widening(p[train], age_pred[train], age[train], levels, edges, min_faces)
+            for level in levels:
+                low, high = age_range(p[~train], level, w, age_pred[~train])
+                dev.append(abs(coverage(low, high, age[~train]) - level))
+        scores.append((name, float(np.mean(dev))))
+    best = min(range(len(scores)), key=lambda i: scores[i][1])
+    _, edges, min_faces = WIDENING_CHOICES[best]
+    return fit_widening(p, age_pred, age, levels, edges, min_faces), scores[best][0], scores
 
 
 def range_report(low: np.ndarray, high: np.ndarray, age_pred: np.ndarray, age: np.ndarray) -> dict:
@@ -185,6 +221,6 @@ class AgeGenderMetric:
         return summarize(*self.arrays())
 
 
-__all__ = ["fit_widening", "range_report", "format_range_report", "calibration_half", "WIDENING_LEVELS",
+__all__ = ["select_widening", "WIDENING_CHOICES", "fit_widening", "range_report", "format_range_report", "calibration_half", "WIDENING_LEVELS",
            "WIDENING_EDGES", "MIN_BAND_FACES", "summarize", "band_table", "expected_calibration_error", "fit_temperature",
            "AgeGenderMetric", "AGE_BANDS", "CS_LEVELS"]
