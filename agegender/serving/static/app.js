@@ -125,7 +125,8 @@
     const faces = shownFaces();
     // a face's number is the service's (`face`, as in the JSON download): hidden faces leave gaps
     const num = (f, i) => (typeof f.face === "number" ? f.face : i + 1);
-    faces.forEach((f, i) => drawFace(ctx, f, scale, `${num(f, i)} ${label(f)}`));
+    state.labels = faces.map((f, i) => `${num(f, i)} ${label(f)}`);  // what the boxes say (the browser test reads it)
+    faces.forEach((f, i) => drawFace(ctx, f, scale, state.labels[i]));
     canvas.dataset.faces = String(faces.length);
     const rows = faces.map((f, i) => {
       const g = gender(f), p = pMale(f), a = age(f), r = ageRange(f), q = flags(f);
