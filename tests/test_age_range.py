@@ -160,3 +160,49 @@ def test_quality_measures():
     turned = frontal.copy()
     turned[2, 0] = 68
     assert abs(yaw(frontal)) < 0.01 and yaw(turned) > 0.4
+
+
+def test_the_layout_is_chosen_by_cross_validation():
+    """One factor per side when the spread is the same at every age; per band when it is not."""
+    from agegender.model.metrics import select_widening
+
+    rng = np.random.default_rng(2)
+    truth = rng.integers(2, 80, 6000).astype(np.float64)
+    pred = truth + rng.normal(0, 5, truth.size)
+    index = np.arange(truth.size) * 2  # the calibration half's record numbers
+    _, chosen, scores = select_widening(logistic(pred, 3.0), pred, truth, index, levels=(0.8,))
+    assert chosen == "global" and len(scores) == 4
+    # the young read within 1 year, the rest within 9: one factor cannot fit both
+    pred = truth + rng.normal(0, 1, truth.size) * np.where(truth < 20, 1, 9)
+    _, chosen, _ = select_widening(logistic(pred, 3.0), pred, truth, index, levels=(0.8,))
+    assert chosen.startswith("per band")
+
+
+def test_label_text_on_the_image_and_the_level_flag(tmp_path):
+    from agegender.data.face import Face
+    from agegender.serving.analyzer import FaceResult
+    from agegender.serving.inference import label_text
+
+    face = Face(np.array([0, 0, 40, 40], np.float32), 0.9, np.zeros((5, 2), np.float32))
+    fr = FaceResult(face, 0.8, 24.0, 19.0, 31.0)
+    assert label_text(fr) == "M 24 (19-31)"
+    fr.flags = ("small",)
+    assert label_text(fr) == "M 24 (19-31)?"
+    assert label_text(FaceResult(face)) == "?"
+
+
+def test_a_higher_level_gives_wider_ranges_and_drop_flagged_drops(tmp_path):
+    from agegender.data.image import read_image
+    from agegender.serving.analyzer import FaceAnalyzer
+
+    rgb = read_image(shared_path("data", "photos", "insightface_worlds-largest-selfie.jpg"))
+    narrow = FaceAnalyzer.from_options(net_threads=1, age_level=0.5).analyze(rgb)
+    wide = FaceAnalyzer.from_options(net_threads=1, age_level=0.95).analyze(rgb)
+    assert [f.age for f in narrow] == [f.age for f in wide]
+    assert all(w.age_low <= n.age_low and n.age_high <= w.age_high for n, w in zip(narrow, wide))
+    assert sum(w.age_high - w.age_low for w in wide) > 1.5 * sum(n.age_high - n.age_low for n in narrow)
+    kept = FaceAnalyzer.from_options(net_threads=1, drop_flagged=True).analyze(rgb)
+    assert len(kept) == sum(not f.flagged for f in narrow) and not any(f.flagged for f in kept)
+    assert [f.index for f in kept] == list(range(1, len(kept) + 1))  # numbered among the faces reported
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        FaceAnalyzer.from_options(net_threads=1, age_level=1.0)

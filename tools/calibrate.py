@@ -149,7 +149,8 @@ def age_range_section(splits):
     index = np.concatenate([s.index[m] for s, m in zip(splits, fit)])  # record numbers: the folds
     widening, chosen, scores = select_widening(cat("age_probs", True), cat("age_pred", True), cat("age", True), index)
     print(f"\nage range: widening fitted on the even records ({sum(int(m.sum()) for m in fit)} faces), its layout "
-          "chosen by two-fold cross-validation inside them (mean |coverage - level| over the levels): "
+          "chosen by two-fold cross-validation inside them (|coverage - level| overall and per true-age band, "
+          "averaged over the levels): "
           + ", ".join(f"{name} {score:.4f}" for name, score in scores) + f"; chosen: {chosen}\n"
           f"{json.dumps(widening.to_dict())}")
     for s, m in zip(splits, fit):

@@ -140,9 +140,11 @@ WIDENING_CHOICES = (("global", (0,), 0), ("per band, >= 200 faces", WIDENING_EDG
 def select_widening(p: np.ndarray, age_pred: np.ndarray, age: np.ndarray, index: np.ndarray,
                     levels=WIDENING_LEVELS) -> tuple[object, str, list[tuple[str, float]]]:
     """Fit the widening on these (calibration) faces with the layout -- one factor per side for all ages, or
-    one per band of the predicted age -- that holds up best on faces it was not fitted on: two-fold cross-
-    validation inside these faces (record number // 2 odd or even: the calibration half has even numbers), scored by the mean |coverage - level|
-    over the levels. Returns (widening fitted on all of them, the layout's name, [(layout, score)])."""
+    one per band of the predicted age -- that holds up best on faces it was not fitted on: two-fold
+    cross-validation inside these faces (record number // 2 odd or even: the calibration half has even
+    numbers), scored by |coverage - level| overall and its mean over the 10-year bands of the true age
+    (those of >= 30 faces), averaged over the levels. Returns (the widening fitted on all of them, the
+    layout's name, [(layout, score)])."""
     p, age_pred, age = np.asarray(p, np.float64), np.asarray(age_pred, np.float64), np.asarray(age, np.float64)
     from agegender.model.age import age_range, coverage
 
@@ -152,9 +154,13 @@ def select_widening(p: np.ndarray, age_pred: np.ndarray, age: np.ndarray, index:
         dev = []
         for train in (fold, ~fold):
             w = fit_widening(p[train], age_pred[train], age[train], levels, edges, min_faces)
+            test = ~train
             for level in levels:
-                low, high = age_range(p[~train], level, w, age_pred[~train])
-                dev.append(abs(coverage(low, high, age[~train]) - level))
+                low, high = age_range(p[test], level, w, age_pred[test])
+                dev.append(abs(coverage(low, high, age[test]) - level))
+                bands = [(age[test] >= lo) & (age[test] <= hi) for _, lo, hi in AGE_BANDS]
+                dev.append(float(np.mean([abs(coverage(low[b], high[b], age[test][b]) - level)
+                                          for b in bands if b.sum() >= 30] or [0.0])))
         scores.append((name, float(np.mean(dev))))
     best = min(range(len(scores)), key=lambda i: scores[i][1])
     _, edges, min_faces = WIDENING_CHOICES[best]
