@@ -50,6 +50,7 @@ def main() -> int:
     engine = load_engine(args.model, args.engine, threads=1)
     detector = load_detector(threads=1)
     native, flags, small, blurred, gender, age = [], [], {w: [] for w in WIDTHS}, {b: [] for b in BLURS}, [], []
+    small_faces = {w: [] for w in WIDTHS}  # the detection scaled with the photo: what the flag sees
     sharp_blur = {b: [] for b in BLURS}
     for lst in args.lst:
         entries = read_lst(lst)[:args.limit or None]
@@ -71,6 +72,7 @@ def main() -> int:
                 img = cv2.resize(rgb, (max(1, round(rgb.shape[1] * s)), max(1, round(rgb.shape[0] * s))),
                                  interpolation=cv2.INTER_AREA)
                 small[w].append(align_face(img, face.landmarks * s))
+                small_faces[w].append(Face(face.box * s, face.score, face.landmarks * s))
             for b in BLURS:
                 sigma = b * width / 100
                 img = cv2.GaussianBlur(rgb, (0, 0), sigma) if sigma > 0 else rgb
@@ -112,8 +114,7 @@ def main() -> int:
     # the small and the blurred versions all carry their flags too: the flag's worth where it fires
     for w in (16, 20):
         sp, sa = labels(small[w])
-        f = np.array([bool(face_quality(Face(np.array([0, 0, w, w], np.float32), 1.0, np.zeros((5, 2))), c).flags)
-                      for c in small[w]])
+        f = np.array([bool(face_quality(sf, c).flags) for sf, c in zip(small_faces[w], small[w])])
         print(_row(f"{w} px versions, flagged", f, sp, sa, gender, age))
     for b in (3.0, 4.0):
         bp, ba = labels(blurred[b])

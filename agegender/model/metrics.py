@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from agegender.model.age import Widening, age_range, coverage
+
 CS_LEVELS = (3, 5)
 # (label, lowest age, highest age) of the per-band tables; the last band is open-ended
 AGE_BANDS = [(f"{lo}-{lo + 9}", lo, lo + 9.999) for lo in range(0, 70, 10)] + [("70+", 70, float("inf"))]
@@ -94,8 +96,6 @@ def calibration_half(index: np.ndarray) -> np.ndarray:
 def _least_factor(p: np.ndarray, age_pred: np.ndarray, age: np.ndarray, level: float, side: str) -> float:
     """The smallest factor (0.01 steps) on the `side` ("low" or "high") of these faces' ranges for which at
     most (1 - level) / 2 of their true ages fall beyond that side."""
-    from agegender.model.age import Widening, age_range
-
     miss = (1 - level) / 2
     lo_i, hi_i = 0, len(_FACTORS) - 1
     while lo_i < hi_i:  # the misses shrink as the factor grows: bisect
@@ -118,8 +118,6 @@ def fit_widening(p: np.ndarray, age_pred: np.ndarray, age: np.ndarray, levels=WI
     for which at most (1 - level) / 2 of the band's true ages fall beyond that side (a band of fewer than
     `min_faces` faces: the factor of all faces). `p`: P(age > k) per face (`age_probs`); `age_pred`: the
     decoded age shown with the range."""
-    from agegender.model.age import Widening
-
     p, age_pred, age = np.asarray(p, np.float64), np.asarray(age_pred, np.float64), np.asarray(age, np.float64)
     edges = np.asarray(edges, np.float64)
     band = np.clip(np.searchsorted(edges, age_pred, side="right") - 1, 0, len(edges) - 1)
@@ -146,8 +144,6 @@ def select_widening(p: np.ndarray, age_pred: np.ndarray, age: np.ndarray, index:
     (those of >= 30 faces), averaged over the levels. Returns (the widening fitted on all of them, the
     layout's name, [(layout, score)])."""
     p, age_pred, age = np.asarray(p, np.float64), np.asarray(age_pred, np.float64), np.asarray(age, np.float64)
-    from agegender.model.age import age_range, coverage
-
     fold = (np.asarray(index, np.int64) // 2) % 2 == 0
     scores = []
     for name, edges, min_faces in WIDENING_CHOICES:
@@ -171,8 +167,6 @@ def range_report(low: np.ndarray, high: np.ndarray, age_pred: np.ndarray, age: n
     """How an age range holds up against the true ages: coverage and mean width overall and per 10-year
     band of the true age (AGE_BANDS), and the MAE of the point age on the narrowest third of ranges against
     the widest third (a narrow range should mean a better guess)."""
-    from agegender.model.age import coverage
-
     low, high = np.asarray(low, np.float64), np.asarray(high, np.float64)
     age_pred, age = np.asarray(age_pred, np.float64), np.asarray(age, np.float64)
     width = high - low
