@@ -112,7 +112,9 @@ class Widening:
         """The (low side, high side) factors per face of predicted `age` at `level`."""
         band = np.clip(np.searchsorted(self.edges, np.asarray(age, np.float64), side="right") - 1, 0,
                        len(self.edges) - 1)
-        at = lambda table: np.array([np.interp(level, self.levels, table[:, b]) for b in range(len(self.edges))])  # noqa: E731
+        def at(table: np.ndarray) -> np.ndarray:
+            return np.array([np.interp(level, self.levels, table[:, b]) for b in range(len(self.edges))])
+
         return at(self.low)[band], at(self.high)[band]
 
     def to_dict(self) -> dict:

@@ -13,7 +13,8 @@ from agegender.atomic import save_figure, write_atomic
 from agegender.data.iterators import check_rec, eval_batches, record_iter
 from agegender.data.distribution import load_labels
 from agegender.errors import UserError
-from agegender.model.metrics import CS_LEVELS, band_table, calibration_half, format_range_report, range_report, summarize
+from agegender.model.metrics import (CS_LEVELS, band_table, calibration_half, format_range_report, range_report,
+                                     summarize)
 from agegender.model.engine import Engine
 
 

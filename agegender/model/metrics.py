@@ -175,8 +175,8 @@ def range_report(low: np.ndarray, high: np.ndarray, age_pred: np.ndarray, age: n
     for label, lo, hi in AGE_BANDS:
         sel = (age >= lo) & (age <= hi)
         if sel.any():
-            out["bands"].append({"band": label, "count": int(sel.sum()), "coverage": coverage(low[sel], high[sel], age[sel]),
-                                 "width": float(width[sel].mean())})
+            out["bands"].append({"band": label, "count": int(sel.sum()),
+                                 "coverage": coverage(low[sel], high[sel], age[sel]), "width": float(width[sel].mean())})
     if age.size >= 3:
         order = np.argsort(width, kind="stable")
         third = age.size // 3

@@ -263,7 +263,8 @@ class FaceAnalyzer:
         net = np.stack([_net_crop(c) for c in crops]) if crops else np.zeros((0, 112, 112, 3), np.uint8)
         out = self.engine.predict_labels(net, self.batch_size, self.age_decode, self.flip, self.age_level)
         if crops and isinstance(crops[0], FaceCrops):
-            out = out._replace(p_male=ensemble_p_male(out.p_male, self.teacher.p_male(np.stack([c.teacher for c in crops]))))
+            teacher = self.teacher.p_male(np.stack([c.teacher for c in crops]))
+            out = out._replace(p_male=ensemble_p_male(out.p_male, teacher))
         return out
 
     def range_of(self, probs: np.ndarray, age: float) -> tuple[int, int]:

@@ -1,7 +1,8 @@
 """Parquet output of labelled faces (infer.py --parquet, and the shards of a Ray run): one row per face,
-with the fields of the JSON face objects (`agegender.serving.inference.to_json`, agegender/schema/face.schema.json) plus the image path and the
-schema version (the face's index, `face`, is the JSON's: from 1); one row per image that failed (path and error, no face columns); one row per image in which no
-face was found (face index null, no error), so that every input is accounted for in the file itself.
+with the fields of the JSON face objects (`agegender.serving.inference.to_json`, agegender/schema/face.schema.json)
+plus the image path and the schema version (the face's number, `face`, is the JSON's: from 1); one row per image
+that failed (path and error, no face columns); one row per image in which no face was found (face null, no
+error), so that every input is accounted for in the file itself.
 
 Rows are built from the JSON documents through one function, `rows_from_doc`, so the Parquet and the JSON
 output cannot drift apart. Files are written in row groups as images complete, into a temporary file beside
