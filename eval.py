@@ -7,9 +7,9 @@ import argparse
 import os
 import sys
 
-from agegender.model.age import AGE_DECODINGS, DEFAULT_DECODE, DEFAULT_FLIP
+from agegender.model.age import AGE_DECODINGS, DEFAULT_AGE_LEVEL, DEFAULT_DECODE, DEFAULT_FLIP
 from agegender.model.engine import ENGINES
-from agegender.cli import BATCH, COUNT, ArgumentParser
+from agegender.cli import AGE_LEVEL, BATCH, COUNT, ArgumentParser
 from agegender.errors import UserError, run_cli
 
 
@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--age-decode", choices=AGE_DECODINGS, default=DEFAULT_DECODE,
                    help="prob: sum of P(age > k); vote: sum of the pairs' argmax; median: where P(age > k) "
                         "crosses 1/2")
+    p.add_argument("--age-level", type=AGE_LEVEL, default=DEFAULT_AGE_LEVEL,
+                   help="the age range's level; its coverage is reported on the odd records (the half "
+                        "tools/calibrate.py does not calibrate on), overall and per 10-year band")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=DEFAULT_FLIP,
                    help="average each face's outputs with its mirror image's")
     p.add_argument("--json", metavar="FILE", help="write every number to this JSON file")
@@ -67,17 +70,18 @@ def main() -> int:
 
     predictor = load_engine(args.model, args.engine, args.gpus)
     preds = [predict_rec(predictor, rec, args.batch_size, args.age_decode, args.flip, not args.no_progress,
-                         args.num_workers) for rec in recs]
-    settings = {"model": predictor.name, "engine": predictor.kind, "age_decode": args.age_decode, "flip": args.flip}
+                         args.num_workers, args.age_level) for rec in recs]
+    settings = {"model": predictor.name, "engine": predictor.kind, "age_decode": args.age_decode, "flip": args.flip,
+                "age_level": args.age_level}
     if len(recs) == 1:
         rep = report(preds[0])
-        print(format_report(rep))
+        print(format_report(rep, args.age_level))
         settings["rec"] = recs[0]
     else:
         per = [{"name": rec_name(r), "rec": r, **report(p)} for r, p in zip(recs, preds)]
         rep = {"recs": per, "overall": report(concat_predictions(preds))}
         for r in per:
-            print(f"== {r['name']} ({r['rec']}) ==\n{format_report(r)}\n")
+            print(f"== {r['name']} ({r['rec']}) ==\n{format_report(r, args.age_level)}\n")
         print(format_sources(per, rep["overall"]))
     if args.json:
         write_json(args.json, rep, settings)

@@ -8,8 +8,8 @@ import argparse
 import os
 import sys
 
-from agegender.model.age import AGE_DECODINGS, DEFAULT_DECODE, DEFAULT_FLIP
-from agegender.cli import BATCH, COUNT, DET_THRESH, NON_NEGATIVE, NON_NEGATIVE_INT, ArgumentParser
+from agegender.model.age import AGE_DECODINGS, DEFAULT_AGE_LEVEL, DEFAULT_DECODE, DEFAULT_FLIP
+from agegender.cli import AGE_LEVEL, BATCH, COUNT, DET_THRESH, NON_NEGATIVE, NON_NEGATIVE_INT, ArgumentParser
 from agegender.model.engine import ENGINES
 from agegender.errors import MissingDependency, UserError, missing_module_message, run_cli
 from agegender.data.image import MAX_PIXELS
@@ -33,6 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-size", type=NON_NEGATIVE_INT, default=1280,
                    help="images are scaled down to this longest side for detection (boxes mapped back)")
     p.add_argument("--min-face", type=NON_NEGATIVE, default=0, help="ignore faces whose box is smaller (pixels)")
+    p.add_argument("--age-level", type=AGE_LEVEL, default=DEFAULT_AGE_LEVEL,
+                   help="the age range's level: the true age lies in the range for this share of faces "
+                        "(calibrated at 0.5, 0.8, 0.9 and 0.95; docs/evaluation.md)")
+    p.add_argument("--drop-flagged", action="store_true",
+                   help="leave out the faces the quality flag marks (box under 24 px wide, blurred, or turned "
+                        "too far), as --min-face leaves out small ones; without it they are reported, flagged")
     p.add_argument("--age-decode", choices=AGE_DECODINGS, default=DEFAULT_DECODE,
                    help="prob: sum of P(age > k); vote: sum of the pairs' argmax; median: where P(age > k) "
                         "crosses 1/2")
@@ -104,7 +110,8 @@ def main() -> int:
     analyzer = FaceAnalyzer.from_options(args.model, args.engine, args.det_model, args.det_thresh, args.max_size,
                                          args.gpus, det_threads=1, net_threads=1, age_decode=args.age_decode,
                                          min_face=args.min_face, flip=args.flip, batch_size=args.batch_size,
-                                         max_pixels=args.max_pixels, gender_ensemble=args.gender_ensemble)
+                                         max_pixels=args.max_pixels, gender_ensemble=args.gender_ensemble,
+                                         age_level=args.age_level, drop_flagged=args.drop_flagged)
     with outputs:
         for result in analyzer.analyze_paths(paths, keep_images=outputs.draws):
             outputs.add(result)
@@ -134,7 +141,8 @@ def run_ray(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise MissingDependency(missing_module_message((exc.name or "ray").split(".")[0], "--ray")) from None
     settings = Settings(args.model, args.engine, args.det_model, args.det_thresh, args.max_size, args.min_face,
-                        args.age_decode, args.flip, args.max_pixels, args.batch_size)
+                        args.age_decode, args.flip, args.max_pixels, args.batch_size, args.age_level,
+                        args.drop_flagged)
     summary = run(args.image, args.parquet, settings, None if args.ray == "local" else args.ray, args.shard_size)
     print(summary.line(), file=sys.stderr)
     if not summary.failures:
@@ -153,11 +161,12 @@ def run_video(args: argparse.Namespace) -> int:
     analyzer = FaceAnalyzer.from_options(args.model, args.engine, args.det_model, args.det_thresh, args.max_size,
                                          args.gpus, det_threads=0, net_threads=1, age_decode=args.age_decode,
                                          min_face=args.min_face, flip=args.flip, batch_size=args.batch_size,
-                                         gender_ensemble=args.gender_ensemble)
+                                         gender_ensemble=args.gender_ensemble, age_level=args.age_level,
+                                         drop_flagged=args.drop_flagged)
     res = process_video(args.video, analyzer, args.output, args.jsonl, args.detect_every, args.track_max_missed,
                         args.show, progress=False if args.no_progress else None)
     out = sys.stderr if "-" in (args.output, args.jsonl) else sys.stdout  # stdout carries the video or lines
-    print("\n".join(summary_lines(res)), file=out)
+    print("\n".join(summary_lines(res, analyzer)), file=out)
     if res.ended_early:
         print(f"error: {args.video}: the stream ended early; the {res.frames} frames read are written", file=sys.stderr)
         return 1

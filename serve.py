@@ -8,8 +8,8 @@ import argparse
 import os
 import socket
 
-from agegender.model.age import AGE_DECODINGS, DEFAULT_DECODE, DEFAULT_FLIP
-from agegender.cli import BATCH, COUNT, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, ArgumentParser, number
+from agegender.model.age import AGE_DECODINGS, DEFAULT_AGE_LEVEL, DEFAULT_DECODE, DEFAULT_FLIP
+from agegender.cli import AGE_LEVEL, BATCH, COUNT, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, ArgumentParser, number
 from agegender.model.engine import ENGINES
 from agegender.errors import UserError, run_cli
 from agegender.data.image import MAX_PIXELS
@@ -25,6 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--det-model", metavar="ONNX", default=None, help="an InsightFace ONNX detector")
     p.add_argument("--max-size", type=NON_NEGATIVE_INT, default=1280, help="longest side seen by the detector")
     p.add_argument("--age-decode", choices=AGE_DECODINGS, default=DEFAULT_DECODE, help="age decoding")
+    p.add_argument("--age-level", type=AGE_LEVEL, default=DEFAULT_AGE_LEVEL,
+                   help="the age range's level: the true age lies in the range for this share of faces")
+    p.add_argument("--drop-flagged", action="store_true",
+                   help="leave out the faces the quality flag marks (too small, blurred or turned), as infer.py")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=DEFAULT_FLIP,
                    help="average each face's outputs with its mirror image's")
     p.add_argument("--max-bytes", type=COUNT, default=10_000_000, help="largest request body (413 above)")
@@ -107,6 +111,7 @@ def main() -> int:
 
     analyzer = FaceAnalyzer.from_options(args.model, args.engine, args.det_model, DET_FLOOR, args.max_size, args.gpus,
                                          det_threads=1, net_threads=1, age_decode=args.age_decode, flip=args.flip,
+                                         age_level=args.age_level, drop_flagged=args.drop_flagged,
                                          batch_size=args.batch_faces)  # the net's memory grows with its batch
     limits = Limits(max_header_bytes=args.max_header_bytes, read_timeout=args.read_timeout,
                     idle_timeout=args.idle_timeout, max_connections=args.max_connections)

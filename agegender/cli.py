@@ -86,7 +86,8 @@ RATIO = number(float, 0, 1, hi_open=True)  # val ratio: [0, 1)
 POSITIVE = number(float, 0, lo_open=True)  # learning rates, sizes
 NON_NEGATIVE = number(float, 0)         # pixel sizes, strengths (0 = off)
 DET_THRESH = number(float, DET_THRESH_MIN, 1)  # detector score thresholds
+AGE_LEVEL = number(float, 0, 1, lo_open=True, hi_open=True)  # the age range's level: (0, 1)
 
 
 __all__ = ["ArgumentParser", "DefaultsHelpFormatter", "number", "DET_THRESH", "DET_THRESH_MIN", "gpu_ids", "COUNT", "BATCH", "NON_NEGATIVE_INT", "PROBABILITY", "RATIO", "POSITIVE",
-           "NON_NEGATIVE"]
+           "NON_NEGATIVE", "AGE_LEVEL"]

@@ -79,12 +79,12 @@ def test_anything_else_is_a_one_line_error(analyzer, image, error, match):
 def test_a_list_gives_a_list_batched(analyzer):
     single = [_dicts(analyzer.analyze(im)) for im in (T1, wheel_image("Tom_Hanks_54745.png"))]
     calls = []
-    label = analyzer.label
-    analyzer.label = lambda crops: calls.append(len(crops)) or label(crops)
+    labels = analyzer.labels
+    analyzer.labels = lambda crops: calls.append(len(crops)) or labels(crops)
     try:
         both = analyzer.analyze([T1, wheel_image("Tom_Hanks_54745.png"), np.zeros((80, 80, 3), np.uint8)])
     finally:
-        del analyzer.label
+        del analyzer.labels
     assert calls == [7]  # the faces of all images in one pass
     assert [_dicts(r) for r in both[:2]] == single and both[2] == []
     assert analyzer.analyze([]) == []

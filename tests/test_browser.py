@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -19,7 +20,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, shared_path
 from agegender.data.demo import wheel_image
 
 T1 = wheel_image("t1.jpg")
@@ -133,6 +134,14 @@ def test_photo_upload_draws_and_lists_six_faces(server, tmp_path, size):
         assert len(rows) == 6
         genders = [r.find_elements(By.TAG_NAME, "td")[1].text for r in rows]
         assert set(genders) <= {"male", "female"} and len(set(genders)) == 2
+        # one face number everywhere: the table's and the labels' are the JSON's `face`; labels show the range
+        doc = driver.execute_script("return window.ageGender.doc")
+        assert [r.find_elements(By.TAG_NAME, "td")[0].text for r in rows] == [str(f["face"]) for f in doc["faces"]]
+        assert [r.find_elements(By.TAG_NAME, "td")[4].text for r in rows] == \
+            [f"{f['age_low']}-{f['age_high']}" for f in doc["faces"]]
+        labels = driver.execute_script("return window.ageGender.labels")
+        assert [lab.split()[0] for lab in labels] == [str(f["face"]) for f in doc["faces"]]
+        assert all(re.fullmatch(r"\d+ [MF] \d+ \(\d+-\d+\)", lab) for lab in labels), labels
         # the drawing: the canvas shows the photo with coloured boxes over it (not blank, not the bare photo)
         pixels = np.array(driver.execute_script(
             "const c = document.getElementById('canvas'); return Array.from(c.getContext('2d')"
@@ -177,6 +186,31 @@ def test_a_failed_upload_clears_the_previous_result(server, tmp_path):
         driver.find_element(By.ID, "file").send_keys(T1)
         _wait(driver, lambda d: d.find_element(By.ID, "canvas").get_attribute("data-faces") == "6", what="6 again")
         assert driver.find_element(By.ID, "status").get_attribute("class") == "status"
+    finally:
+        driver.quit()
+
+
+def test_flagged_faces_are_shown_apart(server, tmp_path):
+    """The tiny faces of the selfie photo: grey italic rows saying why, labels ending in `?`."""
+    from selenium.webdriver.common.by import By
+
+    selfie = shared_path("data", "photos", "insightface_worlds-largest-selfie.jpg")
+    driver = _driver(tmp_path, DESKTOP)
+    try:
+        driver.get(server + "/")
+        driver.find_element(By.ID, "file").send_keys(selfie)
+        _wait(driver, lambda d: int(d.find_element(By.ID, "canvas").get_attribute("data-faces") or 0) > 20,
+              what="the selfie's faces")
+        doc = driver.execute_script("return window.ageGender.doc")
+        labels = driver.execute_script("return window.ageGender.labels")
+        rows = driver.find_elements(By.CSS_SELECTOR, "#faces tbody tr")
+        shown = [f for f in doc["faces"] if f["score"] >= 0.8]
+        assert len(rows) == len(shown) == len(labels)
+        for row, face, lab in zip(rows, shown, labels):
+            flagged = bool(face["flags"])
+            assert ("flagged" in row.get_attribute("class")) == flagged and lab.endswith("?") == flagged
+            assert row.find_elements(By.TAG_NAME, "td")[5].text == ("low: " + ", ".join(face["flags"]) if flagged else "ok")
+        assert sum(bool(f["flags"]) for f in shown) >= len(shown) // 2
     finally:
         driver.quit()
 

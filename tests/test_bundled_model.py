@@ -36,9 +36,12 @@ def test_infer_labels_the_six_faces_of_t1_without_model_flag():
     proc = run_script("infer.py", "--image", wheel_image("t1.jpg"), check=True)
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 6
-    found = [re.match(r"^face \d, box \(.*\), gender: (male|female), age: (\d+)$", line) for line in lines]
+    found = [re.match(r"^face \d, box \(.*\), gender: (male|female), age: (\d+) \((\d+)-(\d+)\)$", line) for line in lines]
     assert all(found), lines
     # left to right: three women and three men (the photo's cast), all adults
     assert [m[1] for m in found] == ["female", "female", "male", "male", "male", "female"]
     ages = np.array([int(m[2]) for m in found])
     assert ((ages >= 18) & (ages <= 60)).all(), ages
+    # the calibrated 80 % ranges of adults: around the age, a decade or two wide, none flagged (no suffix)
+    width = np.array([int(m[4]) - int(m[3]) for m in found])
+    assert ((width >= 6) & (width <= 25)).all(), width

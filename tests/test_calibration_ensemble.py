@@ -4,6 +4,7 @@ our landmarks (synthetic image; real photos when ../shared is there), and FaceAn
 from __future__ import annotations
 
 import glob
+import json
 import os
 
 import cv2
@@ -13,6 +14,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from tests.conftest import shared_path
+from agegender.model.age import Widening
 from agegender.data.face import TEACHER_TEMPLATE, Face, align_face, teacher_chip
 from agegender.errors import UserError
 from agegender.model.engine import NUM_OUTPUTS, OnnxEngine, with_temperature
@@ -228,6 +230,10 @@ def test_report_tools_on_a_small_list_of_real_photos(tmp_path):
     proc = run_script("tools/calibrate.py", "--lst", str(lst), "--write", str(out), check=True)
     t = float(re.search(r"T = ([0-9.]+)", proc.stdout).group(1))
     assert "| all | " in proc.stdout and OnnxEngine(str(out)).gender_temperature == pytest.approx(t, abs=1e-4)
+    # the age range's widening, fitted on the even records and reported on the odd, travels in the same model
+    fitted = re.search(r"^(\{\"levels\".*\})$", proc.stdout, re.M).group(1)
+    assert OnnxEngine(str(out)).age_widening == Widening.from_dict(fitted)
+    assert re.search(r"odd records \(6 faces\), coverage by level: 50% raw", proc.stdout)
     proc = run_script("tools/ensemble_report.py", "--lst", str(lst), check=True)
     assert re.search(r"\| all \| \d+ \| [01]\.\d{4} \| [01]\.\d{4} \| [01]\.\d{4} \|", proc.stdout)
     assert "faces/s" in proc.stdout
@@ -283,6 +289,13 @@ def test_a_checkpoints_calibration_file_is_applied_by_mxnet_and_carried_into_its
     np.testing.assert_allclose(p, decode(raw, "prob", 2.5)[0], rtol=1e-5)
     assert not np.allclose(p, decode(raw, "prob", 1.0)[0], atol=1e-3)  # the temperature made a difference
     assert metadata(str(tmp_path / "m"), 0)["gender_temperature"] == "2.5000"
+    assert "age_range_widening" not in metadata(str(tmp_path / "m"), 0) and warm.age_widening.is_identity
+    # the age range's widening: read by the mxnet engine from the same file, carried into the export
+    w = Widening([0.8], [0, 30], [[0.7, 0.9]], [[0.8, 1.2]])
+    (tmp_path / "m-calibration.json").write_text(json.dumps({"gender_temperature": 2.5,
+                                                             "age_range_widening": w.to_dict()}))
+    assert MxnetEngine(str(tmp_path / "m"), 0).age_widening == w
+    assert Widening.from_dict(metadata(str(tmp_path / "m"), 0)["age_range_widening"]) == w
 
 
 @pytest.mark.parametrize("bad", ['{"gender_temperature": 0}', '{"gender_temperature": "warm"}', "[1]", "{"])

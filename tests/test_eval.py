@@ -65,6 +65,11 @@ def test_eval_numbers_equal_a_hand_computation(packed_demo, random_model, tmp_pa
     megaage = [s for s in doc["sources"] if s["source"] == "megaage"][0]
     assert megaage["acc"] is None  # MegaAge has no gender: undefined, not a number
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the age range's coverage, on the odd records only (the even ones are tools/calibrate.py's)
+    rng = doc["age_range"]
+    assert rng["count"] == n // 2 and 0 <= rng["coverage"] <= 1 and doc["age_level"] == 0.8
+    assert sum(b["count"] for b in rng["bands"]) == rng["count"] and "mae_widest_third" in rng
+    assert re.search(r"^age range 80%: coverage [01]\.\d{3} on \d+ faces", proc.stdout, re.M)
 
 
 def test_batch_size_and_flip(packed_demo, random_model):

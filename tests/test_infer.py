@@ -19,7 +19,8 @@ from agegender.data.face import align_face, load_detector
 from agegender.data.image import read_image
 from agegender.schema import validate
 
-LINE = re.compile(r"^face (\d+), box \((-?\d+), (-?\d+), (-?\d+), (-?\d+)\), gender: (male|female), age: (\d+)$")
+LINE = re.compile(r"^face (\d+), box \((-?\d+), (-?\d+), (-?\d+), (-?\d+)\), gender: (male|female), age: (\d+) "
+                  r"\((\d+)-(\d+)\)(, low quality: (small|blurred|turned)(, (small|blurred|turned))*)?$")
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +40,7 @@ def test_six_faces_of_t1_in_the_line_format(random_model, t1_faces, tmp_path):
     parsed = [LINE.match(line) for line in lines]
     assert all(parsed), lines
     assert [int(m[1]) for m in parsed] == [1, 2, 3, 4, 5, 6]
+    assert all(int(m[8]) <= int(m[7]) <= int(m[9]) for m in parsed)  # the age inside its range
     boxes = np.array([[int(m[i]) for i in range(2, 6)] for m in parsed])
     assert (np.diff(boxes[:, 0]) > 0).all()  # left to right
     np.testing.assert_allclose(boxes, np.array([f.box for f in faces]), atol=1.0)  # the detector's own boxes
@@ -54,7 +56,7 @@ def test_json_schema_and_several_images(random_model, tmp_path):
     validate(one, "image")
     assert one["image"] == wheel_image("t1.jpg") and len(one["faces"]) == 6
     for f in one["faces"]:
-        assert set(f) == {"box", "score", "landmarks", "gender", "p_male", "age"}
+        assert set(f) == {"face", "box", "score", "landmarks", "gender", "p_male", "age", "age_low", "age_high", "flags"}
         assert len(f["box"]) == 4 and all(isinstance(v, int) for v in f["box"])
         assert np.array(f["landmarks"]).shape == (5, 2)
         assert f["gender"] == ("male" if f["p_male"] >= 0.5 else "female")

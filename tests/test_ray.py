@@ -111,7 +111,7 @@ def test_parquet_rows_are_the_json_faces(wheel_folder, tmp_path):
     assert errors[os.path.join(folder, "garbage.jpg")].startswith("not image")
     assert errors[os.path.join(folder, "truncated.jpg")].startswith("truncated")
     # the columns follow the JSON face objects: a field added to one and not the other fails here
-    assert {k for d in docs for f in d["faces"] for k in f} - {"error"} == set(FACE_FIELDS)
+    assert {k for d in docs for f in d["faces"] for k in f} - {"error", "face"} == set(FACE_FIELDS)
     assert not [n for n in os.listdir(tmp_path) if n != "faces.parquet"]  # the temporary file was renamed
 
 
@@ -119,8 +119,9 @@ def test_parquet_rows_are_the_json_faces(wheel_folder, tmp_path):
 def test_parquet_is_written_in_row_groups_and_only_complete_files_appear(tmp_path):
     from agegender.serving.batch import ParquetSink
 
-    doc = {"image": "a.jpg", "faces": [{"box": [1, 2, 3, 4], "score": 0.9, "landmarks": [[1.0, 2.0]] * 5,
-                                        "gender": "male", "p_male": 0.8, "age": 30.5}] * 3}
+    doc = {"schema_version": 2, "image": "a.jpg",
+           "faces": [{"face": i, "box": [1, 2, 3, 4], "score": 0.9, "landmarks": [[1.0, 2.0]] * 5, "gender": "male",
+                      "p_male": 0.8, "age": 30.5, "age_low": 25, "age_high": 36, "flags": []} for i in (1, 2, 3)]}
     out = tmp_path / "x.parquet"
     out.write_bytes(b"old")
     with pytest.raises(RuntimeError):
@@ -225,7 +226,7 @@ def test_cli_ray_over_a_list_of_paths(wheel_folder, tmp_path):
     proc = run_script("infer.py", "--image", str(listing), "--ray", "--parquet", str(out), "--shard-size", "3")
     assert proc.returncode == 1, proc.stderr
     got = _shard_docs(str(out))
-    assert got == docs + [{"image": missing, "error": "missing file", "faces": []}]
+    assert got == docs + [{"schema_version": 2, "image": missing, "error": "missing file", "faces": []}]
     assert len(glob.glob(str(out / "part-*.parquet"))) == 3
     summary = proc.stderr.strip().splitlines()[-1]
     assert summary.startswith(f"summary: 4 images, {sum(len(d['faces']) for d in docs)} faces, 3 failed") and \

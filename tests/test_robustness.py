@@ -129,7 +129,7 @@ def test_json_output_lists_failures_and_exit_2_when_nothing_worked(corpus):
     proc = run_script("infer.py", "--image", str(folder / "k_truncated.jpg"), str(folder / "a_t1.jpg"), "--json")
     assert proc.returncode == 1
     docs = json.loads(proc.stdout)
-    assert docs[0] == {"image": str(folder / "k_truncated.jpg"), "error": "truncated", "faces": []}
+    assert docs[0] == {"schema_version": 2, "image": str(folder / "k_truncated.jpg"), "error": "truncated", "faces": []}
     assert len(docs[1]["faces"]) == 6
     proc = run_script("infer.py", "--image", str(folder / "k_truncated.jpg"), str(folder / "o_bomb.png"))
     assert proc.returncode == 2 and proc.stdout == ""

@@ -28,14 +28,14 @@ def test_schema_is_a_valid_json_schema_with_every_kind():
     assert tuple(schema["$defs"]["face"]["required"]) == FACE_FIELDS
 
 
-GOOD = {"box": [1, 2, 30, 40], "score": 0.99, "landmarks": [[1.0, 2.0]] * 5, "gender": "female", "p_male": 0.2,
-        "age": 31.5}
+GOOD = {"face": 1, "box": [1, 2, 30, 40], "score": 0.99, "landmarks": [[1.0, 2.0]] * 5, "gender": "female",
+        "p_male": 0.2, "age": 31.5, "age_low": 25, "age_high": 40, "flags": []}
 
 
 @pytest.mark.parametrize("change, why", [
     ({"gender_prob": 0.8}, "gender_prob"),                 # the old field name is not the schema's
     ({"gender": "male"}, "disagrees"),                     # gender must follow p_male
-    ({"gender": None, "p_male": None, "age": None}, "without an error"),
+    ({"gender": None, "p_male": None, "age": None, "age_low": None, "age_high": None}, "without an error"),
     ({"box": [1, 2, 3]}, "box"),
     ({"p_male": 1.5}, "p_male"),
 ])
@@ -46,7 +46,8 @@ def test_validate_rejects_what_a_consumer_would_trip_on(change, why):
 
 
 def test_a_labelled_track_never_has_a_null_gender():
-    track = {"id": 1, "labelled": 2, "settled": False, "gender": None, "p_male": 0.7, "age": 30.0}
+    track = {"id": 1, "labelled": 2, "settled": False, "gender": None, "p_male": 0.7, "age": 30.0, "age_low": 24,
+             "age_high": 37}
     with pytest.raises(ValueError, match="without a gender"):
         validate(track, "track")
     validate({**track, "gender": "male"}, "track")
@@ -134,7 +135,7 @@ def test_csv_one_row_per_face_and_failures_as_rows(tmp_path):
         by_image.setdefault(os.path.basename(r["image"]), []).append(r)
     assert [r["face"] for r in by_image["t1.jpg"]] == ["1", "2", "3", "4", "5", "6"]
     assert all(r["gender"] in ("male", "female") and 0 <= float(r["p_male"]) <= 1 for r in by_image["t1.jpg"])
-    assert by_image["blank.png"] == [{**{c: "" for c in CSV_COLUMNS}, "image": str(blank)}]
+    assert by_image["blank.png"] == [{**{c: "" for c in CSV_COLUMNS}, "schema_version": "2", "image": str(blank)}]
     assert by_image["nope.jpg"][0]["error"] == "not found" and by_image["nope.jpg"][0]["face"] == ""
 
 
@@ -154,3 +155,46 @@ def test_help_shows_no_none_defaults(script):
     text = run_script(script, "--help", check=True).stdout
     assert "(default: None)" not in text and "(default: False)" not in text
     assert re.search(r"\(default: [0-9.]+\)", text)  # real defaults are still shown
+
+
+def test_one_face_index_and_the_schema_version_in_every_output(tmp_path):
+    """Text, JSON lines, CSV and Parquet number the same face the same (from 1, left to right), and every
+    document carries schema_version; the faces carry their age range and quality flags."""
+    import pyarrow.parquet as pq
+
+    from agegender.schema import SCHEMA_VERSION
+    from agegender.serving.batch import docs_from_table
+
+    t1 = wheel_image("t1.jpg")
+    jsonl, csv_out, parquet = tmp_path / "f.jsonl", tmp_path / "f.csv", tmp_path / "f.parquet"
+    proc = run_script("infer.py", "--image", t1, "--jsonl", str(jsonl), "--csv", str(csv_out), "--parquet",
+                      str(parquet), check=True)
+    text = {int(m[0]): [int(v) for v in m[1].split(", ")]
+            for m in re.findall(r"face (\d+), box \(([\d, ]+)\), gender: \w+, age: \d+ \(\d+-\d+\)", proc.stdout)}
+    doc = json.loads(jsonl.read_text())
+    validate(doc, "image")
+    assert doc["schema_version"] == SCHEMA_VERSION == 2
+    by_json = {f["face"]: f["box"] for f in doc["faces"]}
+    assert text == by_json and sorted(by_json) == [1, 2, 3, 4, 5, 6]
+    assert [b[0] for _, b in sorted(by_json.items())] == sorted(b[0] for b in by_json.values())  # left to right
+    for f in doc["faces"]:
+        assert f["age_low"] <= round(f["age"]) <= f["age_high"] and isinstance(f["flags"], list)
+    rows = list(csv.DictReader(io.StringIO(csv_out.read_text())))
+    assert {int(r["face"]): [int(r[k]) for k in ("x1", "y1", "x2", "y2")] for r in rows} == by_json
+    assert {r["schema_version"] for r in rows} == {"2"}
+    assert [(int(r["age_low"]), int(r["age_high"])) for r in rows] == [(f["age_low"], f["age_high"]) for f in doc["faces"]]
+    table = pq.read_table(parquet)
+    assert set(table.column("schema_version").to_pylist()) == {2}
+    assert table.schema.metadata[b"agegender_schema_version"] == b"2"
+    back = docs_from_table(table)
+    assert back == [doc] and {f["face"]: f["box"] for f in back[0]["faces"]} == by_json
+
+
+def test_validate_checks_the_range_and_the_flags():
+    validate({**GOOD, "age_low": 25, "age_high": 40})
+    with pytest.raises(ValueError, match="age range"):
+        validate({**GOOD, "age_low": 33, "age_high": 40})  # age 31.5 outside its own range
+    with pytest.raises(ValueError, match="flags"):
+        validate({**GOOD, "flags": ["tiny"]})
+    with pytest.raises(ValueError, match="face"):
+        validate({**GOOD, "face": 0})  # numbered from 1

@@ -77,7 +77,10 @@ def test_query_options_and_annotated_jpeg(client):
     every = client.post("/v1/analyze", content=data).json()["faces"]
     assert len(two["faces"]) == 2 and two["faces_total"] == 6  # the cut is said, not silent
     best = sorted(every, key=lambda f: -f["score"])[:2]
-    assert sorted(two["faces"], key=lambda f: f["box"][0]) == sorted(best, key=lambda f: f["box"][0])
+    unnumbered = lambda faces: sorted(({k: v for k, v in f.items() if k != "face"} for f in faces),  # noqa: E731
+                                      key=lambda f: f["box"][0])
+    assert unnumbered(two["faces"]) == unnumbered(best)
+    assert [f["face"] for f in two["faces"]] == [1, 2]  # numbered among the faces of the answer
     assert client.post("/v1/analyze?min_face=120", content=data).json()["faces"] == []
     assert len(client.post("/v1/analyze?det_thresh=0.3", content=data).json()["faces"]) >= 6
     r = client.post("/v1/analyze?annotated=1", content=data)
@@ -257,6 +260,10 @@ def test_track_sessions_keep_ids_and_smooth(client):
         ids.append(sorted(f["track"]["id"] for f in line["faces"]))
     assert all(x == ids[0] for x in ids)  # the same six tracks all along
     assert all(f["track"]["settled"] and f["track"]["gender"] in ("male", "female") for f in line["faces"])
+    # the track's range is its smoothed distribution's: around the smoothed age; faces numbered left to right
+    assert all(f["track"]["age_low"] <= round(f["track"]["age"]) <= f["track"]["age_high"] for f in line["faces"])
+    assert [f["face"] for f in line["faces"]] == [1, 2, 3, 4, 5, 6] and line["schema_version"] == 2
+    assert [f["box"][0] for f in line["faces"]] == sorted(f["box"][0] for f in line["faces"])
     other = client.post("/v1/track?session=cam2", content=cv2.imencode(".jpg", frame)[1].tobytes()).json()
     assert other["frame"] == 0 and sorted(f["track"]["id"] for f in other["faces"]) == list(range(1, 7))
     bad = client.post("/v1/track?session=../x", content=b"x")

@@ -1,14 +1,24 @@
 #!/usr/bin/env python
-"""Is P(male) calibrated (does a 0.6 mean six in ten)? On the source photos of packed val splits (detected,
-main face, aligned as infer.py does): the expected calibration error (10 bins) of P(male) per age band,
-as the model decodes it and after temperature scaling (one temperature T for the gender logit, fitted on
-all the lists together by log-likelihood); the ensemble's too. --write stores T in a copy of the ONNX model
-(metadata `gender_temperature`, which the onnx engine applies), or beside a checkpoint in
-PREFIX-calibration.json (which the mxnet engine applies and tools/export_onnx.py carries into the export).
+"""Is P(male) calibrated (does a 0.6 mean six in ten)? Does the age range hold the true age as often as it
+says? On the source photos of packed val splits (detected, main face, aligned as infer.py does):
+
+- gender: the expected calibration error (10 bins) of P(male) per age band, as the model decodes it and
+  after temperature scaling (one temperature T for the gender logit, fitted on all the lists together by
+  log-likelihood); the ensemble's too;
+- age range: the widening (agegender/model/age.py, `Widening`) fitted on the even records of all the lists
+  together (per range level and band of the predicted age), and the coverage on the odd records, raw and
+  widened, overall and per 10-year band of the true age, with the MAE of the narrowest and widest thirds.
+
+--write stores both in a copy of the ONNX model (metadata `gender_temperature`, `age_range_widening`, which the
+onnx engine applies), or in PREFIX-calibration.json beside a checkpoint (which the mxnet engine applies and
+tools/export_onnx.py carries into the export); repeat it to write both. --age-range-only keeps the model's
+stored temperature and fits the widening alone.
 
     python tools/calibrate.py --model models/agegender.onnx
     python tools/calibrate.py --model models/agegender.onnx --write models/agegender-calibrated.onnx
     python tools/calibrate.py --model models/run/model,0 --write models/run/model-calibration.json
+    python tools/calibrate.py --model models/agegender.onnx --age-range-only \
+        --write models/agegender-new.onnx --write models/agegender-calibration.json   # the bundled model's
 """
 from __future__ import annotations
 
@@ -45,31 +55,39 @@ def cross_fitted(logit, gender):
 def main() -> int:
     p = ArgumentParser(description=__doc__)
     add_split_arguments(p)
-    p.add_argument("--write", metavar="OUT",
-                   help="store the fitted temperature: OUT.onnx, a copy of the (.onnx) model with it in its "
-                        "metadata; or PREFIX-calibration.json beside a checkpoint (read by the mxnet engine "
-                        "and carried into tools/export_onnx.py's export)")
+    p.add_argument("--write", metavar="OUT", action="append", default=[],
+                   help="store the fitted temperature and age range widening: OUT.onnx, a copy of the (.onnx) "
+                        "model with them in its metadata; or PREFIX-calibration.json beside a checkpoint (read by "
+                        "the mxnet engine and carried into tools/export_onnx.py's export; an ONNX model PREFIX.onnx "
+                        "may write it for its checkpoint PREFIX, as the bundled model's); repeatable")
+    p.add_argument("--age-range-only", action="store_true",
+                   help="keep the model's stored gender temperature; fit and write only the age range's widening")
     args = p.parse_args()
     from agegender.model.engine import BUNDLED_ONNX, CALIBRATION_SUFFIX
 
     source = args.model or BUNDLED_ONNX
     is_onnx = source.lower().endswith(".onnx")
-    prefix = None if is_onnx else source.partition(",")[0]
-    sidecar = bool(args.write) and args.write.endswith(CALIBRATION_SUFFIX)
-    if sidecar and (prefix is None or os.path.realpath(args.write) != os.path.realpath(prefix + CALIBRATION_SUFFIX)):
-        # a calibration file is read only beside its own checkpoint: any other name would never be applied
-        raise UserError(f"--write {args.write}: a checkpoint's temperature goes beside it, as PREFIX{CALIBRATION_SUFFIX} "
-                        f"of --model PREFIX,EPOCH" + (f" ({prefix}{CALIBRATION_SUFFIX})" if prefix else ""))
-    if args.write and not sidecar and not (args.write.lower().endswith(".onnx") and is_onnx):
-        raise UserError(f"--write takes OUT.onnx (with --model a .onnx file) or PREFIX{CALIBRATION_SUFFIX} "
-                        f"(beside a checkpoint PREFIX): {args.write}")
+    prefix = source[:-len(".onnx")] if is_onnx else source.partition(",")[0]
+    for out in args.write:
+        sidecar = out.endswith(CALIBRATION_SUFFIX)
+        if sidecar and os.path.realpath(out) != os.path.realpath(prefix + CALIBRATION_SUFFIX):
+            # a calibration file is read only beside its own checkpoint: any other name would never be applied
+            raise UserError(f"--write {out}: a checkpoint's calibration goes beside it, as "
+                            f"{prefix}{CALIBRATION_SUFFIX}")
+        if not sidecar and not (out.lower().endswith(".onnx") and is_onnx):
+            raise UserError(f"--write takes OUT.onnx (with --model a .onnx file) or PREFIX{CALIBRATION_SUFFIX} "
+                            f"(beside a checkpoint PREFIX): {out}")
     if args.write:
-        from agegender.atomic import check_writable, refuse_inputs
+        from agegender.atomic import check_writable, refuse_inputs, refuse_same_outputs
         from agegender.model.engine import model_files
 
-        # the sidecar is the one model file rewritten by design: its temperature is read, then replaced
-        refuse_inputs([("--write", args.write)], model_files(args.model, calibration=not sidecar) + list(args.lst))
-        check_writable(args.write, "calibrated model")
+        for out in args.write:
+            # the sidecar is the one model file rewritten by design: its temperature is read, then replaced
+            refuse_inputs([("--write", out)], model_files(args.model, calibration=not out.endswith(CALIBRATION_SUFFIX))
+                          + list(args.lst))
+        refuse_same_outputs([("--write", out) for out in args.write])
+        for out in args.write:
+            check_writable(out, "calibrated model")
     import numpy as np
 
     from agegender.data.face import load_detector
@@ -83,7 +101,7 @@ def main() -> int:
     splits = [split_faces(lst, detector, engine, teacher, limit=args.limit, name=lst) for lst in args.lst]
     logit = np.concatenate([s.logit for s in splits])
     gender = np.concatenate([s.gender for s in splits])
-    t = fit_temperature(logit, gender)
+    t = engine.gender_temperature if args.age_range_only else fit_temperature(logit, gender)
     print(f"model {engine.name}: stored gender temperature {engine.gender_temperature:g}; fitted on "
           f"{len(logit)} faces of {', '.join(args.lst)}: T = {t:.4f}"
           + "".join(f"; {s.name} alone: T = {fit_temperature(s.logit, s.gender):.4f}" for s in splits))
@@ -107,17 +125,54 @@ def main() -> int:
                     (s.p_ours, after, cross, ensemble_p_male(s.p_ours, s.p_teacher),
                      ensemble_p_male(after, s.p_teacher))]
             print(f"| {label} | {int(sel.sum())} | {acc:.4f} | " + " | ".join(f"{e:.4f}" for e in eces) + " |")
-    if args.write:
+    widening = age_range_section(splits)
+    for out in args.write:
         from agegender.atomic import write_atomic
-        from agegender.model.engine import with_temperature
+        from agegender.model.age import WIDENING_KEY
+        from agegender.model.engine import TEMPERATURE_KEY, with_temperature
 
-        if sidecar:
-            write_atomic(args.write, json.dumps({"gender_temperature": round(t, 4)}) + "\n")
+        if out.endswith(CALIBRATION_SUFFIX):
+            write_atomic(out, json.dumps({TEMPERATURE_KEY: round(t, 4), WIDENING_KEY: widening.to_dict()}) + "\n")
         else:
             with open(source, "rb") as f:
-                write_atomic(args.write, with_temperature(f.read(), t))
-        print(f"\nwrote {args.write} (gender_temperature {t:.4f})")
+                write_atomic(out, with_temperature(f.read(), t, widening))
+        print(f"\nwrote {out} (gender_temperature {t:.4f}, age range widening)")
     return 0
+
+
+def age_range_section(splits):
+    """Fit the widening on the even records of all the splits, print the coverage on the odd ones (raw and
+    widened, at every fitted level; the bands at the default level), and return the widening."""
+    import numpy as np
+
+    from agegender.model.age import DEFAULT_AGE_LEVEL, age_range
+    from agegender.model.metrics import calibration_half, format_range_report, range_report, select_widening
+
+    fit = [calibration_half(s.index) for s in splits]
+    cat = lambda k, sel: np.concatenate([getattr(s, k)[m if sel else ~m] for s, m in zip(splits, fit)])  # noqa: E731
+    index = np.concatenate([s.index[m] for s, m in zip(splits, fit)])  # record numbers: the folds
+    widening, chosen, scores = select_widening(cat("age_probs", True), cat("age_pred", True), cat("age", True), index)
+    print(f"\nage range: widening fitted on the even records ({sum(int(m.sum()) for m in fit)} faces), its layout "
+          "chosen by two-fold cross-validation inside them (|coverage - level| overall and per true-age band, "
+          "averaged over the levels): "
+          + ", ".join(f"{name} {score:.4f}" for name, score in scores) + f"; chosen: {chosen}\n"
+          f"{json.dumps(widening.to_dict())}")
+    for s, m in zip(splits, fit):
+        r = ~m
+        print(f"\n{s.name}, odd records ({int(r.sum())} faces), coverage by level: "
+              + "; ".join(f"{level:.0%} raw {cov(s, r, level, None):.3f}, widened {cov(s, r, level, widening):.3f}"
+                          for level in widening.levels))
+        low, high = age_range(s.age_probs[r], DEFAULT_AGE_LEVEL, widening, s.age_pred[r])
+        print(format_range_report(range_report(low, high, s.age_pred[r], s.age[r]), DEFAULT_AGE_LEVEL))
+    return widening
+
+
+def cov(s, sel, level, widening) -> float:
+    """Coverage of the range at `level` on the selected faces of split `s`."""
+    from agegender.model.age import age_range, coverage
+
+    low, high = age_range(s.age_probs[sel], level, widening, s.age_pred[sel])
+    return coverage(low, high, s.age[sel])
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ MAX_AGE = 100  # target ages are clamped to 0..MAX_AGE
 AGE_DECODINGS = ("prob", "vote", "median")
 DEFAULT_DECODE = "vote"  # the decoding eval.py, infer.py and the service use unless told otherwise
 DEFAULT_FLIP = True      # whether they average each face's outputs with its mirror image's
+DEFAULT_AGE_LEVEL = 0.8  # the age range's level: the true age falls inside it for this share of faces
+WIDENING_KEY = "age_range_widening"  # ONNX metadata / calibration JSON key of the range's calibration
 
 
 def _softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -50,12 +52,123 @@ def decode(output: np.ndarray, age_decode: str = DEFAULT_DECODE,
 def _median(p: np.ndarray) -> np.ndarray:
     """Ages where the non-increasing rows of P(age > k) cross 1/2: m pairs above 1/2 put the age in
     [m - 1/2, m + 1/2], placed by linear interpolation between P(age > m-1) and P(age > m)."""
-    m = (p > 0.5).sum(axis=1)
+    return quantile_age(p, 0.5)
+
+
+def quantile_age(p: np.ndarray, q: float) -> np.ndarray:
+    """The age a with P(age <= a) = q, per row of non-increasing P(age > k) (N,100): where the row crosses
+    1 - q, interpolated as `_median` does (q = 1/2 is the median)."""
+    t = 1.0 - float(q)
+    m = (p > t).sum(axis=1)
     rows = np.arange(len(p))
     above = np.where(m > 0, p[rows, np.maximum(m - 1, 0)], 1.0)
     below = np.where(m < p.shape[1], p[rows, np.minimum(m, p.shape[1] - 1)], 0.0)
-    frac = np.clip((above - 0.5) / np.maximum(above - below, 1e-12), 0.0, 1.0)
+    frac = np.clip((above - t) / np.maximum(above - below, 1e-12), 0.0, 1.0)
     return m - 0.5 + frac
+
+
+def age_probs(output: np.ndarray) -> np.ndarray:
+    """P(age > k), k = 0..99, per row of (N,202) outputs, made non-increasing: the age distribution the
+    range is read from (a track's is the mean of its frames' rows)."""
+    output = np.asarray(output, dtype=np.float64)
+    pairs = output[:, 2:2 + 2 * NUM_AGE_BINS].reshape(-1, NUM_AGE_BINS, 2)
+    return np.minimum.accumulate(_softmax(pairs)[:, :, 1], axis=1)
+
+
+def check_level(level: float) -> float:
+    """An age range level, refused (ValueError) outside (0, 1)."""
+    level = float(level)
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"age range level must be between 0 and 1 (e.g. 0.8), got {level:g}")
+    return level
+
+
+class Widening:
+    """How the raw range is widened (or narrowed) so that it covers (tools/calibrate.py): per range level
+    (`levels`) and band of the *predicted* age (`edges`: each band's lowest age, the first 0), a factor on
+    the raw range's distance from the median below it (`low`) and above it (`high`), each fitted so that the
+    true age falls below the range (above it) for half of the 1 - level that may miss: a model that reads
+    a band too old gets a longer low side. A level between two stored levels takes the interpolated
+    factors, one outside them the nearest level's; no widening is factor 1 everywhere."""
+
+    def __init__(self, levels=(DEFAULT_AGE_LEVEL,), edges=(0.0,), low=((1.0,),), high=None):
+        self.levels = np.asarray(levels, np.float64).reshape(-1)
+        self.edges = np.asarray(edges, np.float64).reshape(-1)
+        shape = (len(self.levels), len(self.edges))
+        self.low = np.asarray(low, np.float64)
+        self.high = np.asarray(low if high is None else high, np.float64)
+        if (len(self.levels) == 0 or len(self.edges) == 0 or self.low.shape != shape or self.high.shape != shape
+                or np.any(np.diff(self.levels) <= 0) or np.any(np.diff(self.edges) <= 0) or self.edges[0] != 0
+                or not (np.all(np.isfinite(self.low)) and np.all(np.isfinite(self.high)))
+                or np.any(self.low <= 0) or np.any(self.high <= 0) or np.any((self.levels <= 0) | (self.levels >= 1))):
+            raise ValueError("age range widening: levels in (0,1) and band edges from 0 must increase, and low "
+                             "and high must hold a positive factor per level and band")
+
+    @property
+    def is_identity(self) -> bool:
+        return bool(np.all(self.low == 1.0) and np.all(self.high == 1.0))
+
+    def factors(self, level: float, age: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The (low side, high side) factors per face of predicted `age` at `level`."""
+        band = np.clip(np.searchsorted(self.edges, np.asarray(age, np.float64), side="right") - 1, 0,
+                       len(self.edges) - 1)
+        def at(table: np.ndarray) -> np.ndarray:
+            return np.array([np.interp(level, self.levels, table[:, b]) for b in range(len(self.edges))])
+
+        return at(self.low)[band], at(self.high)[band]
+
+    def to_dict(self) -> dict:
+        rows = lambda table: [[round(float(v), 4) for v in row] for row in table]  # noqa: E731
+        return {"levels": [round(float(v), 4) for v in self.levels], "edges": [float(v) for v in self.edges],
+                "low": rows(self.low), "high": rows(self.high)}
+
+    @classmethod
+    def from_dict(cls, doc) -> "Widening":
+        """From `to_dict`'s form (or its JSON text); ValueError when it is not one."""
+        import json
+
+        if isinstance(doc, str):
+            doc = json.loads(doc)
+        if not isinstance(doc, dict) or not {"levels", "edges", "low", "high"} <= set(doc):
+            raise ValueError("age range widening must be an object with levels, edges, low and high")
+        try:
+            return cls(doc["levels"], doc["edges"], doc["low"], doc["high"])
+        except (TypeError, ValueError) as exc:
+            raise ValueError(str(exc) or "age range widening: malformed numbers") from None
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Widening) and self.to_dict() == other.to_dict()
+
+
+NO_WIDENING = Widening()
+
+
+def age_range(p: np.ndarray, level: float = DEFAULT_AGE_LEVEL, widening: Widening | None = None,
+              age: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(low, high) whole years per row of non-increasing P(age > k) (`age_probs`): the central `level`
+    interval of the model's distribution, its distance from the median times the calibrated `widening`
+    factor of the predicted age's band, stretched to hold the point `age` (the decoded age shown beside
+    it); its ends become the whole years whose spans (a - 1/2, a + 1/2) hold them, within 0..MAX_AGE.
+    The true age is meant to lie in [low, high] for `level` of faces."""
+    level = check_level(level)
+    p = np.asarray(p, np.float64).reshape(-1, NUM_AGE_BINS)
+    med = quantile_age(p, 0.5)
+    lo, hi = quantile_age(p, (1 - level) / 2), quantile_age(p, (1 + level) / 2)
+    point = med if age is None else np.asarray(age, np.float64)
+    s_low, s_high = (widening or NO_WIDENING).factors(level, point)
+    low = np.floor(med - s_low * (med - lo) + 0.5)  # the whole years whose spans hold the ends
+    high = np.ceil(med + s_high * (hi - med) - 0.5)
+    if age is not None:  # the age as shown (rounded as Python rounds it for the text) is inside
+        low, high = np.minimum(low, np.round(point)), np.maximum(high, np.round(point))
+    return np.clip(low, 0, MAX_AGE), np.clip(high, 0, MAX_AGE)
+
+
+def coverage(low: np.ndarray, high: np.ndarray, age: np.ndarray) -> float:
+    """The share of faces whose true (whole-year) `age` lies in [low, high]; NaN for none."""
+    age = np.asarray(age, np.float64)
+    if age.size == 0:
+        return float("nan")
+    return float(((np.asarray(low) <= age) & (age <= np.asarray(high))).mean())
 
 
 def age_targets(F, age, num_bins: int = NUM_AGE_BINS, sigma: float = 0.0):
@@ -124,4 +237,6 @@ def age_gender_loss(F, output, label, gender_weight: float = 1.0, age_sigma: flo
     return gender_weight * g_loss + a_loss
 
 
-__all__ = ["decode", "AGE_DECODINGS", "DEFAULT_DECODE", "DEFAULT_FLIP", "age_targets", "interval_targets", "age_gender_loss", "NUM_AGE_BINS", "MAX_AGE"]
+__all__ = ["decode", "age_probs", "age_range", "quantile_age", "coverage", "check_level", "Widening",
+           "NO_WIDENING", "DEFAULT_AGE_LEVEL", "WIDENING_KEY", "AGE_DECODINGS", "DEFAULT_DECODE", "DEFAULT_FLIP", "age_targets",
+           "interval_targets", "age_gender_loss", "NUM_AGE_BINS", "MAX_AGE"]

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+from typing import NamedTuple
 
 import numpy as np
 
 from agegender.cli import gpu_ids
 from agegender.errors import UserError, short_reason
-from agegender.model.age import DEFAULT_DECODE, NUM_AGE_BINS, decode
+from agegender.model.age import (DEFAULT_AGE_LEVEL, DEFAULT_DECODE, NO_WIDENING, NUM_AGE_BINS, WIDENING_KEY, Widening,
+                                 age_probs, age_range, decode)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # The model shipped with AgeGender, epoch 0: the wheel carries it as package data (agegender/weights/, see
@@ -42,6 +44,7 @@ class Engine:
     kind = ""
     name = ""
     gender_temperature = 1.0  # divides the gender logits before the softmax (1 = uncalibrated)
+    age_widening: Widening = NO_WIDENING  # widens the age range so that it covers (1 = uncalibrated)
     metadata: dict = {}  # what the model file says of itself (ONNX metadata_props); empty for a checkpoint
 
     @property
@@ -94,6 +97,29 @@ class Engine:
                 for i in range(0, len(faces), batch_size)]
         return decode(np.concatenate(outs), age_decode, self.gender_temperature)
 
+    def predict_labels(self, faces: np.ndarray, batch_size: int = 256, age_decode: str = DEFAULT_DECODE,
+                       flip: bool = False, age_level: float = DEFAULT_AGE_LEVEL) -> "Labels":
+        """Aligned faces (N,112,112,3) RGB uint8 -> `Labels`: P(male), age, the calibrated age range at
+        `age_level` and P(age > k) per face (the distribution a video track averages)."""
+        if len(faces) == 0:
+            return Labels(*(np.zeros(0) for _ in range(4)), np.zeros((0, NUM_AGE_BINS)))
+        outs = np.concatenate([self.outputs(faces[i:i + batch_size].transpose(0, 3, 1, 2), flip)
+                               for i in range(0, len(faces), batch_size)])
+        p_male, age = decode(outs, age_decode, self.gender_temperature)
+        probs = age_probs(outs)
+        low, high = age_range(probs, age_level, self.age_widening, age)
+        return Labels(p_male, age, low, high, probs)
+
+
+class Labels(NamedTuple):
+    """What the net says of a batch of faces, one row each."""
+
+    p_male: np.ndarray
+    age: np.ndarray
+    age_low: np.ndarray   # the age range (whole years), calibrated at the level asked for
+    age_high: np.ndarray
+    age_probs: np.ndarray  # (N,100) P(age > k), non-increasing
+
 
 def stored_temperature(metadata: dict[str, str], name: str) -> float:
     """The gender temperature stored in an ONNX model's metadata_props (tools/calibrate.py --write), 1 when
@@ -108,6 +134,18 @@ def stored_temperature(metadata: dict[str, str], name: str) -> float:
     if not (t > 0 and np.isfinite(t)):
         raise UserError(f"model {name}: metadata {TEMPERATURE_KEY}={raw!r} is not a positive number")
     return t
+
+
+def stored_widening(metadata: dict, name: str) -> Widening:
+    """The age range's widening stored in a model's metadata (tools/calibrate.py --write; key
+    `age_range_widening`, JSON), none when absent; a malformed one is a one-line error naming the model."""
+    raw = metadata.get(WIDENING_KEY)
+    if raw is None:
+        return NO_WIDENING
+    try:
+        return Widening.from_dict(raw)
+    except ValueError as exc:
+        raise UserError(f"model {name}: metadata {WIDENING_KEY} is not a widening: {exc}") from None
 
 
 CALIBRATION_SUFFIX = "-calibration.json"  # beside a checkpoint: PREFIX-calibration.json, {"gender_temperature": T}
@@ -138,9 +176,20 @@ def model_files(*models: str | None, calibration: bool = True) -> list[str]:
 def checkpoint_temperature(prefix: str, name: str) -> float:
     """The gender temperature of a checkpoint, from `PREFIX-calibration.json` (tools/calibrate.py --write),
     1 when there is none: what the ONNX metadata is to an exported model."""
+    doc = checkpoint_calibration(prefix, name)
+    return stored_temperature({k: str(v) for k, v in doc.items() if k == TEMPERATURE_KEY}, name)
+
+
+def checkpoint_widening(prefix: str, name: str) -> Widening:
+    """The age range widening of a checkpoint, from `PREFIX-calibration.json`; none when absent."""
+    return stored_widening(checkpoint_calibration(prefix, name), name)
+
+
+def checkpoint_calibration(prefix: str, name: str) -> dict:
+    """`PREFIX-calibration.json` as read ({} when there is none); one-line errors for a broken file."""
     path = prefix + CALIBRATION_SUFFIX
     if not os.path.exists(path):
-        return 1.0
+        return {}
     try:
         with open(path, encoding="utf-8") as f:
             doc = json.load(f)
@@ -148,19 +197,23 @@ def checkpoint_temperature(prefix: str, name: str) -> float:
         raise UserError(f"model {name}: cannot read {path}: {exc}") from None
     if not isinstance(doc, dict):
         raise UserError(f"model {name}: {path} is not a JSON object")
-    return stored_temperature({k: str(v) for k, v in doc.items()}, name)
+    return doc
 
 
-def with_temperature(model: bytes, temperature: float) -> bytes:
-    """A serialised ONNX model with `gender_temperature` set in its metadata_props (replacing any)."""
+def with_temperature(model: bytes, temperature: float, widening: Widening | None = None) -> bytes:
+    """A serialised ONNX model with `gender_temperature` (and, given, `age_range_widening`) set in its
+    metadata_props (replacing any)."""
     import onnx
 
     if not (temperature > 0 and np.isfinite(temperature)):
         raise ValueError(f"gender temperature must be a positive number, got {temperature!r}")
     proto = onnx.load_from_string(model)
-    keep = [(p.key, p.value) for p in proto.metadata_props if p.key != TEMPERATURE_KEY]
+    new = [(TEMPERATURE_KEY, f"{temperature:.4f}")]
+    if widening is not None:
+        new.append((WIDENING_KEY, json.dumps(widening.to_dict())))
+    keep = [(p.key, p.value) for p in proto.metadata_props if p.key not in dict(new)]
     del proto.metadata_props[:]
-    for key, value in keep + [(TEMPERATURE_KEY, f"{temperature:.4f}")]:
+    for key, value in keep + new:
         proto.metadata_props.add(key=key, value=value)
     return proto.SerializeToString()
 
@@ -209,6 +262,7 @@ class OnnxEngine(Engine):
         self.providers = self.session.get_providers()
         self.gender_temperature = stored_temperature(self.session.get_modelmeta().custom_metadata_map, self.name)
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.age_widening = stored_widening(self.metadata, self.name)
         self.is_bundled = model is None and os.path.realpath(path) == os.path.realpath(BUNDLED_ONNX)
         self.check()
 
@@ -216,6 +270,7 @@ class OnnxEngine(Engine):
         return self.session.run(None, {self.input: batch})[0]
 
 
-__all__ = ["Engine", "OnnxEngine", "session_options", "stored_temperature", "with_temperature", "TEMPERATURE_KEY",
+__all__ = ["Labels", "stored_widening", "checkpoint_widening", "checkpoint_calibration", "Engine", "OnnxEngine",
+           "session_options", "stored_temperature", "with_temperature", "TEMPERATURE_KEY",
            "CALIBRATION_SUFFIX", "checkpoint_temperature", "model_files", "TEACHER_ONNX",
            "BUNDLED_MODEL", "BUNDLED_ONNX", "ENGINES", "NUM_OUTPUTS", "short_name"]

@@ -8,13 +8,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agegender.model.age import DEFAULT_DECODE, DEFAULT_FLIP
+from agegender.model.age import DEFAULT_AGE_LEVEL, DEFAULT_DECODE, DEFAULT_FLIP
 from agegender.atomic import save_figure, write_atomic
 from agegender.data.iterators import check_rec, eval_batches, record_iter
 from agegender.data.distribution import load_labels
 from agegender.data.recordio import read_attrs
 from agegender.errors import UserError
-from agegender.model.metrics import CS_LEVELS, band_table, in_interval, summarize
+from agegender.model.metrics import (CS_LEVELS, band_table, calibration_half, format_range_report, in_interval,
+                                     range_report, summarize)
 from agegender.model.engine import Engine
 
 
@@ -30,6 +31,9 @@ class Predictions:
     race: list[str] | None = None      # the source's race field per record ("" where it has none)
     age_lo: np.ndarray | None = None   # age groups (FairFace): the age lies in age_lo..age_hi; equal to
     age_hi: np.ndarray | None = None   # `age` for exact ages
+    age_low: np.ndarray | None = None   # the age range (whole years), at the level asked for
+    age_high: np.ndarray | None = None
+    index: np.ndarray | None = None     # record number in its file: picks the range's reporting half
 
     def __post_init__(self):
         n = len(self.age)
@@ -47,29 +51,37 @@ class Predictions:
     def select(self, sel: np.ndarray) -> "Predictions":
         """The records where `sel` (a boolean mask) holds."""
         idx = np.flatnonzero(sel)
+        pick = lambda a: None if a is None else np.asarray(a)[idx]  # noqa: E731
         return Predictions(self.p_male[idx], self.age_pred[idx], self.gender[idx], self.age[idx],
-                           [self.source[i] for i in idx], [self.race[i] for i in idx], self.age_lo[idx],
-                           self.age_hi[idx])
+                           [self.source[i] for i in idx], race=[self.race[i] for i in idx], age_lo=self.age_lo[idx],
+                           age_hi=self.age_hi[idx], age_low=pick(self.age_low), age_high=pick(self.age_high),
+                           index=pick(self.index))
 
 
 def predict_rec(predictor: Engine, rec: str, batch_size: int = 256, age_decode: str = DEFAULT_DECODE,
-                flip: bool = DEFAULT_FLIP, progress: bool = True, threads: int = 2) -> Predictions:
-    """Run the model over every record of `rec` in batches (ImageRecordIter decoding, file order)."""
+                flip: bool = DEFAULT_FLIP, progress: bool = True, threads: int = 2,
+                age_level: float = DEFAULT_AGE_LEVEL) -> Predictions:
+    """Run the model over every record of `rec` in batches (ImageRecordIter decoding, file order); the age
+    range at `age_level` with the model's stored widening."""
     from tqdm import tqdm
 
-    from agegender.model.age import decode
+    from agegender.model.age import age_probs, age_range, decode
 
     total = check_rec(rec)
     labels = load_labels(rec)  # file order, with source names from meta.json
     it = record_iter(rec, batch_size, train=False, threads=threads)
-    p_male, age_pred, seen_age = [], [], []
+    p_male, age_pred, seen_age, low, high = [], [], [], [], []
     with tqdm(total=total, unit="face", disable=None if progress else True, desc="eval",  # TTY only
               file=sys.stderr) as bar:
         for data, label in eval_batches(it, total):
-            p, a = decode(predictor.outputs(data if predictor.kind == "mxnet" else data.asnumpy(), flip=flip),
-                          age_decode)
+            out = predictor.outputs(data if predictor.kind == "mxnet" else data.asnumpy(), flip=flip)
+            out = out.asnumpy() if hasattr(out, "asnumpy") else out
+            p, a = decode(out, age_decode)
+            lo, hi = age_range(age_probs(out), age_level, predictor.age_widening, a)
             p_male.append(p)
             age_pred.append(a)
+            low.append(lo)
+            high.append(hi)
             seen_age.append(label.asnumpy()[:, 1])
             bar.update(len(p))
     seen = np.concatenate(seen_age)
@@ -80,7 +92,9 @@ def predict_rec(predictor: Engine, rec: str, batch_size: int = 256, age_decode: 
     except ValueError as exc:
         raise UserError(str(exc)) from None
     return Predictions(np.concatenate(p_male), np.concatenate(age_pred), np.asarray(labels.gender),
-                       np.asarray(labels.age, np.float64), labels.source, attrs.race, attrs.age_lo, attrs.age_hi)
+                       np.asarray(labels.age, np.float64), labels.source, race=attrs.race, age_lo=attrs.age_lo,
+                       age_hi=attrs.age_hi, age_low=np.concatenate(low), age_high=np.concatenate(high),
+                       index=np.arange(total))
 
 
 def rec_name(rec: str) -> str:
@@ -94,9 +108,11 @@ def rec_name(rec: str) -> str:
 
 def concat_predictions(preds: list[Predictions]) -> Predictions:
     """Several files' predictions as one set (the overall line of a cross-dataset evaluation)."""
-    arrays = [np.concatenate([getattr(p, k) for p in preds]) for k in ("p_male", "age_pred", "gender", "age")]
-    return Predictions(*arrays, [s for p in preds for s in p.source], [r for p in preds for r in p.race],
-                       np.concatenate([p.age_lo for p in preds]), np.concatenate([p.age_hi for p in preds]))
+    cat = lambda k: None if any(getattr(p, k) is None for p in preds) else \
+        np.concatenate([getattr(p, k) for p in preds])  # noqa: E731
+    return Predictions(*(cat(k) for k in ("p_male", "age_pred", "gender", "age")), [s for p in preds for s in p.source],
+                       race=[r for p in preds for r in p.race], age_lo=cat("age_lo"), age_hi=cat("age_hi"),
+                       age_low=cat("age_low"), age_high=cat("age_high"), index=cat("index"))
 
 
 def _metrics(pred: Predictions) -> dict:
@@ -154,6 +170,10 @@ def report(pred: Predictions) -> dict:
                                "true_male": {"female": int((~male & (pred.gender == 1)).sum()),
                                              "male": int((male & (pred.gender == 1)).sum())}}
     out["gender_unknown"] = int((~known).sum())
+    if pred.age_low is not None:  # on the half of the records the range was not calibrated on, exact ages
+        half = ~calibration_half(pred.index) & ~pred.grouped
+    if pred.age_low is not None and half.any():
+        out["age_range"] = range_report(pred.age_low[half], pred.age_high[half], pred.age_pred[half], pred.age[half])
     return out
 
 
@@ -161,7 +181,7 @@ def _f(x: float, digits: int = 4) -> str:
     return "n/a" if x != x else f"{x:.{digits}f}"
 
 
-def format_report(rep: dict) -> str:
+def format_report(rep: dict, age_level: float = DEFAULT_AGE_LEVEL) -> str:
     """The text eval.py prints."""
     lines = [f"gender accuracy: {_f(rep['acc'])}", f"age MAE: {_f(rep['mae'], 2)}"]
     lines += [f"age CS@{n}: {_f(rep[f'cs{n}'])}" for n in CS_LEVELS]
@@ -182,6 +202,9 @@ def format_report(rep: dict) -> str:
             lines += ["", f"{title:<16}{'count':>8}{'acc':>8}{'MAE':>8}{'CS@5':>8}{'bias':>8}{'group':>8}"]
             lines += [f"{s[title]:<16}{s['count']:>8}{_f(s['acc']):>8}{_f(s['mae'], 2):>8}{_f(s['cs5']):>8}"
                       f"{_f(s['bias'], 2):>8}{_f(s.get('group_acc', float('nan'))):>8}" for s in rep[key]]
+    if rep.get("age_range"):
+        lines += ["", "on the odd records (the half tools/calibrate.py does not calibrate the range on):",
+                  format_range_report(rep["age_range"], age_level)]
     return "\n".join(lines)
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from agegender.model.age import Widening, age_range, coverage
+
 CS_LEVELS = (3, 5)
 # (label, lowest age, highest age) of the per-band tables; the last band is open-ended
 AGE_BANDS = [(f"{lo}-{lo + 9}", lo, lo + 9.999) for lo in range(0, 70, 10)] + [("70+", 70, float("inf"))]
@@ -98,6 +100,124 @@ def fit_temperature(logit: np.ndarray, gender: np.ndarray) -> float:
     return best_t
 
 
+WIDENING_LEVELS = (0.5, 0.8, 0.9, 0.95)            # range levels the widening is fitted at
+WIDENING_EDGES = (0, 10, 20, 30, 40, 50, 60)      # bands of the predicted age, each its own factor
+MIN_BAND_FACES = 50  # a predicted-age band with fewer calibration faces takes the global factor
+_FACTORS = np.round(np.arange(0.3, 6.0001, 0.01), 2)
+
+
+def calibration_half(index: np.ndarray) -> np.ndarray:
+    """True for the faces the age range is calibrated on (even record numbers of a split), False for the
+    half it is reported on: the same records in tools/calibrate.py and eval.py."""
+    return np.asarray(index, np.int64) % 2 == 0
+
+
+def _least_factor(p: np.ndarray, age_pred: np.ndarray, age: np.ndarray, level: float, side: str) -> float:
+    """The smallest factor (0.01 steps) on the `side` ("low" or "high") of these faces' ranges for which at
+    most (1 - level) / 2 of their true ages fall beyond that side."""
+    miss = (1 - level) / 2
+    lo_i, hi_i = 0, len(_FACTORS) - 1
+    while lo_i < hi_i:  # the misses shrink as the factor grows: bisect
+        mid = (lo_i + hi_i) // 2
+        f = [[_FACTORS[mid]]]
+        low, high = age_range(p, level, Widening([level], [0], f if side == "low" else [[1.0]],
+                                                 f if side == "high" else [[1.0]]), age_pred)
+        beyond = (age < low) if side == "low" else (age > high)
+        if beyond.mean() <= miss:
+            hi_i = mid
+        else:
+            lo_i = mid + 1
+    return float(_FACTORS[lo_i])
+
+
+def fit_widening(p: np.ndarray, age_pred: np.ndarray, age: np.ndarray, levels=WIDENING_LEVELS,
+                 edges=WIDENING_EDGES, min_faces: int = MIN_BAND_FACES):
+    """The `Widening` (agegender.model.age) that makes the range cover: for each level, band of the
+    predicted age and side of the range, the smallest factor on the raw range's distance from the median
+    for which at most (1 - level) / 2 of the band's true ages fall beyond that side (a band of fewer than
+    `min_faces` faces: the factor of all faces). `p`: P(age > k) per face (`age_probs`); `age_pred`: the
+    decoded age shown with the range."""
+    p, age_pred, age = np.asarray(p, np.float64), np.asarray(age_pred, np.float64), np.asarray(age, np.float64)
+    edges = np.asarray(edges, np.float64)
+    band = np.clip(np.searchsorted(edges, age_pred, side="right") - 1, 0, len(edges) - 1)
+    tables = {}
+    for side in ("low", "high"):
+        tables[side] = []
+        for level in levels:
+            overall = _least_factor(p, age_pred, age, level, side)
+            tables[side].append([_least_factor(p[band == b], age_pred[band == b], age[band == b], level, side)
+                                 if (band == b).sum() >= min_faces else overall for b in range(len(edges))])
+    return Widening(levels, edges, tables["low"], tables["high"])
+
+
+WIDENING_CHOICES = (("global", (0,), 0), ("per band, >= 200 faces", WIDENING_EDGES, 200),
+                    ("per band, >= 100 faces", WIDENING_EDGES, 100), ("per band, >= 50 faces", WIDENING_EDGES, 50))
+
+
+def select_widening(p: np.ndarray, age_pred: np.ndarray, age: np.ndarray, index: np.ndarray,
+                    levels=WIDENING_LEVELS) -> tuple[object, str, list[tuple[str, float]]]:
+    """Fit the widening on these (calibration) faces with the layout -- one factor per side for all ages, or
+    one per band of the predicted age -- that holds up best on faces it was not fitted on: two-fold
+    cross-validation inside these faces (record number // 2 odd or even: the calibration half has even
+    numbers), scored by |coverage - level| overall and its mean over the 10-year bands of the true age
+    (those of >= 30 faces), averaged over the levels. Returns (the widening fitted on all of them, the
+    layout's name, [(layout, score)])."""
+    p, age_pred, age = np.asarray(p, np.float64), np.asarray(age_pred, np.float64), np.asarray(age, np.float64)
+    fold = (np.asarray(index, np.int64) // 2) % 2 == 0
+    scores = []
+    for name, edges, min_faces in WIDENING_CHOICES:
+        dev = []
+        for train in (fold, ~fold):
+            w = fit_widening(p[train], age_pred[train], age[train], levels, edges, min_faces)
+            test = ~train
+            for level in levels:
+                low, high = age_range(p[test], level, w, age_pred[test])
+                dev.append(abs(coverage(low, high, age[test]) - level))
+                bands = [(age[test] >= lo) & (age[test] <= hi) for _, lo, hi in AGE_BANDS]
+                dev.append(float(np.mean([abs(coverage(low[b], high[b], age[test][b]) - level)
+                                          for b in bands if b.sum() >= 30] or [0.0])))
+        scores.append((name, float(np.mean(dev))))
+    best = min(range(len(scores)), key=lambda i: scores[i][1])
+    _, edges, min_faces = WIDENING_CHOICES[best]
+    return fit_widening(p, age_pred, age, levels, edges, min_faces), scores[best][0], scores
+
+
+def range_report(low: np.ndarray, high: np.ndarray, age_pred: np.ndarray, age: np.ndarray) -> dict:
+    """How an age range holds up against the true ages: coverage and mean width overall and per 10-year
+    band of the true age (AGE_BANDS), and the MAE of the point age on the narrowest third of ranges against
+    the widest third (a narrow range should mean a better guess)."""
+    low, high = np.asarray(low, np.float64), np.asarray(high, np.float64)
+    age_pred, age = np.asarray(age_pred, np.float64), np.asarray(age, np.float64)
+    width = high - low
+    out: dict = {"count": int(age.size), "coverage": coverage(low, high, age),
+                 "width": float(width.mean()) if age.size else float("nan"), "bands": []}
+    for label, lo, hi in AGE_BANDS:
+        sel = (age >= lo) & (age <= hi)
+        if sel.any():
+            out["bands"].append({"band": label, "count": int(sel.sum()),
+                                 "coverage": coverage(low[sel], high[sel], age[sel]), "width": float(width[sel].mean())})
+    if age.size >= 3:
+        order = np.argsort(width, kind="stable")
+        third = age.size // 3
+        err = np.abs(age_pred - age)
+        out["mae_narrowest_third"] = float(err[order[:third]].mean())
+        out["mae_widest_third"] = float(err[order[-third:]].mean())
+        out["mae_ratio"] = out["mae_widest_third"] / max(out["mae_narrowest_third"], 1e-9)
+    return out
+
+
+def format_range_report(rep: dict, level: float) -> str:
+    """The range lines eval.py and tools/calibrate.py print."""
+    lines = [f"age range {level:.0%}: coverage {rep['coverage']:.3f} on {rep['count']} faces, mean width "
+             f"{rep['width']:.1f} years"]
+    if "mae_ratio" in rep:
+        lines.append(f"  MAE narrowest third of ranges {rep['mae_narrowest_third']:.2f}, widest third "
+                     f"{rep['mae_widest_third']:.2f} ({rep['mae_ratio']:.2f}x)")
+    lines += [f"  {b['band']:<8}{b['count']:>6} faces  coverage {b['coverage']:.3f}  width {b['width']:.1f}"
+              for b in rep["bands"]]
+    return "\n".join(lines)
+
+
 class AgeGenderMetric:
     """Accumulates predictions batch by batch; `get()` gives `summarize` over everything so far."""
 
@@ -120,5 +240,6 @@ class AgeGenderMetric:
         return summarize(*self.arrays())
 
 
-__all__ = ["summarize", "band_table", "in_interval", "expected_calibration_error", "fit_temperature",
+__all__ = ["select_widening", "WIDENING_CHOICES", "fit_widening", "range_report", "format_range_report", "calibration_half", "WIDENING_LEVELS",
+           "WIDENING_EDGES", "MIN_BAND_FACES", "summarize", "band_table", "in_interval", "expected_calibration_error", "fit_temperature",
            "AgeGenderMetric", "AGE_BANDS", "CS_LEVELS"]

@@ -12,7 +12,8 @@ import numpy as np
 
 from agegender.data.face import align_face, pick_main_face, teacher_chip
 from agegender.data.image import ImageError, read_image
-from agegender.model.age import decode
+from agegender.data.quality import face_quality
+from agegender.model.age import age_probs, decode
 from agegender.model.engine import Engine
 from agegender.model.ensemble import TeacherGender
 from agegender.model.teacher import read_lst
@@ -45,6 +46,10 @@ class SplitFaces:
     p_ours: np.ndarray
     age_pred: np.ndarray
     p_teacher: np.ndarray
+    age_probs: np.ndarray = field(default_factory=lambda: np.zeros((0, 100)))  # P(age > k) per face
+    width: np.ndarray = field(default_factory=lambda: np.zeros(0))      # box width, px (agegender.data.quality)
+    sharpness: np.ndarray = field(default_factory=lambda: np.zeros(0))  # of the aligned crop
+    yaw: np.ndarray = field(default_factory=lambda: np.zeros(0))        # of the landmarks
     photos: int = 0
     no_face: int = 0       # photos where the detector found no face (left out)
     unreadable: int = 0    # photos that could not be read (left out)
@@ -64,7 +69,7 @@ def split_faces(lst_path: str, detector, engine: Engine, teacher: TeacherGender,
     entries = read_lst(lst_path)
     if limit > 0:
         entries = entries[:limit]
-    crops, chips, gender, age, index = [], [], [], [], []
+    crops, chips, gender, age, index, measures = [], [], [], [], [], []
     out = SplitFaces(name or lst_path, *(np.zeros(0) for _ in range(7)), photos=len(entries))
     t = {"detect": 0.0, "align": 0.0, "teacher_align": 0.0}
     for e in entries:
@@ -81,6 +86,7 @@ def split_faces(lst_path: str, detector, engine: Engine, teacher: TeacherGender,
             continue
         crops.append(align_face(rgb, face.landmarks))
         t2 = time.perf_counter()
+        measures.append(face_quality(face, crops[-1])[:3])
         chips.append(teacher_chip(rgb, face.landmarks))
         t3 = time.perf_counter()
         t["detect"] += t1 - t0
@@ -100,6 +106,8 @@ def split_faces(lst_path: str, detector, engine: Engine, teacher: TeacherGender,
         t["net"], t["teacher_net"] = t1 - t0, time.perf_counter() - t1
         out.logit = (outs[:, 1] - outs[:, 0]).astype(np.float64)
         out.p_ours, out.age_pred, out.p_teacher = p_ours, age_pred, p_teacher
+        out.age_probs = age_probs(outs)
+        out.width, out.sharpness, out.yaw = (np.array(m, np.float64) for m in zip(*measures))
     out.index = np.array(index, np.int64)
     out.gender, out.age, out.seconds = np.array(gender, np.float64), np.array(age, np.float64), t
     return out

@@ -11,15 +11,18 @@ import json
 import os
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # every document carries it (schema_version); 2: face index, age range, quality flags
 SCHEMA_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "face.schema.json")
 
 # Field order is the order the producers write them in.
-FACE_FIELDS = ("box", "score", "landmarks", "gender", "p_male", "age")   # plus "error" when labels are null
-IMAGE_FIELDS = ("image", "faces")                                         # plus "error" for a failed input
-TRACK_FIELDS = ("id", "labelled", "settled", "gender", "p_male", "age")
-FRAME_FIELDS = ("frame", "time", "detected", "faces")
-CSV_COLUMNS = ("image", "face", "x1", "y1", "x2", "y2", "score", "gender", "p_male", "age", "error")
+# "face": the face's number in its image, from 1, left to right -- the same in every output
+FACE_FIELDS = ("face", "box", "score", "landmarks", "gender", "p_male", "age", "age_low", "age_high",
+               "flags")                                                   # plus "error" when labels are null
+IMAGE_FIELDS = ("schema_version", "image", "faces")                       # plus "error" for a failed input
+TRACK_FIELDS = ("id", "labelled", "settled", "gender", "p_male", "age", "age_low", "age_high")
+FRAME_FIELDS = ("schema_version", "frame", "time", "detected", "faces")
+CSV_COLUMNS = ("schema_version", "image", "face", "x1", "y1", "x2", "y2", "score", "gender", "p_male", "age",
+               "age_low", "age_high", "flags", "error")
 KINDS = ("face", "image", "analyze", "track", "video_face", "frame", "track_frame")
 
 
@@ -45,7 +48,7 @@ def _validator(kind: str):
 
 def validate(obj: Any, kind: str = "face") -> None:
     """Check `obj` against the schema's `kind` (one of KINDS); ValueError naming the path and the problem.
-    Beyond the schema: a labelled face's gender agrees with its p_male."""
+    Beyond the schema: a labelled face's gender agrees with its p_male, and its age lies in its age range."""
     if kind not in KINDS:
         raise ValueError(f"unknown schema kind {kind!r}; expected one of {', '.join(KINDS)}")
     error = next(iter(sorted(_validator(kind).iter_errors(obj), key=lambda e: list(e.absolute_path))), None)
@@ -62,6 +65,9 @@ def validate(obj: Any, kind: str = "face") -> None:
             raise ValueError(f"{kind} at {path}: null labels without an error")
         if face["p_male"] is not None and face["gender"] != ("male" if face["p_male"] >= 0.5 else "female"):
             raise ValueError(f"{kind} at {path}: gender {face['gender']!r} disagrees with p_male {face['p_male']}")
+        low, high, age = face.get("age_low"), face.get("age_high"), face["age"]
+        if low is not None and high is not None and age is not None and not low <= round(age) <= high:
+            raise ValueError(f"{kind} at {path}: age {age} outside its age range {low}-{high}")
 
 
 def _faces(obj: Any, kind: str):

@@ -22,13 +22,15 @@ from typing import Any, Iterable, Iterator, NamedTuple, Union
 
 import numpy as np
 
-from agegender.model.age import DEFAULT_DECODE, DEFAULT_FLIP
-from agegender.model.engine import Engine
+from agegender.model.age import DEFAULT_AGE_LEVEL, DEFAULT_DECODE, DEFAULT_FLIP, age_range, check_level
+from agegender.model.engine import Engine, Labels
 from agegender.model.ensemble import TeacherGender, ensemble_p_male
 from agegender.model.loading import load_engine
 from agegender.errors import UserError, short_reason
 from agegender.data.face import Detector, Face, align_face, load_detector, teacher_chip
 from agegender.data.image import MAX_PIXELS, MISSING, ImageError, decode_image, read_image
+from agegender.data.quality import face_quality
+from agegender.schema import SCHEMA_VERSION
 
 ImageInput = Union[np.ndarray, str, Path, bytes, bytearray, memoryview, Any]  # Any: a PIL image
 EXPECTED = "an RGB uint8 array (H,W,3), a path (str or pathlib.Path), encoded image bytes, or a PIL image"
@@ -82,16 +84,35 @@ def _array_to_rgb(a: np.ndarray, bgr: bool) -> np.ndarray:
 
 @dataclass
 class FaceResult:
-    """One labelled face: the detector's box, score and landmarks, P(male) and the decoded age."""
+    """One labelled face: the detector's box, score and landmarks, P(male), the decoded age and its
+    calibrated range (`age_low`..`age_high`, whole years, at the analyzer's `age_level`), the quality
+    `flags` (reasons from agegender.data.quality.REASONS; empty: fine) and `index`, its number in the image
+    (1 = leftmost reported face), as in every output."""
 
     face: Face
     p_male: float = float("nan")
     age: float = float("nan")
+    age_low: float = float("nan")
+    age_high: float = float("nan")
+    flags: tuple[str, ...] = ()
+    index: int = 1
 
     @property
     def ok(self) -> bool:
         """False when the model's output for this face was not finite (a broken model): no label then."""
         return bool(np.isfinite(self.p_male) and np.isfinite(self.age))
+
+    @property
+    def age_range(self) -> tuple[int, int] | None:
+        """(low, high) whole years, the true age inside for the level's share of faces; None without labels."""
+        if not (self.ok and np.isfinite(self.age_low) and np.isfinite(self.age_high)):
+            return None
+        return int(self.age_low), int(self.age_high)
+
+    @property
+    def flagged(self) -> bool:
+        """Too small, blurred or turned to judge well (see `flags`)."""
+        return bool(self.flags)
 
     @property
     def gender(self) -> str | None:
@@ -112,22 +133,33 @@ class FaceResult:
     def to_dict(self) -> dict:
         """The schema's face object (agegender/schema/face.schema.json): box, score, landmarks, gender,
         p_male, age; the labels are null, with an `error`, when the model's output was not finite."""
-        return face_dict(self.face, self.p_male, self.age)
+        return face_dict(self.face, self.p_male, self.age, self.index, self.age_range, self.flags)
 
 
 NOT_FINITE = "the model's output for this face is not finite"
 
 
-def face_dict(face: Face, p_male: float | None, age: float | None) -> dict:
-    """The schema's face object for a detection and its labels (None or not finite: null labels + error)."""
-    out = {"box": [int(round(float(v))) for v in face.box], "score": round(float(face.score), 4),
+def face_dict(face: Face, p_male: float | None, age: float | None, index: int = 1,
+              age_range: tuple[float, float] | None = None, flags: tuple[str, ...] = ()) -> dict:
+    """The schema's face object for a detection and its labels (None or not finite: null labels + error):
+    face (its 1-based number in the image), box, score, landmarks, gender, p_male, age, age_low, age_high,
+    flags."""
+    out = {"face": int(index), "box": [int(round(float(v))) for v in face.box], "score": round(float(face.score), 4),
            "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in face.landmarks]}
     if p_male is not None and age is not None and np.isfinite(p_male) and np.isfinite(age):
+        low, high = age_range if age_range is not None else (None, None)
         out.update(gender="male" if p_male >= 0.5 else "female", p_male=round(float(p_male), 4),
-                   age=round(float(age), 1))
+                   age=round(float(age), 1), age_low=None if low is None else int(low),
+                   age_high=None if high is None else int(high))
     else:
-        out.update(gender=None, p_male=None, age=None, error=NOT_FINITE)
+        out.update(gender=None, p_male=None, age=None, age_low=None, age_high=None, error=NOT_FINITE)
+    out["flags"] = list(flags)
     return out
+
+
+def age_text(age: float, age_range: tuple[int, int] | None) -> str:
+    """`24 (19-31)`: the age and its range, as the page, the annotated image and the text lines show it."""
+    return f"{round(age)}" + (f" ({age_range[0]}-{age_range[1]})" if age_range else "")
 
 
 @dataclass
@@ -138,10 +170,11 @@ class ImageResult:
     error: str | None = None  # why the image could not be read or analysed (then no faces)
 
     def to_dict(self) -> dict:
-        """The schema's image object: {"image", "faces": [face objects]}, or {"image", "error", "faces": []}."""
+        """The schema's image object: {"schema_version", "image", "faces": [face objects]}, or
+        {"schema_version", "image", "error", "faces": []}."""
         if self.error:
-            return {"image": self.path, "error": self.error, "faces": []}
-        return {"image": self.path, "faces": [fr.to_dict() for fr in self.faces]}
+            return {"schema_version": SCHEMA_VERSION, "image": self.path, "error": self.error, "faces": []}
+        return {"schema_version": SCHEMA_VERSION, "image": self.path, "faces": [fr.to_dict() for fr in self.faces]}
 
 
 class FaceCrops(NamedTuple):
@@ -149,6 +182,11 @@ class FaceCrops(NamedTuple):
 
     net: np.ndarray
     teacher: np.ndarray
+
+
+def _net_crop(crop) -> np.ndarray:
+    """Our net's 112x112 crop of what `crops` gave for a face."""
+    return crop.net if isinstance(crop, FaceCrops) else crop
 
 
 _TIMINGS_LOCK = threading.Lock()
@@ -159,9 +197,13 @@ class FaceAnalyzer:
 
     def __init__(self, detector: Detector, engine: Engine, age_decode: str = DEFAULT_DECODE, min_face: float = 0.0,
                  flip: bool = DEFAULT_FLIP, batch_size: int = 256, max_pixels: int = MAX_PIXELS,
-                 teacher: TeacherGender | None = None):
-        """`teacher`: the gender ensemble (P(male) = the mean of ours and the teacher's), off when None."""
+                 teacher: TeacherGender | None = None, age_level: float = DEFAULT_AGE_LEVEL,
+                 drop_flagged: bool = False):
+        """`teacher`: the gender ensemble (P(male) = the mean of ours and the teacher's), off when None;
+        `age_level`: the share of faces whose true age the age range holds; `drop_flagged`: leave out the
+        faces the quality flag marks (too small, blurred or turned), as `min_face` leaves out small ones."""
         self.detector, self.engine, self.teacher = detector, engine, teacher
+        self.age_level, self.drop_flagged = check_level(age_level), drop_flagged
         self.age_decode, self.min_face, self.flip, self.batch_size = age_decode, min_face, flip, batch_size
         self.max_pixels = max_pixels
         self._lock = contextlib.nullcontext() if getattr(detector, "thread_safe", False) else threading.Lock()
@@ -195,7 +237,11 @@ class FaceAnalyzer:
         if max_faces > 0:
             faces = sorted(faces, key=lambda f: -f.score)[:max_faces]
         faces = sorted(faces, key=lambda f: (float(f.box[0]), float(f.box[1])))
-        return faces, self.crops(rgb, faces)
+        crops = self.crops(rgb, faces)
+        if self.drop_flagged:
+            keep = [not face_quality(f, _net_crop(c)).flags for f, c in zip(faces, crops)]
+            faces, crops = [f for f, k in zip(faces, keep) if k], [c for c, k in zip(crops, keep) if k]
+        return faces, crops
 
     def crops(self, rgb: np.ndarray, faces: list[Face]) -> list:
         """The aligned 112x112 crop of each face (with the ensemble on, a `FaceCrops` of it and the teacher's
@@ -210,17 +256,40 @@ class FaceAnalyzer:
         return self.keep(rgb, self.find(rgb, det_thresh, min_face), max_faces)
 
     def label(self, crops: list) -> tuple[np.ndarray, np.ndarray]:
-        """(P(male), age) of what `detect` gave, through the engine in batches (and the teacher's gender
-        net, averaged in, for `FaceCrops`)."""
-        if not crops:
-            return np.zeros(0), np.zeros(0)
-        if not isinstance(crops[0], FaceCrops):
-            return self.engine.predict_faces(np.stack(crops), self.batch_size, self.age_decode, self.flip)
-        if self.teacher is None:
+        """(P(male), age) of what `detect` gave (see `labels` for the rest)."""
+        out = self.labels(crops)
+        return out.p_male, out.age
+
+    def labels(self, crops: list) -> Labels:
+        """The `Labels` of what `detect` gave: P(male), age, the age range at `age_level`, P(age > k); through
+        the engine in batches (and the teacher's gender net, averaged in, for `FaceCrops`)."""
+        if crops and isinstance(crops[0], FaceCrops) and self.teacher is None:
             raise ValueError("FaceCrops given to an analyzer without the gender ensemble")
-        p_male, age = self.engine.predict_faces(np.stack([c.net for c in crops]), self.batch_size,
-                                                self.age_decode, self.flip)
-        return ensemble_p_male(p_male, self.teacher.p_male(np.stack([c.teacher for c in crops]))), age
+        net = np.stack([_net_crop(c) for c in crops]) if crops else np.zeros((0, 112, 112, 3), np.uint8)
+        out = self.engine.predict_labels(net, self.batch_size, self.age_decode, self.flip, self.age_level)
+        if crops and isinstance(crops[0], FaceCrops):
+            teacher = self.teacher.p_male(np.stack([c.teacher for c in crops]))
+            out = out._replace(p_male=ensemble_p_male(out.p_male, teacher))
+        return out
+
+    def range_of(self, probs: np.ndarray, age: float) -> tuple[int, int]:
+        """The calibrated age range at `age_level` of one P(age > k) row (a video track's mean of them), shown
+        with `age`."""
+        low, high = age_range(np.asarray(probs)[None], self.age_level, self.engine.age_widening, np.array([age]))
+        return int(low[0]), int(high[0])
+
+    def results(self, faces: list[Face], crops: list, labels: Labels | None = None, start: int = 0) -> list[FaceResult]:
+        """`FaceResult`s of faces, their crops and their `labels` rows from `start` (None: unlabelled),
+        numbered from 1 in the given (left-to-right) order, with their quality flags."""
+        out = []
+        for k, (f, c) in enumerate(zip(faces, crops)):
+            fr = FaceResult(f, flags=face_quality(f, _net_crop(c)).flags, index=k + 1)
+            if labels is not None:
+                i = start + k
+                fr.p_male, fr.age = float(labels.p_male[i]), float(labels.age[i])
+                fr.age_low, fr.age_high = float(labels.age_low[i]), float(labels.age_high[i])
+            out.append(fr)
+        return out
 
     def analyze(self, image: ImageInput | list[ImageInput], bgr: bool = False) -> list:
         """Every face of an image, left to right, with its gender and age: a list of FaceResult.
@@ -235,10 +304,10 @@ class FaceAnalyzer:
         else:
             rgbs = [to_rgb(image, bgr, self.max_pixels)]
         found = [self.detect(rgb) for rgb in rgbs]
-        p_male, age = self.label([c for _, crops in found for c in crops])
+        labels = self.labels([c for _, crops in found for c in crops])
         out, i = [], 0
-        for faces, _ in found:
-            out.append([FaceResult(f, float(p_male[i + k]), float(age[i + k])) for k, f in enumerate(faces)])
+        for faces, crops in found:
+            out.append(self.results(faces, crops, labels, i))
             i += len(faces)
         return out if isinstance(image, (list, tuple)) else out[0]
 
@@ -276,12 +345,11 @@ class FaceAnalyzer:
 
     def _label_group(self, group: list[tuple[ImageResult, list[np.ndarray]]], timings: dict) -> list[ImageResult]:
         t0 = time.perf_counter()
-        p_male, age = self.label([c for _, crops in group for c in crops])
+        labels = self.labels([c for _, crops in group for c in crops])
         i = 0
-        for res, _ in group:
-            for fr in res.faces:
-                fr.p_male, fr.age = float(p_male[i]), float(age[i])
-                i += 1
+        for res, crops in group:
+            res.faces = self.results([fr.face for fr in res.faces], crops, labels, i)
+            i += len(crops)
         with _TIMINGS_LOCK:
             timings["net"] = timings.get("net", 0.0) + time.perf_counter() - t0
         return [res for res, _ in group]
@@ -327,4 +395,4 @@ class FaceAnalyzer:
                 yield from inflight.popleft().result()
 
 
-__all__ = ["FaceAnalyzer", "FaceCrops", "FaceResult", "ImageResult", "face_dict", "to_rgb", "NOT_FINITE", "EXPECTED"]
+__all__ = ["FaceAnalyzer", "FaceCrops", "FaceResult", "ImageResult", "face_dict", "age_text", "to_rgb", "NOT_FINITE", "EXPECTED"]

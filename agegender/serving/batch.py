@@ -1,7 +1,8 @@
 """Parquet output of labelled faces (infer.py --parquet, and the shards of a Ray run): one row per face,
-with the fields of the JSON face objects (`agegender.serving.inference.to_json`, agegender/schema/face.schema.json) plus the image path and the
-face's index; one row per image that failed (path and error, no face columns); one row per image in which no
-face was found (face index null, no error), so that every input is accounted for in the file itself.
+with the fields of the JSON face objects (`agegender.serving.inference.to_json`, agegender/schema/face.schema.json)
+plus the image path and the schema version (the face's number, `face`, is the JSON's: from 1); one row per image
+that failed (path and error, no face columns); one row per image in which no face was found (face null, no
+error), so that every input is accounted for in the file itself.
 
 Rows are built from the JSON documents through one function, `rows_from_doc`, so the Parquet and the JSON
 output cannot drift apart. Files are written in row groups as images complete, into a temporary file beside
@@ -20,6 +21,7 @@ import pyarrow.parquet as pq
 from agegender.atomic import check_writable, is_stream, replace_with, temp_beside
 from agegender.errors import UserError
 from agegender.schema import FACE_FIELDS as SCHEMA_FACE_FIELDS
+from agegender.schema import SCHEMA_VERSION
 
 # The Arrow type of each face field of the output schema (agegender/schema); `image`, `face` and `error` are
 # the row's own columns (`error`: why the image failed, or why a face has no labels).
@@ -30,20 +32,27 @@ ARROW_TYPES: dict[str, pa.DataType] = {
     "gender": pa.string(),
     "p_male": pa.float64(),
     "age": pa.float64(),
+    "age_low": pa.int32(),
+    "age_high": pa.int32(),
+    "flags": pa.list_(pa.string()),          # quality reasons; empty: fine
 }
-FACE_FIELDS: dict[str, pa.DataType] = {k: ARROW_TYPES[k] for k in SCHEMA_FACE_FIELDS}  # the schema's order
-SCHEMA = pa.schema([pa.field("image", pa.string(), nullable=False), pa.field("face", pa.int32()),
-                    *(pa.field(k, t) for k, t in FACE_FIELDS.items()), pa.field("error", pa.string())])
+# the schema's order, less `face` (the row's own column, beside the image)
+FACE_FIELDS: dict[str, pa.DataType] = {k: ARROW_TYPES[k] for k in SCHEMA_FACE_FIELDS if k != "face"}
+SCHEMA = pa.schema([pa.field("schema_version", pa.int32(), nullable=False),
+                    pa.field("image", pa.string(), nullable=False), pa.field("face", pa.int32()),
+                    *(pa.field(k, t) for k, t in FACE_FIELDS.items()), pa.field("error", pa.string())],
+                   metadata={"agegender_schema_version": str(SCHEMA_VERSION)})
 ROWS_PER_GROUP = 4096  # a row group is flushed at this many rows (and at the end)
 
 
 def rows_from_doc(doc: dict) -> list[dict]:
-    """The Parquet rows of one image's JSON document (`to_json`): one per face (`face` = its index in the
-    document's `faces`, from 0), or a single row with `face` null (the image's `error`, or none: no face)."""
+    """The Parquet rows of one image's JSON document (`to_json`): one per face (`face` = its number in the
+    image, from 1, as in the JSON), or a single row with `face` null (the image's `error`, or none: no face)."""
+    base = {"schema_version": doc.get("schema_version", SCHEMA_VERSION), "image": doc["image"]}
     if doc.get("error") or not doc["faces"]:
-        return [{"image": doc["image"], "face": None, "error": doc.get("error")}]
-    return [{"image": doc["image"], "face": i, **{k: face.get(k) for k in FACE_FIELDS}, "error": face.get("error")}
-            for i, face in enumerate(doc["faces"])]
+        return [{**base, "face": None, "error": doc.get("error")}]
+    return [{**base, "face": face["face"], **{k: face.get(k) for k in FACE_FIELDS}, "error": face.get("error")}
+            for face in doc["faces"]]
 
 
 def docs_from_table(table: pa.Table) -> list[dict]:
@@ -51,12 +60,13 @@ def docs_from_table(table: pa.Table) -> list[dict]:
     tests and readers use to compare a Parquet output with `infer.py --json`."""
     docs: dict[str, dict] = {}
     for row in table.to_pylist():
-        doc = docs.setdefault(row["image"], {"image": row["image"], "faces": []})
+        doc = docs.setdefault(row["image"], {"schema_version": row["schema_version"], "image": row["image"],
+                                             "faces": []})
         if row["face"] is None:
             if row["error"]:
                 doc["error"] = row["error"]
             continue
-        face = {k: row[k] for k in FACE_FIELDS}
+        face = {"face": row["face"], **{k: row[k] for k in FACE_FIELDS}}
         if row["error"]:
             face["error"] = row["error"]
         doc["faces"].append(face)

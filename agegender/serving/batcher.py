@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from agegender.model.engine import Labels
 from agegender.serving.analyzer import FaceAnalyzer
 
 
@@ -34,8 +35,14 @@ class FaceBatcher:
 
     async def label(self, crops: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """(P(male), age) of one request's aligned crops, computed in a batch with other requests' faces."""
+        out = await self.labels(crops)
+        return out.p_male, out.age
+
+    async def labels(self, crops: list[np.ndarray]) -> Labels:
+        """The `Labels` (P(male), age, age range, P(age > k)) of one request's aligned crops, computed in a
+        batch with other requests' faces."""
         if not crops:
-            return np.zeros(0), np.zeros(0)
+            return Labels(*(np.zeros(0) for _ in range(4)), np.zeros((0, 100)))
         fut = asyncio.get_running_loop().create_future()
         await self._queue.put((crops, fut))
         return await fut
@@ -58,7 +65,7 @@ class FaceBatcher:
                 waiting += len(item[0])
             crops = [c for cs, _ in items for c in cs]
             try:
-                p_male, age = await loop.run_in_executor(self._net, self.analyzer.label, crops)
+                out = await loop.run_in_executor(self._net, self.analyzer.labels, crops)
                 self.batches += 1
             except Exception as exc:  # noqa: BLE001 -- each waiting request gets the error, the loop lives on
                 for _, fut in items:
@@ -68,7 +75,7 @@ class FaceBatcher:
             i = 0
             for cs, fut in items:
                 if not fut.done():
-                    fut.set_result((p_male[i:i + len(cs)], age[i:i + len(cs)]))
+                    fut.set_result(Labels(*(x[i:i + len(cs)] for x in out)))
                 i += len(cs)
 
 

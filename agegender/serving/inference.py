@@ -12,7 +12,7 @@ import time
 import cv2
 import numpy as np
 
-from agegender.serving.analyzer import NOT_FINITE, ImageResult
+from agegender.serving.analyzer import NOT_FINITE, ImageResult, age_text
 from agegender.atomic import (check_writable, is_stream, named, open_output, refuse_inputs, refuse_same_outputs,
                               write_atomic)
 from agegender.errors import UserError
@@ -93,17 +93,20 @@ def _box(face: Face) -> list[int]:
 
 
 def format_lines(res: ImageResult) -> list[str]:
-    """`face 1, box (160, 32, 204, 84), gender: male, age: 30` per face, or the no-face line."""
+    """`face 1, box (160, 32, 204, 84), gender: male, age: 30 (25-36)` per face (a flagged face ends with
+    `, low quality: small, blurred`), or the no-face line."""
     if not res.faces:
         return [f"no face found in {res.path}"]
-    return [f"face {i}, box ({', '.join(map(str, _box(fr.face)))}), " +
-            (f"gender: {fr.gender}, age: {round(fr.age)}" if fr.ok else f"error: {NOT_FINITE}")
-            for i, fr in enumerate(res.faces, 1)]
+    return [f"face {fr.index}, box ({', '.join(map(str, _box(fr.face)))}), " +
+            (f"gender: {fr.gender}, age: {age_text(fr.age, fr.age_range)}" if fr.ok else f"error: {NOT_FINITE}") +
+            (f", low quality: {', '.join(fr.flags)}" if fr.flags else "")
+            for fr in res.faces]
 
 
 def to_json(res: ImageResult) -> dict:
-    """The schema's image object (`ImageResult.to_dict`): {"image", "faces": [{"box", "score", "landmarks",
-    "gender", "p_male", "age"}]}; a failed image has "error" and no faces."""
+    """The schema's image object (`ImageResult.to_dict`): {"schema_version", "image", "faces": [{"face", "box",
+    "score", "landmarks", "gender", "p_male", "age", "age_low", "age_high", "flags"}]}; a failed image has
+    "error" and no faces."""
     return res.to_dict()
 
 
@@ -112,20 +115,22 @@ def dumps_json(docs: list[dict]) -> str:
     def one(doc: dict) -> str:
         faces = ",\n  ".join(json.dumps(f) for f in doc["faces"])
         error = f', "error": {json.dumps(doc["error"])}' if "error" in doc else ""
-        return f'{{"image": {json.dumps(doc["image"])}{error}, "faces": [' + (f"\n  {faces}\n" if faces else "") + "]}"
+        return (f'{{"schema_version": {doc["schema_version"]}, "image": {json.dumps(doc["image"])}{error}, "faces": ['
+                + (f"\n  {faces}\n" if faces else "") + "]}")
     return "[\n" + ",\n".join(one(d) for d in docs) + "\n]" if docs else "[]"
 
 
 def csv_rows(doc: dict) -> list[dict]:
     """`--csv` rows of one image object: one per face; an image without faces, or a failed input, is one
     row with empty face columns (and its `error`)."""
-    base = {"image": doc["image"], "error": doc.get("error", "")}
+    base = {"schema_version": doc["schema_version"], "image": doc["image"], "error": doc.get("error", "")}
     if not doc["faces"]:
         return [base]
-    return [{**base, "face": i, **dict(zip(("x1", "y1", "x2", "y2"), f["box"])), "score": f["score"],
-             "gender": f["gender"] or "", "p_male": "" if f["p_male"] is None else f["p_male"],
-             "age": "" if f["age"] is None else f["age"], "error": f.get("error", base["error"])}
-            for i, f in enumerate(doc["faces"], 1)]
+    blank = lambda v: "" if v is None else v  # noqa: E731 -- null labels are empty cells
+    return [{**base, "face": f["face"], **dict(zip(("x1", "y1", "x2", "y2"), f["box"])), "score": f["score"],
+             **{k: blank(f[k]) for k in ("gender", "p_male", "age", "age_low", "age_high")},
+             "flags": ";".join(f["flags"]), "error": f.get("error", base["error"])}
+            for f in doc["faces"]]
 
 
 # a text cell that a spreadsheet would run as a formula begins with one of these (OWASP, "CSV Injection")
@@ -160,22 +165,45 @@ def csv_text(rows: list[dict]) -> str:
 
 
 COLORS_BGR = {"male": (235, 140, 30), "female": (60, 60, 230)}
+FLAGGED_BGR = (150, 150, 150)  # a flagged face: grey, dashed box, its label ends in "?"
+
+
+def _dashed_rectangle(img: np.ndarray, p1: tuple[int, int], p2: tuple[int, int], color, thick: int) -> None:
+    (x1, y1), (x2, y2) = p1, p2
+    dash = max(2, 3 * thick)
+    for x in range(x1, x2, 2 * dash):
+        cv2.line(img, (x, y1), (min(x + dash, x2), y1), color, thick, cv2.LINE_AA)
+        cv2.line(img, (x, y2), (min(x + dash, x2), y2), color, thick, cv2.LINE_AA)
+    for y in range(y1, y2, 2 * dash):
+        cv2.line(img, (x1, y), (x1, min(y + dash, y2)), color, thick, cv2.LINE_AA)
+        cv2.line(img, (x2, y), (x2, min(y + dash, y2)), color, thick, cv2.LINE_AA)
+
+
+def label_text(fr) -> str:
+    """`M 24 (19-31)` on the annotated image; a flagged face's ends in `?`; `?` alone without labels."""
+    if not fr.ok:
+        return "?"
+    return f"{fr.gender[0].upper()} {age_text(fr.age, fr.age_range)}" + ("?" if fr.flags else "")
 
 
 def draw(res: ImageResult) -> np.ndarray:
-    """A BGR copy of the image with boxes, landmarks and `M 30` / `F 31` labels sized to each face."""
+    """A BGR copy of the image with boxes, landmarks and `M 24 (19-31)` / `F 31 (26-37)` labels sized to each
+    face; a flagged face in grey with a dashed box, its label ending in `?`."""
     img = cv2.cvtColor(res.image, cv2.COLOR_RGB2BGR)
     for fr in res.faces:
         x1, y1, x2, y2 = _box(fr.face)
         side = max(1, min(x2 - x1, y2 - y1))
-        color = COLORS_BGR.get(fr.gender, (128, 128, 128))
+        color = FLAGGED_BGR if fr.flags else COLORS_BGR.get(fr.gender, (128, 128, 128))
         thick = max(1, round(side / 50))
-        cv2.rectangle(img, (x1, y1), (x2, y2), color, thick, cv2.LINE_AA)
+        if fr.flags:
+            _dashed_rectangle(img, (x1, y1), (x2, y2), color, thick)
+        else:
+            cv2.rectangle(img, (x1, y1), (x2, y2), color, thick, cv2.LINE_AA)
         for x, y in fr.face.landmarks:
             cv2.circle(img, (int(round(float(x))), int(round(float(y)))), max(1, round(side / 35)), (0, 220, 255), -1,
                        cv2.LINE_AA)
-        text = f"{fr.gender[0].upper()} {round(fr.age)}" if fr.ok else "?"
-        draw_label(img, text, (x1, y1, x2, y2), color, float(np.clip(side / 70, 0.4, 3.0)))  # legible 20-500 px
+        # legible on 20 px faces and on 500 px ones; ranges make labels longer
+        draw_label(img, label_text(fr), (x1, y1, x2, y2), color, float(np.clip(side / 110, 0.4, 3.0)))
     return img
 
 
@@ -360,7 +388,7 @@ class Outputs:
         self.failed_inputs.add(path)
         self._say(f"error: {path}: {reason}", sys.stderr)
         if emit:
-            self._emit({"image": path, "error": reason, "faces": []})
+            self._emit(ImageResult(path, None, error=reason).to_dict())
 
     def add(self, res: ImageResult) -> None:
         if self.bar is not None:
@@ -402,5 +430,5 @@ class Outputs:
         return 1 if self.labelled else 2
 
 
-__all__ = ["Outputs", "find_images", "output_paths", "NOT_FINITE", "format_lines", "to_json", "draw", "draw_label", "save_image", "dumps_json", "IMAGE_EXTS", "csv_rows",
-           "csv_text", "csv_cell", "FORMULA_STARTS"]
+__all__ = ["label_text", "Outputs", "find_images", "output_paths", "NOT_FINITE", "format_lines", "to_json", "draw", "draw_label",
+           "save_image", "dumps_json", "IMAGE_EXTS", "csv_rows", "csv_text", "csv_cell", "FORMULA_STARTS"]

@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 
 from agegender.atomic import write_atomic
 from agegender.errors import UserError, read_text
-from agegender.model.age import DEFAULT_DECODE, DEFAULT_FLIP
+from agegender.model.age import DEFAULT_AGE_LEVEL, DEFAULT_DECODE, DEFAULT_FLIP
 from agegender.data.image import MAX_PIXELS
 from agegender.serving.batch import write_parquet
 
@@ -67,6 +67,8 @@ class Settings:
     flip: bool = DEFAULT_FLIP
     max_pixels: int = MAX_PIXELS
     batch_size: int = 256
+    age_level: float = DEFAULT_AGE_LEVEL  # the age range's level
+    drop_flagged: bool = False            # leave out the faces the quality flag marks
 
     def fingerprint(self) -> dict:
         d = asdict(self)
@@ -241,7 +243,8 @@ def _detector_analyzer(settings: Settings):
     if key not in _ANALYZERS:
         detector = load_detector(settings.det_model, thresh=settings.det_thresh, max_size=settings.max_size,
                                  threads=1)
-        _ANALYZERS[key] = FaceAnalyzer(detector, None, min_face=settings.min_face, max_pixels=settings.max_pixels)
+        _ANALYZERS[key] = FaceAnalyzer(detector, None, min_face=settings.min_face, max_pixels=settings.max_pixels,
+                                     drop_flagged=settings.drop_flagged)
     return _ANALYZERS[key]
 
 
@@ -269,10 +272,10 @@ class NetLabeller:
 
         engine = load_engine(settings.model, settings.engine, gpus, threads=1)
         self.analyzer = FaceAnalyzer(None, engine, age_decode=settings.age_decode, min_face=settings.min_face,
-                                     flip=settings.flip, batch_size=settings.batch_size)
+                                     flip=settings.flip, batch_size=settings.batch_size, age_level=settings.age_level)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from agegender.serving.analyzer import FaceResult, ImageResult
+        from agegender.serving.analyzer import ImageResult
         from agegender.serving.inference import to_json
 
         _die_once_for_tests()
@@ -280,13 +283,11 @@ class NetLabeller:
                                                             batch.column("error").to_pylist(),
                                                             batch.column("det").to_pylist())]
         crops = [c for _, _, (_, cs) in items for c in cs]
-        p_male, age = self.analyzer.label(crops)
+        labels = self.analyzer.labels(crops)
         docs, i = [], 0
-        for path, error, (faces, _) in items:
-            res = ImageResult(path, None, [], error)
-            for f in faces:
-                res.faces.append(FaceResult(f, float(p_male[i]), float(age[i])))
-                i += 1
+        for path, error, (faces, cs) in items:
+            res = ImageResult(path, None, self.analyzer.results(faces, cs, labels, i), error)
+            i += len(faces)
             docs.append(json.dumps(to_json(res)))
         return pa.table({"path": pa.array([p for p, _, _ in items], pa.string()), "doc": pa.array(docs, pa.string())})
 

@@ -34,6 +34,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser, parse_opt
 from starlette.middleware.cors import CORSMiddleware
 
 from agegender import CODE_LICENSE, __version__
+from agegender.model.engine import Labels
 from agegender.serving.analyzer import FaceAnalyzer, FaceResult, ImageResult
 from agegender.serving.batcher import FaceBatcher
 from agegender.cli import DET_THRESH_MIN
@@ -44,7 +45,7 @@ from agegender.serving.memory import (CROP_BYTES, IMAGE_BYTES_PER_PIXEL, MAX_FAC
                                       request_bytes)
 from agegender.serving.inference import draw, to_json
 from agegender.serving.tracking import Tracker
-from agegender.serving.video import frame_json
+from agegender.serving.video import face_labels, frame_json
 
 MAX_BYTES = 10_000_000
 DET_FLOOR = DET_THRESH_MIN  # the detector runs at this threshold; each request raises it with det_thresh
@@ -89,6 +90,8 @@ class ApiError(Exception):
 
 # --- response models (they are what /docs shows) ------------------------------------------------------
 class FaceOut(BaseModel):
+    face: int = Field(description="the face's number in the image, from 1, left to right (as in every output)",
+                      examples=[1])
     box: list[int] = Field(description="x1, y1, x2, y2 in pixels of the image", examples=[[59, 259, 165, 399]])
     score: float = Field(description="detector score", examples=[0.9998])
     landmarks: list[list[float]] = Field(description="eyes, nose, mouth corners: 5 x (x, y)")
@@ -96,10 +99,17 @@ class FaceOut(BaseModel):
                                   examples=["female"])
     p_male: Optional[float] = Field(description="P(male); gender is male when >= 0.5", examples=[0.0925])
     age: Optional[float] = Field(description="decoded age in years", examples=[25.6])
+    age_low: Optional[int] = Field(description="the age range's lowest age: the true age is in [age_low, "
+                                   "age_high] for the range's level of faces (serve.py --age-level, default 0.8)",
+                                   examples=[21])
+    age_high: Optional[int] = Field(description="the age range's highest age", examples=[31])
+    flags: list[str] = Field(description="why the face is too poor to judge well: small, blurred, turned; "
+                             "empty: fine", examples=[[]])
     error: Optional[str] = Field(default=None, description="why this face has no labels")
 
 
 class AnalyzeOut(BaseModel):
+    schema_version: int = Field(description="the output schema's version (agegender/schema)", examples=[2])
     image: str = Field(description="the uploaded file's name, or '-' for a raw body", examples=["t1.jpg"])
     width: int
     height: int
@@ -310,17 +320,18 @@ class Streams:
         return stream
 
 
-def follow(stream: Stream, faces: list[FaceResult], max_tracks: int) -> dict:
+def follow(stream: Stream, faces: list[FaceResult], labels: Labels, max_tracks: int,
+           analyzer: FaceAnalyzer) -> dict:
     """One frame of `stream` through its tracker (call with the stream's lock held): the frame's JSON line,
     without its size and timings. At most `max_tracks` live tracks stay: those seen longest ago go first."""
     index = stream.next_frame
     stream.next_frame += 1
     tracker = stream.tracker
-    seen = tracker.update(index, [fr.face for fr in faces], [(fr.p_male, fr.age) for fr in faces])
+    seen = tracker.update(index, [fr.face for fr in faces], face_labels(faces, labels))
     tracker.finished.clear()  # a stream may run for hours: ended tracks are not kept
     if len(tracker.tracks) > max_tracks:
         tracker.tracks = sorted(tracker.tracks, key=lambda t: t.missed)[:max_tracks]
-    return frame_json(index, time.monotonic() - stream.started, seen)
+    return frame_json(index, time.monotonic() - stream.started, seen, analyzer=analyzer)
 
 
 def create_app(analyzer: FaceAnalyzer, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS,
@@ -525,15 +536,15 @@ def create_app(analyzer: FaceAnalyzer, max_bytes: int = MAX_BYTES, max_pixels: i
             raise
         try:
             t_net = time.perf_counter()
-            p_male, age = await batcher.label(crops)
+            labels = await batcher.labels(crops)
             net_s = time.perf_counter() - t_net
+            res = ImageResult(name, rgb, analyzer.results(faces, crops, labels))
         except BaseException:
             hold.release()
             raise
-        res = ImageResult(name, rgb, [FaceResult(f, float(p), float(a)) for f, p, a in zip(faces, p_male, age)])
         ms = {"decode": decode_s * 1000, "detect": detect_s * 1000, "net": net_s * 1000,
               "total": (time.perf_counter() - t0) * 1000}
-        return res, counts, {k: round(v, 1) for k, v in ms.items()}, hold
+        return res, counts, {k: round(v, 1) for k, v in ms.items()}, hold, labels
 
     def annotated_jpeg(res: ImageResult) -> bytes:
         ok, buf = cv2.imencode(".jpg", draw(res))
@@ -565,14 +576,15 @@ def create_app(analyzer: FaceAnalyzer, max_bytes: int = MAX_BYTES, max_pixels: i
         with working():
             docs = []
             for data, name in images:
-                res, counts, ms, hold = await analyse(data, name, det_thresh, min_face, max_faces, t0,
-                                                      keep_image=annotated)
+                res, counts, ms, hold, _ = await analyse(data, name, det_thresh, min_face, max_faces, t0,
+                                                         keep_image=annotated)
                 with hold:
                     if annotated:
                         jpeg = await asyncio.get_running_loop().run_in_executor(pool, annotated_jpeg, res)
                         return Response(jpeg, media_type="image/jpeg")
                     doc = to_json(res)
-                docs.append({"image": doc["image"], "width": counts["width"], "height": counts["height"],
+                docs.append({"schema_version": doc["schema_version"], "image": doc["image"],
+                             "width": counts["width"], "height": counts["height"],
                              "model": _public_name(analyzer.engine.name), "faces": doc["faces"],
                              "faces_total": counts["faces_total"], "faces_dropped": counts["faces_dropped"],
                              "timings_ms": ms})
@@ -595,13 +607,13 @@ def create_app(analyzer: FaceAnalyzer, max_bytes: int = MAX_BYTES, max_pixels: i
         if len(images) != 1:
             raise ApiError(400, "several_images", "a frame is one image")
         with working():
-            res, counts, ms, hold = await analyse(images[0][0], images[0][1], det_thresh, 0.0, 0, t0)
+            res, counts, ms, hold, labels = await analyse(images[0][0], images[0][1], det_thresh, 0.0, 0, t0)
             with hold:
                 stream = streams.get(session)
                 async with stream.lock:  # frames of one stream in arrival order; the matching off the event loop
                     t_track = time.perf_counter()
                     line = await asyncio.get_running_loop().run_in_executor(pool, follow, stream, res.faces,
-                                                                            max_tracks)
+                                                                            labels, max_tracks, analyzer)
                     stream.last_use = time.monotonic()
                 ms["track"] = round((time.perf_counter() - t_track) * 1000, 1)
                 ms["total"] = round((time.perf_counter() - t0) * 1000, 1)

@@ -39,8 +39,9 @@ def _nearness(a: np.ndarray, b: np.ndarray, reach: np.ndarray) -> np.ndarray:
 class Track:
     """One person while in view. Gender is smoothed as the mean logit of P(male) over the frames where the
     face was labelled, shown once SETTLE frames are in, and with hysteresis (it changes only when the mean
-    is clearly on the other side); age as the mean of the decoded ages. Its box moves on between
-    detections at the velocity of the last ones, so a moving face is looked for where it is now."""
+    is clearly on the other side); age as the mean of the decoded ages, and the age distribution (for the
+    track's age range) as the mean of its frames' P(age > k). Its box moves on between detections at the
+    velocity of the last ones, so a moving face is looked for where it is now."""
 
     id: int
     face: Face          # as shown in the latest frame: the detection, or on a frame between detections its
@@ -56,8 +57,9 @@ class Track:
     logit_sum: float = 0.0
     age_sum: float = 0.0
     shown_male: bool | None = None
-    raw: tuple[float, float] | None = None  # (P(male), age) of the current frame, when labelled in it
-    last: tuple[float, float] | None = None  # (P(male), age) of the last frame it was labelled in
+    raw: tuple | None = None  # (P(male), age, ...) of the current frame, when labelled in it
+    last: tuple | None = None  # (P(male), age, ...) of the last frame it was labelled in
+    probs_sum: np.ndarray | None = None  # sum of the labelled frames' P(age > k), when given
 
     HYSTERESIS = 1.0  # in logit units: the mean must pass P(male) 0.27 / 0.73 to flip the shown gender
     SETTLE = 5        # frames labelled before a gender is shown: one frame's guess is not a person's label
@@ -89,13 +91,18 @@ class Track:
         return replace(self.seen, box=box.astype(np.float32),
                        landmarks=(np.asarray(self.seen.landmarks, np.float64) + shift).astype(np.float32))
 
-    def add_label(self, p_male: float, age: float) -> None:
+    def add_label(self, p_male: float, age: float, *extra) -> None:
+        """One frame's labels; `extra` as video.py's `face_labels` gives them (age range, flags, and last
+        P(age > k), summed into the track's distribution)."""
         if not (np.isfinite(p_male) and np.isfinite(age)):
             return
         p = float(np.clip(p_male, 1e-4, 1 - 1e-4))
         self.logit_sum += np.log(p / (1 - p))
         self.age_sum += age
         self.labelled += 1
+        if extra and extra[-1] is not None:
+            probs = np.asarray(extra[-1], np.float64)
+            self.probs_sum = probs.copy() if self.probs_sum is None else self.probs_sum + probs
         mean = self.logit_sum / self.labelled
         if self.labelled < self.SETTLE:
             return
@@ -129,6 +136,11 @@ class Track:
     def age(self) -> float:
         return self.age_sum / self.labelled if self.labelled else float("nan")
 
+    @property
+    def age_probs(self) -> np.ndarray | None:
+        """The smoothed age distribution: the mean P(age > k) over the labelled frames (None without)."""
+        return None if self.probs_sum is None or not self.labelled else self.probs_sum / self.labelled
+
 
 class Tracker:
     """Assigns each frame's faces to tracks; a track ends once `max_missed` frames have passed since its face
@@ -144,10 +156,10 @@ class Tracker:
         self._next_id = 1
         self._detected_frame = -1  # the latest frame detection ran on
 
-    def update(self, frame: int, faces: list[Face], labels: list[tuple[float, float]] | None = None) -> list[Track]:
+    def update(self, frame: int, faces: list[Face], labels: list[tuple] | None = None) -> list[Track]:
         """Match this frame's detections to where the live tracks should be now (new tracks for the
         unmatched; the tracks left over count the frames since they were seen, and end past max_missed);
-        `labels` (P(male), age) per face feed the smoothing. Returns the tracks seen in this frame."""
+        `labels` (P(male), age, ...) per face feed the smoothing. Returns the tracks seen in this frame."""
         from scipy.optimize import linear_sum_assignment
 
         # a face missing for more than max_missed frames before this one is not looked for (it ends below)

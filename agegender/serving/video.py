@@ -19,8 +19,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from agegender.serving.analyzer import FaceAnalyzer, face_dict
-from agegender.serving.inference import COLORS_BGR, draw_label
+from agegender.model.engine import Labels
+from agegender.schema import SCHEMA_VERSION
+from agegender.serving.analyzer import FaceAnalyzer, FaceResult, age_text, face_dict
+from agegender.serving.inference import COLORS_BGR, FLAGGED_BGR, draw_label
 from agegender.atomic import atomic_path, check_writable, named, open_output, refuse_inputs, refuse_same_outputs
 from agegender.errors import UserError, short_reason
 from agegender.serving.tracking import Track, Tracker
@@ -69,18 +71,20 @@ class VideoSummary:
     dropped: int
 
 
-def summary_lines(res: VideoSummary) -> list[str]:
+def summary_lines(res: VideoSummary, analyzer: FaceAnalyzer | None = None) -> list[str]:
     """The run in one line, then one line per track -- every track the count counts: a gender once it has
-    settled, else the side it leans to so far and how few frames were labelled."""
+    settled, else the side it leans to so far and how few frames were labelled; the age with the range of
+    the track's smoothed distribution (`track_range`, given the analyzer)."""
     rate = res.frames / res.seconds if res.seconds > 0 else 0.0
     lines = [f"{res.frames} frames ({res.detected} detected) in {res.seconds:.1f} s = {rate:.1f} frames/s; "
              f"{len(res.tracks)} tracks"]
     for t in res.tracks:
+        age = age_text(t.age, track_range(t, analyzer)) if t.labelled else ""
         if t.settled:
-            label = f"gender: {t.gender}, age: {round(t.age)}"
+            label = f"gender: {t.gender}, age: {age}"
         elif t.labelled:
             label = (f"gender: not settled ({t.labelled} labelled frame{'s' if t.labelled > 1 else ''}, "
-                     f"{t.gender_so_far} so far), age: {round(t.age)}")
+                     f"{t.gender_so_far} so far), age: {age}")
         else:
             label = "no label (the model's output was not finite)"
         lines.append(f"track {t.id}: frames {t.first_frame}-{t.last_frame}, {label}")
@@ -103,32 +107,55 @@ def open_video(source: str) -> tuple[cv2.VideoCapture, bool]:
     return cap, camera
 
 
-def draw_tracks(bgr: np.ndarray, tracks: list[Track]) -> np.ndarray:
-    """Box, track id, smoothed gender and age of each track, sized to the face."""
+def face_labels(results: list[FaceResult], labels: Labels) -> list[tuple]:
+    """What a track takes from each labelled face of a frame: (P(male), age, (age_low, age_high), flags,
+    P(age > k)); the last feeds the track's smoothed age range."""
+    return [(fr.p_male, fr.age, fr.age_range, fr.flags, labels.age_probs[i]) for i, fr in enumerate(results)]
+
+
+def track_range(t: Track, analyzer: FaceAnalyzer | None) -> tuple[int, int] | None:
+    """The range of the track's smoothed age distribution at the analyzer's level (None before a label)."""
+    probs = t.age_probs
+    if analyzer is None or probs is None:
+        return None
+    return analyzer.range_of(probs, t.age)
+
+
+def draw_tracks(bgr: np.ndarray, tracks: list[Track], analyzer: FaceAnalyzer | None = None) -> np.ndarray:
+    """Box, track id, smoothed gender, age and age range of each track, sized to the face; a face flagged in
+    its latest labelled frame in grey, its label ending in `?`."""
     for t in tracks:
         x1, y1, x2, y2 = (int(round(float(v))) for v in t.face.box)
         side = max(1, min(x2 - x1, y2 - y1))
-        color = COLORS_BGR.get(t.gender, (128, 128, 128))
+        latest = t.raw or t.last
+        flagged = bool(latest and len(latest) > 3 and latest[3])
+        color = FLAGGED_BGR if flagged else COLORS_BGR.get(t.gender, (128, 128, 128))
         cv2.rectangle(bgr, (x1, y1), (x2, y2), color, max(1, round(side / 50)), cv2.LINE_AA)
-        text = f"#{t.id} " + (f"{t.gender[0].upper()} {round(t.age)}" if t.gender else "?")
+        text = f"#{t.id} " + (f"{t.gender[0].upper()} {age_text(t.age, track_range(t, analyzer))}" + "?" * flagged
+                              if t.gender else "?")
         draw_label(bgr, text, (x1, y1, x2, y2), color, float(np.clip(side / 80, 0.4, 2.0)))
     return bgr
 
 
-def frame_json(index: int, timestamp: float, tracks: list[Track], detected: bool = True) -> dict:
-    """One JSON line (the schema's `frame`): per face the schema's face object -- this frame's box (between
-    detections, where the track predicts it) and the labels of the track's latest labelled frame (this one
-    when `detected`) -- and its `track`: id, frames labelled, and the smoothed gender, P(male) and age
-    (gender never null once labelled)."""
+def frame_json(index: int, timestamp: float, tracks: list[Track], detected: bool = True,
+               analyzer: FaceAnalyzer | None = None) -> dict:
+    """One JSON line (the schema's `frame`): per face (numbered from 1, left to right) the schema's face
+    object -- this frame's box (between detections, where the track predicts it) and the labels of the
+    track's latest labelled frame (this one when `detected`) -- and its `track`: id, frames labelled, and the
+    smoothed gender, P(male), age and age range (the range of the track's mean P(age > k), at `analyzer`'s
+    level; gender never null once labelled)."""
     faces = []
-    for t in tracks:
-        p_male, age = t.raw or t.last or (None, None)
-        face = face_dict(t.face, p_male, age)
+    for k, t in enumerate(sorted(tracks, key=lambda t: (float(t.face.box[0]), float(t.face.box[1]))), 1):
+        p_male, age, age_range, flags = ((t.raw or t.last or ()) + (None,) * 4)[:4]
+        face = face_dict(t.face, p_male, age, k, age_range, flags or ())
+        smooth = track_range(t, analyzer) if t.labelled else None
         face["track"] = {"id": t.id, "labelled": t.labelled, "settled": t.settled, "gender": t.gender_so_far,
                          "p_male": round(t.p_male, 4) if t.labelled else None,
-                         "age": round(t.age, 1) if t.labelled else None}
+                         "age": round(t.age, 1) if t.labelled else None,
+                         "age_low": smooth[0] if smooth else None, "age_high": smooth[1] if smooth else None}
         faces.append(face)
-    return {"frame": index, "time": round(timestamp, 3), "detected": detected, "faces": faces}
+    return {"schema_version": SCHEMA_VERSION, "frame": index, "time": round(timestamp, 3), "detected": detected,
+            "faces": faces}
 
 
 MAX_CAMERA_INDEX = 1023  # OpenCV takes an int; a larger "index" is a typo, not a camera
@@ -192,19 +219,20 @@ def process_video(source: str, analyzer: FaceAnalyzer, output: str | None = None
                     if detecting:
                         rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
                         faces, crops = analyzer.detect(rgb)
-                        p_male, age = analyzer.label(crops)
-                        seen = tracker.update(frames, faces, list(zip(p_male.tolist(), age.tolist())))
+                        labels = analyzer.labels(crops)
+                        seen = tracker.update(frames, faces, face_labels(analyzer.results(faces, crops, labels),
+                                                                         labels))
                         detected += 1
                     else:
                         seen = tracker.carry(frames)
                     if lines is not None:
                         timestamp = frames / fps if not camera else time.perf_counter() - start
                         try:
-                            lines.write(json.dumps(frame_json(frames, timestamp, seen, detecting)) + "\n")
+                            lines.write(json.dumps(frame_json(frames, timestamp, seen, detecting, analyzer)) + "\n")
                         except OSError as exc:  # a full disk: the one-line error names the output
                             raise named(exc, jsonl) from None
                     if writer is not None or show:
-                        drawn = draw_tracks(bgr, seen)
+                        drawn = draw_tracks(bgr, seen, analyzer)
                         if writer is not None:
                             writer.write(drawn)
                         if show:

@@ -18,7 +18,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from agegender.model.engine import TEMPERATURE_KEY, checkpoint_temperature
+from agegender.model.age import WIDENING_KEY
+from agegender.model.engine import TEMPERATURE_KEY, checkpoint_temperature, checkpoint_widening
 from agegender.symbols.common import NUM_OUTPUTS, OUTPUT_NAME
 
 INPUT_NAME = "data"
@@ -91,6 +92,9 @@ def metadata(prefix: str, epoch: int, license: str | None = None) -> dict[str, s
     temperature = checkpoint_temperature(prefix, f"{prefix},{epoch}")
     if temperature != 1.0:  # the checkpoint's calibration travels with it
         meta[TEMPERATURE_KEY] = f"{temperature:.4f}"
+    widening = checkpoint_widening(prefix, f"{prefix},{epoch}")
+    if not widening.is_identity:  # and so does the age range's
+        meta[WIDENING_KEY] = json.dumps(widening.to_dict())
     return meta
 
 

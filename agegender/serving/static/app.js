@@ -26,12 +26,22 @@
     if (t && typeof t.age === "number") return t.age;
     return typeof f.age === "number" ? f.age : null;
   }
+  function ageRange(f) {  // [low, high] whole years: the track's smoothed range wins over this frame's
+    const t = tracked(f);
+    if (t && typeof t.age_low === "number" && typeof t.age_high === "number") return [t.age_low, t.age_high];
+    return typeof f.age_low === "number" && typeof f.age_high === "number" ? [f.age_low, f.age_high] : null;
+  }
+  const flags = (f) => (Array.isArray(f.flags) ? f.flags : []);  // why a face is too poor to judge well
   const box = (f) => f.box || [0, 0, 0, 0];
   const score = (f) => (typeof f.score === "number" ? f.score : 1);
   const landmarks = (f) => f.landmarks || [];
+  function ageText(f) {  // "24 (19-31)", as infer.py's annotated image writes it
+    const a = age(f), r = ageRange(f);
+    return a == null ? "" : Math.round(a) + (r ? ` (${r[0]}-${r[1]})` : "");
+  }
   function label(f) {
-    const g = gender(f), a = age(f);
-    return (g ? g[0].toUpperCase() : "?") + (a == null ? "" : " " + Math.round(a));
+    const g = gender(f), a = ageText(f);
+    return (g ? g[0].toUpperCase() : "?") + (a ? " " + a : "") + (flags(f).length ? "?" : "");
   }
 
   // --- requests: the API key is asked once, when the server answers 401 --------------------------------
@@ -94,10 +104,12 @@
     const k = Math.max(1, ctx.canvas.width / Math.max(1, ctx.canvas.getBoundingClientRect().width));
     const [x1, y1, x2, y2] = box(f).map((v) => v * scale);
     const side = Math.max(1, Math.min(x2 - x1, y2 - y1));
-    const color = COLORS[gender(f)] || "#888";
+    const flagged = flags(f).length > 0;  // grey and dashed: too small, blurred or turned to judge well
+    const color = flagged ? "#969696" : COLORS[gender(f)] || "#888";
     ctx.lineWidth = Math.max(2, side / 40);
     ctx.strokeStyle = color;
-    ctx.setLineDash(stale ? [ctx.lineWidth * 3, ctx.lineWidth * 2] : []);  // an old box: dashed
+    // dashed: an old box (the camera's, a request behind), or a face too small, blurred or turned to judge
+    ctx.setLineDash(stale || flagged ? [ctx.lineWidth * 3, ctx.lineWidth * 2] : []);
     ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
     ctx.setLineDash([]);
     ctx.fillStyle = "#ffd400";
@@ -122,13 +134,17 @@
     const ctx = canvas.getContext("2d");
     ctx.drawImage(img, 0, 0, canvas.width, canvas.height);
     const faces = shownFaces();
-    faces.forEach((f, i) => drawFace(ctx, f, scale, `${i + 1} ${label(f)}`));
+    // a face's number is the service's (`face`, as in the JSON download): hidden faces leave gaps
+    const num = (f, i) => (typeof f.face === "number" ? f.face : i + 1);
+    state.labels = faces.map((f, i) => `${num(f, i)} ${label(f)}`);  // what the boxes say (the browser test reads it)
+    faces.forEach((f, i) => drawFace(ctx, f, scale, state.labels[i]));
     canvas.dataset.faces = String(faces.length);
     const rows = faces.map((f, i) => {
-      const g = gender(f), p = pMale(f), a = age(f);
+      const g = gender(f), p = pMale(f), a = age(f), r = ageRange(f), q = flags(f);
       const pg = p == null ? "" : p.toFixed(2);
-      return `<tr><td>${i + 1}</td><td class="${g || ""}">${g || "unknown"}</td><td>${pg}</td>` +
-        `<td>${a == null ? "" : a.toFixed(1)}</td><td>${score(f).toFixed(3)}</td><td>${box(f).join(", ")}</td></tr>`;
+      return `<tr class="${q.length ? "flagged" : ""}"><td>${num(f, i)}</td><td class="${g || ""}">${g || "unknown"}</td>` +
+        `<td>${pg}</td><td>${a == null ? "" : a.toFixed(1)}</td><td>${r ? r[0] + "-" + r[1] : ""}</td>` +
+        `<td>${q.length ? "low: " + q.join(", ") : "ok"}</td><td>${score(f).toFixed(3)}</td><td>${box(f).join(", ")}</td></tr>`;
     });
     $("faces").tBodies[0].innerHTML = rows.join("");
     const total = state.doc.faces_total ?? state.doc.faces.length;
