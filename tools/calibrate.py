@@ -50,9 +50,11 @@ def main() -> int:
                         "metadata; or PREFIX-calibration.json beside a checkpoint (read by the mxnet engine "
                         "and carried into tools/export_onnx.py's export)")
     args = p.parse_args()
-    from agegender.model.engine import BUNDLED_ONNX, CALIBRATION_SUFFIX
+    from agegender.model import registry
+    from agegender.model.engine import CALIBRATION_SUFFIX
 
-    source = args.model or BUNDLED_ONNX
+    bundled = registry.resolve(args.model)  # a name: its .onnx (or its checkpoint when it has no .onnx)
+    source = bundled.spec if bundled else args.model
     is_onnx = source.lower().endswith(".onnx")
     prefix = None if is_onnx else source.partition(",")[0]
     sidecar = bool(args.write) and args.write.endswith(CALIBRATION_SUFFIX)
