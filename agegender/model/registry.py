@@ -4,8 +4,8 @@ the files each name is read from, and the rule that tells a name from a path. do
 A registered NAME is read from models/ in a checkout (agegender/weights/ in the wheel), or first from the
 folders of $AGEGENDER_MODELS_DIR, under one naming scheme:
 
-    default  agegender.onnx      agegender-symbol.json      agegender-0000.params      agegender-calibration.json
-    NAME    agegender-NAME.onnx agegender-NAME-symbol.json agegender-NAME-0000.params agegender-NAME-calibration.json
+    default  agegender.onnx  agegender-symbol.json  agegender-0000.params  agegender-calibration.json
+    NAME     the same with agegender-NAME: agegender-small.onnx, agegender-small-symbol.json, ...
 
 plus an optional licence / attribution file, agegender[-NAME].LICENSE.md. A name is available when its
 .onnx or its -0000.params is there. This module imports neither numpy nor a runtime: `agegender --version`
