@@ -65,8 +65,7 @@ def test_a_bare_word_is_a_name_anything_with_a_separator_comma_or_dot_is_a_path(
     with pytest.raises(UserError, match=r"^--model nosuch: neither a bundled model's name \(available here: "
                                         r"default\) nor a file here"):
         registry.resolve("nosuch")
-    with pytest.raises(UserError, match=r"--model open: that bundled model is not installed here .*available here: "
-                                        r"default$"):
+    with pytest.raises(UserError, match=r"^bundled model 'open' is not installed here .*available here: default$"):
         registry.resolve("open")
     (tmp_path / "mine-symbol.json").write_text("{}")  # an unregistered bare word that is a checkpoint here
     assert registry.resolve("mine") is None
@@ -79,7 +78,7 @@ def test_a_name_that_is_also_a_file_here_is_refused_as_ambiguous(tmp_path, monke
         (tmp_path / what).mkdir()
     else:
         (tmp_path / what).write_text("")
-    with pytest.raises(UserError, match=r"--model small is ambiguous: .* write \./small for the file here"):
+    with pytest.raises(UserError, match=r"^model 'small' is ambiguous: .* write \./small for the one here"):
         registry.resolve("small")
     assert registry.resolve("./small") is None  # the documented way to mean the file
     with pytest.raises(UserError, match="ambiguous"):
@@ -95,6 +94,8 @@ def test_infer_refuses_an_ambiguous_name_in_one_line(tmp_path):
 def test_unknown_and_absent_names_are_one_line_errors_naming_the_models_here(monkeypatch):
     monkeypatch.delenv(registry.MODELS_DIR_ENV, raising=False)
     _one_line_error(run_script("infer.py", "--image", T1, "--model", "large"), "--model large", "available here: default")
+    with pytest.raises(UserError, match=r"^no bundled model named 'large' \(registered: default, small, open;"):
+        registry.lookup("large")
     _one_line_error(run_script("eval.py", "--rec", "nowhere.rec", "--model", "open"), "not installed",
                     "available here: default")
     _one_line_error(run_script("tools/export_onnx.py", "small", "/tmp/never-written.onnx"), "not installed")

@@ -126,16 +126,16 @@ def model_files(*models: str | None, calibration: bool = True) -> list[str]:
     """The one list of the model files a run reads, as inputs for `refuse_inputs` / `refuse_prefix` (no
     output may replace one). Each of `models` as `--model` takes it: a bundled model's name (None or "":
     `default`) is every file of it in agegender/model/registry.py (its .onnx, checkpoint, calibration and
-    licence file); a .onnx file is itself; PREFIX[,EPOCH] is PREFIX-symbol.json, every PREFIX-NNNN.params
-    (and optimizer states) and PREFIX-calibration.json (left out with `calibration=False`, for
-    tools/calibrate.py, which rewrites it). A name that is unknown, absent or ambiguous is the one-line
-    error `registry.resolve` raises. The teacher net's ONNX is always one: it ships with the project and
+    licence file); a .onnx file is itself; PREFIX[,EPOCH] (any other bare word too) is PREFIX-symbol.json,
+    every PREFIX-NNNN.params (and optimizer states) and PREFIX-calibration.json (left out with
+    `calibration=False`, for tools/calibrate.py, which rewrites it). A registered name that is absent or
+    ambiguous is the one-line error `registry.resolve` raises. The teacher net's ONNX is always one: it ships with the project and
     nothing writes it."""
     import glob
 
     files = []
     for spec in models:
-        bundled = registry.resolve(spec)
+        bundled = registry.resolve(spec, strict=False)
         if bundled is not None:
             files += bundled.files(calibration)
         elif spec.lower().endswith(".onnx"):  # as load_engine tells the two apart

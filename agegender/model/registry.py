@@ -133,11 +133,11 @@ def _names_here() -> str:
 def lookup(name: str) -> BundledModel:
     """The registered model `name`; a one-line UserError naming the models available here otherwise."""
     if name not in REGISTERED:
-        raise UserError(f"--model {name}: no bundled model of that name (registered: {', '.join(REGISTERED)}; "
+        raise UserError(f"no bundled model named {name!r} (registered: {', '.join(REGISTERED)}; "
                         f"available here: {_names_here()})")
     model = find(name)
     if model is None:
-        raise UserError(f"--model {name}: that bundled model is not installed here "
+        raise UserError(f"bundled model {name!r} is not installed here "
                         f"(no {os.path.basename(BundledModel(name, '').onnx)} in {os.pathsep.join(model_dirs())}); "
                         f"available here: {_names_here()}")
     return model
@@ -157,11 +157,12 @@ def _is_path_here(spec: str) -> str | None:
     return None
 
 
-def resolve(spec: str | None) -> BundledModel | None:
+def resolve(spec: str | None, strict: bool = True) -> BundledModel | None:
     """--model `spec` as a bundled model, or None when it is a path. None or "" is `default` (returned even
-    when absent: the loader says what to pass instead). A registered name that is also a file or a
-    checkpoint in the current folder is refused as ambiguous; a bare word that is neither a registered
-    name nor a path here is a one-line error listing the names available."""
+    when absent: the loader says what to pass instead). A registered name that is absent, or that is also a
+    file or a checkpoint in the current folder (ambiguous), is a one-line UserError; so is a bare word that
+    is neither a registered name nor a path here, unless `strict` is off (then it is a path: `model_files`
+    lists what a run would read, and the loader says what is missing)."""
     if not spec:
         return find(DEFAULT) or BundledModel(DEFAULT, BUILTIN_DIR)
     if not is_name_like(spec):
@@ -169,10 +170,10 @@ def resolve(spec: str | None) -> BundledModel | None:
     here = _is_path_here(spec)
     if spec in REGISTERED:
         if here is not None:
-            raise UserError(f"--model {spec} is ambiguous: a bundled model's name, and {here} is here; write "
-                            f"./{spec} for the file here, or run from another folder for the bundled model")
+            raise UserError(f"model {spec!r} is ambiguous: a bundled model's name, and {here} is in this folder; "
+                            f"write ./{spec} for the one here, or run from another folder for the bundled model")
         return lookup(spec)
-    if here is not None:
+    if here is not None or not strict:
         return None
     raise UserError(f"--model {spec}: neither a bundled model's name (available here: {_names_here()}) nor a "
                     f"file here (a .onnx file, or PREFIX,EPOCH of a checkpoint)")
