@@ -211,3 +211,10 @@ def test_every_bundled_model_here_states_the_registered_terms_and_ships_in_the_w
             if os.path.isfile(path) and os.path.dirname(path) == registry.BUILTIN_DIR:
                 name = os.path.basename(path)
                 assert f'"models/{name}" = "agegender/weights/{name}"' in pyproject, name
+
+
+def test_a_name_is_a_checkpoint_for_widen_and_pretrained(small_dir, tmp_path):
+    """tools/widen.py SOURCE and train.py --pretrained take a bundled model's name as its checkpoint."""
+    proc = run_script("tools/widen.py", "small", str(tmp_path / "wide"), "--multiplier", "0.5", check=True)
+    assert "parameters widened" in proc.stdout and (tmp_path / "wide-0000.params").is_file()
+    assert registry.resolve("small", strict=False).prefix == os.path.join(small_dir, "agegender-small")
