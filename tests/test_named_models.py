@@ -93,7 +93,8 @@ def test_infer_refuses_an_ambiguous_name_in_one_line(tmp_path):
 
 def test_unknown_and_absent_names_are_one_line_errors_naming_the_models_here(monkeypatch):
     monkeypatch.delenv(registry.MODELS_DIR_ENV, raising=False)
-    _one_line_error(run_script("infer.py", "--image", T1, "--model", "large"), "--model large", "available here: default")
+    _one_line_error(run_script("infer.py", "--image", T1, "--model", "large"), "--model large",
+                    "available here: default")
     with pytest.raises(UserError, match=r"^no bundled model named 'large' \(registered: default, small, open;"):
         registry.lookup("large")
     _one_line_error(run_script("eval.py", "--rec", "nowhere.rec", "--model", "open"), "not installed",

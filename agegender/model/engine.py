@@ -129,8 +129,8 @@ def model_files(*models: str | None, calibration: bool = True) -> list[str]:
     licence file); a .onnx file is itself; PREFIX[,EPOCH] (any other bare word too) is PREFIX-symbol.json,
     every PREFIX-NNNN.params (and optimizer states) and PREFIX-calibration.json (left out with
     `calibration=False`, for tools/calibrate.py, which rewrites it). A registered name that is absent or
-    ambiguous is the one-line error `registry.resolve` raises. The teacher net's ONNX is always one: it ships with the project and
-    nothing writes it."""
+    ambiguous is the one-line error `registry.resolve` raises. The teacher net's ONNX is always one: it
+    ships with the project and nothing writes it."""
     import glob
 
     files = []
