@@ -16,7 +16,8 @@ from agegender.errors import UserError, run_cli
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description=__doc__)
     p.add_argument("--model", default=None,
-                   help="a .onnx file, or PREFIX,EPOCH (PREFIX: its newest epoch); default: the bundled model")
+                   help="a bundled model's name (default, small, ...: docs/model.md), a .onnx file, or "
+                        "PREFIX,EPOCH (PREFIX: its newest epoch); default: the bundled model `default`")
     p.add_argument("--engine", choices=ENGINES, default=None,
                    help="what runs the net (default: onnx for a .onnx file and the bundled model, mxnet for "
                         "PREFIX,EPOCH; onnx with PREFIX,EPOCH exports it in memory)")

@@ -23,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--video", metavar="PATH|N",
                       help="a video file OpenCV can read, or a camera index (0, 1, ...): faces tracked across frames")
     p.add_argument("--model", default=None,
-                   help="a .onnx file, or PREFIX,EPOCH (PREFIX: its newest epoch); default: the bundled model")
+                   help="a bundled model's name (default, small, ...: docs/model.md), a .onnx file, or "
+                        "PREFIX,EPOCH (PREFIX: its newest epoch); default: the bundled model `default`")
     p.add_argument("--engine", choices=ENGINES, default=None,
                    help="what runs the net (default: onnx for a .onnx file and the bundled model, mxnet for "
                         "PREFIX,EPOCH; onnx with PREFIX,EPOCH exports it in memory)")

@@ -20,7 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description=__doc__)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=number(int, 0, 65535), default=8000, help="port to listen on")
-    p.add_argument("--model", default=None, help="a .onnx file or PREFIX,EPOCH; default: the bundled model")
+    p.add_argument("--model", default=None, help="a bundled model's name (default, small, ...: docs/model.md), "
+                                                 "a .onnx file or PREFIX,EPOCH; one model per process")
     p.add_argument("--engine", choices=ENGINES, default=None, help="what runs the net (as infer.py)")
     p.add_argument("--det-model", metavar="ONNX", default=None, help="an InsightFace ONNX detector")
     p.add_argument("--max-size", type=NON_NEGATIVE_INT, default=1280, help="longest side seen by the detector")

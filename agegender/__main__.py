@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import sys
 
-from agegender import CODE_LICENSE, WEIGHTS_TERMS, __version__
+from agegender import CODE_LICENSE, __version__
 from agegender.errors import EXTRAS, run_cli
 
 COMMANDS = {  # command: (script, what it does)
@@ -35,7 +35,26 @@ def usage() -> str:
     width = max(map(len, COMMANDS))
     lines = ["usage: agegender COMMAND [options]   (agegender COMMAND --help for its options)", "", "commands:"]
     lines += [f"  {name:<{width}}  {what}" for name, (_, what) in COMMANDS.items()]
-    lines += ["", "  --version  the version, the code's licence and the bundled weights' terms"]
+    lines += ["", "  --version  the version, the code's licence, the bundled models and their terms"]
+    return "\n".join(lines)
+
+
+def version_text() -> str:
+    """`agegender --version`: the version, the code's licence, and each bundled model present here with its
+    files and terms (agegender/model/registry.py; `--model NAME` picks one)."""
+    from agegender.model import registry
+
+    lines = [f"agegender {__version__}", f"code: {CODE_LICENSE}", "bundled models (--model NAME; docs/model.md):"]
+    present = registry.available()
+    for model in present:
+        rel = os.path.relpath(model.spec)
+        lines.append(f"  {model.name}: {model.spec if rel.startswith('..') else rel}")
+        lines.append(f"    terms: {model.terms}")
+    if not present:
+        lines.append("  none here: pass --model FILE.onnx or PREFIX,EPOCH")
+    missing = [name for name in registry.REGISTERED if registry.find(name) is None]
+    if missing:
+        lines.append(f"  not installed here: {', '.join(missing)}")
     return "\n".join(lines)
 
 
@@ -46,7 +65,7 @@ def dispatch(argv: list[str] | None = None) -> int:
         print(usage(), file=sys.stdout if args else sys.stderr)
         return 0 if args else 2
     if args[0] in ("-V", "--version"):
-        print(f"agegender {__version__}\ncode: {CODE_LICENSE}\nweights: {WEIGHTS_TERMS}")
+        print(version_text())
         return 0
     if args[0] not in COMMANDS:
         print(f"error: unknown command {args[0]!r}; expected one of {', '.join(COMMANDS)} (see agegender --help)",

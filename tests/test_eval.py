@@ -127,7 +127,9 @@ def test_errors_are_one_line(args, message, packed_demo, random_model):
 def test_without_a_bundled_model_model_is_required(monkeypatch, tmp_path):
     import agegender.model.mxnet_engine as predict
     from agegender.errors import UserError
+    from agegender.model import registry
 
-    monkeypatch.setattr(predict, "BUNDLED_MODEL", str(tmp_path / "absent"))
+    monkeypatch.setattr(registry, "BUILTIN_DIR", str(tmp_path / "absent"))
+    monkeypatch.delenv(registry.MODELS_DIR_ENV, raising=False)
     with pytest.raises(UserError, match="--model is required"):
         predict.resolve_model(None)

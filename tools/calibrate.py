@@ -63,9 +63,11 @@ def main() -> int:
     p.add_argument("--age-range-only", action="store_true",
                    help="keep the model's stored gender temperature; fit and write only the age range's widening")
     args = p.parse_args()
-    from agegender.model.engine import BUNDLED_ONNX, CALIBRATION_SUFFIX
+    from agegender.model import registry
+    from agegender.model.engine import CALIBRATION_SUFFIX
 
-    source = args.model or BUNDLED_ONNX
+    bundled = registry.resolve(args.model)  # a name: its .onnx (or its checkpoint when it has no .onnx)
+    source = bundled.spec if bundled else args.model
     is_onnx = source.lower().endswith(".onnx")
     prefix = source[:-len(".onnx")] if is_onnx else source.partition(",")[0]
     for out in args.write:

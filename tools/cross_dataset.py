@@ -45,7 +45,8 @@ def matrix_tables(results: dict[tuple[str, str], dict], models: list[str], recs:
 def main() -> int:
     p = ArgumentParser(description=__doc__)
     p.add_argument("--model", action="append", required=True, metavar="NAME=MODEL",
-                   help="a .onnx file or PREFIX,EPOCH, with the name its row gets; repeatable")
+                   help="a bundled model's name, a .onnx file or PREFIX,EPOCH, with the name its row "
+                        "gets; repeatable")
     p.add_argument("--rec", action="append", required=True, metavar="FILE", help="a packed val .rec; repeatable")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = p.parse_args()

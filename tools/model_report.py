@@ -62,7 +62,8 @@ def robustness(engine, faces, packed_out, gender, age, how: str) -> None:
 
 def main() -> int:
     p = ArgumentParser(description=__doc__)
-    p.add_argument("--model", default=None, help="a .onnx file or PREFIX,EPOCH (default: the bundled model)")
+    p.add_argument("--model", default=None, help="a bundled model's name, a .onnx file or PREFIX,EPOCH "
+                        "(default: the bundled model `default`)")
     p.add_argument("--rec", default="dataset/utkface/val.rec", help="a packed UTKFace .rec (its .lst beside it)")
     p.add_argument("--teacher", metavar="CSV", default="",
                    help="the teacher's P(male) for this split (tools/teacher_gender.py): gender per band of the "

@@ -19,7 +19,8 @@ from agegender.errors import UserError, run_cli  # noqa: E402
 
 def main() -> int:
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("source", help="PREFIX,EPOCH of the narrow checkpoint (ours or InsightFace's)")
+    p.add_argument("source", help="PREFIX,EPOCH of the narrow checkpoint (ours or InsightFace's), or a bundled "
+                                      "model's name")
     p.add_argument("output", help="prefix of the widened checkpoint (written as OUTPUT-0000.params)")
     p.add_argument("--network", default="m50", help="network of both checkpoints")
     p.add_argument("--from-multiplier", type=POSITIVE, default=0.25, help="width of the source")
@@ -36,12 +37,14 @@ def main() -> int:
     from agegender.symbols.widen import widen_into
 
     from agegender.atomic import refuse_inputs
+    from agegender.model import registry
     from agegender.model.engine import model_files
 
     refuse_inputs([("output", f"{args.output}-symbol.json"), ("output", f"{args.output}-0000.params")],
                   model_files(args.source))
+    bundled = registry.resolve(args.source, strict=False)  # a bundled model's name: its checkpoint
     try:
-        prefix, epoch = parse_model_spec(args.source)
+        prefix, epoch = (bundled.prefix, 0) if bundled else parse_model_spec(args.source)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     nets = []

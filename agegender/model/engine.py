@@ -15,18 +15,18 @@ import numpy as np
 
 from agegender.cli import gpu_ids
 from agegender.errors import UserError, short_reason
+from agegender.model import registry
 from agegender.model.age import (DEFAULT_AGE_LEVEL, DEFAULT_DECODE, NO_WIDENING, NUM_AGE_BINS, WIDENING_KEY, Widening,
                                  age_probs, age_range, decode)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# The model shipped with AgeGender, epoch 0: the wheel carries it as package data (agegender/weights/, see
-# pyproject.toml); a checkout has it in models/.
-_PACKAGED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights", "agegender")
-BUNDLED_MODEL = _PACKAGED if os.path.isfile(_PACKAGED + ".onnx") else os.path.join(ROOT, "models", "agegender")
+# The default bundled model, epoch 0, where the registry's built-in folder has it: models/ in a checkout,
+# agegender/weights/ in the wheel (pyproject.toml). The models by name: agegender/model/registry.py.
+BUNDLED_MODEL = registry.BundledModel(registry.DEFAULT, registry.BUILTIN_DIR).prefix
 BUNDLED_ONNX = BUNDLED_MODEL + ".onnx"                   # the same model exported by tools/export_onnx.py
 # the gender ensemble's teacher net (agegender/model/ensemble.py), beside the bundled model: models/ in a
 # checkout, agegender/weights/ in an installed wheel
-TEACHER_ONNX = os.path.join(os.path.dirname(BUNDLED_MODEL), "teacher-gender-v1.onnx")
+TEACHER_ONNX = os.path.join(registry.BUILTIN_DIR, "teacher-gender-v1.onnx")
 ENGINES = ("onnx", "mxnet")
 NUM_OUTPUTS = 2 + 2 * NUM_AGE_BINS
 TEMPERATURE_KEY = "gender_temperature"  # ONNX metadata_props key: the fitted temperature of the gender logits
@@ -55,14 +55,23 @@ class Engine:
 
     @property
     def license(self) -> str:
-        """The model's terms: its metadata's `license`, else the bundled weights' for the bundled model."""
-        from agegender import WEIGHTS_TERMS
-
+        """The model's terms: its metadata's `license`, else the registry's terms for a bundled model."""
         if "license" in self.metadata:
             return self.metadata["license"]
-        return WEIGHTS_TERMS if self.is_bundled else "not stated in the model file"
+        return self.bundled.terms if self.bundled else "not stated in the model file"
 
-    is_bundled = False
+    @property
+    def provenance(self) -> str | None:
+        """Where the weights come from (data, initialisation, teachers, the recipe's commit): the ONNX
+        metadata's `provenance` (tools/export_onnx.py --provenance); None when the file does not say."""
+        return self.metadata.get("provenance")
+
+    # the registered model (agegender/model/registry.py) this engine runs, None for a model given by path
+    bundled: registry.BundledModel | None = None
+
+    @property
+    def is_bundled(self) -> bool:
+        return self.bundled is not None
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
         """(N,3,112,112) float32 -> (N,202) float32."""
@@ -148,28 +157,33 @@ def stored_widening(metadata: dict, name: str) -> Widening:
         raise UserError(f"model {name}: metadata {WIDENING_KEY} is not a widening: {exc}") from None
 
 
-CALIBRATION_SUFFIX = "-calibration.json"  # beside a checkpoint: PREFIX-calibration.json, {"gender_temperature": T}
+CALIBRATION_SUFFIX = registry.CALIBRATION_SUFFIX  # PREFIX-calibration.json, {"gender_temperature": T}
 
 
 def model_files(*models: str | None, calibration: bool = True) -> list[str]:
     """The one list of the model files a run reads, as inputs for `refuse_inputs` / `refuse_prefix` (no
-    output may replace one). Each of `models` as `--model` takes it: a .onnx file is itself; PREFIX[,EPOCH]
-    is PREFIX-symbol.json, every PREFIX-NNNN.params (and optimizer states) and PREFIX-calibration.json
-    (left out with `calibration=False`, for tools/calibrate.py, which rewrites it); None or "" (`--model`
-    left out) is the bundled model, its .onnx and its checkpoint. The teacher net's ONNX is always one: it
+    output may replace one). Each of `models` as `--model` takes it: a bundled model's name (None or "":
+    `default`) is every file of it in agegender/model/registry.py (its .onnx, checkpoint, calibration and
+    licence file); a .onnx file is itself; PREFIX[,EPOCH] (any other bare word too) is PREFIX-symbol.json,
+    every PREFIX-NNNN.params (and optimizer states) and PREFIX-calibration.json (left out with
+    `calibration=False`, for tools/calibrate.py, which rewrites it). A registered name that is absent or
+    ambiguous is the one-line error `registry.resolve` raises. The teacher net's ONNX is always one: it
     ships with the project and nothing writes it."""
     import glob
 
     files = []
-    for spec in (s for m in models for s in ([m] if m else [BUNDLED_ONNX, BUNDLED_MODEL])):
-        if spec.lower().endswith(".onnx"):  # as load_engine tells the two apart
+    for spec in models:
+        bundled = registry.resolve(spec, strict=False)
+        if bundled is not None:
+            files += bundled.files(calibration)
+        elif spec.lower().endswith(".onnx"):  # as load_engine tells the two apart
             files.append(spec)
-            continue
-        prefix = spec.partition(",")[0]  # as parse_model_spec reads PREFIX,EPOCH
-        files.append(f"{prefix}-symbol.json")
-        files += sorted(glob.glob(glob.escape(prefix) + "-[0-9][0-9][0-9][0-9].*"))
-        if calibration:
-            files.append(prefix + CALIBRATION_SUFFIX)
+        else:
+            prefix = spec.partition(",")[0]  # as parse_model_spec reads PREFIX,EPOCH
+            files.append(f"{prefix}-symbol.json")
+            files += sorted(glob.glob(glob.escape(prefix) + "-[0-9][0-9][0-9][0-9].*"))
+            if calibration:
+                files.append(prefix + CALIBRATION_SUFFIX)
     return files + [TEACHER_ONNX]
 
 
@@ -263,7 +277,7 @@ class OnnxEngine(Engine):
         self.gender_temperature = stored_temperature(self.session.get_modelmeta().custom_metadata_map, self.name)
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         self.age_widening = stored_widening(self.metadata, self.name)
-        self.is_bundled = model is None and os.path.realpath(path) == os.path.realpath(BUNDLED_ONNX)
+        self.bundled = None if model is not None else registry.for_path(path)
         self.check()
 
     def forward(self, batch: np.ndarray) -> np.ndarray:

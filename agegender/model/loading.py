@@ -1,40 +1,52 @@
-"""`--model` / `--engine` / `--gpus` to a loaded engine: onnxruntime for a .onnx file and the bundled model,
+"""`--model` / `--engine` / `--gpus` to a loaded engine: onnxruntime for a .onnx file and a bundled model,
 MXNet for a checkpoint. Kept apart from both engines so that neither imports the other."""
 from __future__ import annotations
 
-import os
-
 from agegender.errors import UserError, require, short_reason
-from agegender.model.engine import BUNDLED_MODEL, BUNDLED_ONNX, ENGINES, Engine, OnnxEngine, short_name
+from agegender.model import registry
+from agegender.model.engine import ENGINES, Engine, OnnxEngine, short_name
 
 
 def load_engine(model: str | None = None, engine: str | None = None, gpus: str = "", threads: int = 0) -> Engine:
     """The attribute net for `--model` / `--engine` / `--gpus`.
 
-    `model`: a `.onnx` file, `PREFIX,EPOCH` (or `PREFIX`, its newest epoch), or None for the bundled model.
-    `engine`: `onnx`, `mxnet`, or None: `onnx` for a .onnx file and for the bundled model, `mxnet` for a
+    `model`: a bundled model's name (`default`, `small`, ...: agegender/model/registry.py), a `.onnx` file,
+    `PREFIX,EPOCH` (or `PREFIX`, its newest epoch), or None for the `default` bundled model.
+    `engine`: `onnx`, `mxnet`, or None: `onnx` for a .onnx file and for a bundled model, `mxnet` for a
     checkpoint. `--engine onnx` with a checkpoint exports it in memory first (needs MXNet)."""
     if engine not in (None, *ENGINES):
         raise UserError(f"--engine must be one of {', '.join(ENGINES)}; got {engine!r}")
-    is_onnx = bool(model) and model.lower().endswith(".onnx")
-    if engine is None:
-        engine = "onnx" if (is_onnx or not model) else "mxnet"
-    if engine == "onnx":
-        if is_onnx:
-            return OnnxEngine(model, threads, gpus)
-        if not model:
-            if os.path.isfile(BUNDLED_ONNX):
-                return OnnxEngine(BUNDLED_ONNX, threads, gpus)
-            if not os.path.isfile(f"{BUNDLED_MODEL}-0000.params"):
-                raise UserError(f"--model is required: there is no bundled model ({BUNDLED_ONNX}) in this "
-                                "checkout; pass --model FILE.onnx or PREFIX,EPOCH")
-        return _exported(model, threads, gpus)
+    bundled = registry.resolve(model)  # a name that is unknown, absent or ambiguous is refused here
+    if bundled is not None:
+        loaded = _bundled(bundled, model, engine, gpus, threads)
+        loaded.bundled = bundled  # also when exported in memory: the engine says which model and its terms
+        return loaded
+    is_onnx = model.lower().endswith(".onnx")
+    if (engine or ("onnx" if is_onnx else "mxnet")) == "onnx":
+        return OnnxEngine(model, threads, gpus) if is_onnx else _exported(model, threads, gpus)
     if is_onnx:
         raise UserError(f"--engine mxnet runs a PREFIX,EPOCH checkpoint, not {model}; use --engine onnx")
-    require("mxnet", f"--engine mxnet{f' (--model {model})' if model else ''}")
+    require("mxnet", f"--engine mxnet (--model {model})")
     from agegender.model.mxnet_engine import MxnetEngine, resolve_model
 
     return MxnetEngine(*resolve_model(model), gpus=gpus)
+
+
+def _bundled(bundled: registry.BundledModel, model: str | None, engine: str | None, gpus: str,
+             threads: int) -> Engine:
+    """A bundled model: its .onnx by onnxruntime (exported in memory when only its checkpoint is there),
+    or its checkpoint by MXNet with `--engine mxnet`."""
+    if engine != "mxnet" and bundled.has_onnx:
+        return OnnxEngine(bundled.onnx, threads, gpus)
+    if not bundled.available:  # only the default can be absent here: a named one is refused by resolve
+        raise UserError(f"--model is required: there is no bundled model ({bundled.onnx}) in this "
+                        "checkout; pass --model FILE.onnx or PREFIX,EPOCH")
+    if engine == "mxnet":
+        require("mxnet", f"--engine mxnet{f' (--model {model})' if model else ''}")
+        from agegender.model.mxnet_engine import MxnetEngine, resolve_model
+
+        return MxnetEngine(*resolve_model(model), gpus=gpus)
+    return _exported(model, threads, gpus)
 
 
 def _exported(model: str | None, threads: int, gpus: str) -> Engine:

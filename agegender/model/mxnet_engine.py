@@ -2,24 +2,28 @@
 of agegender/model/engine.py. Also the split-over-contexts forward that training's validation uses."""
 from __future__ import annotations
 
-import os
-
 import mxnet as mx
 import numpy as np
 
 from agegender.symbols import load_model, parse_model_spec
 from agegender.model.devices import contexts
-from agegender.model.engine import BUNDLED_MODEL, Engine, checkpoint_temperature, checkpoint_widening, short_name
+from agegender.model import registry
+from agegender.model.engine import Engine, checkpoint_temperature, checkpoint_widening, short_name
 from agegender.errors import UserError, short_reason
 
 
 def resolve_model(spec: str | None) -> tuple[str, int]:
-    """`PREFIX,EPOCH`, a bare `PREFIX` (newest epoch), or None for the bundled model; UserError if absent."""
-    if not spec:
-        if not os.path.isfile(f"{BUNDLED_MODEL}-0000.params"):
-            raise UserError(f"--model is required: there is no bundled model ({BUNDLED_MODEL}-0000.params) "
-                            "in this checkout; pass --model PREFIX,EPOCH")
-        return BUNDLED_MODEL, 0
+    """`PREFIX,EPOCH`, a bare `PREFIX` (newest epoch), a bundled model's name, or None for the default
+    bundled model (agegender/model/registry.py: its checkpoint, epoch 0); UserError if absent."""
+    bundled = registry.resolve(spec)
+    if bundled is not None:
+        if not bundled.has_checkpoint:
+            if not spec:
+                raise UserError(f"--model is required: there is no bundled model ({bundled.prefix}-0000.params) "
+                                "in this checkout; pass --model PREFIX,EPOCH")
+            raise UserError(f"--model {spec}: the bundled model has no MXNet checkpoint here "
+                            f"({short_name(bundled.prefix)}-0000.params); use --engine onnx")
+        return bundled.prefix, 0
     try:
         return parse_model_spec(spec)
     except ValueError as exc:
@@ -46,7 +50,7 @@ class MxnetEngine(Engine):
     def __init__(self, prefix: str, epoch: int, gpus: str = "", ctx: list[mx.Context] | None = None):
         self.ctx = ctx or contexts(gpus)
         self.name = f"{short_name(prefix)},{epoch}"
-        self.is_bundled = os.path.realpath(prefix) == os.path.realpath(BUNDLED_MODEL)
+        self.bundled = registry.for_path(prefix)
         try:
             self.net = load_model(prefix, epoch, self.ctx)
         except Exception as exc:  # noqa: BLE001 -- MXNet raises its own types with a C++ stack

@@ -26,7 +26,8 @@ def add_split_arguments(parser) -> None:
     """The flags the report tools share: --model, --engine, --lst (val splits), --limit."""
     from agegender.cli import NON_NEGATIVE_INT
 
-    parser.add_argument("--model", default=None, help="a .onnx file or PREFIX,EPOCH (default: the bundled model)")
+    parser.add_argument("--model", default=None, help="a bundled model's name, a .onnx file or PREFIX,EPOCH "
+                        "(default: the bundled model `default`)")
     parser.add_argument("--engine", choices=("onnx", "mxnet"), default=None,
                         help="what runs the net (default: as infer.py picks)")
     parser.add_argument("--lst", nargs="+", default=DEFAULT_LISTS, help="packed val splits' .lst files")

@@ -17,6 +17,7 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
+from html import escape
 from typing import Optional
 
 import cv2
@@ -24,7 +25,7 @@ import numpy as np
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
@@ -152,6 +153,11 @@ class ModelOut(BaseModel):
     versions: dict
     version: str = Field(description="the AgeGender version serving", examples=["1.0.0"])
     license: dict = Field(description="the code's licence and the model's (weights') terms")
+    bundled: Optional[str] = Field(None, description="the bundled model's name (serve.py --model NAME: default, "
+                                                     "small, ...), null for a model given by its file",
+                                   examples=["default"])
+    provenance: Optional[str] = Field(None, description="where the weights come from, as the model file states "
+                                                        "it (ONNX metadata `provenance`); null when it does not")
 
 
 ERRORS = {400: {"model": ErrorOut, "description": "empty body, truncated image, bad multipart, or several "
@@ -265,6 +271,26 @@ def _public_name(name: str) -> str:
     """The model's name without the folders it lies in (`agegender.onnx`, `PREFIX,EPOCH (exported to
     ONNX)`): no answer carries a path of the serving machine."""
     return os.path.basename(name) or name
+
+
+def _bundled_name(engine) -> str | None:
+    """The registered name of the model the engine runs (agegender/model/registry.py), None for a path."""
+    return engine.bundled.name if getattr(engine, "bundled", None) else None
+
+
+PAGE_MODEL_SLOT = '<footer id="model"></footer>'
+
+
+def _page(engine) -> str:
+    """The page with the model that answers and its terms in its footer: which model labels the faces, and
+    under what terms (CC BY asks for its attribution to be shown), for everyone who can open the page."""
+    with open(os.path.join(STATIC, "index.html"), encoding="utf-8") as f:
+        text = f.read()
+    name = _bundled_name(engine)
+    shown = f"{name} ({_public_name(engine.name)})" if name else _public_name(engine.name)
+    footer = (f'<footer id="model">Model: <b id="model-name">{escape(shown)}</b> &middot; '
+              f'<span id="model-terms">terms: {escape(engine.license)}</span></footer>')
+    return text.replace(PAGE_MODEL_SLOT, footer)
 
 
 @functools.lru_cache(maxsize=4)
@@ -422,10 +448,12 @@ def create_app(analyzer: FaceAnalyzer, max_bytes: int = MAX_BYTES, max_pixels: i
     except ImportError:  # the page and the API work without it; /docs says what is missing
         swagger_ui_path = None
 
+    index = _page(analyzer.engine)
+
     @app.get("/", include_in_schema=False)
     async def page():
-        return FileResponse(os.path.join(STATIC, "index.html"), media_type="text/html",
-                            headers={"Content-Security-Policy": PAGE_POLICY, "Permissions-Policy": PAGE_PERMISSIONS})
+        return HTMLResponse(index, headers={"Content-Security-Policy": PAGE_POLICY,
+                                            "Permissions-Policy": PAGE_PERMISSIONS})
 
     @app.get("/docs", include_in_schema=False)
     async def docs():
@@ -465,7 +493,8 @@ def create_app(analyzer: FaceAnalyzer, max_bytes: int = MAX_BYTES, max_pixels: i
                 "versions": {"python": platform.python_version(), "numpy": np.__version__,
                              "opencv": cv2.__version__, "onnxruntime": onnxruntime.__version__,
                              "model": analyzer.engine.version},
-                "version": __version__, "license": {"code": CODE_LICENSE, "model": analyzer.engine.license}}
+                "version": __version__, "license": {"code": CODE_LICENSE, "model": analyzer.engine.license},
+                "bundled": _bundled_name(analyzer.engine), "provenance": analyzer.engine.provenance}
 
     def admit() -> None:
         if in_progress[0] >= max_queue:

@@ -66,9 +66,11 @@ def _mend(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def metadata(prefix: str, epoch: int, license: str | None = None) -> dict[str, str]:
+def metadata(prefix: str, epoch: int, license: str | None = None, provenance: str | None = None) -> dict[str, str]:
     """What a user of the .onnx file needs to know without this project's code. `license`: the weights'
-    terms (default: those of the bundled model, InsightFace's checkpoint fine-tuned on UTKFace)."""
+    terms (default: those of the bundled model, InsightFace's checkpoint fine-tuned on UTKFace);
+    `provenance`: where the weights come from (data, initialisation, teachers, the recipe's commit), left
+    out when not given. The engine reads both back (Engine.license, Engine.provenance)."""
     import onnxruntime
 
     from agegender import WEIGHTS_TERMS, __version__
@@ -95,12 +97,16 @@ def metadata(prefix: str, epoch: int, license: str | None = None) -> dict[str, s
     widening = checkpoint_widening(prefix, f"{prefix},{epoch}")
     if not widening.is_identity:  # and so does the age range's
         meta[WIDENING_KEY] = json.dumps(widening.to_dict())
+    if provenance:
+        meta["provenance"] = provenance
     return meta
 
 
-def export_onnx(prefix: str, epoch: int, faces: np.ndarray, license: str | None = None) -> tuple[bytes, float]:
+def export_onnx(prefix: str, epoch: int, faces: np.ndarray, license: str | None = None,
+                provenance: str | None = None) -> tuple[bytes, float]:
     """The checkpoint as ONNX bytes, checked by onnx.checker and against MXNet on `faces`
-    ((N,3,112,112) float32 RGB), carrying `metadata` (the AgeGender version and the weights' `license`).
+    ((N,3,112,112) float32 RGB), carrying `metadata` (the AgeGender version, the weights' `license` and
+    their `provenance`).
     Returns (model bytes, max abs output difference); raises ValueError when the check fails."""
     import onnxruntime as ort
 
@@ -111,7 +117,7 @@ def export_onnx(prefix: str, epoch: int, faces: np.ndarray, license: str | None 
                              onnx_file_path=path, dynamic=True, dynamic_input_shapes=[(None, 3, 112, 112)],
                              verbose=False)
         model = _mend(onnx.load(path))
-    for key, value in metadata(prefix, epoch, license).items():
+    for key, value in metadata(prefix, epoch, license, provenance).items():
         model.metadata_props.add(key=key, value=value)
     from agegender import __version__
 
