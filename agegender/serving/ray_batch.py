@@ -329,6 +329,8 @@ def run(specs: list[str], out_dir: str, settings: Settings = Settings(), address
     refuse_inputs_in(out_dir, list_files(specs) + [s for s in specs if os.path.isfile(s)] + paths)
     if settings.det_model and not os.path.isfile(settings.det_model):  # before Ray: one line, not an actor's death
         raise UserError(f"detector model not found: {settings.det_model}")
+    if address:
+        _check_reachable(address)  # before any output is made
     fp = settings.fingerprint()
     planned = {shard_key(inputs, fp): inputs for inputs in plan_shards(paths, shard_size)}
     state = prepare_output(out_dir, planned, fp, overwrite)
@@ -359,7 +361,7 @@ def run(specs: list[str], out_dir: str, settings: Settings = Settings(), address
         summary.seconds = time.perf_counter() - t0
         if started:
             ray.shutdown()
-        if not summary.complete:  # the shards written so far stay: say how far it got
+        if not summary.complete and summary.processed:  # the shards written so far stay: say how far it got
             print(summary.line(), file=log, flush=True)
     return summary
 
