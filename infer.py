@@ -103,8 +103,8 @@ def main() -> int:
     if args.overwrite:
         raise UserError("--overwrite applies to --ray's folder of shards")
     paths, problems = expand_inputs(args.image)  # the same inputs as --ray: files, folders, globs, lists
-    refuse_inputs([(flag, where) for flag, where in (("--jsonl", args.jsonl), ("--csv", args.csv), ("--parquet", args.parquet),
-                                                     ("--output", args.output)) if where], list_files(args.image))
+    named = (("--jsonl", args.jsonl), ("--csv", args.csv), ("--parquet", args.parquet), ("--output", args.output))
+    refuse_inputs(named, list_files(args.image))  # a list of inputs is an input too
     outputs = Outputs(paths, problems, text=not args.json, json_doc=args.json, jsonl=args.jsonl, output=args.output,
                       output_dir=args.output_dir, show=args.show, csv=args.csv, parquet=args.parquet,
                       progress=False if args.no_progress else None)  # checks every output before the work

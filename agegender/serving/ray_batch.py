@@ -30,7 +30,7 @@ from typing import Callable
 from agegender.errors import UserError, short_reason
 from agegender.model.age import DEFAULT_DECODE, DEFAULT_FLIP
 from agegender.data.image import MAX_PIXELS
-from agegender.serving.inputs import expand_inputs, list_files
+from agegender.serving.inputs import expand_inputs
 from agegender.serving.shards import (MANIFEST_DIR, STALE_DIR, plan_shards, prepare_output, shard_key, shard_name,
                                       write_shard)
 
@@ -326,7 +326,7 @@ def run(specs: list[str], out_dir: str, settings: Settings = Settings(), address
         print(f"error: {spec}: {reason}", file=log, flush=True)
     if not paths:
         raise UserError("no image to process")
-    refuse_inputs_in(out_dir, list_files(specs) + [s for s in specs if os.path.isfile(s)] + paths)
+    refuse_inputs_in(out_dir, [s for s in specs if os.path.isfile(s)] + paths)  # the lists too
     if settings.det_model and not os.path.isfile(settings.det_model):  # before Ray: one line, not an actor's death
         raise UserError(f"detector model not found: {settings.det_model}")
     if address:
