@@ -37,7 +37,7 @@ from agegender.serving.shards import (MANIFEST_DIR, STALE_DIR, plan_shards, prep
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DIE_ONCE_ENV = "AGEGENDER_RAY_TEST_DIE_ONCE"  # tests: the first net call to find this file missing creates it and dies
 SHARD_SIZE = 100     # inputs per shard on average: the unit of resume and of work per task
-IN_FLIGHT = 2        # shards queued per actor, so that an actor never waits for the driver
+IN_FLIGHT = 1        # calls per actor: the next shard goes to whichever actor frees first (no end-of-run queue)
 ATTEMPTS = 3         # a shard whose actor is lost is resubmitted this many times before the run gives up
 
 
@@ -277,7 +277,8 @@ def connect(address: str | None, num_cpus: int | None = None, object_store_mb: i
 
 class _Pool:
     """The actors of a run: one `ShardWorker` per CPU of the cluster and, where it has GPUs, one `NetWorker` per
-    GPU (then the CPU actors only detect). Each shard is one call; `IN_FLIGHT` calls queue per actor."""
+    GPU (then the CPU actors only detect). Each shard is one call; `IN_FLIGHT` calls per CPU actor (two
+    where the net is elsewhere, so that an actor detects the next shard while its last one is labelled)."""
 
     def __init__(self, settings: Settings, split: bool | None = None):
         import ray
@@ -299,7 +300,8 @@ class _Pool:
 
     def free(self) -> int | None:
         """The least busy live actor with room for another shard, or None."""
-        room = [i for i in self.alive if self.load[i] < IN_FLIGHT]
+        depth = IN_FLIGHT + self.split
+        room = [i for i in self.alive if self.load[i] < depth]
         return min(room, key=lambda i: self.load[i]) if room else None
 
     def submit(self, i: int, paths: list[str]):
@@ -373,7 +375,8 @@ class _Job:
                  on_shard, log):
         self.todo, self.out_dir, self.settings, self.fp = todo, out_dir, settings, fp
         self.summary, self.on_shard, self.log = summary, on_shard, log
-        self.queue: deque[str] = deque(todo)
+        # largest shards first: the run ends on small ones, so no actor waits long for the last shard
+        self.queue: deque[str] = deque(sorted(todo, key=lambda k: -len(todo[k])))
         self.lock = threading.Lock()
 
     def take(self) -> str | None:
