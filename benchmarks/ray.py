@@ -91,8 +91,9 @@ def main() -> None:
             wall, err = timed(["bash", "tools/ray_two_node.sh", os.path.join(tmp, "ray2"), folder], env)
             f = ray_figures(err)
             up = re.search(r"up in (\d+) s", err)
-            print(f"--ray, two nodes on loopback   {n / f['seconds']:7.1f} photos/s once the cluster is up "
-                  f"(cluster {up[1] if up else '?'} s to start; whole run {wall:6.1f} s)")
+            print(f"--ray, two nodes on loopback: {f['processed'] / max(1e-9, f['seconds']):.1f} photos/s once the "
+                  f"cluster is up (cluster {up[1] if up else '?'} s to start, {f['by_driver']} photos by the driver "
+                  f"while it joined; whole script {wall:.1f} s)\n         {f['stages']}")
 
     per_core = statistics.median(rays) / cores
     print(f"\nmeasured: {per_core:.1f} photos/s per core on one Ray node, start-up included")

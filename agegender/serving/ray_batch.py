@@ -294,9 +294,18 @@ class _Pool:
             net = {"num_gpus": 1, "num_cpus": 0} if gpus else {"num_cpus": 0}
             self.nets = [ray.remote(NetWorker).options(**net, **retry).remote(settings, "0" if gpus else "")
                          for _ in range(max(1, gpus))]
+        self._loading = [w.__ray_ready__.remote() for w in self.workers + self.nets]
         self.load = [0] * len(self.workers)
         self.alive = set(range(len(self.workers)))
         self._next_net = 0
+
+    def ready(self) -> bool:
+        """Whether every actor has loaded its models."""
+        import ray
+
+        if self._loading:
+            self._loading = ray.wait(self._loading, num_returns=len(self._loading), timeout=0)[1]
+        return not self._loading
 
     def free(self) -> int | None:
         """The least busy live actor with room for another shard, or None."""
@@ -321,7 +330,7 @@ def run(specs: list[str], out_dir: str, settings: Settings = Settings(), address
     agegender/serving/shards.py), keeping the shards a previous run completed; `on_shard(key, manifest)` is
     called after each shard is written. `split`: the net on its own actors (default: where there are GPUs).
     `driver_lane`: while Ray starts (not when the driver is already connected), the driver works through
-    shards itself, until the actors' first shard comes back. Raises KeyboardInterrupt (after the shards
+    shards itself, until the actors have loaded their models. Raises KeyboardInterrupt (after the shards
     already complete are in place) when interrupted."""
     paths, problems = expand_inputs(specs)
     for spec, reason in problems:
@@ -379,9 +388,9 @@ class _Job:
         self.queue: deque[str] = deque(sorted(todo, key=lambda k: -len(todo[k])))
         self.lock = threading.Lock()
 
-    def take(self) -> str | None:
+    def take(self, smallest: bool = False) -> str | None:
         with self.lock:
-            return self.queue.popleft() if self.queue else None
+            return (self.queue.pop() if smallest else self.queue.popleft()) if self.queue else None
 
     def give_back(self, key: str) -> None:
         with self.lock:
@@ -410,7 +419,7 @@ class _Job:
 
     def run_on_ray(self, split: bool | None, lane: "_DriverLane | None") -> None:
         """Run the shards of the queue on the actors until none is left (the driver's lane, if any, stops
-        when the first shard comes back from Ray)."""
+        taking shards once every actor has loaded its models)."""
         import ray
 
         pool: _Pool | None = None  # made when there is work for it (the lane may have done everything)
@@ -435,7 +444,9 @@ class _Job:
                 lane.thread.join(0.2)
                 refill()
                 continue
-            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
+            if lane is not None and pool is not None and pool.ready():
+                lane.stop(wait=False)  # Ray is up: the actors have every core from now on
+            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=0.25)
             if not ready:
                 continue
             key, i = inflight.pop(ready[0])
@@ -453,8 +464,6 @@ class _Job:
                 self.give_back(key)
                 refill()
                 continue
-            if lane is not None:
-                lane.stop(wait=False)  # Ray is up: the actors have every core from now on
             refill()
             self.deliver(key, docs, timings)
         if lane is not None and lane.error is not None:
@@ -462,9 +471,9 @@ class _Job:
 
 
 class _DriverLane:
-    """The driver's own worker while Ray starts: a `FaceAnalyzer` in this process takes shards from the
-    queue (as plain infer.py would) until the actors' first shard comes back, so that Ray's start-up costs
-    little time. A shard it has begun is finished and written; one it cannot do goes back to the queue."""
+    """The driver's own worker while Ray starts: a `FaceAnalyzer` in this process takes the smallest shards
+    of the queue (as plain infer.py would) until every actor has loaded its models, so that Ray's start-up
+    costs little time. A shard it has begun is finished and written; one it cannot do goes back to the queue."""
 
     def __init__(self, job: _Job):
         self.job, self.error, self.current = job, None, None
@@ -488,7 +497,7 @@ class _DriverLane:
             worker = ShardWorker(self.job.settings)
             worker.timings = {"load models": time.perf_counter() - t0}
             while not self._stop.is_set():
-                key = self.job.take()
+                key = self.job.take(smallest=True)  # the actors take the large ones: the lane can stop soon
                 if key is None:
                     return
                 self.current = key
