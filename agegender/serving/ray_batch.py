@@ -504,7 +504,7 @@ class _DriverLane:
                 try:
                     timings = worker._take_timings()
                     docs = [json.dumps(to_json(r)) for r in worker.analyzer.analyze_paths(
-                        self.job.todo[key], timings=timings, threads=1)]
+                        self.job.todo[key], timings=timings, threads=0)]  # every core: Ray's start-up waits a lot
                 except BaseException:
                     self.job.give_back(key)
                     raise
