@@ -11,6 +11,7 @@ import sys
 from agegender.model.age import AGE_DECODINGS, DEFAULT_AGE_LEVEL, DEFAULT_DECODE, DEFAULT_FLIP
 from agegender.cli import AGE_LEVEL, BATCH, COUNT, DET_THRESH, NON_NEGATIVE, NON_NEGATIVE_INT, ArgumentParser
 from agegender.model.engine import ENGINES
+from agegender.atomic import refuse_inputs
 from agegender.errors import MissingDependency, UserError, missing_module_message, run_cli
 from agegender.data.image import MAX_PIXELS
 
@@ -19,7 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description=__doc__)
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--image", nargs="+", metavar="PATH",
-                      help="image files, folders or globs (JPEG, PNG, BMP, WebP, GIF, TIFF)")
+                      help="image files, folders or globs (JPEG, PNG, BMP, WebP, GIF, TIFF), or lists of paths: a "
+                           ".txt file (one path a line) or a .parquet file (a path or image column)")
     what.add_argument("--video", metavar="PATH|N",
                       help="a video file OpenCV can read, or a camera index (0, 1, ...): faces tracked across frames")
     p.add_argument("--model", default=None,
@@ -76,8 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run on Ray Data into --parquet DIR, resumable: alone, a local Ray on this machine; "
                         "ADDRESS (host:port, or auto) joins a running cluster. --image may also name a .txt or "
                         ".parquet list of paths")
-    r.add_argument("--shard-size", type=COUNT, default=1000,
-                   help="images per Parquet shard (the unit of resume)")
+    r.add_argument("--shard-size", type=COUNT, default=100,
+                   help="images per Parquet shard on average (the unit of resume and of work per Ray task)")
+    r.add_argument("--overwrite", action="store_true",
+                   help="delete the shards of DIR that this run does not need (default: moved to DIR/_stale/)")
     v = p.add_argument_group("video (--video)")
     v.add_argument("--detect-every", type=COUNT, default=1,
                    help="detect and label every K-th frame; tracked boxes are carried between detections")
@@ -94,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main() -> int:
     args = build_parser().parse_args()
     from agegender.serving.analyzer import FaceAnalyzer
-    from agegender.serving.inference import Outputs, find_images
+    from agegender.serving.inference import Outputs
+    from agegender.serving.inputs import expand_inputs, list_files
 
     if args.show and sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or
                                                                os.environ.get("WAYLAND_DISPLAY")):
@@ -103,7 +108,11 @@ def main() -> int:
         return run_video(args)
     if args.ray:
         return run_ray(args)
-    paths, problems = find_images(args.image)
+    if args.overwrite:
+        raise UserError("--overwrite applies to --ray's folder of shards")
+    paths, problems = expand_inputs(args.image)  # the same inputs as --ray: files, folders, globs, lists
+    named = (("--jsonl", args.jsonl), ("--csv", args.csv), ("--parquet", args.parquet), ("--output", args.output))
+    refuse_inputs(named, list_files(args.image))  # a list of inputs is an input too
     outputs = Outputs(paths, problems, text=not args.json, json_doc=args.json, jsonl=args.jsonl, output=args.output,
                       output_dir=args.output_dir, show=args.show, csv=args.csv, parquet=args.parquet,
                       progress=False if args.no_progress else None,
@@ -144,7 +153,10 @@ def run_ray(args: argparse.Namespace) -> int:
     settings = Settings(args.model, args.engine, args.det_model, args.det_thresh, args.max_size, args.min_face,
                         args.age_decode, args.flip, args.max_pixels, args.batch_size, args.age_level,
                         args.drop_flagged)
-    summary = run(args.image, args.parquet, settings, None if args.ray == "local" else args.ray, args.shard_size)
+    summary = run(args.image, args.parquet, settings, None if args.ray == "local" else args.ray, args.shard_size,
+                  overwrite=args.overwrite)
+    if summary.stages:
+        print(summary.stage_line(), file=sys.stderr)
     print(summary.line(), file=sys.stderr)
     if not summary.failures:
         return 0

@@ -1,6 +1,7 @@
 """Parquet output (infer.py --parquet) and batch inference on Ray (infer.py --ray): the same faces, ages and
-genders as infer.py --json, bad files as error rows, a net worker killed mid-run, an interrupted run resumed;
-every input exactly once. Ray runs locally with 2 CPUs and a small object store (docs/ray.md)."""
+genders as infer.py --json, bad files as error rows, a worker killed mid-run, an interrupted run resumed,
+damaged and stale shards, shards keyed by their inputs, a cluster made by `ray start`; every input exactly
+once. Ray runs locally with 2 CPUs and a small object store (docs/ray.md)."""
 from __future__ import annotations
 
 import glob
@@ -56,10 +57,19 @@ def _json_docs(folder: str) -> list[dict]:
 
 
 def _shard_docs(out_dir: str) -> list[dict]:
+    """The documents of every shard, by image path (shards are named by their inputs' hash, not in order)."""
     from agegender.serving.batch import docs_from_table
+    from agegender.serving.shards import read_shards
 
-    files = sorted(glob.glob(os.path.join(out_dir, "part-*.parquet")))
-    return docs_from_table(pa.concat_tables([pq.read_table(f) for f in files])) if files else []
+    return _by_image(docs_from_table(read_shards(out_dir)))
+
+
+def _by_image(docs: list[dict]) -> list[dict]:
+    return sorted(docs, key=lambda d: d["image"])
+
+
+def _keys(out_dir) -> set[str]:
+    return {n for n in os.listdir(out_dir) if n.startswith("part-")}
 
 
 @pytest.fixture(scope="module")
@@ -178,18 +188,18 @@ def test_an_input_inside_the_output_folder_is_refused(tmp_path):
 @needs_pyarrow
 def test_a_folder_of_someone_elses_part_files_is_refused_not_emptied(tmp_path):
     from agegender.errors import UserError
-    from agegender.serving.ray_batch import Settings, prepare_output
+    from agegender.serving.shards import prepare_output
 
     (tmp_path / "part-00000.parquet").write_bytes(b"spark's")
     with pytest.raises(UserError, match="did not write"):
-        prepare_output(str(tmp_path), [["a.jpg"]], Settings())
+        prepare_output(str(tmp_path), {"k": ["a.jpg"]}, {})
     assert (tmp_path / "part-00000.parquet").read_bytes() == b"spark's"
 
 
 @needs_pyarrow
 def test_inputs_from_folders_globs_and_lists(wheel_folder, tmp_path):
     from agegender.errors import UserError
-    from agegender.serving.ray_batch import expand_inputs
+    from agegender.serving.inputs import expand_inputs
 
     folder, paths, _ = wheel_folder
     pq.write_table(pa.table({"path": paths[:2] + ["elsewhere.jpg"]}), tmp_path / "list.parquet")
@@ -225,12 +235,15 @@ def test_cli_ray_over_a_list_of_paths(wheel_folder, tmp_path):
     out = tmp_path / "out"
     proc = run_script("infer.py", "--image", str(listing), "--ray", "--parquet", str(out), "--shard-size", "3")
     assert proc.returncode == 1, proc.stderr
+    from agegender.serving.shards import plan_shards
+
     got = _shard_docs(str(out))
-    assert got == docs + [{"schema_version": 2, "image": missing, "error": "missing file", "faces": []}]
-    assert len(glob.glob(str(out / "part-*.parquet"))) == 3
+    assert got == _by_image(docs + [{"schema_version": 2, "image": missing, "error": "missing file", "faces": []}])
+    assert len(glob.glob(str(out / "part-*.parquet"))) == len(plan_shards(paths + [missing], 3))
     summary = proc.stderr.strip().splitlines()[-1]
     assert summary.startswith(f"summary: 4 images, {sum(len(d['faces']) for d in docs)} faces, 3 failed") and \
         "photos/s" in summary and str(out) in summary, proc.stderr
+    assert f"0 of {len(paths) + 1} inputs already done" in summary, summary
 
 
 @needs_ray
@@ -247,17 +260,20 @@ def test_two_node_cluster_on_loopback(wheel_folder, tmp_path):
                            "--", "--shard-size", "2"], capture_output=True, text=True, timeout=400, env=env)
     assert proc.returncode == 1, proc.stderr  # the bad files
     assert "cluster: 2 nodes x 1 CPU" in proc.stderr, proc.stderr
-    assert _shard_docs(str(tmp_path / "out")) == docs
+    assert _shard_docs(str(tmp_path / "out")) == _by_image(docs)
 
 
 @needs_ray
 def test_ray_gives_the_faces_of_infer_json(local_ray, wheel_folder, tmp_path):
     from agegender.serving.ray_batch import run
 
+    from agegender.serving.shards import plan_shards
+
     folder, paths, docs = wheel_folder
     summary = run([folder], str(tmp_path), shard_size=2)
-    assert summary.complete and (summary.images, summary.failures, summary.shards) == (4, 2, 3)
-    assert _shard_docs(str(tmp_path)) == docs  # face for face, the bad files as error rows
+    assert summary.complete and (summary.images, summary.failures) == (4, 2)
+    assert summary.shards == len(plan_shards(paths, 2)) > 1
+    assert _shard_docs(str(tmp_path)) == _by_image(docs)  # face for face, the bad files as error rows
 
 
 @needs_ray
@@ -269,7 +285,7 @@ def test_ray_real_photos_from_shared(local_ray, tmp_path):
     _photo_folder(folder, [os.path.join(photos, n) for n in ("biubug6_ncnn_sample.jpg", "insightface_t2.jpg")])
     docs = _json_docs(folder)
     run([folder], str(tmp_path / "out"), shard_size=3)
-    assert _shard_docs(str(tmp_path / "out")) == docs
+    assert _shard_docs(str(tmp_path / "out")) == _by_image(docs)
 
 
 @needs_ray
@@ -281,26 +297,235 @@ def test_a_killed_net_worker_is_retried_and_every_input_is_there_once(local_ray,
     summary = run([folder], str(tmp_path), shard_size=2)
     assert os.path.exists(local_ray), "the hook did not fire: no worker was killed"
     assert summary.complete
-    assert _shard_docs(str(tmp_path)) == docs  # complete, no duplicates, same values
+    assert _shard_docs(str(tmp_path)) == _by_image(docs)  # complete, no duplicates, same values
 
 
 @needs_ray
-def test_an_interrupted_run_resumes_with_every_image_once(local_ray, wheel_folder, tmp_path):
+def test_the_net_on_its_own_actors_gives_the_same_faces(local_ray, wheel_folder, tmp_path):
+    """The GPU layout (detection on CPU actors, the net on a net actor; crops through the object store), run
+    on CPUs: the same documents as the one-process path."""
     from agegender.serving.ray_batch import run
 
     folder, paths, docs = wheel_folder
+    summary = run([folder], str(tmp_path), shard_size=3, split=True)
+    assert summary.complete and _shard_docs(str(tmp_path)) == _by_image(docs)
 
-    def stop(index: int, manifest: dict) -> None:
-        raise KeyboardInterrupt
+
+@pytest.fixture(scope="module")
+def many_photos(tmp_path_factory, wheel_folder) -> tuple[str, list[str]]:
+    """16 distinct files (names differ, so their shard keys do): the wheel folder's three photos, copied."""
+    folder, paths, _ = wheel_folder
+    out = tmp_path_factory.mktemp("many")
+    photos = [p for p in paths if not p.endswith(BAD + ("blank.png",))]
+    made = []
+    for i in range(16):
+        src = photos[i % len(photos)]
+        dst = out / f"{i:02d}_{os.path.basename(src)}"
+        shutil.copy(src, dst)
+        made.append(str(dst))
+    return str(out), sorted(made)
+
+
+@needs_ray
+def test_an_interrupted_run_keeps_its_shards_and_says_how_many_inputs_were_done(local_ray, many_photos, tmp_path):
+    """Ctrl-C after two shards: the rerun keeps them, does only the rest, and says how many inputs were done."""
+    from agegender.serving.ray_batch import run
+
+    folder, paths = many_photos
+    written = []
+
+    def stop(key: str, manifest: dict) -> None:
+        written.append(key)
+        if len(written) == 2:
+            raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run([folder], str(tmp_path), shard_size=2, on_shard=stop)
+        run([folder], str(tmp_path), shard_size=3, on_shard=stop)
     first = _shard_docs(str(tmp_path))
-    assert len(first) == 2 and len(glob.glob(str(tmp_path / "part-*.parquet"))) == 1
-    again = run([folder], str(tmp_path), shard_size=2)
-    assert again.complete and again.resumed == 1 and again.processed == len(paths) - 2
-    assert _shard_docs(str(tmp_path)) == docs
-    # other shard sizes: the old shards do not match the plan and are redone, nothing twice
-    third = run([folder], str(tmp_path), shard_size=3)
-    assert third.resumed == 0 and _shard_docs(str(tmp_path)) == docs
-    assert sorted(os.listdir(tmp_path / "_manifest")) == ["part-00000.json", "part-00001.json"]
+    assert len(_keys(tmp_path)) == 2 and 0 < len(first) < len(paths)
+    again = run([folder], str(tmp_path), shard_size=3)
+    assert again.complete and again.resumed == 2 and again.already == len(first)
+    assert again.processed == len(paths) - len(first)
+    assert f"{len(first)} of {len(paths)} inputs already done (2 of {again.shards} shards kept)" in again.line()
+    assert [d["image"] for d in _shard_docs(str(tmp_path))] == paths  # every input once
+
+
+def test_the_default_shard_is_small_so_a_short_run_keeps_its_work():
+    """Ctrl-C in a 200-photo run keeps what finished: the default plan cuts 200 inputs into several shards,
+    none above 4x the average."""
+    from agegender.serving.ray_batch import SHARD_SIZE
+    from agegender.serving.shards import plan_shards
+
+    shards = plan_shards([f"/photos/{i:05d}.jpg" for i in range(200)], SHARD_SIZE)
+    assert len(shards) >= 2 and max(map(len, shards)) <= 4 * SHARD_SIZE
+    assert plan_shards([f"/p/{i}.jpg" for i in range(5000)], 1000) != [[f"/p/{i}.jpg" for i in range(5000)]]
+
+
+def test_adding_or_removing_one_input_redoes_only_its_shard():
+    """Shards are keyed by their inputs and cut where a path says so: one photo more or less changes one
+    shard (rarely two), wherever it sorts."""
+    from agegender.serving.shards import plan_shards, shard_key
+
+    paths = [f"/data/photos/{i:06d}.jpg" for i in range(3000)]
+
+    def keys(ps: list[str]) -> set[str]:
+        return {shard_key(s, {}) for s in plan_shards(ps, 50)}
+
+    base = keys(paths)
+    assert 30 <= len(base) <= 100
+    for changed in (["/data/photos/000000a.jpg"] + paths, paths[:10] + ["/data/photos/000010a.jpg"] + paths[10:],
+                    paths[1:], paths[:1500] + paths[1501:], paths + ["/data/photos/zzz.jpg"]):
+        new = keys(changed)
+        assert len(new - base) <= 2 and len(base - new) <= 2, (len(new - base), len(base - new))
+    assert shard_key(paths[:5], {}) == shard_key(paths[4::-1], {}) != shard_key(paths[:5], {"model": "other"})
+
+
+@needs_pyarrow
+@pytest.mark.parametrize("damage", ["truncated", "list manifest", "no images", "bad json", "other rows",
+                                    "no parquet", "no manifest"])
+def test_a_damaged_shard_is_never_trusted(tmp_path, damage):
+    """A shard counts as done only when its manifest is well formed, its Parquet reads and its rows are its
+    inputs with the manifest's counts; else it is moved to _stale/ (not deleted) and redone."""
+    from agegender.serving.shards import manifest_path, prepare_output, shard_key, shard_name, write_shard
+
+    inputs = ["a.jpg", "b.jpg"]
+    face = {"box": [1, 2, 3, 4], "score": 0.9, "landmarks": [[1.0, 2.0]] * 5, "gender": "male", "p_male": 0.8,
+            "age": 30.5}
+    docs = {"a.jpg": {"image": "a.jpg", "faces": [face]}, "b.jpg": {"image": "b.jpg", "error": "not image",
+                                                                  "faces": []}}
+    key = shard_key(inputs, {})
+    good = shard_key(["c.jpg"], {})
+    write_shard(str(tmp_path), key, inputs, docs, {})
+    write_shard(str(tmp_path), good, ["c.jpg"], {"c.jpg": {"image": "c.jpg", "faces": []}}, {})
+    part, manifest = tmp_path / shard_name(key), manifest_path(str(tmp_path), key)
+    m = json.loads(open(manifest).read())
+    if damage == "truncated":
+        os.truncate(part, 100)
+    elif damage == "list manifest":
+        open(manifest, "w").write("[1, 2]")
+    elif damage == "no images":
+        del m["images"]
+        open(manifest, "w").write(json.dumps(m))
+    elif damage == "bad json":
+        open(manifest, "w").write('{"inputs": ')
+    elif damage == "other rows":
+        write_shard(str(tmp_path), "x", ["a.jpg"], docs, {})
+        os.replace(tmp_path / shard_name("x"), part)
+    elif damage == "no parquet":
+        os.remove(part)
+    else:
+        os.remove(manifest)
+    state = prepare_output(str(tmp_path), {key: inputs, good: ["c.jpg"]}, {})
+    assert list(state.done) == [good] and [n for n, _ in state.damaged] == [shard_name(key)]
+    assert not part.exists() and not os.path.exists(manifest)
+    assert {n for n in os.listdir(tmp_path / "_stale")} & {shard_name(key), f"part-{key}.json"}
+    assert (tmp_path / shard_name(good)).exists()
+
+
+@needs_ray
+def test_a_damaged_shard_is_redone_and_the_run_says_so(wheel_folder, tmp_path):
+    """The reviewer's case: a truncated shard, then the same command: redone, said in one line, no traceback,
+    and the folder reads again."""
+    import pandas as pd
+
+    folder, paths, docs = wheel_folder
+    out = tmp_path / "out"
+    args = ("infer.py", "--image", folder, "--ray", "--parquet", str(out), "--shard-size", "3")
+    assert run_script(*args).returncode == 1
+    victim = sorted(n for n in os.listdir(out) if n.endswith(".parquet"))[0]
+    os.truncate(out / victim, 100)
+    proc = run_script(*args)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"warning: {out / victim} is damaged or incomplete (its Parquet file does not read" in proc.stderr
+    assert len(pd.read_parquet(out).image.unique()) == len(paths)
+    assert _shard_docs(str(out)) == _by_image(docs) and (out / "_stale" / victim).exists()
+
+
+@needs_ray
+def test_other_inputs_move_the_old_shards_aside_and_reuse_the_rest(local_ray, many_photos, tmp_path):
+    """One photo removed: every shard whose inputs did not change is kept, the one that did is moved to _stale/
+    and reported; with overwrite the stale shards are deleted."""
+    from agegender.serving.ray_batch import run
+
+    folder, paths = many_photos
+    out = str(tmp_path / "out")
+    first = run([folder], out, shard_size=4)
+    before = _keys(out)
+    listing = tmp_path / "fewer.txt"
+    listing.write_text("\n".join(paths[:7] + paths[8:]) + "\n")
+    log = tmp_path / "log"
+    with open(log, "w") as f:
+        second = run([str(listing)], out, shard_size=4, log=f)
+    assert second.complete and second.stale == 1 and second.resumed == first.shards - 1
+    assert second.processed == second.inputs - second.already < len(paths) - 1
+    assert "note: 1 shard(s) that no input of this run needs" in log.read_text()
+    stale = set(os.listdir(os.path.join(out, "_stale")))
+    assert len(stale) == 2 and stale <= {n for k in before for n in (k, k[:-len(".parquet")] + ".json")}
+    assert [d["image"] for d in _shard_docs(out)] == paths[:7] + paths[8:]
+    third = run([folder], out, shard_size=4, overwrite=True)
+    assert third.stale == 1 and _keys(out) == before and len(os.listdir(os.path.join(out, "_stale"))) == 2
+
+
+def test_plain_infer_takes_the_lists_that_ray_takes(wheel_folder, tmp_path):
+    """infer.py without --ray reads .txt and .parquet lists of paths as --ray does."""
+    folder, paths, docs = wheel_folder
+    listing = tmp_path / "inputs.txt"
+    listing.write_text("# the photos\n" + "\n".join(paths) + "\n")
+    proc = run_script("infer.py", "--image", str(listing), "--json")
+    assert proc.returncode == 1 and json.loads(proc.stdout) == docs, proc.stderr
+    if pq is not None:
+        pq.write_table(pa.table({"image": paths[:3]}), tmp_path / "inputs.parquet")
+        proc = run_script("infer.py", "--image", str(tmp_path / "inputs.parquet"), "--json")
+        assert json.loads(proc.stdout) == docs[:3], proc.stderr
+    proc = run_script("infer.py", "--image", str(listing), "--csv", str(listing))
+    assert proc.returncode == 2 and "is an input" in proc.stderr and listing.read_text().startswith("# the")
+
+
+@needs_ray
+def test_joins_a_cluster_started_by_ray_start_as_the_readme_says(wheel_folder, tmp_path):
+    """README: `ray start --head --port P`, then `infer.py --ray HOST:P`. A head started where
+    ~/.ray/auth_token exists (any earlier local Ray makes one) checks the token; the driver must send it
+    without being told. The head gets a free port, its own temp dir and HOME; only its processes are
+    stopped (never `ray stop`, which would stop every Ray on the machine)."""
+    import signal
+    import socket
+    import tempfile
+    import time
+
+    folder, paths, docs = wheel_folder
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text("a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1")
+    temp = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's Unix sockets live there
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(HOME=str(home), RAY_USAGE_STATS_ENABLED="0", PYTHONPATH=ROOT)
+    ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
+    head = subprocess.Popen([ray_cli, "start", "--head", "--block", "--port", str(port), "--num-cpus", "1",
+                             "--object-store-memory", str(100 * 2 ** 20), "--include-dashboard", "false",
+                             "--temp-dir", temp], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(120):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.5)
+        time.sleep(3)  # the GCS answers before the head's raylet is registered
+        out = tmp_path / "out"
+        proc = subprocess.run([sys.executable, os.path.join(ROOT, "infer.py"), "--image", folder, "--ray",
+                               f"127.0.0.1:{port}", "--parquet", str(out)], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 1, proc.stderr[-3000:]  # the bad files only
+        assert "InvalidAuthToken" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        assert _shard_docs(str(out)) == _by_image(docs)
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait(10)
+        shutil.rmtree(temp, ignore_errors=True)

@@ -30,7 +30,8 @@ TMP=$(mktemp -d /tmp/rtn.XXXX)  # the cluster's own session folder (sockets, log
 export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}  # every node's workers import the project from here
 export RAY_USAGE_STATS_ENABLED=0
 # Ray 2.60 clusters check a token (~/.ray/auth_token, made by the first Ray started here); a driver joining
-# with an address must be told to send it
+# with an address sends it only with RAY_AUTH_MODE=token set before `import ray` (the probes below;
+# infer.py --ray ADDRESS sets it itself)
 export RAY_AUTH_MODE=${RAY_AUTH_MODE:-token}
 
 PIDS=()

@@ -1,61 +1,51 @@
 """Batch inference on a Ray cluster (infer.py --ray [ADDRESS] --parquet DIR; docs/ray.md): the photo-to-faces
-path of `FaceAnalyzer` run by Ray Data over many files, with Parquet shards as output and resume.
+path of `FaceAnalyzer` run over many files by Ray, with Parquet shards as output and resume.
 
-- The inputs (files, folders, globs, or a .txt / .parquet list of paths) are split, in order, into shards of
-  `shard_size` files; shard K is written as DIR/part-K.parquet (agegender/serving/batch.py's rows) once every
-  one of its files has come back, then its manifest DIR/_manifest/part-K.json (its input files, the settings
-  and its counts). A shard whose manifest matches the plan is complete: a rerun over the same inputs and DIR
-  skips it, so an interrupted run continues where it stopped, and every input is in the output once.
-- Reading, decoding, detection and alignment are Ray tasks spread over the cluster's CPUs (a worker keeps its
-  detector between tasks); the attribute net runs in an actor pool (one actor per GPU with the onnx engine's
-  CUDA provider where the cluster has GPUs, else CPU actors). Ray retries the tasks of a worker that dies and
-  restarts a dead actor; the driver keeps one result per file, so a retried batch cannot duplicate rows.
-- A file that cannot be read or analysed is a row with its error, never a failed run.
+- The inputs (files, folders, globs, or a .txt / .parquet list of paths: agegender/serving/inputs.py) are cut
+  into small shards keyed by their inputs (agegender/serving/shards.py: the plan, the keys, what a rerun
+  keeps, what is moved to `_stale/`). Each shard is one Ray task: the driver writes its Parquet file and
+  manifest as soon as it comes back, so an interrupted run keeps every shard it finished.
+- On CPU nodes, one actor per CPU of the cluster holds a whole `FaceAnalyzer` (detector and net, one thread
+  each) and does read, decode, detect, align and the net for a shard in one process: only the rows (JSON
+  documents) travel back. Where the cluster has GPUs, the CPU actors read, detect and align, and an actor
+  per GPU runs the net on their crops (the onnx engine's CUDA provider).
+- Ray restarts a dead actor and retries its task; the driver resubmits a shard whose actor is lost for good,
+  and writes each shard once, so no input can appear twice. A file that cannot be read or analysed is a row
+  with its error, never a failed run.
 
-Ray is imported by `run` only; the driver writes every shard (workers need no shared file system).
+Ray is imported by `connect` and `run` only; the driver writes every shard (workers need no shared file system).
 """
 from __future__ import annotations
 
-import glob
 import json
 import logging
-import math
 import os
-import pickle
-import re
 import sys
+import threading
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from agegender.atomic import write_atomic
-from agegender.errors import UserError, read_text
+from agegender.errors import UserError, short_reason
 from agegender.model.age import DEFAULT_AGE_LEVEL, DEFAULT_DECODE, DEFAULT_FLIP
 from agegender.data.image import MAX_PIXELS
-from agegender.serving.batch import write_parquet
+from agegender.serving.inputs import expand_inputs
+from agegender.serving.shards import (MANIFEST_DIR, STALE_DIR, plan_shards, prepare_output, shard_key, shard_name,
+                                      write_shard)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SHARD_RE = re.compile(r"^part-(\d+)\.parquet$")
-MANIFEST_DIR = "_manifest"
-DIE_ONCE_ENV = "AGEGENDER_RAY_TEST_DIE_ONCE"  # tests: the first net actor to find this file missing creates it and dies
-LIST_COLUMNS = ("path", "image")
-# What a detection task reserves: a decoded photo, its detector input and the crops. Declaring it also keeps
-# Ray from fusing detection into the net's actors (their resources differ), so detection stays spread over
-# every CPU of the cluster. A task whose worker dies is run again (Ray's default, 3 times).
-DETECT_MEMORY = 400 * 2 ** 20
-# A CPU net actor reserves a quarter of a core: the net is a small share of the work next to detection, and a
-# whole core reserved for it would leave one detection task on a 2-core node instead of two.
-NET_CPUS = 0  # the column of paths in a .parquet list of inputs
+DIE_ONCE_ENV = "AGEGENDER_RAY_TEST_DIE_ONCE"  # tests: the first net call to find this file missing creates it and dies
+SHARD_SIZE = 100     # inputs per shard on average: the unit of resume and of work per task
+IN_FLIGHT = 1        # calls per actor: the next shard goes to whichever actor frees first (no end-of-run queue)
+ATTEMPTS = 3         # a shard whose actor is lost is resubmitted this many times before the run gives up
 
 
 @dataclass(frozen=True)
 class Settings:
     """What turns a photo into labelled faces (infer.py's options); all but `batch_size` are part of the
-    manifest, so a rerun with other settings redoes the shards instead of mixing two models' outputs."""
+    manifest and of each shard's key, so a rerun with other settings redoes the shards instead of mixing
+    two models' outputs."""
 
     model: str | None = None
     engine: str | None = None
@@ -83,217 +73,134 @@ class Summary:
     """What a run left under `out_dir`, and how fast this run went."""
 
     out_dir: str
+    inputs: int = 0
     shards: int = 0
-    resumed: int = 0            # shards complete before this run (skipped)
+    resumed: int = 0            # shards complete before this run (kept)
+    already: int = 0            # inputs in those shards
+    stale: int = 0              # shards no input needs any more, moved to _stale/ (or deleted: overwrite)
+    damaged: int = 0            # shards found damaged, moved aside and redone
     images: int = 0             # images analysed (in every shard)
     faces: int = 0
     failures: int = 0           # images that could not be analysed (error rows)
     processed: int = 0          # files analysed by this run
-    seconds: float = 0.0        # this run, from the first task to the last shard
-    startup: float = 0.0        # connecting to (or starting) Ray
+    by_driver: int = 0          # of them, by the driver itself while Ray started
+    seconds: float = 0.0        # this run, from starting (or joining) Ray to the last shard written
+    startup: float = 0.0        # of which starting (or joining) Ray
+    stages: dict = field(default_factory=dict)  # seconds per stage, summed over the actors
     complete: bool = False
     errors: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, manifest: dict) -> None:
+        self.images += manifest["images"]
+        self.faces += manifest["faces"]
+        self.failures += manifest["failures"]
 
     def line(self) -> str:
         rate = self.processed / self.seconds if self.seconds > 0 else 0.0
         state = "" if self.complete else ", interrupted (rerun the same command to resume)"
-        return (f"summary: {self.images} images, {self.faces} faces, {self.failures} failed, {self.processed} "
-                f"processed by this run in {self.seconds:.1f} s = {rate:.1f} photos/s (+{self.startup:.1f} s "
-                f"Ray start-up), {self.resumed} of {self.shards} shards already complete{state}; output: "
+        return (f"summary: {self.images} images, {self.faces} faces, {self.failures} failed; {self.processed} "
+                f"processed by this run in {self.seconds:.1f} s = {rate:.1f} photos/s, Ray start-up included "
+                f"({self.startup:.1f} s, {self.by_driver} photos done by the driver meanwhile); {self.already} of "
+                f"{self.inputs} inputs already done ({self.resumed} of {self.shards} shards kept){state}; output: "
                 f"{os.path.join(self.out_dir, 'part-*.parquet')}")
 
-
-# --- inputs and plan -------------------------------------------------------------------------------------
-def expand_inputs(specs: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
-    """Image paths from files, folders and globs (as infer.py reads them), and from lists: a `.txt` file (one
-    path a line; blank lines and `#` comments skipped) or a `.parquet` file (its `path` or `image` column).
-    Listed paths are not checked here: a missing one becomes an error row. Each path is kept once, first
-    position. Also returns the (spec, reason) of each spec that gives nothing."""
-    from agegender.serving.inference import find_images
-
-    paths: list[str] = []
-    problems: list[tuple[str, str]] = []
-    for spec in specs:
-        low = spec.lower()
-        if os.path.isfile(spec) and low.endswith(".txt"):
-            found = _text_list(spec)
-        elif os.path.isfile(spec) and low.endswith(".parquet"):
-            found = _parquet_list(spec)
-        else:
-            found, missing = find_images([spec])
-            problems += missing
-            paths += found
-            continue
-        if not found:
-            problems.append((spec, "the list holds no path"))
-        paths += found
-    return list(dict.fromkeys(paths)), problems
+    def stage_line(self) -> str:
+        """Seconds per stage summed over the actors (CPU-side time: read, detect+align, net), and their share."""
+        total = sum(self.stages.values()) or 1.0
+        return "stages: " + ", ".join(f"{k} {v:.1f} s ({100 * v / total:.0f} %)" for k, v in self.stages.items())
 
 
-def _text_list(path: str) -> list[str]:
-    """The paths of a `.txt` list (UTF-8, a byte-order mark allowed); UserError for one that is not text."""
-    text = read_text(path, "the list of inputs")
-    return [ln.strip() for ln in text.split("\n") if ln.strip() and not ln.lstrip().startswith("#")]
-
-
-def _parquet_list(path: str) -> list[str]:
-    try:
-        schema = pq.read_schema(path)
-    except Exception as exc:  # noqa: BLE001 -- pyarrow raises several types for a file that is not Parquet
-        raise UserError(f"cannot read the list of inputs {path}: {exc}") from None
-    col = next((c for c in LIST_COLUMNS if c in schema.names), None)
-    if col is None:
-        raise UserError(f"the list of inputs {path} has no column {' or '.join(LIST_COLUMNS)} "
-                        f"(has: {', '.join(schema.names)})")
-    kind = schema.field(col).type
-    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
-        raise UserError(f"the list of inputs {path}: column {col} holds {kind}, not paths (text)")
-    return [p for p in pq.read_table(path, columns=[col]).column(col).to_pylist() if p]
-
-
-def plan_shards(paths: list[str], shard_size: int) -> list[list[str]]:
-    """The inputs in order, cut into shards of `shard_size` files (the last one shorter)."""
-    return [paths[i:i + shard_size] for i in range(0, len(paths), shard_size)]
-
-
-def shard_name(index: int) -> str:
-    return f"part-{index:05d}.parquet"
-
-
-def _manifest_path(out_dir: str, name: str) -> str:
-    return os.path.join(out_dir, MANIFEST_DIR, name[:-len(".parquet")] + ".json")
-
-
-def _read_manifest(out_dir: str, name: str) -> dict | None:
-    try:
-        with open(_manifest_path(out_dir, name), encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
-def prepare_output(out_dir: str, shards: list[list[str]], settings: Settings) -> dict[int, dict]:
-    """Create `out_dir` if needed, and return the manifests of the shards already complete (same files, same
-    settings, Parquet file present), by shard index. Shards that are not complete, and left-over temporary
-    files of an interrupted run, are removed so that no input can appear twice; a folder with part files but
-    no manifest folder is not ours, and is refused."""
-    if os.path.isdir(out_dir) and not os.path.isdir(os.path.join(out_dir, MANIFEST_DIR)) and any(
-            SHARD_RE.match(n) for n in os.listdir(out_dir)):  # someone else's part files: never removed
-        raise UserError(f"{out_dir} holds part-*.parquet files that infer.py --ray did not write (no "
-                        f"{MANIFEST_DIR}/); choose a new or empty folder")
-    try:
-        os.makedirs(os.path.join(out_dir, MANIFEST_DIR), exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create output folder {out_dir}: {exc.strerror or exc}") from None
-    if not os.access(out_dir, os.W_OK):
-        raise UserError(f"cannot write into output folder {out_dir}: permission denied")
-    fp = settings.fingerprint()
-    done: dict[int, dict] = {}
-    for i, inputs in enumerate(shards):
-        m = _read_manifest(out_dir, shard_name(i))
-        if m and m.get("inputs") == inputs and m.get("settings") == fp and os.path.isfile(
-                os.path.join(out_dir, shard_name(i))):
-            done[i] = m
-    _drop_stale(out_dir, SHARD_RE, done)
-    _drop_stale(os.path.join(out_dir, MANIFEST_DIR), re.compile(r"^part-(\d+)\.json$"), done)
-    return done
-
-
-def _drop_stale(folder: str, pattern: re.Pattern, done: dict[int, dict]) -> None:
-    """Remove the files of `folder` named by `pattern` whose shard is not complete, and temporary files."""
-    for name in os.listdir(folder):
-        m = pattern.match(name)
-        if (m and int(m.group(1)) not in done) or (name.startswith(".part-") and ".tmp" in name):
-            os.remove(os.path.join(folder, name))
-
-
+# --- inputs and output --------------------------------------------------------------------------------------
 def refuse_inputs_in(out_dir: str, inputs: list[str]) -> None:
-    """The output folder is ours to clean (stale shards are removed): no input may lie inside it."""
+    """The output folder is ours to tidy (stale shards are moved aside): no input may lie inside it."""
     root = os.path.join(os.path.realpath(out_dir), "")
     for path in inputs:
         if os.path.realpath(path).startswith(root):
             raise UserError(f"--parquet {out_dir} holds the input {path}: its shards would be written (and stale "
-                            "ones removed) beside it; choose another folder")
-
-
-def _counts(docs: list[dict]) -> dict:
-    failed = sum(1 for d in docs if d.get("error"))
-    return {"images": len(docs) - failed, "faces": sum(len(d["faces"]) for d in docs), "failures": failed}
-
-
-def write_shard(out_dir: str, index: int, inputs: list[str], docs: dict[str, dict], settings: Settings) -> dict:
-    """Write one complete shard (Parquet, then its manifest: a shard without a manifest is redone); returns
-    the manifest."""
-    ordered = [docs[p] for p in inputs]
-    write_parquet(os.path.join(out_dir, shard_name(index)), ordered)
-    manifest = {"inputs": inputs, "settings": settings.fingerprint(), **_counts(ordered)}
-    write_atomic(_manifest_path(out_dir, shard_name(index)), json.dumps(manifest))
-    return manifest
+                            "ones moved) beside it; choose another folder")
 
 
 # --- the Ray side ------------------------------------------------------------------------------------------
-_ANALYZERS: dict[str, object] = {}  # per worker process: its detector, loaded by its first task
+class ShardWorker:
+    """Ray actor, one per CPU: a `FaceAnalyzer` loaded once (detector and net on one thread each), which
+    turns a shard's paths into their JSON documents (`agegender.serving.inference.to_json`, the same as
+    infer.py --json). Where the net runs on GPU actors, `detector_only` leaves the net out: `prepare` gives the
+    faces and crops of a shard for `NetWorker.label`."""
 
+    def __init__(self, settings: Settings, detector_only: bool = False):
+        t0 = time.perf_counter()
+        from agegender.data.face import load_detector
+        from agegender.model.loading import load_engine
+        from agegender.serving.analyzer import FaceAnalyzer
 
-def _detector_analyzer(settings: Settings):
-    from agegender.data.face import load_detector
-    from agegender.serving.analyzer import FaceAnalyzer
-
-    key = json.dumps(asdict(settings), sort_keys=True)
-    if key not in _ANALYZERS:
         detector = load_detector(settings.det_model, thresh=settings.det_thresh, max_size=settings.max_size,
                                  threads=1)
-        _ANALYZERS[key] = FaceAnalyzer(detector, None, min_face=settings.min_face, max_pixels=settings.max_pixels,
+        engine = None if detector_only else load_engine(settings.model, settings.engine, "", threads=1)
+        self.analyzer = FaceAnalyzer(detector, engine, age_decode=settings.age_decode, min_face=settings.min_face,
+                                     flip=settings.flip, batch_size=settings.batch_size,
+                                     max_pixels=settings.max_pixels, age_level=settings.age_level,
                                      drop_flagged=settings.drop_flagged)
-    return _ANALYZERS[key]
+        self.timings = {"load models": time.perf_counter() - t0}  # reported with the first shard
+
+    def _take_timings(self) -> dict:
+        out, self.timings = self.timings, {}
+        return out
+
+    def analyze(self, paths: list[str]) -> tuple[list[str], dict]:
+        """The shard's documents (JSON text, in input order) and the seconds spent per stage."""
+        from agegender.serving.inference import to_json
+
+        _die_once_for_tests()
+        timings = self._take_timings()
+        docs = [json.dumps(to_json(r)) for r in self.analyzer.analyze_paths(paths, timings=timings, threads=1)]
+        return docs, timings
+
+    def prepare(self, paths: list[str]) -> tuple[list[tuple], dict]:
+        """Read, detect and align the shard: (path, error, faces, crops) per file, for a net actor."""
+        import numpy as np
+
+        timings = self._take_timings()
+        t0 = time.perf_counter()
+        out = []
+        for path in paths:
+            _, faces, crops, error = self.analyzer.prepare(path)
+            out.append((path, error, faces, np.stack(crops) if crops else np.zeros((0, 112, 112, 3), np.uint8)))
+        timings["read+detect+align"] = time.perf_counter() - t0
+        return out, timings
 
 
-def detect_batch(batch: pa.Table, settings: Settings) -> pa.Table:
-    """Ray task: read, detect and align the batch's files (FaceAnalyzer.prepare); the faces and their crops
-    travel pickled to the net."""
-    analyzer = _detector_analyzer(settings)
-    paths, errors, dets = [], [], []
-    for path in batch.column("path").to_pylist():
-        _, faces, crops, error = analyzer.prepare(path)
-        paths.append(path)
-        errors.append(error)
-        dets.append(pickle.dumps((faces, np.stack(crops) if crops else np.zeros((0, 112, 112, 3), np.uint8))))
-    return pa.table({"path": pa.array(paths, pa.string()), "error": pa.array(errors, pa.string()),
-                     "det": pa.array(dets, pa.binary())})
+class NetWorker:
+    """Ray actor, one per GPU: the attribute net on the crops that `ShardWorker.prepare` sent."""
 
-
-class NetLabeller:
-    """Ray actor: the attribute net, loaded once; labels the faces of a batch of images and returns each
-    image's JSON document (`agegender.serving.inference.to_json`, the same as infer.py --json)."""
-
-    def __init__(self, settings: Settings, gpus: str = ""):
+    def __init__(self, settings: Settings, gpus: str = "0"):
         from agegender.model.loading import load_engine
         from agegender.serving.analyzer import FaceAnalyzer
 
         engine = load_engine(settings.model, settings.engine, gpus, threads=1)
         self.analyzer = FaceAnalyzer(None, engine, age_decode=settings.age_decode, min_face=settings.min_face,
-                                     flip=settings.flip, batch_size=settings.batch_size, age_level=settings.age_level)
+                                     flip=settings.flip, batch_size=settings.batch_size, age_level=settings.age_level,
+                                     drop_flagged=settings.drop_flagged)
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def label(self, prepared: tuple[list[tuple], dict]) -> tuple[list[str], dict]:
         from agegender.serving.analyzer import ImageResult
         from agegender.serving.inference import to_json
 
         _die_once_for_tests()
-        items = [(p, e, pickle.loads(d)) for p, e, d in zip(batch.column("path").to_pylist(),
-                                                            batch.column("error").to_pylist(),
-                                                            batch.column("det").to_pylist())]
-        crops = [c for _, _, (_, cs) in items for c in cs]
+        items, timings = prepared
+        t0 = time.perf_counter()
+        crops = [c for *_, cs in items for c in cs]
         labels = self.analyzer.labels(crops)
         docs, i = [], 0
-        for path, error, (faces, cs) in items:
-            res = ImageResult(path, None, self.analyzer.results(faces, cs, labels, i), error)
+        for path, error, faces, cs in items:
+            res = ImageResult(path, None, self.analyzer.results(faces, list(cs), labels, i), error)
             i += len(faces)
             docs.append(json.dumps(to_json(res)))
-        return pa.table({"path": pa.array([p for p, _, _ in items], pa.string()), "doc": pa.array(docs, pa.string())})
+        timings["net"] = timings.get("net", 0.0) + time.perf_counter() - t0
+        return docs, timings
 
 
 def _die_once_for_tests() -> None:
-    """The test hook that kills a net worker mid-run: exits this process if the file named by
+    """The test hook that kills a worker mid-run: exits this process if the file named by
     AGEGENDER_RAY_TEST_DIE_ONCE does not exist yet (creating it first, so only one worker dies)."""
     marker = os.environ.get(DIE_ONCE_ENV)
     if marker:
@@ -318,10 +225,32 @@ def _check_reachable(address: str) -> None:
         raise UserError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from None
 
 
+def _token_auth_if_present() -> None:
+    """Send the cluster's token when joining by address. A cluster `ray start` makes checks a token when
+    ~/.ray/auth_token exists (any earlier local Ray made one), but Ray enables token auth for a driver that
+    joins with an explicit address only when RAY_AUTH_MODE=token, and reads that setting into its config
+    when `ray` is imported: setting the variable later is not seen unless the config is read again."""
+    if "RAY_AUTH_MODE" in os.environ:
+        return  # the user's choice
+    if not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+            or os.path.isfile(os.path.expanduser(os.path.join("~", ".ray", "auth_token")))):
+        return
+    os.environ["RAY_AUTH_MODE"] = "token"
+    try:  # what Ray itself does when it turns token auth on (ray._private.authentication)
+        from ray._raylet import Config
+
+        Config.initialize("")
+    except (ImportError, AttributeError):  # another Ray: the variable, set before connecting, is all there is
+        pass
+
+
 def connect(address: str | None, num_cpus: int | None = None, object_store_mb: int | None = None) -> bool:
     """Join the cluster at `address` (`auto`: the one `ray start` runs here), or start a local Ray (None);
     an already connected driver (a test's) is reused. Returns True when this call connected (then `run`
     disconnects at its end)."""
+    if address:
+        _check_reachable(address)
+        _token_auth_if_present()  # before `import ray` where possible; re-read by Ray's config otherwise
     import ray
 
     if ray.is_initialized():
@@ -329,109 +258,275 @@ def connect(address: str | None, num_cpus: int | None = None, object_store_mb: i
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
     if os.environ.get(DIE_ONCE_ENV):
         env[DIE_ONCE_ENV] = os.environ[DIE_ONCE_ENV]
-    kwargs: dict = {"runtime_env": {"env_vars": env}, "logging_level": logging.WARNING, "log_to_driver": False,
-                    "configure_logging": True}
-    if address:
-        _check_reachable(address)
-        kwargs["address"] = address
-        if "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN") or os.path.isfile(
-                os.path.expanduser("~/.ray/auth_token"))):
-            # clusters that `ray start` makes check a token; a driver that does not send it waits forever
-            os.environ["RAY_AUTH_MODE"] = "token"
-    else:  # "local": a new Ray, even where `ray start` runs one (joining it is `--ray auto`)
+    kwargs: dict = {"logging_level": logging.WARNING, "log_to_driver": False, "configure_logging": True}
+    if address:  # the cluster's workers are told where the project is
+        kwargs.update(address=address, runtime_env={"env_vars": env})
+    else:  # "local": a new Ray, even where `ray start` runs one (joining it is `--ray auto`). Its workers
+        # inherit this process's environment: a runtime environment would cost every actor a new process
+        os.environ.update(env)
         kwargs.update(address="local", num_cpus=num_cpus, include_dashboard=False,
                       object_store_memory=object_store_mb * 2 ** 20 if object_store_mb else None)
+    # Ray's own notice that a new local Ray checks a token: not this run's business
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     try:
         ray.init(**kwargs)
-    except ConnectionError as exc:
-        raise UserError(f"cannot join the Ray cluster at {address}: {exc}") from None
+    except (ConnectionError, RuntimeError) as exc:
+        raise UserError(f"cannot join the Ray cluster at {address}: {str(exc).splitlines()[0]}") from None
     return True
 
 
-def build_dataset(paths: list[str], settings: Settings, files_per_task: int = 8):
-    """The Ray Data pipeline over `paths`: detection tasks on CPUs, then the net in an actor pool."""
-    import ray
-    from ray.data import ActorPoolStrategy
+class _Pool:
+    """The actors of a run: one `ShardWorker` per CPU of the cluster and, where it has GPUs, one `NetWorker` per
+    GPU (then the CPU actors only detect). Each shard is one call; `IN_FLIGHT` calls per CPU actor (two
+    where the net is elsewhere, so that an actor detects the next shard while its last one is labelled)."""
 
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
-    resources = ray.cluster_resources()
-    gpus = int(resources.get("GPU", 0))
-    cpus = int(resources.get("CPU", 1))
-    blocks = max(1, min(len(paths) // files_per_task + 1, 4096))
-    ds = ray.data.from_arrow(pa.table({"path": pa.array(paths, pa.string())})).repartition(blocks)
-    ds = ds.map_batches(detect_batch, fn_kwargs={"settings": settings}, batch_size=files_per_task,
-                        batch_format="pyarrow", num_cpus=1, memory=DETECT_MEMORY)
-    if gpus:  # one actor per GPU; Ray sets CUDA_VISIBLE_DEVICES, so each actor's GPU is its device 0
-        net = {"compute": ActorPoolStrategy(size=gpus), "num_gpus": 1, "fn_constructor_kwargs":
-               {"settings": settings, "gpus": "0"}}
-    else:  # the net is light next to detection: a few CPU actors keep up with the rest of the cores
-        net = {"compute": ActorPoolStrategy(min_size=1, max_size=max(1, cpus // 8)), "num_cpus": NET_CPUS,
-               "fn_constructor_kwargs": {"settings": settings}}
-    return ds.map_batches(NetLabeller, batch_size=4 * files_per_task, batch_format="pyarrow", **net)
+    def __init__(self, settings: Settings, split: bool | None = None):
+        import ray
+
+        resources = ray.cluster_resources()
+        cpus, gpus = max(1, int(resources.get("CPU", 1))), int(resources.get("GPU", 0))
+        self.split = bool(gpus) if split is None else split
+        retry = {"max_restarts": 3, "max_task_retries": 3}  # a dead actor is restarted and its call run again
+        self.workers = [ray.remote(ShardWorker).options(num_cpus=1, **retry).remote(settings, self.split)
+                        for _ in range(cpus)]
+        self.nets = []
+        if self.split:  # Ray sets CUDA_VISIBLE_DEVICES: each net actor's GPU is its device 0
+            net = {"num_gpus": 1, "num_cpus": 0} if gpus else {"num_cpus": 0}
+            self.nets = [ray.remote(NetWorker).options(**net, **retry).remote(settings, "0" if gpus else "")
+                         for _ in range(max(1, gpus))]
+        self._loading = [w.__ray_ready__.remote() for w in self.workers + self.nets]
+        self.load = [0] * len(self.workers)
+        self.alive = set(range(len(self.workers)))
+        self._next_net = 0
+
+    def ready(self) -> bool:
+        """Whether every actor has loaded its models."""
+        import ray
+
+        if self._loading:
+            self._loading = ray.wait(self._loading, num_returns=len(self._loading), timeout=0)[1]
+        return not self._loading
+
+    def free(self) -> int | None:
+        """The least busy live actor with room for another shard, or None."""
+        depth = IN_FLIGHT + self.split
+        room = [i for i in self.alive if self.load[i] < depth]
+        return min(room, key=lambda i: self.load[i]) if room else None
+
+    def submit(self, i: int, paths: list[str]):
+        self.load[i] += 1
+        if not self.split:
+            return self.workers[i].analyze.remote(paths)
+        net = self.nets[self._next_net % len(self.nets)]
+        self._next_net += 1
+        return net.label.remote(self.workers[i].prepare.remote(paths))
 
 
 def run(specs: list[str], out_dir: str, settings: Settings = Settings(), address: str | None = None,
-        shard_size: int = 1000, num_cpus: int | None = None, object_store_mb: int | None = None,
-        on_shard: Callable[[int, dict], None] | None = None, log=sys.stderr) -> Summary:
-    """Label every image of `specs` into Parquet shards under `out_dir` (see the module's doc), skipping the
-    shards a previous run completed; `on_shard(index, manifest)` is called after each shard is written.
-    Raises KeyboardInterrupt (after the shards already complete are in place) when interrupted."""
+        shard_size: int = SHARD_SIZE, num_cpus: int | None = None, object_store_mb: int | None = None,
+        overwrite: bool = False, split: bool | None = None, driver_lane: bool = True,
+        on_shard: Callable[[str, dict], None] | None = None, log=sys.stderr) -> Summary:
+    """Label every image of `specs` into Parquet shards under `out_dir` (see the module's doc and
+    agegender/serving/shards.py), keeping the shards a previous run completed; `on_shard(key, manifest)` is
+    called after each shard is written. `split`: the net on its own actors (default: where there are GPUs).
+    `driver_lane`: while Ray starts (not when the driver is already connected), the driver works through
+    shards itself, until the actors have loaded their models. Raises KeyboardInterrupt (after the shards
+    already complete are in place) when interrupted."""
     paths, problems = expand_inputs(specs)
     for spec, reason in problems:
         print(f"error: {spec}: {reason}", file=log, flush=True)
     if not paths:
         raise UserError("no image to process")
-    refuse_inputs_in(out_dir, [s for s in specs if os.path.isfile(s)] + paths)
-    shards = plan_shards(paths, shard_size)
-    done = prepare_output(out_dir, shards, settings)
-    summary = Summary(out_dir, shards=len(shards), resumed=len(done))
-    for m in done.values():
-        summary.images, summary.faces, summary.failures = (summary.images + m["images"], summary.faces + m["faces"],
-                                                           summary.failures + m["failures"])
-    todo = {i: inputs for i, inputs in enumerate(shards) if i not in done}
-    shard_of = {p: i for i, inputs in todo.items() for p in inputs}
-    waiting: dict[int, dict[str, dict]] = {i: {} for i in todo}
+    refuse_inputs_in(out_dir, [s for s in specs if os.path.isfile(s)] + paths)  # the lists too
+    if settings.det_model and not os.path.isfile(settings.det_model):  # before Ray: one line, not an actor's death
+        raise UserError(f"detector model not found: {settings.det_model}")
+    if address:
+        _check_reachable(address)  # before any output is made
+    fp = settings.fingerprint()
+    planned = {shard_key(inputs, fp): inputs for inputs in plan_shards(paths, shard_size)}
+    state = prepare_output(out_dir, planned, fp, overwrite)
+    _report_moved(out_dir, state, overwrite, log)
+    summary = Summary(out_dir, inputs=len(paths), shards=len(planned), resumed=len(state.done),
+                      stale=len(state.stale), damaged=len(state.damaged))
+    for key, m in state.done.items():
+        summary.add(m)
+        summary.already += len(planned[key])
+    todo = {k: inputs for k, inputs in planned.items() if k not in state.done}
     if not todo:
         summary.complete = True
         return summary
     import ray
 
+    job = _Job(todo, out_dir, settings, fp, summary, on_shard, log)
     t0 = time.perf_counter()
-    started = connect(address, num_cpus, object_store_mb)
-    summary.startup = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    lane = _DriverLane(job) if driver_lane and not ray.is_initialized() else None
+    started = False
     try:
-        for batch in build_dataset(list(shard_of), settings).iter_batches(batch_format="pyarrow", batch_size=None):
-            for path, doc in zip(batch.column("path").to_pylist(), batch.column("doc").to_pylist()):
-                i = shard_of[path]
-                if i not in waiting or path in waiting[i]:
-                    continue  # a retried task's second copy: the first one counts
-                waiting[i][path] = d = json.loads(doc)
-                if d.get("error"):
-                    summary.errors.append((path, d["error"]))
-                    print(f"error: {path}: {d['error']}", file=log, flush=True)
-                if len(waiting[i]) == len(todo[i]):
-                    m = write_shard(out_dir, i, todo[i], waiting.pop(i), settings)
-                    summary.processed += len(todo[i])
-                    summary.images, summary.faces, summary.failures = (
-                        summary.images + m["images"], summary.faces + m["faces"], summary.failures + m["failures"])
-                    if on_shard is not None:
-                        on_shard(i, m)
-        if waiting:  # cannot happen unless Ray lost a result for good: say so rather than report success
-            lost = sum(len(todo[i]) - len(w) for i, w in waiting.items())
-            raise UserError(f"Ray returned no result for {lost} files; rerun the same command to complete the output")
+        started = connect(address, num_cpus, object_store_mb)
+        summary.startup = time.perf_counter() - t0
+        job.run_on_ray(split, lane)
         summary.complete = True
     finally:
+        if lane is not None:
+            lane.stop(wait=True)
         summary.seconds = time.perf_counter() - t0
         if started:
             ray.shutdown()
-        if not summary.complete:  # the shards written so far stay: say how far it got
+        if not summary.complete and summary.processed:  # the shards written so far stay: say how far it got
             print(summary.line(), file=log, flush=True)
     return summary
 
 
-__all__ = ["Settings", "Summary", "expand_inputs", "plan_shards", "prepare_output", "refuse_inputs_in", "write_shard", "detect_batch",
-           "NetLabeller", "connect", "build_dataset", "run", "shard_name", "DIE_ONCE_ENV"]
+class _Job:
+    """The shards left to do, shared by the Ray actors and the driver's lane; each shard written once."""
+
+    def __init__(self, todo: dict[str, list[str]], out_dir: str, settings: Settings, fp: dict, summary: Summary,
+                 on_shard, log):
+        self.todo, self.out_dir, self.settings, self.fp = todo, out_dir, settings, fp
+        self.summary, self.on_shard, self.log = summary, on_shard, log
+        # largest shards first: the run ends on small ones, so no actor waits long for the last shard
+        self.queue: deque[str] = deque(sorted(todo, key=lambda k: -len(todo[k])))
+        self.lock = threading.Lock()
+
+    def take(self, smallest: bool = False) -> str | None:
+        with self.lock:
+            return (self.queue.pop() if smallest else self.queue.popleft()) if self.queue else None
+
+    def give_back(self, key: str) -> None:
+        with self.lock:
+            self.queue.appendleft(key)
+
+    def deliver(self, key: str, docs: list[str], timings: dict, by_driver: bool = False) -> None:
+        """Write one finished shard (its documents as JSON text, in input order) and count it."""
+        with self.lock:
+            t0 = time.perf_counter()
+            by_path = {}
+            for path, doc in zip(self.todo[key], docs):
+                by_path[path] = d = json.loads(doc)
+                if d.get("error"):
+                    self.summary.errors.append((path, d["error"]))
+                    print(f"error: {path}: {d['error']}", file=self.log, flush=True)
+            m = write_shard(self.out_dir, key, self.todo[key], by_path, self.fp)
+            timings["write (driver)"] = time.perf_counter() - t0
+            for k, v in timings.items():
+                self.summary.stages[k] = self.summary.stages.get(k, 0.0) + v
+            self.summary.processed += len(self.todo[key])
+            if by_driver:
+                self.summary.by_driver += len(self.todo[key])
+            self.summary.add(m)
+            if self.on_shard is not None:
+                self.on_shard(key, m)
+
+    def run_on_ray(self, split: bool | None, lane: "_DriverLane | None") -> None:
+        """Run the shards of the queue on the actors until none is left (the driver's lane, if any, stops
+        taking shards once every actor has loaded its models)."""
+        import ray
+
+        pool: _Pool | None = None  # made when there is work for it (the lane may have done everything)
+        inflight: dict = {}
+        attempts: dict[str, int] = {}
+
+        def refill() -> None:
+            nonlocal pool
+            with self.lock:
+                if pool is None and self.queue:
+                    pool = _Pool(self.settings, split)
+            while pool is not None:
+                i = pool.free()
+                key = self.take() if i is not None else None
+                if key is None:
+                    return
+                inflight[pool.submit(i, self.todo[key])] = (key, i)
+
+        refill()
+        while inflight or (lane is not None and lane.busy()):
+            if not inflight:  # the lane's shard: it may come back to the queue
+                lane.thread.join(0.2)
+                refill()
+                continue
+            if lane is not None and pool is not None and pool.ready():
+                lane.stop(wait=False)  # Ray is up: the actors have every core from now on
+            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=0.25)
+            if not ready:
+                continue
+            key, i = inflight.pop(ready[0])
+            pool.load[i] -= 1
+            try:
+                docs, timings = ray.get(ready[0])
+            except ray.exceptions.RayError as exc:  # the actor is lost for good (Ray's own restarts spent)
+                attempts[key] = attempts.get(key, 0) + 1
+                if isinstance(exc, ray.exceptions.RayActorError):
+                    pool.alive.discard(i)
+                if attempts[key] >= ATTEMPTS or not pool.alive:
+                    raise UserError(f"a Ray worker failed on {len(self.todo[key])} inputs ({short_reason(exc)}); "
+                                    "the finished shards are kept: rerun the same command to complete the output") \
+                        from None
+                self.give_back(key)
+                refill()
+                continue
+            refill()
+            self.deliver(key, docs, timings)
+        if lane is not None and lane.error is not None:
+            raise lane.error
+
+
+class _DriverLane:
+    """The driver's own worker while Ray starts: a `FaceAnalyzer` in this process takes the smallest shards
+    of the queue (as plain infer.py would) until every actor has loaded its models, so that Ray's start-up
+    costs little time. A shard it has begun is finished and written; one it cannot do goes back to the queue."""
+
+    def __init__(self, job: _Job):
+        self.job, self.error, self.current = job, None, None
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._work, name="driver-lane", daemon=True)
+        self.thread.start()
+
+    def busy(self) -> bool:
+        return self.thread.is_alive()
+
+    def stop(self, wait: bool) -> None:
+        self._stop.set()
+        if wait:
+            self.thread.join(30)
+
+    def _work(self) -> None:
+        from agegender.serving.inference import to_json
+
+        try:
+            t0 = time.perf_counter()
+            worker = ShardWorker(self.job.settings)
+            worker.timings = {"load models": time.perf_counter() - t0}
+            while not self._stop.is_set():
+                key = self.job.take(smallest=True)  # the actors take the large ones: the lane can stop soon
+                if key is None:
+                    return
+                self.current = key
+                try:
+                    timings = worker._take_timings()
+                    docs = [json.dumps(to_json(r)) for r in worker.analyzer.analyze_paths(
+                        self.job.todo[key], timings=timings, threads=0)]  # every core: Ray's start-up waits a lot
+                except BaseException:
+                    self.job.give_back(key)
+                    raise
+                self.job.deliver(key, docs, {f"{k} (driver)": v for k, v in timings.items()}, by_driver=True)
+                self.current = None
+        except UserError as exc:  # the models do not load: the actors will say so too, in their words
+            self.error = exc
+        except Exception as exc:  # noqa: BLE001 -- the lane is a help only: Ray does the shards it left
+            print(f"note: the driver stopped working alongside Ray ({short_reason(exc)})", file=self.job.log,
+                  flush=True)
+
+
+def _report_moved(out_dir: str, state, overwrite: bool, log) -> None:
+    """One line for the damaged shards, one for the stale ones: nothing leaves the output unannounced."""
+    where = "deleted (--overwrite)" if overwrite else f"moved to {os.path.join(out_dir, STALE_DIR, '')}"
+    for name, why in state.damaged:
+        print(f"warning: {os.path.join(out_dir, name)} is damaged or incomplete ({why}): {where}; its inputs are "
+              "redone", file=log, flush=True)
+    if state.stale:
+        print(f"note: {len(state.stale)} shard(s) that no input of this run needs (other inputs, settings or "
+              f"--shard-size): {where}", file=log, flush=True)
+
+
+__all__ = ["Settings", "Summary", "ShardWorker", "NetWorker", "connect", "run", "refuse_inputs_in",
+           "expand_inputs", "shard_name", "DIE_ONCE_ENV", "MANIFEST_DIR", "SHARD_SIZE"]
