@@ -145,8 +145,13 @@ def main() -> int:
         raise UserError(f"--pretrained {cfg.pretrained} is this run's own --prefix {cfg.prefix}: "
                         f"{'--overwrite would delete it' if args.overwrite else 'the run would replace it'} before "
                         "it is loaded; continue that run with --resume, or train into another --prefix")
-    # without --pretrained the bundled model is protected all the same (a run under its prefix would replace it)
-    reads += model_files(None if own or not cfg.pretrained else cfg.pretrained)
+    # the bundled models are inputs of every run (a run under one's prefix would replace it, --overwrite delete
+    # it first), whatever --pretrained names; --pretrained is one too unless it is the run's own (--resume)
+    from agegender.model import registry
+
+    reads += model_files(None) + [f for m in registry.available() for f in m.files()]
+    if cfg.pretrained and not own:
+        reads += model_files(cfg.pretrained)
     refuse_prefix("--prefix", cfg.prefix, reads + [t for t in cfg.teacher_genders if t != "-"])
 
     if os.path.dirname(cfg.prefix):

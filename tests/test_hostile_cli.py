@@ -130,6 +130,27 @@ def test_train_refuses_to_start_from_its_own_prefix(models, tmp_path, flags):
     assert sorted(os.listdir(os.path.dirname(ck))) == sorted(os.path.basename(p) for p in models["digests"])
 
 
+def test_train_with_pretrained_never_deletes_the_bundled_model(tmp_path):
+    """`train.py --pretrained ../shared/weights/insightface-genderage/model,0 --prefix models/agegender
+    --overwrite`, as typed in a checkout, is refused: --pretrained does not lift the bundled model's
+    protection. Run on copies (a checkout of its own in tmp_path, $AGEGENDER_MODELS_DIR pointing at them)."""
+    from tests.conftest import insightface_model
+
+    shared = os.path.dirname(os.path.dirname(os.path.dirname(insightface_model())))  # skips without ../shared
+    os.symlink(shared, tmp_path / "shared")
+    work = tmp_path / "checkout"
+    (work / "models").mkdir(parents=True)
+    for suffix in (".onnx", "-symbol.json", "-0000.params", "-calibration.json"):
+        shutil.copy(BUNDLED_MODEL + suffix, work / "models" / f"agegender{suffix}")
+    before = {p: _digest(p) for p in (work / "models").iterdir()}
+    env = dict(os.environ, AGEGENDER_MODELS_DIR=str(work / "models"))
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--pretrained",
+                           "../shared/weights/insightface-genderage/model,0", "--prefix", "models/agegender",
+                           "--overwrite"], cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    _one_line_error(proc, 2, "would write over the input")
+    assert {p: _digest(p) for p in (work / "models").iterdir()} == before
+
+
 # --- 7. a CSV cannot carry a formula ---------------------------------------------------------------------
 def test_csv_text_cells_that_begin_like_formulas_are_quoted_numbers_stay_numbers():
     import csv
