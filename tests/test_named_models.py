@@ -194,6 +194,24 @@ def test_an_exported_open_model_carries_its_licence_and_provenance(small_dir):
                     "--provenance", "not JSON")
 
 
+def test_an_open_checkpoint_exported_in_memory_or_by_path_states_its_registered_terms(small_dir, tmp_path):
+    """`open` with only its checkpoint: exported in memory (the onnx engine) it states the same terms as
+    under MXNet, its registered ones; tools/export_onnx.py given its PREFIX,0 by path writes them too."""
+    import onnx
+
+    from agegender.model.loading import load_engine
+
+    for suffix in ("-symbol.json", "-0000.params"):
+        shutil.copy(BUNDLED_MODEL + suffix, os.path.join(small_dir, f"agegender-open{suffix}"))
+    assert load_engine("open", engine="mxnet").license == registry.OPEN_TERMS
+    exported = load_engine("open", threads=1)
+    assert exported.bundled.name == "open" and exported.license == registry.OPEN_TERMS
+    out = str(tmp_path / "open.onnx")
+    run_script("tools/export_onnx.py", os.path.join(small_dir, "agegender-open") + ",0", out, check=True)
+    meta = {p.key: p.value for p in onnx.load(out).metadata_props}
+    assert meta["license"] == registry.OPEN_TERMS
+
+
 def test_every_bundled_model_here_states_the_registered_terms_and_ships_in_the_wheel(monkeypatch):
     """A model dropped into models/ must carry its registered terms in its ONNX metadata and be listed in
     pyproject.toml's wheel table, each of its files."""

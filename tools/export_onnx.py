@@ -28,7 +28,7 @@ def main() -> int:
     p.add_argument("model", help="PREFIX,EPOCH (or PREFIX for its newest epoch), or a bundled model's name")
     p.add_argument("output", help="the .onnx file to write")
     p.add_argument("--license", metavar="TEXT",
-                   help="the weights' terms, written into the model's metadata (default: a bundled model's "
+                   help="the weights' terms, written into the model's metadata (default: a bundled model's, by name or path, "
                         "registered terms; else the default model's, research and non-commercial use only)")
     p.add_argument("--provenance", metavar="TEXT",
                    help="where the weights come from (data, initialisation, teachers, the recipe's commit), written "
@@ -50,7 +50,8 @@ def main() -> int:
 
     refuse_inputs([("output", args.output)], model_files(args.model))
     prefix, epoch = resolve_model(args.model)  # a name that is unknown or absent: one line
-    bundled = registry.resolve(args.model)  # a bundled model's export states its registered terms by default
+    # a bundled model's export states its registered terms by default, by name or by path (models/agegender-open,0)
+    bundled = registry.for_path(prefix)
     license = args.license or (bundled.terms if bundled else None)
     try:
         data, diff = export_onnx(prefix, epoch, aligned_demo_faces(), license, provenance)

@@ -57,11 +57,16 @@ def _exported(model: str | None, threads: int, gpus: str) -> Engine:
     from agegender.model.mxnet_engine import resolve_model
 
     prefix, epoch = resolve_model(model)
+    # the metadata's `license` is what Engine.license reads first: a bundled model (by name or by path)
+    # states its registered terms, as tools/export_onnx.py writes them
+    bundled = registry.for_path(prefix)
     try:
-        data, _ = export_onnx(prefix, epoch, aligned_demo_faces())
+        data, _ = export_onnx(prefix, epoch, aligned_demo_faces(), bundled.terms if bundled else None)
     except Exception as exc:  # noqa: BLE001 -- MXNet, onnx and onnxruntime each raise their own types
         raise UserError(f"cannot export {prefix},{epoch} to ONNX: {short_reason(exc)}") from None
-    return OnnxEngine(f"{short_name(prefix)},{epoch} (exported to ONNX)", threads, gpus, model=data)
+    engine = OnnxEngine(f"{short_name(prefix)},{epoch} (exported to ONNX)", threads, gpus, model=data)
+    engine.bundled = bundled
+    return engine
 
 
 __all__ = ["load_engine"]
