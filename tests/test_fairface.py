@@ -112,3 +112,19 @@ def test_group_accuracy_and_signed_error():
     rows = {r["band"]: r for r in band_table([14, 33, 12], [10, 30, 12], age_hi=np.array([19, 30, 12]))}
     assert rows["10-19"]["group_acc"] == 1.0 and rows["10-19"]["bias"] == pytest.approx(0.0)  # exact 12 read 12
     assert rows["30-39"]["bias"] == pytest.approx(3.0) and rows["30-39"]["mae"] == pytest.approx(3.0)
+
+
+def test_the_bias_10_29_column_weights_each_band_by_its_exact_ages():
+    """10-19: one exact face read +2 and nine grouped faces; 20-29: two exact faces read -1. The column is
+    the mean over the three exact faces, (2 - 1 - 1) / 3 = 0, not weighted by the grouped faces too."""
+    from agegender.model.evaluation import Predictions, format_sources, report
+
+    lo = np.array([15] + [10] * 9 + [25, 25], np.float64)
+    hi = np.array([15] + [19] * 9 + [25, 25], np.float64)
+    pred = Predictions(p_male=np.full(12, 0.9), age_pred=np.array([17] + [14] * 9 + [24, 24], np.float64),
+                       gender=np.ones(12), age=(lo + hi) / 2, source=["x"] * 12, age_lo=lo, age_hi=hi)
+    rep = report(pred)
+    rows = {b["band"]: b for b in rep["bands"]}
+    assert (rows["10-19"]["count"], rows["10-19"]["exact"], rows["20-29"]["exact"]) == (10, 1, 2)
+    line = format_sources([{"name": "x", **rep}], rep).splitlines()[1].split()
+    assert line[7] == "0.00", line

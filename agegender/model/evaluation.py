@@ -215,8 +215,9 @@ def format_sources(per: list[dict], overall: dict) -> str:
 
     def line(name: str, r: dict) -> str:
         kids = next((b for b in r["bands"] if b["band"] == "0-9"), None)
-        young = [b for b in r["bands"] if b["band"] in ("10-19", "20-29") and b["bias"] == b["bias"]]
-        bias = sum(b["bias"] * b["count"] for b in young) / sum(b["count"] for b in young) if young else float("nan")
+        # each band's bias is over its exact ages only: weighted by those, not by its grouped faces too
+        young = [b for b in r["bands"] if b["band"] in ("10-19", "20-29") and b["exact"]]
+        bias = sum(b["bias"] * b["exact"] for b in young) / sum(b["exact"] for b in young) if young else float("nan")
         return (f"{name:<24}{r['count']:>8}{_f(r['acc']):>8}{_f(r['mae'], 2):>8}{_f(r['cs3']):>8}{_f(r['cs5']):>8}"
                 f"{_f(kids['acc']) if kids else 'n/a':>12}{_f(bias, 2):>12}{_f(r.get('group_acc', float('nan'))):>11}")
 

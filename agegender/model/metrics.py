@@ -37,7 +37,7 @@ def in_interval(age_pred: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndar
 
 def band_table(age_pred: np.ndarray, age: np.ndarray, p_male: np.ndarray | None = None,
                gender: np.ndarray | None = None, age_hi: np.ndarray | None = None) -> list[dict]:
-    """Per true-age band: band label, count, MAE, CS@5, the mean signed error `bias` (predicted minus true:
+    """Per true-age band: band label, count, `exact` (those with an exact age), MAE, CS@5, the mean signed error `bias` (predicted minus true:
     positive = read older) and, given genders, gender accuracy (over known genders; NaN when none). Bands
     without records are left out. With `age_hi` (grouped labels: `age` is then each group's lo), a group
     falls in the band of its lo; MAE, CS@5 and bias count the exact ages only, and `group_acc` is the share
@@ -51,7 +51,7 @@ def band_table(age_pred: np.ndarray, age: np.ndarray, p_male: np.ndarray | None 
             exact = sel & ~grouped
             err = age_pred[exact] - age[exact]
             nan = float("nan")
-            row = {"band": label, "count": int(sel.sum()),
+            row = {"band": label, "count": int(sel.sum()), "exact": int(exact.sum()),
                    "mae": float(np.abs(err).mean()) if err.size else nan,
                    "cs5": float((np.abs(err) <= 5).mean()) if err.size else nan,
                    "bias": float(err.mean()) if err.size else nan}
