@@ -206,3 +206,25 @@ def test_a_higher_level_gives_wider_ranges_and_drop_flagged_drops(tmp_path):
     assert [f.index for f in kept] == list(range(1, len(kept) + 1))  # numbered among the faces reported
     with pytest.raises(ValueError, match="between 0 and 1"):
         FaceAnalyzer.from_options(net_threads=1, age_level=1.0)
+
+
+def test_a_split_of_age_groups_gets_its_range_reported_as_overlap_and_inside():
+    """FairFace-like: every face labelled by group. The odd records' ranges are reported against the groups
+    (overlapping it, holding all of it), not left out silently; the even (calibration) half is not counted."""
+    from agegender.model.evaluation import Predictions, format_report, report
+
+    n = 8
+    lo, hi = np.full(n, 20.0), np.full(n, 29.0)
+    # odd records 1, 3, 5, 7: holds 20-29, overlaps it only, holds it, misses it; the even ones all miss
+    low = np.array([30, 18, 30, 22, 30, 18, 30, 30], np.float64)
+    high = np.array([40, 31, 40, 25, 40, 31, 40, 40], np.float64)
+    index = np.arange(n)
+    pred = Predictions(p_male=np.full(n, 0.9), age_pred=np.full(n, 24.0), gender=np.ones(n), age=(lo + hi) / 2,
+                       source=["x"] * n, age_lo=lo, age_hi=hi, age_low=low, age_high=high, index=index)
+    odd = ~calibration_half(index)
+    rep = report(pred)
+    assert "age_range" not in rep
+    groups = rep["age_range_groups"]
+    assert groups["count"] == int(odd.sum()) == 4
+    assert (groups["overlap"], groups["inside"]) == (0.75, 0.5)
+    assert "age range 80% on 4 faces labelled by group" in format_report(rep, 0.8)

@@ -14,8 +14,8 @@ from agegender.data.iterators import check_rec, eval_batches, record_iter
 from agegender.data.distribution import load_labels
 from agegender.data.recordio import read_attrs
 from agegender.errors import UserError
-from agegender.model.metrics import (CS_LEVELS, band_table, calibration_half, format_range_report, in_interval,
-                                     range_report, summarize)
+from agegender.model.metrics import (CS_LEVELS, band_table, calibration_half, format_group_range_report,
+                                     format_range_report, group_range_report, in_interval, range_report, summarize)
 from agegender.model.engine import Engine
 
 
@@ -170,10 +170,15 @@ def report(pred: Predictions) -> dict:
                                "true_male": {"female": int((~male & (pred.gender == 1)).sum()),
                                              "male": int((male & (pred.gender == 1)).sum())}}
     out["gender_unknown"] = int((~known).sum())
-    if pred.age_low is not None:  # on the half of the records the range was not calibrated on, exact ages
-        half = ~calibration_half(pred.index) & ~pred.grouped
-    if pred.age_low is not None and half.any():
-        out["age_range"] = range_report(pred.age_low[half], pred.age_high[half], pred.age_pred[half], pred.age[half])
+    if pred.age_low is not None:  # on the half of the records the range was not calibrated on
+        half = ~calibration_half(pred.index)
+        exact, grouped = half & ~pred.grouped, half & pred.grouped
+        if exact.any():  # coverage needs the true age
+            out["age_range"] = range_report(pred.age_low[exact], pred.age_high[exact], pred.age_pred[exact],
+                                            pred.age[exact])
+        if grouped.any():  # a group only says whether the range meets it or holds all of it
+            out["age_range_groups"] = group_range_report(pred.age_low[grouped], pred.age_high[grouped],
+                                                         pred.age_lo[grouped], pred.age_hi[grouped])
     return out
 
 
@@ -202,9 +207,12 @@ def format_report(rep: dict, age_level: float = DEFAULT_AGE_LEVEL) -> str:
             lines += ["", f"{title:<16}{'count':>8}{'acc':>8}{'MAE':>8}{'CS@5':>8}{'bias':>8}{'group':>8}"]
             lines += [f"{s[title]:<16}{s['count']:>8}{_f(s['acc']):>8}{_f(s['mae'], 2):>8}{_f(s['cs5']):>8}"
                       f"{_f(s['bias'], 2):>8}{_f(s.get('group_acc', float('nan'))):>8}" for s in rep[key]]
-    if rep.get("age_range"):
-        lines += ["", "on the odd records (the half tools/calibrate.py does not calibrate the range on):",
-                  format_range_report(rep["age_range"], age_level)]
+    if rep.get("age_range") or rep.get("age_range_groups"):
+        lines += ["", "on the odd records (the half tools/calibrate.py does not calibrate the range on):"]
+        if rep.get("age_range"):
+            lines.append(format_range_report(rep["age_range"], age_level))
+        if rep.get("age_range_groups"):
+            lines.append(format_group_range_report(rep["age_range_groups"], age_level))
     return "\n".join(lines)
 
 

@@ -206,6 +206,25 @@ def range_report(low: np.ndarray, high: np.ndarray, age_pred: np.ndarray, age: n
     return out
 
 
+def group_range_report(low: np.ndarray, high: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> dict:
+    """How an age range holds up against age groups (FairFace), where the true age is unknown inside its
+    group lo..hi (whole years, inclusive): the share of faces whose range [low, high] overlaps the group
+    (the true age may be inside the range) and the share whose range holds the whole group (it is inside,
+    whatever the age; never for an open group such as "more than 70")."""
+    low, high = np.asarray(low, np.float64), np.asarray(high, np.float64)
+    lo, hi = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
+    nan = float("nan")
+    return {"count": int(lo.size),
+            "overlap": float(((low <= hi) & (high >= lo)).mean()) if lo.size else nan,
+            "inside": float(((low <= lo) & (hi <= high)).mean()) if lo.size else nan}
+
+
+def format_group_range_report(rep: dict, level: float) -> str:
+    """The range line for faces labelled by age group (eval.py)."""
+    return (f"age range {level:.0%} on {rep['count']} faces labelled by group (coverage not measurable): overlaps "
+            f"the group {rep['overlap']:.3f}, holds the whole group {rep['inside']:.3f}")
+
+
 def format_range_report(rep: dict, level: float) -> str:
     """The range lines eval.py and tools/calibrate.py print."""
     lines = [f"age range {level:.0%}: coverage {rep['coverage']:.3f} on {rep['count']} faces, mean width "
@@ -240,6 +259,7 @@ class AgeGenderMetric:
         return summarize(*self.arrays())
 
 
-__all__ = ["select_widening", "WIDENING_CHOICES", "fit_widening", "range_report", "format_range_report", "calibration_half", "WIDENING_LEVELS",
+__all__ = ["select_widening", "WIDENING_CHOICES", "fit_widening", "range_report", "format_range_report",
+           "group_range_report", "format_group_range_report", "calibration_half", "WIDENING_LEVELS",
            "WIDENING_EDGES", "MIN_BAND_FACES", "summarize", "band_table", "in_interval", "expected_calibration_error", "fit_temperature",
            "AgeGenderMetric", "AGE_BANDS", "CS_LEVELS"]
