@@ -14,7 +14,7 @@ from agegender.data.recordio import read_attrs
 from agegender.data.sources import BAD_AGE, BAD_GENDER, parse_age_group, parse_fairface
 from agegender.model.age import age_gender_loss, age_targets, interval_targets
 from agegender.model.metrics import band_table, in_interval
-from conftest import run_script
+from conftest import ROOT, run_script
 
 
 def test_age_groups_parse_as_intervals():
@@ -128,3 +128,86 @@ def test_the_bias_10_29_column_weights_each_band_by_its_exact_ages():
     assert (rows["10-19"]["count"], rows["10-19"]["exact"], rows["20-29"]["exact"]) == (10, 1, 2)
     line = format_sources([{"name": "x", **rep}], rep).splitlines()[1].split()
     assert line[7] == "0.00", line
+
+
+def _tool(name: str, monkeypatch):
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, module)  # a dataclass looks its module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def fairface_val(tmp_path_factory) -> str:
+    """The demo FairFace's published val split packed alone: every face labelled by group. Its folder."""
+    from agegender.data.demo import build_demo_fairface
+
+    root = tmp_path_factory.mktemp("ffsrc")
+    out = tmp_path_factory.mktemp("ffval")
+    run_script("create_dataset.py", "--fairface", build_demo_fairface(str(root / "ff")), "--fairface-set", "val",
+               "--output", str(out), "--workers", "1", "--no-progress", "--no-face", "center", check=True)
+    return str(out)
+
+
+def test_the_photo_tools_read_a_split_s_groups_not_their_midpoints(fairface_val):
+    """split_faces (tools/calibrate.py, tools/quality_report.py) reads the labelled groups from the sidecar:
+    30-39 and 60-69, not the midpoints 34.5 / 64.5 the .lst carries."""
+    from agegender.model.photo_eval import label_intervals
+    from agegender.model.teacher import read_lst
+
+    lst = os.path.join(fairface_val, "val.lst")
+    entries = read_lst(lst)
+    got = label_intervals(lst, entries)
+    assert sorted(got.values()) == [(30.0, 39.0), (60.0, 69.0)]
+    assert {e.age for e in entries} == {34.5, 64.5}  # what they read before
+
+
+def test_calibrate_leaves_groups_out_of_the_range_fit_and_refuses_a_split_of_groups(monkeypatch, capsys):
+    from agegender.errors import UserError
+    from agegender.model.photo_eval import SplitFaces
+    from tests.test_age_range import logistic
+
+    calibrate = _tool("calibrate", monkeypatch)
+    rng = np.random.default_rng(0)
+    n = 400
+    age = rng.integers(5, 80, n).astype(np.float64)
+    pred = age + rng.normal(0, 4, n)
+
+    def split(grouped: np.ndarray, keep: np.ndarray | None = None) -> SplitFaces:
+        keep = np.ones(n, bool) if keep is None else keep
+        lo = np.where(grouped, age // 10 * 10, age)[keep]
+        hi = np.where(grouped, age // 10 * 10 + 9, age)[keep]
+        k = int(keep.sum())
+        s = SplitFaces("s", np.arange(n)[keep], np.ones(k), (lo + hi) / 2, *(np.zeros(k) for _ in range(3)),
+                       np.zeros(k), age_probs=logistic(pred[keep], 6.0), age_lo=lo, age_hi=hi)
+        s.age_pred = pred[keep]
+        return s
+
+    with pytest.raises(UserError, match="labelled by age group"):
+        calibrate.age_range_section([split(np.ones(n, bool))])
+    mixed = rng.random(n) < 0.4
+    w = calibrate.age_range_section([split(mixed)])
+    out = capsys.readouterr().out
+    even = np.arange(n) % 2 == 0
+    assert f"{int(mixed.sum())} faces labelled by age group left out" in out
+    assert f"fitted on the even records ({int((even & ~mixed).sum())} faces)" in out
+    assert f"odd records ({int((~even & ~mixed).sum())} faces)" in out
+    # the same widening as from the exact faces alone: the groups' midpoints played no part
+    assert w.to_dict() == calibrate.age_range_section([split(mixed, ~mixed)]).to_dict()
+
+
+def test_learning_curve_evaluates_a_split_of_groups_as_eval_does(fairface_val, monkeypatch):
+    from agegender.model.engine import BUNDLED_ONNX
+    from agegender.model.evaluation import predict_rec, report
+    from agegender.model.loading import load_engine
+
+    lc = _tool("learning_curve", monkeypatch)
+    rec = os.path.join(fairface_val, "val.rec")
+    m = lc.evaluate(BUNDLED_ONNX, rec)
+    want = report(predict_rec(load_engine(BUNDLED_ONNX), rec, progress=False))
+    assert m["mae"] != m["mae"] and want["mae"] != want["mae"]  # no exact age: no MAE, not one over midpoints
+    assert m["group_acc"] == want["group_acc"] and m["acc"] == want["acc"]

@@ -7,7 +7,9 @@ says? On the source photos of packed val splits (detected, main face, aligned as
   log-likelihood); the ensemble's too;
 - age range: the widening (agegender/model/age.py, `Widening`) fitted on the even records of all the lists
   together (per range level and band of the predicted age), and the coverage on the odd records, raw and
-  widened, overall and per 10-year band of the true age, with the MAE of the narrowest and widest thirds.
+  widened, overall and per 10-year band of the true age, with the MAE of the narrowest and widest thirds;
+  over exact ages only (faces labelled by an age group, FairFace, are left out and counted; a list of
+  groups only is refused).
 
 --write stores both in a copy of the ONNX model (metadata `gender_temperature`, `age_range_widening`, which the
 onnx engine applies), or in PREFIX-calibration.json beside a checkpoint (which the mxnet engine applies and
@@ -150,17 +152,25 @@ def age_range_section(splits):
     from agegender.model.age import DEFAULT_AGE_LEVEL, age_range
     from agegender.model.metrics import calibration_half, format_range_report, range_report, select_widening
 
-    fit = [calibration_half(s.index) for s in splits]
-    cat = lambda k, sel: np.concatenate([getattr(s, k)[m if sel else ~m] for s, m in zip(splits, fit)])  # noqa: E731
-    index = np.concatenate([s.index[m] for s, m in zip(splits, fit)])  # record numbers: the folds
-    widening, chosen, scores = select_widening(cat("age_probs", True), cat("age_pred", True), cat("age", True), index)
-    print(f"\nage range: widening fitted on the even records ({sum(int(m.sum()) for m in fit)} faces), its layout "
+    # coverage needs true ages: faces labelled by an age group (FairFace: `age` is the group's midpoint) are
+    # left out of both the fit and the report
+    groups = sum(int(s.grouped.sum()) for s in splits)
+    even = [calibration_half(s.index) & ~s.grouped for s in splits]
+    odd = [~calibration_half(s.index) & ~s.grouped for s in splits]
+    if not any(m.any() for m in even):
+        raise UserError(f"no face with an exact age on the even records of {', '.join(s.name for s in splits)} "
+                        f"({groups} labelled by age group): the age range cannot be calibrated on them")
+    cat = lambda k: np.concatenate([getattr(s, k)[m] for s, m in zip(splits, even)])  # noqa: E731
+    index = cat("index")  # record numbers: the folds
+    widening, chosen, scores = select_widening(cat("age_probs"), cat("age_pred"), cat("age"), index)
+    if groups:
+        print(f"\nage range: {groups} faces labelled by age group left out (no true age to cover)")
+    print(f"\nage range: widening fitted on the even records ({sum(int(m.sum()) for m in even)} faces), its layout "
           "chosen by two-fold cross-validation inside them (|coverage - level| overall and per true-age band, "
           "averaged over the levels): "
           + ", ".join(f"{name} {score:.4f}" for name, score in scores) + f"; chosen: {chosen}\n"
           f"{json.dumps(widening.to_dict())}")
-    for s, m in zip(splits, fit):
-        r = ~m
+    for s, r in zip(splits, odd):
         print(f"\n{s.name}, odd records ({int(r.sum())} faces), coverage by level: "
               + "; ".join(f"{level:.0%} raw {cov(s, r, level, None):.3f}, widened {cov(s, r, level, widening):.3f}"
                           for level in widening.levels))

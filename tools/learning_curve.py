@@ -88,12 +88,11 @@ def read_reference(path: str) -> list[Point]:
 def evaluate(model: str, rec: str) -> dict:
     """The default command's figures of `model` on `rec`, and gender accuracy at ages 0-9."""
     from agegender.model.loading import load_engine
-    from agegender.model.evaluation import predict_rec
-    from agegender.model.metrics import band_table, summarize
+    from agegender.model.evaluation import predict_rec, report
 
-    pred = predict_rec(load_engine(model), rec, progress=False)
-    m = summarize(pred.p_male, pred.age_pred, pred.gender, pred.age)
-    bands = {b["band"]: b for b in band_table(pred.age_pred, pred.age, pred.p_male, pred.gender)}
+    # eval.py's report: faces labelled by an age group (FairFace) count in gender, not in MAE and CS@n
+    m = report(predict_rec(load_engine(model), rec, progress=False))
+    bands = {b["band"]: b for b in m["bands"]}
     m["acc_0_9"] = bands["0-9"]["acc"] if "0-9" in bands else math.nan
     return m
 

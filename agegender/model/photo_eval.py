@@ -48,6 +48,8 @@ class SplitFaces:
     age_pred: np.ndarray
     p_teacher: np.ndarray
     age_probs: np.ndarray = field(default_factory=lambda: np.zeros((0, 100)))  # P(age > k) per face
+    age_lo: np.ndarray = field(default_factory=lambda: np.zeros(0))     # the labelled age lies in age_lo..age_hi:
+    age_hi: np.ndarray = field(default_factory=lambda: np.zeros(0))     # a group (FairFace), else both are `age`
     width: np.ndarray = field(default_factory=lambda: np.zeros(0))      # box width, px (agegender.data.quality)
     sharpness: np.ndarray = field(default_factory=lambda: np.zeros(0))  # of the aligned crop
     yaw: np.ndarray = field(default_factory=lambda: np.zeros(0))        # of the landmarks
@@ -55,6 +57,32 @@ class SplitFaces:
     no_face: int = 0       # photos where the detector found no face (left out)
     unreadable: int = 0    # photos that could not be read (left out)
     seconds: dict = field(default_factory=dict)
+
+    @property
+    def grouped(self) -> np.ndarray:
+        """Faces labelled by an age group: `age` is then the group's midpoint, not a true age."""
+        return self.age_hi > self.age_lo
+
+
+def label_intervals(lst_path: str, entries: list) -> dict[int, tuple[float, float]]:
+    """Record index -> the labelled age lo..hi of a split's `.lst` entries (all of them): from the split's
+    `-attrs.csv` sidecar (agegender.data.recordio.read_attrs), where FairFace's age groups are; lo == hi ==
+    the .lst age for an exact age, and for every entry without a sidecar. A sidecar that does not match the
+    list is a one-line error."""
+    from agegender.data.recordio import attrs_path, read_attrs
+    from agegender.errors import UserError
+
+    if not os.path.isfile(attrs_path(lst_path)):
+        return {e.index: (e.age, e.age) for e in entries}
+    ages = {e.index: e.age for e in entries}
+    if sorted(ages) != list(range(len(entries))):  # the sidecar is read by record index
+        raise UserError(f"{lst_path}: record indices are not 0..{len(entries) - 1} once each, as its sidecar "
+                        f"{attrs_path(lst_path)} needs; repack the split")
+    try:
+        attrs = read_attrs(lst_path, np.array([ages[i] for i in range(len(entries))], np.float64))
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    return {i: (float(attrs.age_lo[i]), float(attrs.age_hi[i])) for i in range(len(entries))}
 
 
 def _source(path: str, lst_path: str) -> str:
@@ -68,9 +96,10 @@ def split_faces(lst_path: str, detector, engine: Engine, teacher: TeacherGender,
                 age_decode: str = "vote", limit: int = 0, name: str = "") -> SplitFaces:
     """Run the inference path over the source photos of a split's `.lst` (the first `limit`, 0 = all)."""
     entries = read_lst(lst_path)
+    intervals = label_intervals(lst_path, entries)  # over the whole split, as its sidecar is
     if limit > 0:
         entries = entries[:limit]
-    crops, chips, gender, age, index, measures = [], [], [], [], [], []
+    crops, chips, gender, age, index, measures, interval = [], [], [], [], [], [], []
     out = SplitFaces(name or lst_path, *(np.zeros(0) for _ in range(7)), photos=len(entries))
     t = {"detect": 0.0, "align": 0.0, "teacher_align": 0.0}
     for e in entries:
@@ -96,6 +125,7 @@ def split_faces(lst_path: str, detector, engine: Engine, teacher: TeacherGender,
         index.append(e.index)
         gender.append(e.gender)
         age.append(e.age)
+        interval.append(intervals[e.index])
     if crops:
         batch = np.stack(crops)
         t0 = time.perf_counter()
@@ -111,7 +141,8 @@ def split_faces(lst_path: str, detector, engine: Engine, teacher: TeacherGender,
         out.width, out.sharpness, out.yaw = (np.array(m, np.float64) for m in zip(*measures))
     out.index = np.array(index, np.int64)
     out.gender, out.age, out.seconds = np.array(gender, np.float64), np.array(age, np.float64), t
+    out.age_lo, out.age_hi = (np.array(v, np.float64).reshape(-1) for v in (zip(*interval) if interval else ([], [])))
     return out
 
 
-__all__ = ["SplitFaces", "split_faces", "add_split_arguments", "DEFAULT_LISTS"]
+__all__ = ["SplitFaces", "split_faces", "label_intervals", "add_split_arguments", "DEFAULT_LISTS"]
