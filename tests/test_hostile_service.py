@@ -401,6 +401,34 @@ def _attack_image(side: int) -> bytes:
     return cv2.imencode(".jpg", np.tile(tile, reps)[:side, :side], [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes()
 
 
+def test_an_annotated_answer_holds_the_budget_of_its_drawing(analyzer, monkeypatch):
+    """annotated=1: while draw() makes its BGR copy and the JPEG is encoded, the request still holds the
+    decode's rate for the image (6 bytes a pixel), not the 3 of the image alone; a budget that one
+    annotated image of --max-pixels could not fit is refused up front."""
+    from agegender.serving import service
+    from agegender.serving.memory import DECODE_BYTES_PER_PIXEL, check_memory_budget, request_bytes
+
+    data = open(T1, "rb").read()
+    h, w = cv2.imread(T1).shape[:2]
+    held = []
+    real_draw = service.draw
+
+    def draw(res):
+        held.append(c.app.state.budget.used)
+        return real_draw(res)
+
+    monkeypatch.setattr(service, "draw", draw)
+    with _client(analyzer) as c:
+        r = c.post("/v1/analyze?annotated=1", content=data)
+        assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+        assert c.app.state.budget.used == 0
+    assert len(held) == 1 and held[0] >= w * h * DECODE_BYTES_PER_PIXEL, (held, w * h)
+    need = request_bytes(1000, 10, keep_image=True)
+    assert need > request_bytes(1000, 10)
+    with pytest.raises(ValueError, match="--memory-budget"):
+        check_memory_budget(need - 1, 1000, 10)
+
+
 def test_a_scaled_down_memory_attack_is_answered_or_refused(tmp_path_factory):
     """benchmarks/serve_memory.py's attack, scaled down: concurrent big many-face images against a budget
     that fits one of them. Every request is answered (200) or refused (503 with Retry-After), at least one
@@ -408,7 +436,7 @@ def test_a_scaled_down_memory_attack_is_answered_or_refused(tmp_path_factory):
     from agegender.serving.memory import request_bytes
 
     side, cap = 2048, 16
-    budget = request_bytes(5_000_000, cap) + 1_000_000  # one 2048x2048 decode fits, two do not
+    budget = request_bytes(5_000_000, cap, keep_image=True) + 1_000_000  # one 2048x2048 decode fits, two do not
     server = Server(str(tmp_path_factory.mktemp("attack")), "--max-pixels", "5000000", "--workers", "4",
                     "--max-connections", "64", "--memory-budget", str(budget), "--max-faces-per-image", str(cap))
     try:

@@ -63,15 +63,22 @@ class Hold:
         self.release()
 
 
-def request_bytes(pixels: int, faces: int) -> int:
+def kept_image_bytes(pixels: int, keep_image: bool) -> int:
+    """What an image of `pixels` holds once decoded: the RGB array alone, or with `keep_image` (annotated=1)
+    that and what drawing on it adds, a BGR copy and the JPEG's buffer (counted at the decode's rate)."""
+    return pixels * (DECODE_BYTES_PER_PIXEL if keep_image else IMAGE_BYTES_PER_PIXEL)
+
+
+def request_bytes(pixels: int, faces: int, keep_image: bool = False) -> int:
     """What one image of `pixels` with up to `faces` faces may hold at its peak: the decode, or the decoded
-    image and its crops, whichever is more."""
-    return max(pixels * DECODE_BYTES_PER_PIXEL, pixels * IMAGE_BYTES_PER_PIXEL + faces * CROP_BYTES)
+    image (drawn on with `keep_image`) and its crops, whichever is more."""
+    return max(pixels * DECODE_BYTES_PER_PIXEL, kept_image_bytes(pixels, keep_image) + faces * CROP_BYTES)
 
 
 def check_memory_budget(memory_budget: int, max_pixels: int, max_faces_per_image: int) -> None:
-    """Refuse (ValueError) a budget that one image of `max_pixels` could not fit: it would be refused forever."""
-    need = request_bytes(max_pixels, max_faces_per_image)
+    """Refuse (ValueError) a budget that one image of `max_pixels` could not fit, annotated=1 included: it
+    would be refused forever."""
+    need = request_bytes(max_pixels, max_faces_per_image, keep_image=True)
     if memory_budget < need:
         raise ValueError(f"--memory-budget {memory_budget} is below what one image of --max-pixels {max_pixels} "
                          f"with --max-faces-per-image {max_faces_per_image} may hold ({need} bytes): raise it, "
@@ -130,5 +137,5 @@ def give_back_memory(*sessions) -> bool:
         _TRIM_LOCK.release()
 
 
-__all__ = ["MEMORY_BUDGET", "MAX_FACES_PER_IMAGE", "MemoryBudget", "Hold", "OverBudget", "request_bytes",
+__all__ = ["MEMORY_BUDGET", "MAX_FACES_PER_IMAGE", "MemoryBudget", "Hold", "OverBudget", "request_bytes", "kept_image_bytes",
            "check_memory_budget", "give_back_memory"]

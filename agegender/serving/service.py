@@ -41,8 +41,8 @@ from agegender.serving.batcher import FaceBatcher
 from agegender.cli import DET_THRESH_MIN
 from agegender.data.image import MAX_PIXELS, TOO_LARGE, TRUNCATED, ImageError, decode_image, header_size
 from agegender.serving.http import Front, Limits
-from agegender.serving.memory import (CROP_BYTES, IMAGE_BYTES_PER_PIXEL, MAX_FACES_PER_IMAGE, MEMORY_BUDGET,
-                                      MemoryBudget, OverBudget, check_memory_budget, give_back_memory,
+from agegender.serving.memory import (CROP_BYTES, MAX_FACES_PER_IMAGE, MEMORY_BUDGET, Hold, MemoryBudget,
+                                      OverBudget, check_memory_budget, give_back_memory, kept_image_bytes,
                                       request_bytes)
 from agegender.serving.inference import draw, to_json
 from agegender.serving.tracking import Tracker
@@ -518,29 +518,31 @@ def create_app(analyzer: FaceAnalyzer, max_bytes: int = MAX_BYTES, max_pixels: i
         finally:
             in_progress[0] -= 1
 
-    def hold_for(data: bytes):
-        """The budget an image of these bytes may need at its peak (from its header), held now; 503 when the
-        requests in progress hold too much. An image over --max-pixels is counted at the limit: decoding
-        refuses it from the header, before any pixel."""
+    def hold_for(data: bytes, keep_image: bool):
+        """The budget an image of these bytes may need at its peak (from its header; drawn on with
+        `keep_image`), held now; 503 when the requests in progress hold too much. An image over --max-pixels
+        is counted at the limit: decoding refuses it from the header, before any pixel."""
         size = header_size(data) if data else None
         pixels = min(size[0] * size[1], max_pixels or size[0] * size[1]) if size else 0
         try:
-            return budget.take(request_bytes(pixels, max_faces_per_image))
+            return budget.take(request_bytes(pixels, max_faces_per_image, keep_image))
         except OverBudget:
             raise ApiError(503, "overloaded", "the images in progress fill the server's memory budget "
                                               "(--memory-budget); retry shortly", {"Retry-After": "1"}) from None
 
     async def analyse(data: bytes, name: str, det_thresh: float, min_face: float, max_faces: int,
-                      t0: float, keep_image: bool = False) -> tuple[ImageResult, dict, dict, object]:
+                      t0: float, keep_image: bool = False) -> tuple[ImageResult, dict, dict, Hold, Labels]:
         """One image through decode, detection and the batched net: (result, {"width", "height",
-        "faces_total", "faces_dropped"}, ms, the budget it holds: release it when done). The result keeps
-        the decoded image only with `keep_image` (to draw on)."""
+        "faces_total", "faces_dropped"}, ms, the budget it holds: release it when done, the net's labels).
+        The result keeps the decoded image only with `keep_image` (to draw on: the budget held then counts
+        draw()'s copy and the JPEG's buffer too)."""
         def prepare():
             t = time.perf_counter()
-            hold = hold_for(data)
+            hold = hold_for(data, keep_image)
             try:
                 rgb = _decode(data, max_pixels)
-                hold.shrink_to(rgb.nbytes + max_faces_per_image * CROP_BYTES)
+                pixels = rgb.shape[0] * rgb.shape[1]
+                hold.shrink_to(kept_image_bytes(pixels, keep_image) + max_faces_per_image * CROP_BYTES)
                 t_decode = time.perf_counter()
                 found = analyzer.find(rgb, det_thresh, min_face)
                 # the largest faces are kept: a crowd's tiny background faces are the ones a cap can spare
@@ -550,8 +552,7 @@ def create_app(analyzer: FaceAnalyzer, max_bytes: int = MAX_BYTES, max_pixels: i
                           "faces_dropped": len(found) - len(kept)}
                 if not keep_image:
                     rgb = None
-                hold.shrink_to((counts["width"] * counts["height"] * IMAGE_BYTES_PER_PIXEL if keep_image else 0)
-                               + len(crops) * CROP_BYTES)
+                hold.shrink_to((kept_image_bytes(pixels, True) if keep_image else 0) + len(crops) * CROP_BYTES)
             except BaseException:
                 hold.release()
                 raise
