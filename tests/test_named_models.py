@@ -237,3 +237,17 @@ def test_a_name_is_a_checkpoint_for_widen_and_pretrained(small_dir, tmp_path):
     proc = run_script("tools/widen.py", "small", str(tmp_path / "wide"), "--multiplier", "0.5", check=True)
     assert "parameters widened" in proc.stdout and (tmp_path / "wide-0000.params").is_file()
     assert registry.resolve("small", strict=False).prefix == os.path.join(small_dir, "agegender-small")
+
+
+def test_the_docs_quote_the_absent_model_error_as_the_code_writes_it(monkeypatch):
+    """docs/model.md quotes the one line an absent name gives (its folder written `models/`), and README
+    offers `small` only as installed."""
+    monkeypatch.delenv(registry.MODELS_DIR_ENV, raising=False)
+    with pytest.raises(UserError) as err:
+        registry.resolve("open")
+    line = "error: " + str(err.value).replace(os.pathsep.join(registry.model_dirs()), "models/")
+    with open(os.path.join(ROOT, "docs", "model.md"), encoding="utf-8") as f:
+        assert f"`{line}`" in " ".join(f.read().split()), line
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        readme = " ".join(f.read().split())
+    assert "`--model small` / `--model open` when installed" in readme
