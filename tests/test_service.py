@@ -398,3 +398,21 @@ def test_an_unexpected_error_is_a_json_500_with_its_id(analyzer, monkeypatch, ca
     assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"
     assert r.headers["x-request-id"] == "req-1"
     assert any("req-1" in rec.getMessage() for rec in caplog.records)  # the bug is in the log, with the id
+
+
+def test_v1_model_and_the_page_state_the_age_range_the_answers_carry():
+    """/v1/model's `age_range` and the page's Range header say the level the server answers at (serve.py
+    --age-level) and whether the range is calibrated, not a fixed "80 %"."""
+    from agegender.model.age import NO_WIDENING
+    from agegender.serving.analyzer import FaceAnalyzer
+    from agegender.serving.service import DET_FLOOR, create_app
+
+    analyzer = FaceAnalyzer.from_options(det_thresh=DET_FLOOR, det_threads=1, net_threads=1, age_level=0.9)
+    with TestClient(create_app(analyzer)) as c:
+        assert c.get("/v1/model").json()["age_range"] == {"level": 0.9, "calibrated": True}
+        head = re.search(r'<th id="range-head"[^>]*>Range</th>', c.get("/").text).group(0)
+        assert "for 90 % of faces (calibrated)" in head and "80" not in head
+    analyzer.engine.age_widening = NO_WIDENING  # a model without a widening: its raw range
+    with TestClient(create_app(analyzer)) as c:
+        assert c.get("/v1/model").json()["age_range"] == {"level": 0.9, "calibrated": False}
+        assert "for 90 % of faces (the model's own range, not calibrated)" in c.get("/").text

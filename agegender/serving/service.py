@@ -158,6 +158,9 @@ class ModelOut(BaseModel):
                                    examples=["default"])
     provenance: Optional[str] = Field(None, description="where the weights come from, as the model file states "
                                                         "it (ONNX metadata `provenance`); null when it does not")
+    age_range: dict = Field(description="the age range the answers carry: `level`, the share of true ages it "
+                                        "holds (serve.py --age-level), and `calibrated`, whether the model's "
+                                        "widening calibrates it", examples=[{"level": 0.8, "calibrated": True}])
 
 
 ERRORS = {400: {"model": ErrorOut, "description": "empty body, truncated image, bad multipart, or several "
@@ -279,18 +282,30 @@ def _bundled_name(engine) -> str | None:
 
 
 PAGE_MODEL_SLOT = '<footer id="model"></footer>'
+PAGE_RANGE_SLOT = '<th id="range-head">Range</th>'
 
 
-def _page(engine) -> str:
-    """The page with the model that answers and its terms in its footer: which model labels the faces, and
-    under what terms (CC BY asks for its attribution to be shown), for everyone who can open the page."""
+def _age_range_info(analyzer: FaceAnalyzer) -> dict:
+    """The age range the answers carry: its level and whether the model's widening calibrates it."""
+    return {"level": analyzer.age_level, "calibrated": not analyzer.engine.age_widening.is_identity}
+
+
+def _page(analyzer: FaceAnalyzer) -> str:
+    """The page with the model that answers and its terms in its footer (which model labels the faces, and
+    under what terms: CC BY asks for its attribution to be shown), and the Range column's level as the
+    server answers, for everyone who can open the page."""
+    engine = analyzer.engine
     with open(os.path.join(STATIC, "index.html"), encoding="utf-8") as f:
         text = f.read()
     name = _bundled_name(engine)
     shown = f"{name} ({_public_name(engine.name)})" if name else _public_name(engine.name)
     footer = (f'<footer id="model">Model: <b id="model-name">{escape(shown)}</b> &middot; '
               f'<span id="model-terms">terms: {escape(engine.license)}</span></footer>')
-    return text.replace(PAGE_MODEL_SLOT, footer)
+    rng = _age_range_info(analyzer)
+    level = f"{rng['level'] * 100:g} %"
+    how = "calibrated" if rng["calibrated"] else "the model's own range, not calibrated"
+    head = f'<th id="range-head" title="the true age lies in this range for {level} of faces ({how})">Range</th>'
+    return text.replace(PAGE_MODEL_SLOT, footer).replace(PAGE_RANGE_SLOT, head)
 
 
 @functools.lru_cache(maxsize=4)
@@ -448,7 +463,7 @@ def create_app(analyzer: FaceAnalyzer, max_bytes: int = MAX_BYTES, max_pixels: i
     except ImportError:  # the page and the API work without it; /docs says what is missing
         swagger_ui_path = None
 
-    index = _page(analyzer.engine)
+    index = _page(analyzer)
 
     @app.get("/", include_in_schema=False)
     async def page():
@@ -494,7 +509,8 @@ def create_app(analyzer: FaceAnalyzer, max_bytes: int = MAX_BYTES, max_pixels: i
                              "opencv": cv2.__version__, "onnxruntime": onnxruntime.__version__,
                              "model": analyzer.engine.version},
                 "version": __version__, "license": {"code": CODE_LICENSE, "model": analyzer.engine.license},
-                "bundled": _bundled_name(analyzer.engine), "provenance": analyzer.engine.provenance}
+                "bundled": _bundled_name(analyzer.engine), "provenance": analyzer.engine.provenance,
+                "age_range": _age_range_info(analyzer)}
 
     def admit() -> None:
         if in_progress[0] >= max_queue:
