@@ -251,3 +251,28 @@ def test_the_docs_quote_the_absent_model_error_as_the_code_writes_it(monkeypatch
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
         readme = " ".join(f.read().split())
     assert "`--model small` / `--model open` when installed" in readme
+
+
+def test_a_name_only_installed_as_onnx_is_one_line_naming_its_flag_and_no_engine(tmp_path, packed_demo):
+    """`open` with only its .onnx: train.py --pretrained, tools/widen.py and tools/export_onnx.py each say
+    it has no checkpoint, naming their own argument, never `--engine` (they have none); infer.py --engine
+    mxnet is the one told to use --engine onnx. One function turns a name into a checkpoint (resolve_model)."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    shutil.copy(BUNDLED_ONNX, folder / "agegender-open.onnx")
+    env = dict(os.environ, **{registry.MODELS_DIR_ENV: str(folder)})
+
+    def run(*args):
+        return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=600)
+
+    for args, flag in (((os.path.join(ROOT, "train.py"), "--pretrained", "open", "--prefix", str(tmp_path / "r"),
+                         "--data-dir", packed_demo[0], "--batch-size", "4"), "--pretrained open"),
+                       ((os.path.join(ROOT, "tools", "widen.py"), "open", str(tmp_path / "w")), "source open"),
+                       ((os.path.join(ROOT, "tools", "export_onnx.py"), "open", str(tmp_path / "o.onnx")),
+                        "model open")):
+        proc = run(*args)
+        _one_line_error(proc, flag, "no MXNet checkpoint")
+        assert "--engine" not in proc.stderr, proc.stderr
+    proc = run(os.path.join(ROOT, "infer.py"), "--image", T1, "--model", "open", "--engine", "mxnet")
+    _one_line_error(proc, "no MXNet checkpoint", "use --engine onnx")

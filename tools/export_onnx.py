@@ -49,7 +49,7 @@ def main() -> int:
     from agegender.model.engine import model_files
 
     refuse_inputs([("output", args.output)], model_files(args.model))
-    prefix, epoch = resolve_model(args.model)  # a name that is unknown or absent: one line
+    prefix, epoch = resolve_model(args.model, "model")  # a name that is unknown or absent: one line
     # a bundled model's export states its registered terms by default, by name or by path (models/agegender-open,0)
     bundled = registry.for_path(prefix)
     license = args.license or (bundled.terms if bundled else None)

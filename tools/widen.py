@@ -33,20 +33,16 @@ def main() -> int:
     import mxnet as mx
     import numpy as np
 
-    from agegender.symbols import get_network, load_weights, parse_model_spec, save_checkpoint
+    from agegender.symbols import get_network, load_weights, save_checkpoint
     from agegender.symbols.widen import widen_into
 
     from agegender.atomic import refuse_inputs
-    from agegender.model import registry
     from agegender.model.engine import model_files
+    from agegender.model.mxnet_engine import resolve_model
 
     refuse_inputs([("output", f"{args.output}-symbol.json"), ("output", f"{args.output}-0000.params")],
                   model_files(args.source))
-    bundled = registry.resolve(args.source, strict=False)  # a bundled model's name: its checkpoint
-    try:
-        prefix, epoch = (bundled.prefix, 0) if bundled else parse_model_spec(args.source)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
+    prefix, epoch = resolve_model(args.source, "source")  # a bundled model's name: its checkpoint
     nets = []
     for width in (args.from_multiplier, args.multiplier):
         net = get_network(args.network, multiplier=width, version_input=args.version_input)

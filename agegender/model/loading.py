@@ -42,6 +42,9 @@ def _bundled(bundled: registry.BundledModel, model: str | None, engine: str | No
         raise UserError(f"--model is required: there is no bundled model ({bundled.onnx}) in this "
                         "checkout; pass --model FILE.onnx or PREFIX,EPOCH")
     if engine == "mxnet":
+        if not bundled.has_checkpoint:  # the advice that fits here, not in resolve_model (train, widen, export)
+            raise UserError(f"--model {model or registry.DEFAULT}: the bundled model has no MXNet checkpoint here "
+                            f"({short_name(bundled.prefix)}-0000.params); use --engine onnx")
         require("mxnet", f"--engine mxnet{f' (--model {model})' if model else ''}")
         from agegender.model.mxnet_engine import MxnetEngine, resolve_model
 

@@ -12,22 +12,24 @@ from agegender.model.engine import Engine, checkpoint_temperature, checkpoint_wi
 from agegender.errors import UserError, short_reason
 
 
-def resolve_model(spec: str | None) -> tuple[str, int]:
+def resolve_model(spec: str | None, flag: str = "--model") -> tuple[str, int]:
     """`PREFIX,EPOCH`, a bare `PREFIX` (newest epoch), a bundled model's name, or None for the default
-    bundled model (agegender/model/registry.py: its checkpoint, epoch 0); UserError if absent."""
-    bundled = registry.resolve(spec)
+    bundled model (agegender/model/registry.py: its checkpoint, epoch 0): the one place a model's name
+    becomes a checkpoint (load_engine, train.py --pretrained, tools/widen.py, tools/export_onnx.py). A one-line
+    UserError naming `flag` when it is unknown, ambiguous or absent."""
+    bundled = registry.resolve(spec, flag=flag)
     if bundled is not None:
         if not bundled.has_checkpoint:
             if not spec:
                 raise UserError(f"--model is required: there is no bundled model ({bundled.prefix}-0000.params) "
                                 "in this checkout; pass --model PREFIX,EPOCH")
-            raise UserError(f"--model {spec}: the bundled model has no MXNet checkpoint here "
-                            f"({short_name(bundled.prefix)}-0000.params); use --engine onnx")
+            raise UserError(f"{flag} {spec}: the bundled model has no MXNet checkpoint here "
+                            f"({short_name(bundled.prefix)}-0000.params), only its ONNX file")
         return bundled.prefix, 0
     try:
         return parse_model_spec(spec)
     except ValueError as exc:
-        raise UserError(f"--model {spec}: {exc}") from None
+        raise UserError(f"{flag} {spec}: {exc}") from None
 
 
 def forward_split(net: mx.gluon.Block, data: mx.nd.NDArray, ctx: list[mx.Context], flip: bool = False) -> np.ndarray:

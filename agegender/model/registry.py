@@ -157,12 +157,12 @@ def _is_path_here(spec: str) -> str | None:
     return None
 
 
-def resolve(spec: str | None, strict: bool = True) -> BundledModel | None:
+def resolve(spec: str | None, strict: bool = True, flag: str = "--model") -> BundledModel | None:
     """--model `spec` as a bundled model, or None when it is a path. None or "" is `default` (returned even
     when absent: the loader says what to pass instead). A registered name that is absent, or that is also a
     file or a checkpoint in the current folder (ambiguous), is a one-line UserError; so is a bare word that
     is neither a registered name nor a path here, unless `strict` is off (then it is a path: `model_files`
-    lists what a run would read, and the loader says what is missing)."""
+    lists what a run would read, and the loader says what is missing). `flag` names the option in it."""
     if not spec:
         return find(DEFAULT) or BundledModel(DEFAULT, BUILTIN_DIR)
     if not is_name_like(spec):
@@ -175,7 +175,7 @@ def resolve(spec: str | None, strict: bool = True) -> BundledModel | None:
         return lookup(spec)
     if here is not None or not strict:
         return None
-    raise UserError(f"--model {spec}: neither a bundled model's name (available here: {_names_here()}) nor a "
+    raise UserError(f"{flag} {spec}: neither a bundled model's name (available here: {_names_here()}) nor a "
                     f"file here (a .onnx file, or PREFIX,EPOCH of a checkpoint)")
 
 

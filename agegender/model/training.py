@@ -14,8 +14,7 @@ import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
 
-from agegender.symbols import get_network, load_weights, parse_model_spec
-from agegender.model import registry
+from agegender.symbols import get_network, load_weights
 from agegender.model.age import age_gender_loss, decode
 from agegender.data.iterators import (Augment, MixedBatches, augment_batch, batch_shares, check_rec, eval_batches,
                                       record_iter, to_numpy_labels)
@@ -305,9 +304,10 @@ class Fit:
         elif c.resume:
             log.info("--resume: no checkpoint %s-NNNN.params yet, starting from scratch", c.prefix)
         if c.pretrained and not resumed:  # resuming always wins over --pretrained
+            from agegender.model.mxnet_engine import resolve_model
+
+            prefix, epoch = resolve_model(c.pretrained, "--pretrained")  # a bundled model's name: its checkpoint
             try:
-                bundled = registry.resolve(c.pretrained, strict=False)  # a bundled model's name: its checkpoint
-                prefix, epoch = (bundled.prefix, 0) if bundled else parse_model_spec(c.pretrained)
                 report = load_weights(net, prefix, epoch)
             except (ValueError, OSError, mx.base.MXNetError) as exc:
                 raise UserError(f"--pretrained {c.pretrained}: {str(exc).splitlines()[0]}") from None
