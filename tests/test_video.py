@@ -370,3 +370,18 @@ def test_labels_stay_whole_inside_the_frame_at_every_edge():
     band = draw_label(np.zeros((h, w, 3), np.uint8), "#12 F 41 (35-48)", (w - 10, h - 5, w + 50, h + 55),
                       (0, 0, 255), 2.0)  # wider than a small frame allows at this scale: drawn smaller
     assert 0 <= band[0] and band[2] <= w and 0 <= band[1] and band[3] <= h, band
+
+
+def test_a_track_keeps_a_copy_of_its_face_s_age_distribution_not_a_view_of_the_batch():
+    """face_labels hands each track its own row of P(age > k): a view would pin the whole batch's array
+    (every face of the frame, or of several requests) in Track.raw / last for the track's life."""
+    from agegender.model.engine import Labels
+    from agegender.serving.analyzer import FaceResult
+    from agegender.serving.video import face_labels
+
+    probs = np.linspace(1, 0, 3 * 100).reshape(3, 100)
+    labels = Labels(np.full(3, 0.5), np.full(3, 30.0), np.full(3, 25.0), np.full(3, 35.0), probs)
+    face = Face(np.array([0, 0, 10, 10], np.float32), 0.9, np.zeros((5, 2), np.float32))
+    rows = face_labels([FaceResult(face, 0.5, 30.0, 25.0, 35.0) for _ in range(3)], labels)
+    for i, row in enumerate(rows):
+        assert np.array_equal(row[4], probs[i]) and not np.shares_memory(row[4], probs) and row[4].base is None

@@ -110,7 +110,8 @@ def open_video(source: str) -> tuple[cv2.VideoCapture, bool]:
 def face_labels(results: list[FaceResult], labels: Labels) -> list[tuple]:
     """What a track takes from each labelled face of a frame: (P(male), age, (age_low, age_high), flags,
     P(age > k)); the last feeds the track's smoothed age range."""
-    return [(fr.p_male, fr.age, fr.age_range, fr.flags, labels.age_probs[i]) for i, fr in enumerate(results)]
+    # a copy: a row view would keep the whole batch's array alive for as long as the track keeps the row
+    return [(fr.p_male, fr.age, fr.age_range, fr.flags, labels.age_probs[i].copy()) for i, fr in enumerate(results)]
 
 
 def track_range(t: Track, analyzer: FaceAnalyzer | None) -> tuple[int, int] | None:
