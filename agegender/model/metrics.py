@@ -38,8 +38,8 @@ def in_interval(age_pred: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndar
 def band_table(age_pred: np.ndarray, age: np.ndarray, p_male: np.ndarray | None = None,
                gender: np.ndarray | None = None, age_hi: np.ndarray | None = None) -> list[dict]:
     """Per true-age band: band label, count, `exact` (those of them with an exact age), MAE, CS@5, the mean
-    signed error `bias` (predicted minus true: positive = read older) and, given genders, gender accuracy (over known genders; NaN when none). Bands
-    without records are left out. With `age_hi` (grouped labels: `age` is then each group's lo), a group
+    signed error `bias` (predicted minus true: positive = read older) and, given genders, gender accuracy
+    (over known genders; NaN when none). Bands without records are left out. With `age_hi` (grouped labels: `age` is then each group's lo), a group
     falls in the band of its lo; MAE, CS@5 and bias count the exact ages only, and `group_acc` is the share
     of grouped faces read inside their group (NaN where the band has none of that kind)."""
     age_pred, age = np.asarray(age_pred, np.float64), np.asarray(age, np.float64)
