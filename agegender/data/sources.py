@@ -9,9 +9,9 @@ from __future__ import annotations
 import csv
 import os
 import re
+from dataclasses import dataclass, field
 
 import numpy as np
-from dataclasses import dataclass, field
 
 MALE, FEMALE, UNKNOWN = 1, 0, -1
 
@@ -273,6 +273,7 @@ def parse_aaf(root: str, official_split: bool = True) -> Parsed:
 FAIRFACE_SETS = ("train", "val")
 # "more than 70" has no upper end: its hi is the last age the 100 "age > k" classifiers can tell
 OPEN_AGE_HI = 100.0
+OPEN_GROUP_MIDPOINT_TOP = 80.0  # an open group ("more than 70") is taken to end here for its midpoint (75)
 _GROUP = re.compile(r"^\s*(?P<lo>\d{1,3})\s*-\s*(?P<hi>\d{1,3})\s*$")
 _MORE_THAN = re.compile(r"^\s*more than (?P<lo>\d{1,3})\s*$", re.IGNORECASE)
 
@@ -292,7 +293,7 @@ def parse_age_group(text: str) -> tuple[float, float] | None:
 def group_midpoint(lo: float, hi: float) -> float:
     """The age packed into a grouped record's [gender, age] label, for tools that read one age: the middle
     of the group (75 for "more than 70")."""
-    return (lo + np.minimum(hi, 80.0)) / 2.0
+    return (lo + np.minimum(hi, OPEN_GROUP_MIDPOINT_TOP)) / 2.0
 
 
 def parse_fairface(root: str, subset: str = "train") -> Parsed:

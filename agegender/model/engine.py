@@ -19,7 +19,6 @@ from agegender.model import registry
 from agegender.model.age import (DEFAULT_AGE_LEVEL, DEFAULT_DECODE, NO_WIDENING, NUM_AGE_BINS, WIDENING_KEY, Widening,
                                  age_probs, age_range, decode)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # The default bundled model, epoch 0, where the registry's built-in folder has it: models/ in a checkout,
 # agegender/weights/ in the wheel (pyproject.toml). The models by name: agegender/model/registry.py.
 BUNDLED_MODEL = registry.BundledModel(registry.DEFAULT, registry.BUILTIN_DIR).prefix

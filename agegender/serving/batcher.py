@@ -33,11 +33,6 @@ class FaceBatcher:
                 pass
         self._net.shutdown(wait=True)
 
-    async def label(self, crops: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """(P(male), age) of one request's aligned crops, computed in a batch with other requests' faces."""
-        out = await self.labels(crops)
-        return out.p_male, out.age
-
     async def labels(self, crops: list[np.ndarray]) -> Labels:
         """The `Labels` (P(male), age, age range, P(age > k)) of one request's aligned crops, computed in a
         batch with other requests' faces."""
