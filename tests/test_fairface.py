@@ -211,3 +211,19 @@ def test_learning_curve_evaluates_a_split_of_groups_as_eval_does(fairface_val, m
     want = report(predict_rec(load_engine(BUNDLED_ONNX), rec, progress=False))
     assert m["mae"] != m["mae"] and want["mae"] != want["mae"]  # no exact age: no MAE, not one over midpoints
     assert m["group_acc"] == want["group_acc"] and m["acc"] == want["acc"]
+
+
+@pytest.mark.parametrize("body, message", [
+    ("-1,White,10,19\n1,Black,20,29\n", "bad row"),         # would land on the last record
+    ("0,White,10,19\n0,Black,20,29\n", "bad row"),          # record 1 would keep its .lst age silently
+    (None, "not UTF-8"),
+])
+def test_a_sidecar_with_a_negative_or_repeated_index_or_not_utf8_is_refused_naming_it(tmp_path, body, message):
+    path = tmp_path / "val-attrs.csv"
+    if body is None:
+        path.write_bytes(b"index,race,age_lo,age_hi\n0,Caf\xe9,10,19\n1,White,20,29\n")
+    else:
+        path.write_text("index,race,age_lo,age_hi\n" + body)
+    with pytest.raises(ValueError, match=message) as err:
+        read_attrs(str(tmp_path / "val.rec"), np.array([14.5, 24.5]))
+    assert str(path) in str(err.value)

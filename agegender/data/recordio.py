@@ -119,16 +119,23 @@ def read_attrs(rec_path: str, ages: np.ndarray) -> Attrs:
     path = attrs_path(rec_path)
     if not os.path.isfile(path):
         return Attrs(race, lo, hi)
-    with open(path, encoding="utf-8", newline="") as f:
-        rows = list(csv.reader(f))
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            rows = list(csv.reader(f))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start}); repack it") from None
     if not rows or ",".join(rows[0]) != ATTRS_HEADER or len(rows) - 1 != n:
         raise ValueError(f"{path} does not match {rec_path} ({len(rows) - 1} rows for {n} records); repack it")
+    seen = set()
     for row in rows[1:]:
         try:
             i = int(row[0])
+            if not 0 <= i < n or i in seen:  # a negative index would count from the end, a repeat hide a record
+                raise ValueError
             race[i], lo[i], hi[i] = row[1], float(row[2]), float(row[3])
         except (ValueError, IndexError):
-            raise ValueError(f"{path}: bad row {row!r}; repack it") from None
+            raise ValueError(f"{path}: bad row {row!r} (each record index 0..{n - 1} once); repack it") from None
+        seen.add(i)
     return Attrs(race, lo, hi)
 
 
