@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, shared_path
 from tests.test_robustness import bomb_png
 from agegender.data.demo import wheel_image
 
@@ -582,3 +582,28 @@ def test_an_unterminated_multipart_body_is_bad_multipart(server):
     status, _, answer = _raw(server.port, b"POST /v1/analyze HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data;"
                              b" boundary=b0undary\r\nContent-Length: " + str(len(empty)).encode() + b"\r\n\r\n" + empty)
     assert status == 400 and json.loads(answer)["error"]["code"] == "no_image_field"  # a whole body without it
+
+
+def test_drop_flagged_is_counted_so_no_cut_is_silent():
+    """serve.py --drop-flagged on the selfie's tiny faces: the flagged ones left out are counted in
+    faces_dropped_flagged, so faces_total = returned + faces_dropped + faces_dropped_flagged (analyze and
+    track); without the flag nothing is counted there."""
+    from agegender.schema import validate
+    from agegender.serving.analyzer import FaceAnalyzer
+    from agegender.serving.service import DET_FLOOR
+
+    data = open(shared_path("data", "photos", "insightface_worlds-largest-selfie.jpg"), "rb").read()
+    dropping = FaceAnalyzer.from_options(det_thresh=DET_FLOOR, det_threads=1, net_threads=1, drop_flagged=True)
+    with _client(dropping, max_faces_per_image=64) as c:
+        doc = c.post("/v1/analyze", content=data).json()
+        frame = c.post("/v1/track?session=s", content=data).json()
+    validate(doc, "analyze")
+    validate(frame, "track_frame")
+    assert doc["faces_dropped_flagged"] > 0 and doc["faces_dropped"] > 0
+    assert doc["faces_total"] == len(doc["faces"]) + doc["faces_dropped"] + doc["faces_dropped_flagged"]
+    assert frame["faces_dropped_flagged"] == doc["faces_dropped_flagged"]
+    assert not any(f["flags"] for f in doc["faces"])
+    dropping.drop_flagged = False
+    with _client(dropping, max_faces_per_image=64) as c:
+        plain = c.post("/v1/analyze", content=data).json()
+    assert plain["faces_dropped_flagged"] == 0 and plain["faces_total"] == len(plain["faces"]) + plain["faces_dropped"]

@@ -120,6 +120,9 @@ class AnalyzeOut(BaseModel):
                                          "when nothing was cut")
     faces_dropped: int = Field(description="of faces_total, the smallest faces left out by the server's "
                                            "--max-faces-per-image (0 when it cut none)")
+    faces_dropped_flagged: int = Field(0, description="of faces_total, the flagged faces left out by serve.py "
+                                                      "--drop-flagged (0 without it): faces_total = len(faces) + "
+                                                      "faces_dropped + faces_dropped_flagged unless max_faces cut")
     timings_ms: dict[str, float] = Field(description="decode, detect (with alignment), net (with the wait "
                                                      "for a batch), total (from the first byte read); "
                                                      "/v1/track adds track (matching faces to tracks)")
@@ -549,7 +552,7 @@ def create_app(analyzer: FaceAnalyzer, max_bytes: int = MAX_BYTES, max_pixels: i
     async def analyse(data: bytes, name: str, det_thresh: float, min_face: float, max_faces: int,
                       t0: float, keep_image: bool = False) -> tuple[ImageResult, dict, dict, Hold, Labels]:
         """One image through decode, detection and the batched net: (result, {"width", "height",
-        "faces_total", "faces_dropped"}, ms, the budget it holds: release it when done, the net's labels).
+        "faces_total", "faces_dropped", "faces_dropped_flagged"}, ms, the budget it holds: release it when done, the net's labels).
         The result keeps the decoded image only with `keep_image` (to draw on: the budget held then counts
         draw()'s copy and the JPEG's buffer too)."""
         def prepare():
@@ -563,9 +566,10 @@ def create_app(analyzer: FaceAnalyzer, max_bytes: int = MAX_BYTES, max_pixels: i
                 found = analyzer.find(rgb, det_thresh, min_face)
                 # the largest faces are kept: a crowd's tiny background faces are the ones a cap can spare
                 kept = sorted(found, key=lambda f: -f.area)[:max_faces_per_image]
-                faces, crops = analyzer.keep(rgb, kept, max_faces)
+                chosen = min(len(kept), max_faces) if max_faces > 0 else len(kept)
+                faces, crops = analyzer.keep(rgb, kept, max_faces)  # max_faces, then --drop-flagged
                 counts = {"width": int(rgb.shape[1]), "height": int(rgb.shape[0]), "faces_total": len(found),
-                          "faces_dropped": len(found) - len(kept)}
+                          "faces_dropped": len(found) - len(kept), "faces_dropped_flagged": chosen - len(faces)}
                 if not keep_image:
                     rgb = None
                 hold.shrink_to((kept_image_bytes(pixels, True) if keep_image else 0) + len(crops) * CROP_BYTES)
@@ -633,6 +637,7 @@ def create_app(analyzer: FaceAnalyzer, max_bytes: int = MAX_BYTES, max_pixels: i
                              "width": counts["width"], "height": counts["height"],
                              "model": _public_name(analyzer.engine.name), "faces": doc["faces"],
                              "faces_total": counts["faces_total"], "faces_dropped": counts["faces_dropped"],
+                             "faces_dropped_flagged": counts["faces_dropped_flagged"],
                              "timings_ms": ms})
         # returned as a response: the document already has AnalyzeOut's shape (the schema /docs shows)
         return JSONResponse(docs[0] if len(docs) == 1 else docs)
@@ -646,8 +651,8 @@ def create_app(analyzer: FaceAnalyzer, max_bytes: int = MAX_BYTES, max_pixels: i
                     det_thresh: float = Query(0.8, ge=DET_FLOOR, le=1.0, description="minimum detector score")):
         """Frames of one `session` are followed as `infer.py --video` follows a video's: each face gets a
         track id that stays while it is in view, and its gender and age smoothed over the frames. Returns
-        `infer.py --video --jsonl`'s line for the frame, plus its size, `faces_dropped` and `timings_ms`
-        (with `track`)."""
+        `infer.py --video --jsonl`'s line for the frame, plus its size, `faces_dropped`,
+        `faces_dropped_flagged` and `timings_ms` (with `track`)."""
         t0 = time.perf_counter()
         images = await receive(request)
         if len(images) != 1:
@@ -664,7 +669,7 @@ def create_app(analyzer: FaceAnalyzer, max_bytes: int = MAX_BYTES, max_pixels: i
                 ms["track"] = round((time.perf_counter() - t_track) * 1000, 1)
                 ms["total"] = round((time.perf_counter() - t0) * 1000, 1)
         line.update(width=counts["width"], height=counts["height"], faces_dropped=counts["faces_dropped"],
-                    timings_ms=ms)
+                    faces_dropped_flagged=counts["faces_dropped_flagged"], timings_ms=ms)
         return JSONResponse(line)
 
     if cors_origins:
