@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from agegender.errors import UserError
+from agegender.errors import UserError, read_text
 from agegender.serving.inference import find_images
 
 LIST_COLUMNS = ("path", "image")  # the column of paths in a .parquet list of inputs, first found
@@ -20,22 +20,26 @@ def read_list(spec: str) -> list[str]:
     """The paths of a `.txt` list (blank lines and `#` comments skipped) or of a `.parquet` list."""
     if spec.lower().endswith(".parquet"):
         return _parquet_list(spec)
-    try:
-        with open(spec, encoding="utf-8") as f:
-            return [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read the list of inputs {spec}: {getattr(exc, 'strerror', None) or exc}") from None
+    # read as every user-named text file is: a byte-order mark allowed, a line that is not UTF-8 named
+    text = read_text(spec, "the list of inputs")
+    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
 
 
 def _parquet_list(path: str) -> list[str]:
     import pyarrow.parquet as pq
 
     try:
-        names = pq.read_schema(path).names
+        import pyarrow as pa
+
+        schema = pq.read_schema(path)
+        names = schema.names
         col = next((c for c in LIST_COLUMNS if c in names), None)
         if col is None:
             raise UserError(f"the list of inputs {path} has no column {' or '.join(LIST_COLUMNS)} "
                             f"(has: {', '.join(names)})")
+        kind = schema.field(col).type
+        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):  # numbers are no paths
+            raise UserError(f"the list of inputs {path}: column {col} holds {kind}, not paths (text)")
         return [p for p in pq.read_table(path, columns=[col]).column(col).to_pylist() if p]
     except UserError:
         raise
