@@ -433,7 +433,7 @@ def test_learning_curve_fits_the_gain_per_doubling_and_reads_every_run(packed_de
                 ["--reference", str(zero)], [f"{n}={BUNDLED_MODEL},0" for n in (100, 200, 200)] + ["--rec", val]):
         proc = run_script("tools/learning_curve.py", *bad, "--rec", val)
         assert proc.returncode == 2 and proc.stderr.startswith("error: ") and len(proc.stderr.splitlines()) == 1
-    assert "faces must be at least 1" in run_script("tools/learning_curve.py", "--reference", str(zero), "--rec",
+    assert "faces must be from 1" in run_script("tools/learning_curve.py", "--reference", str(zero), "--rec",
                                                     val).stderr
     assert "two splits share a table name" in proc.stderr  # the same split twice would count every run twice
     for target in (str(ref), f"{data_dir}/val.rec"):  # the plot never lands on an input
