@@ -227,3 +227,10 @@ def test_a_sidecar_with_a_negative_or_repeated_index_or_not_utf8_is_refused_nami
     with pytest.raises(ValueError, match=message) as err:
         read_attrs(str(tmp_path / "val.rec"), np.array([14.5, 24.5]))
     assert str(path) in str(err.value)
+
+
+def test_model_report_refuses_a_split_of_groups_in_one_line(fairface_val):
+    """tools/model_report.py reads the packed age as the true one: a FairFace split is sent to eval.py."""
+    proc = run_script("tools/model_report.py", "--rec", os.path.join(fairface_val, "val.rec"))
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
+    assert "labelled by an age group" in proc.stderr and "eval.py" in proc.stderr

@@ -32,6 +32,23 @@ def races_of(rec: str) -> list[int | None]:
     return out
 
 
+def refuse_groups(rec: str) -> None:
+    """Every figure here reads the packed age as the true one: a split with faces labelled by an age group
+    (FairFace: the packed age is the group's midpoint) is refused in one line, for eval.py to measure."""
+    import numpy as np
+
+    from agegender.data.distribution import load_labels
+    from agegender.data.recordio import read_attrs
+
+    try:
+        grouped = int(read_attrs(rec, np.asarray(load_labels(rec).age, np.float64)).grouped.sum())
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if grouped:
+        raise UserError(f"{rec}: {grouped} faces are labelled by an age group (their packed age is the group's "
+                        "midpoint, not a true age): measure them with eval.py")
+
+
 def robustness(engine, faces, packed_out, gender, age, how: str) -> None:
     """The default command's figures on `faces` (N,3,112,112 mx.nd, RGB 0-255) as packed (their outputs
     `packed_out`, already computed), recompressed and downscaled: the mean error shows which way each
@@ -81,8 +98,9 @@ def main() -> int:
     from agegender.model.loading import load_engine
     from agegender.model.metrics import band_table, summarize
 
-    engine = load_engine(args.model)
     n = check_rec(args.rec)
+    refuse_groups(args.rec)
+    engine = load_engine(args.model)
     outs, flips, labels, faces = [], [], [], []
     for data, label in eval_batches(record_iter(args.rec, 256, train=False), n):
         x = data.asnumpy()
