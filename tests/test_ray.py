@@ -389,10 +389,10 @@ def test_a_damaged_shard_is_never_trusted(tmp_path, damage):
     from agegender.serving.shards import manifest_path, prepare_output, shard_key, shard_name, write_shard
 
     inputs = ["a.jpg", "b.jpg"]
-    face = {"box": [1, 2, 3, 4], "score": 0.9, "landmarks": [[1.0, 2.0]] * 5, "gender": "male", "p_male": 0.8,
-            "age": 30.5}
-    docs = {"a.jpg": {"image": "a.jpg", "faces": [face]}, "b.jpg": {"image": "b.jpg", "error": "not image",
-                                                                  "faces": []}}
+    face = {"face": 1, "box": [1, 2, 3, 4], "score": 0.9, "landmarks": [[1.0, 2.0]] * 5, "gender": "male",
+            "p_male": 0.8, "age": 30.5, "age_low": 25, "age_high": 36, "flags": []}
+    docs = {"a.jpg": {"schema_version": 2, "image": "a.jpg", "faces": [face]},
+            "b.jpg": {"schema_version": 2, "image": "b.jpg", "error": "not image", "faces": []}}
     key = shard_key(inputs, {})
     good = shard_key(["c.jpg"], {})
     write_shard(str(tmp_path), key, inputs, docs, {})
