@@ -12,9 +12,10 @@ from __future__ import annotations
 
 __version__ = "1.0.0"  # the one place: pyproject.toml, --version, /v1/model and ONNX exports read it
 
-WEIGHTS_TERMS = ("the bundled model (fine-tuned from InsightFace's gender-age checkpoint on UTKFace and All-Age-Faces) "
-                 "is for non-commercial research use only, following the terms of InsightFace's models, of UTKFace "
-                 "and of All-Age-Faces (no licence stated by its authors: research only)")
+WEIGHTS_TERMS = ("the bundled model (fine-tuned from InsightFace's gender-age checkpoint on UTKFace, All-Age-Faces and "
+                 "FairFace) is for non-commercial research use only, following the terms of InsightFace's models, of "
+                 "UTKFace and of All-Age-Faces (no licence stated by its authors: research only); FairFace's labels "
+                 "are CC BY 4.0 (Karkkainen & Joo, FairFace, WACV 2021)")
 CODE_LICENSE = "Apache-2.0"
 
 # Loaded on first use, so `import agegender.symbols` (training) does not pull in onnxruntime and OpenCV.

@@ -128,7 +128,8 @@ def test_the_bundled_model_ships_its_widening_in_both_places():
     engine = OnnxEngine(BUNDLED_MODEL + ".onnx", threads=1)
     assert not engine.age_widening.is_identity
     assert checkpoint_widening(BUNDLED_MODEL, "bundled") == engine.age_widening
-    assert checkpoint_temperature(BUNDLED_MODEL, "bundled") == engine.gender_temperature == pytest.approx(0.5582)
+    T = engine.gender_temperature
+    assert checkpoint_temperature(BUNDLED_MODEL, "bundled") == T and T != pytest.approx(1.0)  # calibrated
 
 
 def _flags(photo: str):
