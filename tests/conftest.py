@@ -46,6 +46,23 @@ def run_script(script: str, *args: str, check: bool = False) -> subprocess.Compl
     return proc
 
 
+def digest(path) -> bytes:
+    """A file's SHA-256: what "unchanged" means in the tests that try to overwrite inputs."""
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).digest()
+
+
+def one_line_error(proc: subprocess.CompletedProcess, code: int, text: str = "") -> None:
+    """The contract for a refused or failed run: exit `code`, one `error:` line naming `text`, no traceback."""
+    err = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == code, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [ln for ln in err if ln.startswith("error:")]
+    assert len(errors) == 1 and text in errors[0], proc.stderr
+
+
 @pytest.fixture(scope="session")
 def packed_demo(demo_sources, tmp_path_factory) -> tuple[str, subprocess.CompletedProcess]:
     """The miniature layouts packed by create_dataset.py (30% val): (output folder, finished process)."""

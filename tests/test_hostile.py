@@ -16,23 +16,12 @@ import cv2
 import pytest
 
 from agegender.data.demo import pan_and_zoom, wheel_image
-from tests.conftest import ROOT, run_script
+from tests.conftest import ROOT, digest, one_line_error, run_script
 
 T1 = wheel_image("t1.jpg")
 PY = sys.executable
 
 
-def _digest(path) -> bytes:
-    return hashlib.sha256(open(path, "rb").read()).digest()
-
-
-def _one_line_error(proc: subprocess.CompletedProcess, code: int, text: str = "") -> None:
-    """The contract for a refused or failed run: exit `code`, one `error:` line naming `text`, no traceback."""
-    err = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert proc.returncode == code, (proc.returncode, proc.stderr)
-    assert "Traceback" not in proc.stderr, proc.stderr
-    errors = [ln for ln in err if ln.startswith("error:")]
-    assert len(errors) == 1 and text in errors[0], proc.stderr
 
 
 @pytest.fixture(scope="module")
@@ -53,44 +42,44 @@ def album(tmp_path):
 
 # --- no output lands on an input -------------------------------------------------------------------------
 def test_jsonl_never_replaces_an_input_image(album, tmp_path):
-    before = _digest(album / "a.jpg")
+    before = digest(album / "a.jpg")
     os.link(album / "a.jpg", tmp_path / "hard.jpg")
     (tmp_path / "sym.jsonl").symlink_to(album / "b.jpg")
     for spec, jsonl in ((album / "a.jpg", album / "a.jpg"), (album, album / "b.jpg"), (album, tmp_path / "hard.jpg"),
                         (album, tmp_path / "sym.jsonl")):
         proc = run_script("infer.py", "--image", str(spec), "--jsonl", str(jsonl))
-        _one_line_error(proc, 2, "is an input")
+        one_line_error(proc, 2, "is an input")
         assert proc.stdout == ""  # refused before any image is read
-    assert _digest(album / "a.jpg") == before and _digest(album / "b.jpg") == before
+    assert digest(album / "a.jpg") == before and digest(album / "b.jpg") == before
     proc = run_script("infer.py", "--image", str(album / "a.jpg"), "--jsonl", str(tmp_path / "o.jpg"), "--output",
                       str(tmp_path / "o.jpg"))
-    _one_line_error(proc, 2, "the same file")
+    one_line_error(proc, 2, "the same file")
 
 
 @pytest.mark.parametrize("flag", ["--csv", "--parquet"])
 def test_csv_and_parquet_never_replace_an_input_or_another_output(album, tmp_path, flag):
     if flag == "--parquet":
         pytest.importorskip("pyarrow", reason="pyarrow is not installed (pip install -r requirements-ray.txt)")
-    before = _digest(album / "a.jpg")
+    before = digest(album / "a.jpg")
     (tmp_path / "sym.out").symlink_to(album / "b.jpg")
     for spec, out in ((album / "a.jpg", album / "a.jpg"), (album, album / "b.jpg"), (album, tmp_path / "sym.out")):
         proc = run_script("infer.py", "--image", str(spec), flag, str(out))
-        _one_line_error(proc, 2, "is an input")
+        one_line_error(proc, 2, "is an input")
         assert proc.stdout == ""
-    assert _digest(album / "a.jpg") == before and _digest(album / "b.jpg") == before
+    assert digest(album / "a.jpg") == before and digest(album / "b.jpg") == before
     same = tmp_path / "faces.out"
     (tmp_path / "link.out").symlink_to(same)
     for other in ("--jsonl", "--csv" if flag == "--parquet" else "--parquet"):
         proc = run_script("infer.py", "--image", str(album), flag, str(same), other, str(tmp_path / "link.out"))
-        _one_line_error(proc, 2, "the same file")
+        one_line_error(proc, 2, "the same file")
     assert not same.exists()  # refused before any work: nothing written
 
 
 def test_video_outputs_never_replace_the_input_video(clip):
-    before = _digest(clip)
+    before = digest(clip)
     for flag in ("--output", "--jsonl"):
-        _one_line_error(run_script("infer.py", "--video", clip, flag, clip), 2, "is an input")
-    assert _digest(clip) == before
+        one_line_error(run_script("infer.py", "--video", clip, flag, clip), 2, "is an input")
+    assert digest(clip) == before
 
 
 def test_eval_and_distribution_never_replace_the_packed_dataset(tmp_path):
@@ -103,7 +92,7 @@ def test_eval_and_distribution_never_replace_the_packed_dataset(tmp_path):
              ("show_age_distribution.py", str(ev / "val.rec"), "--output", str(ev / "val.rec")),
              ("show_age_distribution.py", str(ev / "val.lst"), "--output", str(ev / "val.lst"))]
     for script, *args in cases:
-        _one_line_error(run_script(script, *args), 2, "is an input")
+        one_line_error(run_script(script, *args), 2, "is an input")
     assert {p.name: p.read_bytes() for p in ev.iterdir()} == {f"val.{e}": f"packed {e}".encode()
                                                                for e in ("rec", "idx", "lst")}
 
@@ -115,14 +104,14 @@ def test_packing_and_checkpoint_tools_never_replace_their_inputs(tmp_path, rando
     (lst_dir / "train.lst").write_text("p.jpg,1,30\n")
     before = (lst_dir / "train.lst").read_text()
     proc = run_script("create_dataset.py", "--list", str(lst_dir / "train.lst"), "--output", str(lst_dir))
-    _one_line_error(proc, 2, "is an input")
+    one_line_error(proc, 2, "is an input")
     assert (lst_dir / "train.lst").read_text() == before and sorted(os.listdir(lst_dir)) == ["p.jpg", "train.lst"]
 
     prefix = random_model.rsplit(",", 1)[0]
-    symbol = _digest(f"{prefix}-symbol.json")
-    _one_line_error(run_script("tools/average_checkpoints.py", prefix, "0", prefix), 2, "is an input")
-    _one_line_error(run_script("tools/widen.py", random_model, prefix), 2, "is an input")
-    assert _digest(f"{prefix}-symbol.json") == symbol
+    symbol = digest(f"{prefix}-symbol.json")
+    one_line_error(run_script("tools/average_checkpoints.py", prefix, "0", prefix), 2, "is an input")
+    one_line_error(run_script("tools/widen.py", random_model, prefix), 2, "is an input")
+    assert digest(f"{prefix}-symbol.json") == symbol
 
 
 def test_train_never_writes_its_prefix_over_an_input(tmp_path):
@@ -132,7 +121,7 @@ def test_train_never_writes_its_prefix_over_an_input(tmp_path):
     teacher.write_text("index,p_male\n0,0.9\n")
     proc = run_script("train.py", "--data-dir", str(data), "--prefix", str(tmp_path / "run"), "--teacher-gender",
                       str(teacher))
-    _one_line_error(proc, 2, "would write over the input")
+    one_line_error(proc, 2, "would write over the input")
     assert teacher.read_text() == "index,p_male\n0,0.9\n" and sorted(os.listdir(tmp_path)) == ["data",
                                                                                                  "run-teacher.csv"]
 
@@ -255,8 +244,8 @@ def test_every_entry_point_floors_the_detector_threshold(tmp_path):
     from agegender.serving.service import DET_FLOOR
 
     assert DET_FLOOR == DET_THRESH_MIN == 0.3
-    _one_line_error(run_script("infer.py", "--image", T1, "--det-thresh", "0"), 2, "--det-thresh")
-    _one_line_error(run_script("create_dataset.py", "--utkface", str(tmp_path), "--det-thresh", "0.1"), 2,
+    one_line_error(run_script("infer.py", "--image", T1, "--det-thresh", "0"), 2, "--det-thresh")
+    one_line_error(run_script("create_dataset.py", "--utkface", str(tmp_path), "--det-thresh", "0.1"), 2,
                     "--det-thresh")
     with pytest.raises(ValueError, match="out of range"):
         load_detector(thresh=0.0)
@@ -281,13 +270,13 @@ def test_a_full_disk_is_one_line(album, args, stdout_full):
     with open("/dev/full", "w") if stdout_full else open(os.devnull, "w") as out:
         proc = subprocess.run([PY, os.path.join(ROOT, "infer.py"), "--image", str(album), *args],
                               stdout=out, stderr=subprocess.PIPE, text=True, timeout=300)
-    _one_line_error(proc, 1, "No space left on device")
+    one_line_error(proc, 1, "No space left on device")
 
 
 def test_eval_json_on_a_full_disk_is_one_line(packed_demo):
     out, _ = packed_demo
     proc = run_script("eval.py", "--rec", os.path.join(out, "val.rec"), "--json", "/dev/full", "--no-progress")
-    _one_line_error(proc, 1, "No space left on device")
+    one_line_error(proc, 1, "No space left on device")
     assert "interrupted" not in proc.stderr
 
 
@@ -303,7 +292,7 @@ def test_a_closed_pipe_ends_quietly(album):
 
 @pytest.mark.parametrize("index", ["99999999999999999999", "4096"])
 def test_a_camera_index_out_of_range_is_one_line(index):
-    _one_line_error(run_script("infer.py", "--video", index), 2, "out of range")
+    one_line_error(run_script("infer.py", "--video", index), 2, "out of range")
 
 
 @pytest.fixture(scope="module")
@@ -319,10 +308,10 @@ def test_a_missing_optional_dependency_is_one_line(no_mxnet, clip):
     for args in (["--engine", "mxnet"], ["--model", os.path.join(ROOT, "models", "agegender") + ",0"]):
         proc = subprocess.run([PY, os.path.join(ROOT, "infer.py"), "--image", T1, *args], env=no_mxnet,
                               capture_output=True, text=True, timeout=300)
-        _one_line_error(proc, 2, "needs mxnet")
+        one_line_error(proc, 2, "needs mxnet")
     proc = subprocess.run([PY, os.path.join(ROOT, "eval.py"), "--rec", "x.rec"], env=no_mxnet, capture_output=True,
                           text=True, timeout=300)
-    _one_line_error(proc, 2, "pip install mxnet")
+    one_line_error(proc, 2, "pip install mxnet")
     proc = subprocess.run([PY, os.path.join(ROOT, "infer.py"), "--video", clip], env=no_mxnet, capture_output=True,
                           text=True, timeout=300)  # tqdm absent: no progress bar, the same results
     assert proc.returncode == 0 and "6 frames" in proc.stdout, proc.stderr
@@ -346,7 +335,7 @@ def test_resume_from_a_truncated_checkpoint_is_one_line(packed_demo, tmp_path, r
     data = open(f"{prefix}-0001.params", "rb").read()
     open(f"{prefix}-0001.params", "wb").write(data[: len(data) // 2])
     proc = run_script("train.py", "--data-dir", packed_demo[0], "--prefix", prefix, *TRAIN_ARGS)
-    _one_line_error(proc, 2, "--resume: cannot load")
+    one_line_error(proc, 2, "--resume: cannot load")
 
 
 def test_resume_reports_a_garbage_metrics_history(packed_demo, tmp_path, random_model):
@@ -354,7 +343,7 @@ def test_resume_reports_a_garbage_metrics_history(packed_demo, tmp_path, random_
     garbage = b"\x00\xffnot,a\nmetrics file\n"
     open(f"{prefix}-metrics.csv", "wb").write(garbage)
     proc = run_script("train.py", "--data-dir", packed_demo[0], "--prefix", prefix, *TRAIN_ARGS)
-    _one_line_error(proc, 2, "metrics")
+    one_line_error(proc, 2, "metrics")
     assert open(f"{prefix}-metrics.csv", "rb").read() == garbage  # reported, not dropped
 
 
@@ -402,7 +391,7 @@ def test_requirements_infer_cover_the_mxnet_free_path(infer_venv, clip, tmp_path
     proc = run("--video", clip, "--jsonl", str(tmp_path / "v.jsonl"), "--output", str(tmp_path / "v.mp4"))
     assert proc.returncode == 0 and "6 frames" in proc.stdout, proc.stderr
     proc = run("--image", T1, "--engine", "mxnet")
-    _one_line_error(proc, 2, "needs mxnet")
+    one_line_error(proc, 2, "needs mxnet")
 
 
 # --- launch.py on real hosts ------------------------------------------------------------------------------

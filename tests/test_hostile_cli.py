@@ -4,7 +4,6 @@ once, a closed pipe is quiet. One test per finding of the hostile review (the se
 tests/test_hostile_service.py)."""
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -14,22 +13,11 @@ import pytest
 
 from agegender.data.demo import wheel_image
 from agegender.model.engine import BUNDLED_MODEL, BUNDLED_ONNX, TEACHER_ONNX, model_files
-from tests.conftest import ROOT, run_script
+from tests.conftest import ROOT, digest, one_line_error, run_script
 
 T1 = wheel_image("t1.jpg")
 
 
-def _digest(path) -> bytes:
-    return hashlib.sha256(open(path, "rb").read()).digest()
-
-
-def _one_line_error(proc: subprocess.CompletedProcess, code: int, text: str = "") -> None:
-    """Exit `code`, one `error:` line naming `text`, no traceback."""
-    err = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert proc.returncode == code, (proc.returncode, proc.stderr)
-    assert "Traceback" not in proc.stderr, proc.stderr
-    errors = [ln for ln in err if ln.startswith("error:")]
-    assert len(errors) == 1 and text in errors[0], proc.stderr
 
 
 @pytest.fixture
@@ -45,12 +33,12 @@ def models(tmp_path) -> dict:
     for suffix in ("-symbol.json", "-0000.params", "-calibration.json"):
         shutil.copy(BUNDLED_MODEL + suffix, own / f"ck{suffix}")
     return {"bundled": str(own / "bundled.onnx"), "teacher": str(own / "teacher.onnx"), "onnx": str(own / "mine.onnx"),
-            "ck": str(own / "ck"), "digests": {p: _digest(p) for p in own.iterdir()}}
+            "ck": str(own / "ck"), "digests": {p: digest(p) for p in own.iterdir()}}
 
 
 def _unchanged(models: dict) -> None:
     for path, digest in models["digests"].items():
-        assert _digest(path) == digest, f"{path} was written"
+        assert digest(path) == digest, f"{path} was written"
 
 
 # --- 1. the model is an input ---------------------------------------------------------------------------
@@ -73,7 +61,7 @@ def test_infer_outputs_never_replace_the_model(models, flag):
              (["--det-model", models["onnx"]], models["onnx"])]
     for extra, out in cases:
         proc = run_script("infer.py", "--image", T1, *extra, flag, out)
-        _one_line_error(proc, 2, "is an input")
+        one_line_error(proc, 2, "is an input")
         assert proc.stdout == ""
     _unchanged(models)
 
@@ -84,10 +72,10 @@ def test_annotated_copies_and_video_outputs_never_replace_the_model(models, tmp_
     shutil.copy(T1, tmp_path / "a.jpg")
     os.link(BUNDLED_ONNX, out / "a_agegender.jpg")  # where the annotated copy of a.jpg would go
     proc = run_script("infer.py", "--image", str(tmp_path / "a.jpg"), str(tmp_path / "a.jpg"), "--output-dir", str(out))
-    _one_line_error(proc, 2, "is an input")
+    one_line_error(proc, 2, "is an input")
     for flag in ("--jsonl", "--output"):
         proc = run_script("infer.py", "--video", str(tmp_path / "clip.mp4"), flag, models["bundled"])
-        _one_line_error(proc, 2, "is an input")
+        one_line_error(proc, 2, "is an input")
     _unchanged(models)
 
 
@@ -96,7 +84,7 @@ def test_eval_outputs_never_replace_the_model(models, tmp_path, flag):
     rec = str(tmp_path / "val.rec")  # refused before the split is read
     for extra, out in (([], models["bundled"]), ([], models["teacher"]), (["--model", models["onnx"]], models["onnx"]),
                        (["--model", f"{models['ck']},0"], f"{models['ck']}-calibration.json")):
-        _one_line_error(run_script("eval.py", "--rec", rec, *extra, flag, out), 2, "is an input")
+        one_line_error(run_script("eval.py", "--rec", rec, *extra, flag, out), 2, "is an input")
     _unchanged(models)
 
 
@@ -109,7 +97,7 @@ def test_tools_never_write_over_a_model(models, tmp_path):
                          ("tools/calibrate.py", ["--model", models["onnx"], "--lst", str(lst), "--write", models["teacher"]]),
                          ("tools/teacher_gender.py", [str(lst), models["teacher"]]),
                          ("show_age_distribution.py", [str(lst), "--output", models["teacher"]])):
-        _one_line_error(run_script(script, *args), 2, "is an input")
+        one_line_error(run_script(script, *args), 2, "is an input")
     _unchanged(models)
     # the one model file a tool rewrites by design: a checkpoint's calibration file (the run then fails on the
     # missing list, after the check)
@@ -125,7 +113,7 @@ def test_train_refuses_to_start_from_its_own_prefix(models, tmp_path, flags):
     for pretrained in (f"{ck},0", f"{os.path.dirname(ck)}/../models/ck,0"):
         proc = run_script("train.py", "--data-dir", str(tmp_path / "data"), "--prefix", ck, "--pretrained", pretrained,
                           *flags)
-        _one_line_error(proc, 2, "this run's own --prefix")
+        one_line_error(proc, 2, "this run's own --prefix")
     _unchanged(models)
     assert sorted(os.listdir(os.path.dirname(ck))) == sorted(os.path.basename(p) for p in models["digests"])
 
@@ -142,13 +130,13 @@ def test_train_with_pretrained_never_deletes_the_bundled_model(tmp_path):
     (work / "models").mkdir(parents=True)
     for suffix in (".onnx", "-symbol.json", "-0000.params", "-calibration.json"):
         shutil.copy(BUNDLED_MODEL + suffix, work / "models" / f"agegender{suffix}")
-    before = {p: _digest(p) for p in (work / "models").iterdir()}
+    before = {p: digest(p) for p in (work / "models").iterdir()}
     env = dict(os.environ, AGEGENDER_MODELS_DIR=str(work / "models"))
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--pretrained",
                            "../shared/weights/insightface-genderage/model,0", "--prefix", "models/agegender",
                            "--overwrite"], cwd=work, env=env, capture_output=True, text=True, timeout=600)
-    _one_line_error(proc, 2, "would write over the input")
-    assert {p: _digest(p) for p in (work / "models").iterdir()} == before
+    one_line_error(proc, 2, "would write over the input")
+    assert {p: digest(p) for p in (work / "models").iterdir()} == before
 
 
 # --- 7. a CSV cannot carry a formula ---------------------------------------------------------------------
@@ -217,7 +205,7 @@ def test_image_lists_that_are_not_text_or_not_paths_are_one_line(tmp_path):
     pq.write_table(pa.table({"path": [1, 2]}), numbers)
     for spec, text in ((latin, "line 2: not UTF-8"), (numbers, "column path holds int64")):
         proc = run_script("infer.py", "--ray", "--image", str(spec), "--parquet", str(tmp_path / "out"))
-        _one_line_error(proc, 2, text)
+        one_line_error(proc, 2, text)
     bom = tmp_path / "bom.txt"
     bom.write_bytes(b"\xef\xbb\xbf" + f"{T1}\n".encode())  # as Notepad saves it: the first path is still a path
     from agegender.serving.ray_batch import expand_inputs
@@ -228,7 +216,7 @@ def test_image_lists_that_are_not_text_or_not_paths_are_one_line(tmp_path):
 def test_calibrate_on_a_list_that_is_not_utf8_is_one_line(tmp_path):
     lst = tmp_path / "val.lst"
     lst.write_bytes(f"0\t1\t30\t{T1}\n".encode() + "1\t0\t20\tcaf\xe9.jpg\n".encode("latin-1"))
-    _one_line_error(run_script("tools/calibrate.py", "--lst", str(lst)), 2, "line 2: not UTF-8")
+    one_line_error(run_script("tools/calibrate.py", "--lst", str(lst)), 2, "line 2: not UTF-8")
 
 
 @pytest.mark.parametrize("digits", [300, 400])
@@ -244,10 +232,10 @@ def test_learning_curve_reference_with_a_huge_number_is_one_line(tmp_path, digit
     for ref, text in (("ref.csv", "faces must be from 1"), ("ref2.csv", "mae a number of years")):
         proc = run_script("tools/learning_curve.py", "--reference", str(tmp_path / ref), "--rec",
                           str(tmp_path / "utkface" / "val.rec"))
-        _one_line_error(proc, 2, text)
+        one_line_error(proc, 2, text)
     proc = run_script("tools/learning_curve.py", f"{'1' * digits}=m,0", "200=m,0", "400=m,0", "--rec",
                       str(tmp_path / "utkface" / "val.rec"))
-    _one_line_error(proc, 2, "bad run")
+    one_line_error(proc, 2, "bad run")
 
 
 def test_a_truncated_pil_image_is_a_value_error():
@@ -301,7 +289,7 @@ def test_other_lists_that_are_not_utf8_are_one_line(tmp_path):
     hosts = tmp_path / "hosts.txt"
     hosts.write_bytes("h\xf4te\n".encode("latin-1"))
     proc = run_script("tools/launch.py", "-n", "1", "-H", str(hosts), "--", "python", "-c", "pass")
-    _one_line_error(proc, 2, "line 1: not UTF-8")
+    one_line_error(proc, 2, "line 1: not UTF-8")
     spec = importlib.util.spec_from_file_location("model_report", os.path.join(ROOT, "tools", "model_report.py"))
     report = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(report)
