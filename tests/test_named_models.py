@@ -161,7 +161,7 @@ def test_v1_model_and_the_page_name_the_model_and_its_terms(small_dir, tmp_path)
         with TestClient(create_app(analyzer)) as c:
             m, page = c.get("/v1/model").json(), c.get("/")
         assert m["bundled"] == bundled and m["file"] == file and m["license"]["model"] == WEIGHTS_TERMS
-        assert m["provenance"] is None  # today's bundled ONNX does not state one
+        assert json.loads(m["provenance"])["data"].startswith("UTKFace + All-Age-Faces + FairFace")  # its export's
         assert page.status_code == 200 and "content-security-policy" in page.headers
         assert f'<b id="model-name">{bundled} ({file})</b>' in page.text
         assert "terms: the bundled model (fine-tuned from InsightFace&#x27;s" in page.text

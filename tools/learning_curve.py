@@ -137,6 +137,11 @@ def series_fits(points: list[Point]) -> dict[str, dict[str, tuple[float, float, 
     return fits
 
 
+def _signed(x: float, digits: int) -> str:
+    """`x` with its sign, never `-0.00`: a difference that rounds to zero reads as no difference."""
+    return f"{round(x, digits) + 0.0:+.{digits}f}"
+
+
 def _cell(key: str, value: float) -> str:
     text = f"{value:.2f}" if key == "mae" else f"{value:.4f}"
     return "n/a" if math.isnan(value) else text
@@ -172,7 +177,7 @@ def report(rec: str, points: list[Point], fits: dict) -> str:
                     a, b, _ = fits[base][key]
                     pred, got = a + b * math.log2(p.faces), p.metrics[key]
                     cells.append("n/a" if math.isnan(pred) or math.isnan(got) else
-                                 f"{_cell(key, got)} / {_cell(key, pred)} / {got - pred:+.{2 if key == 'mae' else 4}f}")
+                                 f"{_cell(key, got)} / {_cell(key, pred)} / {_signed(got - pred, 2 if key == 'mae' else 4)}")
                 out.append(f"| {p.series} | {p.faces:,} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
