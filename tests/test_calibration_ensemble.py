@@ -273,7 +273,7 @@ def test_a_checkpoints_calibration_file_is_applied_by_mxnet_and_carried_into_its
     pytest.importorskip("mxnet", reason="the checkpoint engine needs MXNet (requirements.txt)")
     from agegender.model.age import decode
     from agegender.model.mxnet_engine import MxnetEngine
-    from agegender.symbols.onnx_export import metadata
+    from agegender.model.onnx_export import metadata
 
     from agegender.data.demo import wheel_image
 

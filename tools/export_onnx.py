@@ -43,7 +43,7 @@ def main() -> int:
 
     from agegender.model import registry
     from agegender.model.mxnet_engine import resolve_model
-    from agegender.symbols.onnx_export import TOLERANCE, export_onnx
+    from agegender.model.onnx_export import TOLERANCE, export_onnx
     from agegender.atomic import refuse_inputs, write_atomic
     from agegender.data.demo import aligned_demo_faces
     from agegender.model.engine import model_files

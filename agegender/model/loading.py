@@ -55,7 +55,7 @@ def _bundled(bundled: registry.BundledModel, model: str | None, engine: str | No
 def _exported(model: str | None, threads: int, gpus: str) -> Engine:
     """`--engine onnx` for a checkpoint: exported (and checked) in memory, then run by onnxruntime."""
     require("mxnet", f"a PREFIX,EPOCH checkpoint ({model or 'the bundled MXNet model'}; a .onnx file does not)")
-    from agegender.symbols.onnx_export import export_onnx
+    from agegender.model.onnx_export import export_onnx
     from agegender.data.demo import aligned_demo_faces
     from agegender.model.mxnet_engine import resolve_model
 
