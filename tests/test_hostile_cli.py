@@ -37,8 +37,8 @@ def models(tmp_path) -> dict:
 
 
 def _unchanged(models: dict) -> None:
-    for path, digest in models["digests"].items():
-        assert digest(path) == digest, f"{path} was written"
+    for path, before in models["digests"].items():
+        assert digest(path) == before, f"{path} was written"
 
 
 # --- 1. the model is an input ---------------------------------------------------------------------------
