@@ -43,8 +43,13 @@ def test_the_two_quick_start_commands_are_make_demo_and_make_test_and_ci_runs_th
 def test_the_demo_lines_are_what_the_demo_prints():
     shown = _blocks(_quick_start())[1].strip().splitlines()
     assert len(shown) == 6 and shown[0].startswith("face 1, box")
-    out = run_script("infer.py", "--image", wheel_image("t1.jpg"), check=True).stdout
-    assert out.strip().splitlines() == shown
+    out = run_script("infer.py", "--image", wheel_image("t1.jpg"), check=True).stdout.strip().splitlines()
+    # `make demo` runs in .venv-infer (newer OpenCV and onnxruntime), whose JPEG decoding moves the model's
+    # age distribution by about 0.1 year: a range's end may land one year away there; all else is equal
+    split = lambda line: re.match(r"^(.*age: \d+) \((\d+)-(\d+)\)$", line).groups()  # noqa: E731
+    assert len(out) == len(shown)
+    for got, want in zip(map(split, out), map(split, shown)):
+        assert got[0] == want[0] and all(abs(int(a) - int(b)) <= 1 for a, b in zip(got[1:], want[1:])), (got, want)
 
 
 def _examples() -> list[tuple[str, list[str]]]:
