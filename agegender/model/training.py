@@ -236,9 +236,11 @@ class Fit:
     def _interval_attrs(self) -> tuple[int, list]:
         """(label width, per source (age_lo, age_hi) or None): when any source's train split holds age groups
         (its `train-attrs.csv`, e.g. FairFace), every source trains on [gender, age_lo, age_hi] labels."""
-        from agegender.data.recordio import read_attrs
+        from agegender.data.recordio import attrs_path, read_attrs
         from agegender.model.teacher import read_lst
 
+        if not any(os.path.isfile(attrs_path(src.train_rec)) for src in self.sources):
+            return LABEL_WIDTH, [None] * len(self.sources)  # packed before the sidecar: exact ages only
         attrs = []
         for src in self.sources:
             lst = os.path.splitext(src.train_rec)[0] + ".lst"
