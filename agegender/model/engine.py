@@ -96,23 +96,25 @@ class Engine:
             raise UserError(f"model {self.name} outputs {tuple(shape)[1:]} per face, not ({NUM_OUTPUTS},): "
                             "not a gender/age model of this project's layout")
 
+    def _outputs_of(self, faces: np.ndarray, batch_size: int, flip: bool) -> np.ndarray:
+        """The (N,202) outputs of aligned faces (N,112,112,3) RGB uint8, in batches."""
+        return np.concatenate([self.outputs(faces[i:i + batch_size].transpose(0, 3, 1, 2), flip)
+                               for i in range(0, len(faces), batch_size)])
+
     def predict_faces(self, faces: np.ndarray, batch_size: int = 256, age_decode: str = DEFAULT_DECODE,
                       flip: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Aligned faces (N,112,112,3) RGB uint8 -> (P(male), age) per face, in batches."""
         if len(faces) == 0:
             return np.zeros(0), np.zeros(0)
-        outs = [self.outputs(faces[i:i + batch_size].transpose(0, 3, 1, 2), flip)
-                for i in range(0, len(faces), batch_size)]
-        return decode(np.concatenate(outs), age_decode, self.gender_temperature)
+        return decode(self._outputs_of(faces, batch_size, flip), age_decode, self.gender_temperature)
 
     def predict_labels(self, faces: np.ndarray, batch_size: int = 256, age_decode: str = DEFAULT_DECODE,
                        flip: bool = False, age_level: float = DEFAULT_AGE_LEVEL) -> "Labels":
         """Aligned faces (N,112,112,3) RGB uint8 -> `Labels`: P(male), age, the calibrated age range at
         `age_level` and P(age > k) per face (the distribution a video track averages)."""
         if len(faces) == 0:
-            return Labels(*(np.zeros(0) for _ in range(4)), np.zeros((0, NUM_AGE_BINS)))
-        outs = np.concatenate([self.outputs(faces[i:i + batch_size].transpose(0, 3, 1, 2), flip)
-                               for i in range(0, len(faces), batch_size)])
+            return Labels.empty()
+        outs = self._outputs_of(faces, batch_size, flip)
         p_male, age = decode(outs, age_decode, self.gender_temperature)
         probs = age_probs(outs)
         low, high = age_range(probs, age_level, self.age_widening, age)
@@ -127,6 +129,11 @@ class Labels(NamedTuple):
     age_low: np.ndarray   # the age range (whole years), calibrated at the level asked for
     age_high: np.ndarray
     age_probs: np.ndarray  # (N,100) P(age > k), non-increasing
+
+    @classmethod
+    def empty(cls) -> "Labels":
+        """The labels of no face."""
+        return cls(*(np.zeros(0) for _ in range(4)), np.zeros((0, NUM_AGE_BINS)))
 
 
 def stored_temperature(metadata: dict[str, str], name: str) -> float:

@@ -37,7 +37,7 @@ class FaceBatcher:
         """The `Labels` (P(male), age, age range, P(age > k)) of one request's aligned crops, computed in a
         batch with other requests' faces."""
         if not crops:
-            return Labels(*(np.zeros(0) for _ in range(4)), np.zeros((0, 100)))
+            return Labels.empty()
         fut = asyncio.get_running_loop().create_future()
         await self._queue.put((crops, fut))
         return await fut
