@@ -18,7 +18,9 @@ from agegender.data.demo import wheel_image
 
 
 def _run(*args: str, cwd: str = ROOT, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(list(args), cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    # under `make test` (CI) a nested make would print "make[1]: Entering directory" lines: run it as a user would
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    return subprocess.run(list(args), cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def test_version_in_one_place_and_the_console_command():
