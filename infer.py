@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show", action="store_true", help="also show the annotated image in a window")
     r = p.add_argument_group("Ray cluster (--ray; docs/ray.md)")
     r.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
-                   help="run on Ray Data into --parquet DIR, resumable: alone, a local Ray on this machine; "
+                   help="run on Ray (an actor per CPU) into --parquet DIR, resumable: alone, a local Ray on this machine; "
                         "ADDRESS (host:port, or auto) joins a running cluster. --image may also name a .txt or "
                         ".parquet list of paths")
     r.add_argument("--shard-size", type=COUNT, default=100,
@@ -137,7 +137,7 @@ def model_inputs(args: argparse.Namespace) -> list[str]:
 
 
 def run_ray(args: argparse.Namespace) -> int:
-    """--ray: Ray Data over the inputs into Parquet shards under --parquet DIR, then one summary line."""
+    """--ray: Ray actors over the inputs into Parquet shards under --parquet DIR, then one summary line."""
     if not args.parquet:
         raise UserError("--ray writes Parquet shards: give the output folder with --parquet DIR")
     if args.json or args.jsonl or args.csv or args.output or args.output_dir or args.show:

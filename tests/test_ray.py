@@ -277,6 +277,17 @@ def test_ray_gives_the_faces_of_infer_json(local_ray, wheel_folder, tmp_path):
 
 
 @needs_ray
+def test_the_local_rays_workers_run_at_the_commands_priority(local_ray):
+    """Ray's default puts its workers at nice 15, where any other job on the machine (a training run at nice 8)
+    takes their cores first: --ray then ran at a quarter of plain infer.py's rate beside one."""
+    @ray.remote(num_cpus=1)
+    def niceness() -> int:
+        return os.nice(0)
+
+    assert ray.get(niceness.remote()) == os.nice(0)
+
+
+@needs_ray
 def test_ray_real_photos_from_shared(local_ray, tmp_path):
     from agegender.serving.ray_batch import run
 

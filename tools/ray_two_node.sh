@@ -29,6 +29,8 @@ STORE=$(( ${OBJECT_STORE_MB:-200} * 1024 * 1024 ))
 TMP=$(mktemp -d /tmp/rtn.XXXX)  # the cluster's own session folder (sockets, logs): short, Unix sockets limit it
 export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}  # every node's workers import the project from here
 export RAY_USAGE_STATS_ENABLED=0
+# Ray starts its workers at nice 15 unless told: give them the priority of this script, as a local --ray does
+export RAY_worker_niceness=${RAY_worker_niceness:-$(nice)}
 # Ray 2.60 clusters check a token (~/.ray/auth_token, made by the first Ray started here); a driver joining
 # with an address sends it only with RAY_AUTH_MODE=token set before `import ray` (the probes below;
 # infer.py --ray ADDRESS sets it itself)

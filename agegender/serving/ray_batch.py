@@ -265,7 +265,11 @@ def connect(address: str | None, num_cpus: int | None = None, object_store_mb: i
         # inherit this process's environment: a runtime environment would cost every actor a new process
         os.environ.update(env)
         kwargs.update(address="local", num_cpus=num_cpus, include_dashboard=False,
-                      object_store_memory=object_store_mb * 2 ** 20 if object_store_mb else None)
+                      object_store_memory=object_store_mb * 2 ** 20 if object_store_mb else None,
+                      # Ray runs its workers at nice 15 unless told: then any other process on the machine (a
+                      # training run at nice 8 included) takes their cores first, and --ray ran at 0.6x plain
+                      # infer.py beside such load. The workers get the priority of this command instead.
+                      _system_config={"worker_niceness": os.nice(0)})
     # Ray's own notice that a new local Ray checks a token: not this run's business
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     try:
