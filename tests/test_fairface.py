@@ -234,3 +234,24 @@ def test_model_report_refuses_a_split_of_groups_in_one_line(fairface_val):
     proc = run_script("tools/model_report.py", "--rec", os.path.join(fairface_val, "val.rec"))
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
     assert "labelled by an age group" in proc.stderr and "eval.py" in proc.stderr
+
+
+def test_calibrate_fits_the_temperature_alone_on_a_split_of_groups(fairface_val, tmp_path):
+    """The open model is calibrated on FairFace only: --gender-only fits T there and keeps the stored range
+    widening; without it, such a split is one line that names the flag."""
+    import onnx
+
+    from agegender.model.engine import BUNDLED_ONNX, TEMPERATURE_KEY
+    from agegender.model.age import WIDENING_KEY
+
+    lst = os.path.join(fairface_val, "val.lst")
+    proc = run_script("tools/calibrate.py", "--model", BUNDLED_ONNX, "--lst", lst)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "--gender-only" in proc.stderr, proc.stderr
+    out = str(tmp_path / "m.onnx")
+    proc = run_script("tools/calibrate.py", "--model", BUNDLED_ONNX, "--lst", lst, "--gender-only", "--write", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "age range widening kept" in proc.stdout
+    before = {p.key: p.value for p in onnx.load(BUNDLED_ONNX).metadata_props}
+    after = {p.key: p.value for p in onnx.load(out).metadata_props}
+    assert after[WIDENING_KEY] == before[WIDENING_KEY]
+    assert after[TEMPERATURE_KEY] != before[TEMPERATURE_KEY]  # fitted on these faces

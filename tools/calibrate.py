@@ -9,12 +9,12 @@ says? On the source photos of packed val splits (detected, main face, aligned as
   together (per range level and band of the predicted age), and the coverage on the odd records, raw and
   widened, overall and per 10-year band of the true age, with the MAE of the narrowest and widest thirds;
   over exact ages only (faces labelled by an age group, FairFace, are left out and counted; a list of
-  groups only is refused).
+  groups only is refused: --gender-only then fits the temperature alone).
 
 --write stores both in a copy of the ONNX model (metadata `gender_temperature`, `age_range_widening`, which the
 onnx engine applies), or in PREFIX-calibration.json beside a checkpoint (which the mxnet engine applies and
 tools/export_onnx.py carries into the export); repeat it to write both. --age-range-only keeps the model's
-stored temperature and fits the widening alone.
+stored temperature and fits the widening alone; --gender-only the reverse.
 
     python tools/calibrate.py --model models/agegender.onnx
     python tools/calibrate.py --model models/agegender.onnx --write models/agegender-calibrated.onnx
@@ -62,8 +62,12 @@ def main() -> int:
                         "model with them in its metadata; or PREFIX-calibration.json beside a checkpoint (read by "
                         "the mxnet engine and carried into tools/export_onnx.py's export; an ONNX model PREFIX.onnx "
                         "may write it for its checkpoint PREFIX, as the bundled model's); repeatable")
-    p.add_argument("--age-range-only", action="store_true",
-                   help="keep the model's stored gender temperature; fit and write only the age range's widening")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--age-range-only", action="store_true",
+                      help="keep the model's stored gender temperature; fit and write only the age range's widening")
+    what.add_argument("--gender-only", action="store_true",
+                      help="fit and write only the gender temperature, keeping the model's stored age range "
+                           "widening: for lists of age groups only (FairFace), which cannot calibrate the range")
     args = p.parse_args()
     from agegender.model import registry
     from agegender.model.engine import CALIBRATION_SUFFIX
@@ -129,18 +133,28 @@ def main() -> int:
                     (s.p_ours, after, cross, ensemble_p_male(s.p_ours, s.p_teacher),
                      ensemble_p_male(after, s.p_teacher))]
             print(f"| {label} | {int(sel.sum())} | {acc:.4f} | " + " | ".join(f"{e:.4f}" for e in eces) + " |")
-    widening = age_range_section(splits)
+    if args.gender_only:  # the stored widening is written back as it is (none stays none)
+        from agegender.model.age import NO_WIDENING
+
+        widening = None if engine.age_widening == NO_WIDENING else engine.age_widening
+    else:
+        widening = age_range_section(splits)
     for out in args.write:
         from agegender.atomic import write_atomic
         from agegender.model.age import WIDENING_KEY
         from agegender.model.engine import TEMPERATURE_KEY, with_temperature
 
         if out.endswith(CALIBRATION_SUFFIX):
-            write_atomic(out, json.dumps({TEMPERATURE_KEY: round(t, 4), WIDENING_KEY: widening.to_dict()}) + "\n")
+            doc = {TEMPERATURE_KEY: round(t, 4)}
+            if widening is not None:
+                doc[WIDENING_KEY] = widening.to_dict()
+            write_atomic(out, json.dumps(doc) + "\n")
         else:
             with open(source, "rb") as f:
                 write_atomic(out, with_temperature(f.read(), t, widening))
-        print(f"\nwrote {out} (gender_temperature {t:.4f}, age range widening)")
+        kept = " kept" if args.gender_only else ""
+        print(f"\nwrote {out} (gender_temperature {t:.4f}, " + (f"age range widening{kept})" if widening is not None
+                                                                 else "no age range widening)"))
     return 0
 
 
@@ -159,7 +173,8 @@ def age_range_section(splits):
     odd = [~calibration_half(s.index) & ~s.grouped for s in splits]
     if not any(m.any() for m in even):
         raise UserError(f"no face with an exact age on the even records of {', '.join(s.name for s in splits)} "
-                        f"({groups} labelled by age group): the age range cannot be calibrated on them")
+                        f"({groups} labelled by age group): the age range cannot be calibrated on them "
+                        "(--gender-only fits the gender temperature alone)")
     cat = lambda k: np.concatenate([getattr(s, k)[m] for s, m in zip(splits, even)])  # noqa: E731
     index = cat("index")  # record numbers: the folds
     widening, chosen, scores = select_widening(cat("age_probs"), cat("age_pred"), cat("age"), index)
