@@ -37,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add(d, "--blur", type=PROBABILITY, default=0.0, help="share of the faces blurred (down- and up-scaled)")
     _add(d, "--jpeg", type=PROBABILITY, default=0.0,
          help="share of the faces JPEG-recompressed at a random quality of 15-75")
+    _add(d, "--noise", type=PROBABILITY, default=0.0,
+         help="share of the faces given Gaussian sensor noise (sd 3-15 grey levels)")
+    _add(d, "--scan", type=PROBABILITY, default=0.0,
+         help="share of the faces made to look like a scanned old print (faded warm tone, low contrast, grain)")
     _add(d, "--mixup", type=NON_NEGATIVE, default=0.0,
          help="mixup: blend each face with another of its batch by lam ~ Beta(a, a), the loss by lam (0 = off)")
     n = p.add_argument_group("network")
@@ -133,7 +137,7 @@ def main() -> int:
     cfg.source_weights = _weights(args.source_weights)
     cfg.augment = Augment(mirror=bool(args.rand_mirror), color=args.color, cutoff=args.cutoff, rotate=args.rotate,
                           scale=args.scale, shift=args.shift, gray=args.gray, blur=args.blur,
-                          jpeg=args.jpeg, mixup=args.mixup)
+                          jpeg=args.jpeg, noise=args.noise, scan=args.scan, mixup=args.mixup)
     from agegender.atomic import check_writable, dataset_files, refuse_prefix
     from agegender.model.engine import model_files
     from agegender.model.run_files import claim_prefix

@@ -14,7 +14,7 @@ import pytest
 from agegender.symbols import load_model
 from tests.conftest import run_script
 from agegender.model.age import age_gender_loss, age_targets
-from agegender.data.iterators import degrade, mix_batch, recompress
+from agegender.data.iterators import add_noise, degrade, mix_batch, recompress, scanned_print
 from agegender.data.demo import wheel_image
 from agegender.data.face import align_face, load_detector
 from agegender.data.image import read_image
@@ -126,6 +126,34 @@ def test_degrade_greys_and_blurs_only_a_share_of_the_faces(aligned_t1):
     soft = degrade(data, blur=1.0).asnumpy()
     sharpness = lambda x: np.abs(np.diff(x, axis=3)).mean()  # noqa: E731
     assert sharpness(soft) < 0.9 * sharpness(data.asnumpy())
+
+
+def test_noise_touches_only_its_share_at_the_drawn_strength(aligned_t1):
+    data = mx.nd.concat(*[aligned_t1] * 11, dim=0)[:64]
+    mx.random.seed(0)
+    noisy = add_noise(data, 0.5).asnumpy()
+    diff = noisy - data.asnumpy()
+    changed = np.abs(diff).max(axis=(1, 2, 3)) > 0
+    assert 16 < changed.sum() < 48
+    sd = diff[changed].std(axis=(1, 2, 3))  # clipping at 0 and 255 takes a little off
+    assert 2.0 < sd.min() and sd.max() < 16.0
+    np.testing.assert_allclose(diff[changed].mean(axis=(1, 2, 3)), 0, atol=1.5)  # noise, not a brightness shift
+    assert 0 <= noisy.min() and noisy.max() <= 255
+
+
+def test_a_scanned_print_is_faded_warm_and_low_in_contrast(aligned_t1):
+    data = mx.nd.concat(*[aligned_t1] * 11, dim=0)[:64]
+    mx.random.seed(0)
+    np.random.seed(0)
+    x = data.asnumpy()
+    scans = scanned_print(data, 1.0).asnumpy()
+    assert scans.std(axis=(2, 3)).mean() < 0.9 * x.std(axis=(2, 3)).mean()  # contrast lowered
+    assert scans.min(axis=(1, 2, 3)).mean() > x.min(axis=(1, 2, 3)).mean() + 5  # blacks lifted
+    # warm: a neutral grey face comes out with red over blue in RGB order (a BGR mix-up would make it cold)
+    grey = scanned_print(mx.nd.full((8, 3, 112, 112), 128.0), 1.0).asnumpy()
+    assert (grey[:, 0] - grey[:, 2]).mean(axis=(1, 2)).min() > 5
+    none = scanned_print(data, 0.0).asnumpy()
+    np.testing.assert_array_equal(none, x)
 
 
 def test_jpeg_recompression_keeps_colours_and_touches_only_its_share(aligned_t1):

@@ -67,8 +67,9 @@ def check_rec(rec_path: str, image_size: int = INPUT_SIZE) -> int:
 class Augment:
     """Training augmentation: random mirror, colour jitter strength, random-erasing square side; what the
     detector and the photo do to faces at inference: rotation (max degrees), scale (max relative change),
-    shift (max pixels), greyscale, blur and JPEG recompression (share of the faces); and mixup (the `a` of
-    each batch's Beta(a, a) blend of two faces and their labels, 0 = off)."""
+    shift (max pixels), greyscale, blur, JPEG recompression, sensor noise and the look of a scanned print
+    (share of the faces); and mixup (the `a` of each batch's Beta(a, a) blend of two faces and their labels,
+    0 = off)."""
 
     mirror: bool = False
     color: float = 0.0
@@ -79,6 +80,8 @@ class Augment:
     gray: float = 0.0
     blur: float = 0.0
     jpeg: float = 0.0
+    noise: float = 0.0
+    scan: float = 0.0
     mixup: float = 0.0
 
 
@@ -211,6 +214,50 @@ def degrade(data: mx.nd.NDArray, gray: float = 0.0, blur: float = 0.0) -> mx.nd.
     return data
 
 
+NOISE_SIGMA = (3.0, 15.0)  # grey levels: a phone photo in dim light to a badly lit webcam
+
+
+def _share(n: int, share: float) -> mx.nd.NDArray:
+    """(n,1,1,1) mask: 1 for a random share of the faces."""
+    return mx.nd.random.uniform(0, 1, shape=(n, 1, 1, 1)) < share
+
+
+def _per_face(n: int, lo: float, hi: float) -> mx.nd.NDArray:
+    return mx.nd.random.uniform(lo, hi, shape=(n, 1, 1, 1))
+
+
+def add_noise(data: mx.nd.NDArray, share: float, sigma: tuple[float, float] = NOISE_SIGMA) -> mx.nd.NDArray:
+    """Gaussian sensor noise on a share `share` of the faces, a standard deviation drawn per face in `sigma`
+    (grey levels), half of the faces' noise the same in every channel (luma noise), half per channel."""
+    n = data.shape[0]
+    s = _per_face(n, *sigma) * _share(n, share)
+    luma = mx.nd.random.normal(0, 1, shape=(n, 1) + data.shape[2:]).broadcast_to(data.shape)
+    colour = mx.nd.random.normal(0, 1, shape=data.shape)
+    grain = mx.nd.where(_share(n, 0.5).broadcast_to(data.shape), luma, colour)
+    return mx.nd.clip(data + grain * s.broadcast_to(data.shape), 0, 255)
+
+
+SEPIA = (1.0, 0.85, 0.66)  # the warm cast of an aged colour or black-and-white print, per RGB channel
+
+
+def scanned_print(data: mx.nd.NDArray, share: float) -> mx.nd.NDArray:
+    """The look of an old print on a scanner, on a share `share` of the faces (the family albums people
+    scan): colour faded towards a warm monochrome, contrast lowered and blacks lifted (ink on paper), a
+    little softness, and paper grain. Each face draws its own amounts."""
+    n = data.shape[0]
+    on = _share(n, share).broadcast_to(data.shape)
+    luma = data[:, 0:1] * 0.299 + data[:, 1:2] * 0.587 + data[:, 2:3] * 0.114
+    tint = mx.nd.array(SEPIA, ctx=data.context).reshape((1, 3, 1, 1))
+    fade = _per_face(n, 0.4, 1.0)  # how far the colour has gone to the warm monochrome
+    toned = data * (1 - fade) + (luma * tint) * fade
+    contrast, lift = _per_face(n, 0.55, 0.9), _per_face(n, 10.0, 50.0)
+    printed = lift + toned * contrast
+    soft = downscale(printed, int(np.random.randint(56, 97)))
+    grain = mx.nd.random.normal(0, 1, shape=(n, 1) + data.shape[2:]) * _per_face(n, 2.0, 8.0)
+    out = mx.nd.clip(soft + grain.broadcast_to(data.shape), 0, 255)
+    return mx.nd.where(on, out, data)
+
+
 JPEG_QUALITY = (15, 75)  # UTKFace's chips are quality 75 already; heavily compressed photos go far lower
 
 
@@ -233,10 +280,14 @@ def recompress(data: mx.nd.NDArray, share: float, quality: tuple[int, int] = JPE
 def augment_batch(data: mx.nd.NDArray, label: mx.nd.NDArray, augment: Augment
                   ) -> tuple[mx.nd.NDArray, tuple[mx.nd.NDArray, float] | None]:
     """The augmentation that runs on a decoded training batch (the record iterator does the rest):
-    greyscale and blur, JPEG recompression, random erasing, then mixup. Returns (images, (partners' labels,
+    greyscale and blur, scanned prints, noise, JPEG recompression, random erasing, then mixup. Returns (images, (partners' labels,
     lam) or None)."""
     if augment.gray > 0 or augment.blur > 0:
         data = degrade(data, augment.gray, augment.blur)
+    if augment.scan > 0:
+        data = scanned_print(data, augment.scan)
+    if augment.noise > 0:
+        data = add_noise(data, augment.noise)
     if augment.jpeg > 0:
         data = recompress(data, augment.jpeg)
     if augment.cutoff > 0:
