@@ -8,7 +8,8 @@ import os
 import sys
 
 from agegender.model.age import AGE_DECODINGS, DEFAULT_AGE_LEVEL, DEFAULT_DECODE, DEFAULT_FLIP
-from agegender.model.engine import ENGINES
+from agegender.model.engine import ENGINES, TEACHER_ONNX
+from agegender.model.ensemble import DEFAULT_GENDER_ENSEMBLE
 from agegender.cli import AGE_LEVEL, BATCH, COUNT, ArgumentParser
 from agegender.errors import UserError, run_cli
 
@@ -36,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "tools/calibrate.py does not calibrate on), overall and per 10-year band")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=DEFAULT_FLIP,
                    help="average each face's outputs with its mirror image's")
+    p.add_argument("--gender-ensemble", action=argparse.BooleanOptionalAction, default=DEFAULT_GENDER_ENSEMBLE,
+                   help="P(male) as infer.py gives it by default: the mean of ours and the bundled CC0 teacher "
+                        "net's (its chips cut from the packed crops); --no-gender-ensemble: the model alone")
     p.add_argument("--json", metavar="FILE", help="write every number to this JSON file")
     p.add_argument("--plot", metavar="FILE", help="save MAE by age, predicted vs true age, gender confusion (PNG)")
     p.add_argument("--num-workers", type=COUNT, default=2, help="image decoding threads")
@@ -62,7 +66,8 @@ def main() -> int:
         same = "given twice" if again == first else f"the same file as {first}"
         print(f"note: {again} is {same}: evaluated once", file=sys.stderr)
     refuse_inputs([("--json", args.json), ("--plot", args.plot)],
-                  [f for rec in recs for f in dataset_files(rec)] + model_files(args.model))
+                  [f for rec in recs for f in dataset_files(rec)] + model_files(args.model)
+                  + ([TEACHER_ONNX] if args.gender_ensemble else []))
     if args.json and args.plot and args.json != "-" and os.path.realpath(args.json) == os.path.realpath(args.plot):
         raise UserError(f"--json and --plot are the same file: {args.json}")
     for path, flag in ((args.json, "--json"), (args.plot, "--plot")):
@@ -70,10 +75,15 @@ def main() -> int:
             check_writable(path, flag)  # before the evaluation, not after it
 
     predictor = load_engine(args.model, args.engine, args.gpus)
+    teacher = None
+    if args.gender_ensemble:
+        from agegender.model.ensemble import TeacherGender
+
+        teacher = TeacherGender()
     preds = [predict_rec(predictor, rec, args.batch_size, args.age_decode, args.flip, not args.no_progress,
-                         args.num_workers, args.age_level) for rec in recs]
+                         args.num_workers, args.age_level, teacher) for rec in recs]
     settings = {"model": predictor.name, "engine": predictor.kind, "age_decode": args.age_decode, "flip": args.flip,
-                "age_level": args.age_level}
+                "age_level": args.age_level, "gender_ensemble": args.gender_ensemble}
     if len(recs) == 1:
         rep = report(preds[0])
         print(format_report(rep, args.age_level))

@@ -11,6 +11,7 @@ import sys
 from agegender.model.age import AGE_DECODINGS, DEFAULT_AGE_LEVEL, DEFAULT_DECODE, DEFAULT_FLIP
 from agegender.cli import AGE_LEVEL, BATCH, COUNT, DET_THRESH, NON_NEGATIVE, NON_NEGATIVE_INT, ArgumentParser
 from agegender.model.engine import ENGINES
+from agegender.model.ensemble import DEFAULT_GENDER_ENSEMBLE
 from agegender.atomic import refuse_inputs
 from agegender.errors import MissingDependency, UserError, missing_module_message, run_cli
 from agegender.data.image import MAX_PIXELS
@@ -47,9 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "crosses 1/2")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=DEFAULT_FLIP,
                    help="average each face's outputs with its mirror image's")
-    p.add_argument("--gender-ensemble", action=argparse.BooleanOptionalAction, default=False,
-                   help="P(male) = the mean of ours and the bundled CC0 teacher gender net's "
-                        "(docs/calibration-and-ensemble.md)")
+    p.add_argument("--gender-ensemble", action=argparse.BooleanOptionalAction, default=DEFAULT_GENDER_ENSEMBLE,
+                   help="P(male) = the mean of ours and the bundled CC0 teacher gender net's, +12 %% time a face "
+                        "(docs/calibration-and-ensemble.md); --no-gender-ensemble: the model alone")
     p.add_argument("--gpus", default="", help="GPU ids such as 0,1 for the attribute net (empty = CPU); the "
                                               "onnx engine needs onnxruntime-gpu and uses the first")
     p.add_argument("--batch-size", type=BATCH, default=256, help="faces per forward pass")
@@ -131,9 +132,10 @@ def main() -> int:
 def model_inputs(args: argparse.Namespace) -> list[str]:
     """The model files this run reads (--model or the bundled one, --det-model, the teacher): no output
     may replace one."""
-    from agegender.model.engine import model_files
+    from agegender.model.engine import TEACHER_ONNX, model_files
 
-    return model_files(args.model) + ([args.det_model] if args.det_model else [])
+    return (model_files(args.model) + ([args.det_model] if args.det_model else [])
+            + ([TEACHER_ONNX] if args.gender_ensemble else []))
 
 
 def run_ray(args: argparse.Namespace) -> int:
@@ -144,15 +146,13 @@ def run_ray(args: argparse.Namespace) -> int:
         raise UserError("with --ray the output is --parquet DIR only (read it with pandas or DuckDB: docs/ray.md)")
     if args.gpus:
         raise UserError("with --ray the net runs on the cluster's GPUs by itself; leave out --gpus")
-    if args.gender_ensemble:
-        raise UserError("--gender-ensemble is not available with --ray yet; run infer.py without --ray for it")
     try:
         from agegender.serving.ray_batch import Settings, run
     except ImportError as exc:
         raise MissingDependency(missing_module_message((exc.name or "ray").split(".")[0], "--ray")) from None
     settings = Settings(args.model, args.engine, args.det_model, args.det_thresh, args.max_size, args.min_face,
                         args.age_decode, args.flip, args.max_pixels, args.batch_size, args.age_level,
-                        args.drop_flagged)
+                        args.drop_flagged, args.gender_ensemble)
     summary = run(args.image, args.parquet, settings, None if args.ray == "local" else args.ray, args.shard_size,
                   overwrite=args.overwrite)
     if summary.stages:

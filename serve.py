@@ -11,6 +11,7 @@ import socket
 from agegender.model.age import AGE_DECODINGS, DEFAULT_AGE_LEVEL, DEFAULT_DECODE, DEFAULT_FLIP
 from agegender.cli import AGE_LEVEL, BATCH, COUNT, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, ArgumentParser, number
 from agegender.model.engine import ENGINES
+from agegender.model.ensemble import DEFAULT_GENDER_ENSEMBLE
 from agegender.errors import UserError, run_cli
 from agegender.data.image import MAX_PIXELS
 from agegender.serving.memory import MAX_FACES_PER_IMAGE, MEMORY_BUDGET, check_memory_budget
@@ -32,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave out the faces the quality flag marks (too small, blurred or turned), as infer.py")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=DEFAULT_FLIP,
                    help="average each face's outputs with its mirror image's")
+    p.add_argument("--gender-ensemble", action=argparse.BooleanOptionalAction, default=DEFAULT_GENDER_ENSEMBLE,
+                   help="P(male) = the mean of ours and the bundled CC0 teacher gender net's, as infer.py")
     p.add_argument("--max-bytes", type=COUNT, default=10_000_000, help="largest request body (413 above)")
     p.add_argument("--max-pixels", type=COUNT, default=MAX_PIXELS, help="largest image, from its header (413 above)")
     p.add_argument("--batch-window-ms", type=NON_NEGATIVE, default=5.0,
@@ -113,6 +116,7 @@ def main() -> int:
     analyzer = FaceAnalyzer.from_options(args.model, args.engine, args.det_model, DET_FLOOR, args.max_size, args.gpus,
                                          det_threads=1, net_threads=1, age_decode=args.age_decode, flip=args.flip,
                                          age_level=args.age_level, drop_flagged=args.drop_flagged,
+                                         gender_ensemble=args.gender_ensemble,
                                          batch_size=args.batch_faces)  # the net's memory grows with its batch
     limits = Limits(max_header_bytes=args.max_header_bytes, read_timeout=args.read_timeout,
                     idle_timeout=args.idle_timeout, max_connections=args.max_connections)

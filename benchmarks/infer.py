@@ -119,7 +119,8 @@ def pipeline(engine: str, warm: list[str], **settings):
     return run
 
 
-SETTINGS = {"defaults": {}, "--no-flip": {"flip": False}, "--max-size 160": {"max_size": 160},
+SETTINGS = {"defaults": {}, "--no-gender-ensemble": {"gender_ensemble": False}, "--no-flip": {"flip": False},
+            "--max-size 160": {"max_size": 160},
             "--max-size 160 --no-flip": {"max_size": 160, "flip": False},
             "--max-size 128": {"max_size": 128}}
 

@@ -189,8 +189,9 @@ def test_teacher_via_our_alignment_labels_real_all_age_faces():
     assert np.mean((p >= 0.5) == np.array(males)) >= 0.9
 
 
-def test_infer_gender_ensemble_flag_changes_gender_only():
-    """infer.py --gender-ensemble: the same faces and ages, and P(male) the mean of ours and the teacher's."""
+def test_the_gender_ensemble_is_on_by_default_and_changes_gender_only():
+    """infer.py (--gender-ensemble, the default): the same faces and ages as --no-gender-ensemble, and P(male)
+    the mean of ours and the teacher's."""
     import json
 
     from tests.conftest import run_script
@@ -200,10 +201,11 @@ def test_infer_gender_ensemble_flag_changes_gender_only():
 
     image = wheel_image("t1.jpg")
     docs = [json.loads(run_script("infer.py", "--json", "--image", image, *flag, check=True).stdout)[0]["faces"]
-            for flag in ([], ["--gender-ensemble"])]
+            for flag in (["--no-gender-ensemble"], ["--gender-ensemble"], [])]
+    assert docs[2] == docs[1]  # on by default (round 4)
     assert [f["box"] for f in docs[0]] == [f["box"] for f in docs[1]] and len(docs[0]) == 6
     assert [f["age"] for f in docs[0]] == [f["age"] for f in docs[1]]
-    analyzer = FaceAnalyzer.from_options(net_threads=1)
+    analyzer = FaceAnalyzer.from_options(net_threads=1, gender_ensemble=False)
     rgb = read_image(image)
     faces, crops = analyzer.detect(rgb)
     ours = analyzer.label(crops)[0]

@@ -102,6 +102,7 @@ def test_health_model_and_docs(client):
     assert m["version"] == __version__ and m["license"]["code"] == "Apache-2.0"
     assert "non-commercial" in m["license"]["model"]
     assert "'male' or 'female'" in m["gender_coding"]
+    assert m["gender_ensemble"] is True and "teacher" in m["gender_coding"]  # on by default, as infer.py
     spec = client.get("/openapi.json").json()
     post = spec["paths"]["/v1/analyze"]["post"]
     assert {"200", "400", "401", "413", "415", "422", "503"} <= set(post["responses"])

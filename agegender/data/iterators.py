@@ -298,6 +298,11 @@ def augment_batch(data: mx.nd.NDArray, label: mx.nd.NDArray, augment: Augment
     return data, (partners, lam)
 
 
+def batch_faces(data: mx.nd.NDArray) -> np.ndarray:
+    """A decoded batch (N,3,S,S float, RGB 0-255) as the faces it holds: (N,S,S,3) RGB uint8."""
+    return np.clip(data.asnumpy().transpose(0, 2, 3, 1) + 0.5, 0, 255).astype(np.uint8)
+
+
 def eval_batches(it: mx.io.DataIter, total: int):
     """Yield (data, label) of an evaluation iterator with the tail cut to `total` records: with
     round_batch=False ImageRecordIter fills its last batch with stale rows and reports pad 0."""

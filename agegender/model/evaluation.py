@@ -10,13 +10,14 @@ import numpy as np
 
 from agegender.model.age import DEFAULT_AGE_LEVEL, DEFAULT_DECODE, DEFAULT_FLIP
 from agegender.atomic import save_figure, write_atomic
-from agegender.data.iterators import check_rec, eval_batches, record_iter
+from agegender.data.iterators import batch_faces, check_rec, eval_batches, record_iter
 from agegender.data.distribution import load_labels
 from agegender.data.recordio import read_attrs
 from agegender.errors import UserError
 from agegender.model.metrics import (CS_LEVELS, band_table, calibration_half, format_group_range_report,
                                      format_range_report, group_range_report, in_interval, range_report, summarize)
 from agegender.model.engine import Engine
+from agegender.model.ensemble import ensemble_of_aligned
 
 
 @dataclass
@@ -60,9 +61,10 @@ class Predictions:
 
 def predict_rec(predictor: Engine, rec: str, batch_size: int = 256, age_decode: str = DEFAULT_DECODE,
                 flip: bool = DEFAULT_FLIP, progress: bool = True, threads: int = 2,
-                age_level: float = DEFAULT_AGE_LEVEL) -> Predictions:
+                age_level: float = DEFAULT_AGE_LEVEL, teacher=None) -> Predictions:
     """Run the model over every record of `rec` in batches (ImageRecordIter decoding, file order); the age
-    range at `age_level` with the model's stored widening."""
+    range at `age_level` with the model's stored widening. `teacher` (a `TeacherGender`): P(male) is the
+    gender ensemble's, as infer.py gives it by default."""
     from tqdm import tqdm
 
     from agegender.model.age import age_probs, age_range, decode
@@ -77,6 +79,8 @@ def predict_rec(predictor: Engine, rec: str, batch_size: int = 256, age_decode: 
             out = predictor.outputs(data if predictor.kind == "mxnet" else data.asnumpy(), flip=flip)
             out = out.asnumpy() if hasattr(out, "asnumpy") else out
             p, a = decode(out, age_decode)
+            if teacher is not None:
+                p = ensemble_of_aligned(p, teacher, batch_faces(data))
             lo, hi = age_range(age_probs(out), age_level, predictor.age_widening, a)
             p_male.append(p)
             age_pred.append(a)

@@ -24,7 +24,7 @@ import numpy as np
 
 from agegender.model.age import DEFAULT_AGE_LEVEL, DEFAULT_DECODE, DEFAULT_FLIP, age_range, check_level
 from agegender.model.engine import Engine, Labels
-from agegender.model.ensemble import TeacherGender, ensemble_p_male
+from agegender.model.ensemble import DEFAULT_GENDER_ENSEMBLE, TeacherGender, ensemble_p_male
 from agegender.model.loading import load_engine
 from agegender.errors import UserError, short_reason
 from agegender.data.face import Detector, Face, align_face, load_detector, teacher_chip
@@ -211,7 +211,8 @@ class FaceAnalyzer:
     @classmethod
     def from_options(cls, model: str | None = None, engine: str | None = None, det_model: str | None = None,
                      det_thresh: float = 0.8, max_size: int = 1280, gpus: str = "", det_threads: int = 1,
-                     net_threads: int = 0, gender_ensemble: bool = False, **settings) -> "FaceAnalyzer":
+                     net_threads: int = 0, gender_ensemble: bool = DEFAULT_GENDER_ENSEMBLE,
+                     **settings) -> "FaceAnalyzer":
         """Load the detector (bundled RetinaFace, or an InsightFace ONNX file) and the engine
         (`agegender.model.loading.load_engine`); `gender_ensemble` also loads the bundled teacher gender
         net (`agegender.model.ensemble`); `settings` are the constructor's keywords."""

@@ -29,6 +29,7 @@ from typing import Callable
 
 from agegender.errors import UserError, short_reason
 from agegender.model.age import DEFAULT_AGE_LEVEL, DEFAULT_DECODE, DEFAULT_FLIP
+from agegender.model.ensemble import DEFAULT_GENDER_ENSEMBLE
 from agegender.data.image import MAX_PIXELS
 from agegender.serving.inputs import expand_inputs
 from agegender.serving.shards import (MANIFEST_DIR, STALE_DIR, plan_shards, prepare_output, shard_key, shard_name,
@@ -59,6 +60,7 @@ class Settings:
     batch_size: int = 256
     age_level: float = DEFAULT_AGE_LEVEL  # the age range's level
     drop_flagged: bool = False            # leave out the faces the quality flag marks
+    gender_ensemble: bool = DEFAULT_GENDER_ENSEMBLE  # P(male) averaged with the CC0 teacher net's
 
     def fingerprint(self) -> dict:
         d = asdict(self)
@@ -136,10 +138,11 @@ class ShardWorker:
         detector = load_detector(settings.det_model, thresh=settings.det_thresh, max_size=settings.max_size,
                                  threads=1)
         engine = None if detector_only else load_engine(settings.model, settings.engine, "", threads=1)
+        # the teacher's chips are cut from the photo here, also where a net actor runs the teacher on them
         self.analyzer = FaceAnalyzer(detector, engine, age_decode=settings.age_decode, min_face=settings.min_face,
                                      flip=settings.flip, batch_size=settings.batch_size,
                                      max_pixels=settings.max_pixels, age_level=settings.age_level,
-                                     drop_flagged=settings.drop_flagged)
+                                     drop_flagged=settings.drop_flagged, teacher=_teacher(settings))
         self.timings = {"load models": time.perf_counter() - t0}  # reported with the first shard
 
     def _take_timings(self) -> dict:
@@ -164,7 +167,7 @@ class ShardWorker:
         out = []
         for path in paths:
             _, faces, crops, error = self.analyzer.prepare(path)
-            out.append((path, error, faces, np.stack(crops) if crops else np.zeros((0, 112, 112, 3), np.uint8)))
+            out.append((path, error, faces, pack_crops(crops)))
         timings["read+detect+align"] = time.perf_counter() - t0
         return out, timings
 
@@ -179,7 +182,7 @@ class NetWorker:
         engine = load_engine(settings.model, settings.engine, gpus, threads=1)
         self.analyzer = FaceAnalyzer(None, engine, age_decode=settings.age_decode, min_face=settings.min_face,
                                      flip=settings.flip, batch_size=settings.batch_size, age_level=settings.age_level,
-                                     drop_flagged=settings.drop_flagged)
+                                     drop_flagged=settings.drop_flagged, teacher=_teacher(settings))
 
     def label(self, prepared: tuple[list[tuple], dict]) -> tuple[list[str], dict]:
         from agegender.serving.analyzer import ImageResult
@@ -188,15 +191,44 @@ class NetWorker:
         _die_once_for_tests()
         items, timings = prepared
         t0 = time.perf_counter()
-        crops = [c for *_, cs in items for c in cs]
-        labels = self.analyzer.labels(crops)
+        per_file = [unpack_crops(packed) for *_, packed in items]
+        labels = self.analyzer.labels([c for cs in per_file for c in cs])
         docs, i = [], 0
-        for path, error, faces, cs in items:
-            res = ImageResult(path, None, self.analyzer.results(faces, list(cs), labels, i), error)
+        for (path, error, faces, _), cs in zip(items, per_file):
+            res = ImageResult(path, None, self.analyzer.results(faces, cs, labels, i), error)
             i += len(faces)
             docs.append(json.dumps(to_json(res)))
         timings["net"] = timings.get("net", 0.0) + time.perf_counter() - t0
         return docs, timings
+
+
+def _teacher(settings: Settings):
+    """The gender ensemble's teacher net (one thread), or None when it is off."""
+    if not settings.gender_ensemble:
+        return None
+    from agegender.model.ensemble import TeacherGender
+
+    return TeacherGender(threads=1)
+
+
+def pack_crops(crops: list) -> tuple:
+    """A file's crops as arrays for a net actor: (our (N,112,112,3) crops, the teacher's (N,32,32,3) chips or
+    None when the ensemble is off)."""
+    import numpy as np
+
+    from agegender.serving.analyzer import FaceCrops
+
+    if crops and isinstance(crops[0], FaceCrops):
+        return np.stack([c.net for c in crops]), np.stack([c.teacher for c in crops])
+    return (np.stack(crops) if crops else np.zeros((0, 112, 112, 3), np.uint8)), None
+
+
+def unpack_crops(packed: tuple) -> list:
+    """`pack_crops` undone: the list of crops `FaceAnalyzer.labels` takes."""
+    from agegender.serving.analyzer import FaceCrops
+
+    net, teacher = packed
+    return list(net) if teacher is None else [FaceCrops(n, t) for n, t in zip(net, teacher)]
 
 
 def _die_once_for_tests() -> None:

@@ -150,6 +150,8 @@ class ModelOut(BaseModel):
     input: str
     output: str
     age_decode: str
+    gender_ensemble: bool = Field(False, description="whether 'p_male' is the mean of the model's P(male) and the "
+                                                     "bundled CC0 teacher gender net's (serve.py --gender-ensemble)")
     gender_coding: str
     detector: str
     limits: dict
@@ -499,9 +501,10 @@ def create_app(analyzer: FaceAnalyzer, max_bytes: int = MAX_BYTES, max_pixels: i
                 "engine": analyzer.engine.kind,
                 "input": "aligned faces (N,3,112,112) RGB 0-255, ArcFace 5-point template",
                 "output": "(N,202): gender logits [0:2] (index 1 = male), then 100 pairs 'age > k'",
-                "age_decode": analyzer.age_decode,
+                "age_decode": analyzer.age_decode, "gender_ensemble": analyzer.teacher is not None,
                 "gender_coding": "'gender' is the string 'male' or 'female' (P(male) >= 0.5: male); "
-                                 "'p_male' is the model's P(male)",
+                                 "'p_male' is the model's P(male)"
+                                 + (", averaged with the teacher net's" if analyzer.teacher is not None else ""),
                 "detector": getattr(analyzer.detector, "name", type(analyzer.detector).__name__),
                 "limits": {"max_bytes": max_bytes, "max_pixels": max_pixels, "det_thresh_min": DET_FLOOR,
                            "max_queue": max_queue, "max_images": MAX_IMAGES, "memory_budget": memory_budget,
