@@ -8,7 +8,7 @@ import os
 import sys
 
 from agegender.model.age import AGE_DECODINGS, DEFAULT_AGE_LEVEL, DEFAULT_DECODE, DEFAULT_FLIP
-from agegender.model.engine import ENGINES, TEACHER_ONNX
+from agegender.model.engine import ENGINES
 from agegender.model.ensemble import DEFAULT_GENDER_ENSEMBLE
 from agegender.cli import AGE_LEVEL, BATCH, COUNT, ArgumentParser
 from agegender.errors import UserError, run_cli
@@ -66,8 +66,7 @@ def main() -> int:
         same = "given twice" if again == first else f"the same file as {first}"
         print(f"note: {again} is {same}: evaluated once", file=sys.stderr)
     refuse_inputs([("--json", args.json), ("--plot", args.plot)],
-                  [f for rec in recs for f in dataset_files(rec)] + model_files(args.model)
-                  + ([TEACHER_ONNX] if args.gender_ensemble else []))
+                  [f for rec in recs for f in dataset_files(rec)] + model_files(args.model))
     if args.json and args.plot and args.json != "-" and os.path.realpath(args.json) == os.path.realpath(args.plot):
         raise UserError(f"--json and --plot are the same file: {args.json}")
     for path, flag in ((args.json, "--json"), (args.plot, "--plot")):

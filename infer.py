@@ -132,10 +132,9 @@ def main() -> int:
 def model_inputs(args: argparse.Namespace) -> list[str]:
     """The model files this run reads (--model or the bundled one, --det-model, the teacher): no output
     may replace one."""
-    from agegender.model.engine import TEACHER_ONNX, model_files
+    from agegender.model.engine import model_files
 
-    return (model_files(args.model) + ([args.det_model] if args.det_model else [])
-            + ([TEACHER_ONNX] if args.gender_ensemble else []))
+    return model_files(args.model) + ([args.det_model] if args.det_model else [])  # the teacher's file included
 
 
 def run_ray(args: argparse.Namespace) -> int:
