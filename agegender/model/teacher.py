@@ -109,10 +109,9 @@ class OnlineTeacher:
 
     def p_male(self, data) -> np.ndarray:
         """P(male) of a batch of aligned faces: an MXNet (N,3,S,S) array, RGB 0-255, as training feeds them."""
-        from agegender.data.face import teacher_chips_of_aligned
         from agegender.data.iterators import batch_faces
 
-        return self.net.p_male(teacher_chips_of_aligned(batch_faces(data)))
+        return self.net.p_male_of_aligned(batch_faces(data))
 
     def targets(self, data, label, mix=None):
         """The batch's (label, mix) with the teacher's P(male) of each (blended) face mixed into its gender

@@ -159,9 +159,7 @@ class ShardWorker:
         return docs, timings
 
     def prepare(self, paths: list[str]) -> tuple[list[tuple], dict]:
-        """Read, detect and align the shard: (path, error, faces, crops) per file, for a net actor."""
-        import numpy as np
-
+        """Read, detect and align the shard: (path, error, faces, packed crops) per file, for a net actor."""
         timings = self._take_timings()
         t0 = time.perf_counter()
         out = []

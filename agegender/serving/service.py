@@ -151,7 +151,7 @@ class ModelOut(BaseModel):
     output: str
     age_decode: str
     gender_ensemble: bool = Field(False, description="whether 'p_male' is the mean of the model's P(male) and the "
-                                                     "bundled CC0 teacher gender net's (serve.py --gender-ensemble)")
+                                                     "bundled CC0 teacher gender net's (on by default; serve.py --no-gender-ensemble turns it off)")
     gender_coding: str
     detector: str
     limits: dict
