@@ -50,9 +50,9 @@ def refuse_groups(rec: str) -> None:
 
 
 def robustness(engine, faces, packed_out, gender, age, how: str) -> None:
-    """The model's figures (alone: no gender ensemble) on `faces` (N,3,112,112 mx.nd, RGB 0-255) as packed (their outputs
-    `packed_out`, already computed), recompressed and downscaled: the mean error shows which way each
-    degradation pushes the age."""
+    """The model's figures (alone: no gender ensemble) on `faces` (N,3,112,112 mx.nd, RGB 0-255) as packed
+    (their outputs `packed_out`, already computed), recompressed and downscaled: the mean error shows which
+    way each degradation pushes the age."""
     import numpy as np
 
     from agegender.data.iterators import downscale, recompress
