@@ -49,8 +49,8 @@ def _photo_folder(folder, sources: list[str]) -> list[str]:
     return sorted(os.path.join(folder, n) for n in os.listdir(folder))
 
 
-def _json_docs(folder: str) -> list[dict]:
-    proc = run_script("infer.py", "--image", folder, "--json")
+def _json_docs(folder: str, *flags: str) -> list[dict]:
+    proc = run_script("infer.py", "--image", folder, "--json", *flags)
     assert proc.returncode == 1, proc.stderr  # the bad files failed, the rest did not
     docs = json.loads(proc.stdout)
     return docs
@@ -320,6 +320,21 @@ def test_the_net_on_its_own_actors_gives_the_same_faces(local_ray, wheel_folder,
     folder, paths, docs = wheel_folder
     summary = run([folder], str(tmp_path), shard_size=3, split=True)
     assert summary.complete and _shard_docs(str(tmp_path)) == _by_image(docs)
+
+
+@needs_ray
+def test_without_the_gender_ensemble_both_layouts_give_infers_faces(local_ray, wheel_folder, tmp_path):
+    """--no-gender-ensemble on Ray, one-process and GPU layouts: infer.py --no-gender-ensemble's documents (the
+    teacher's chips neither cut nor sent), which differ from the default's in P(male) only."""
+    from agegender.serving.ray_batch import Settings, run
+
+    folder, _, with_teacher = wheel_folder
+    alone = _json_docs(folder, "--no-gender-ensemble")
+    assert alone != with_teacher
+    for split in (False, True):
+        out = str(tmp_path / f"split{split}")
+        summary = run([folder], out, Settings(gender_ensemble=False), shard_size=3, split=split)
+        assert summary.complete and _shard_docs(out) == _by_image(alone)
 
 
 @pytest.fixture(scope="module")
