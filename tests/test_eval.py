@@ -133,3 +133,25 @@ def test_without_a_bundled_model_model_is_required(monkeypatch, tmp_path):
     monkeypatch.delenv(registry.MODELS_DIR_ENV, raising=False)
     with pytest.raises(UserError, match="--model is required"):
         predict.resolve_model(None)
+
+
+def test_eval_reads_p_male_as_infer_does_with_the_models_temperature_and_the_ensemble(packed_utkface):
+    """eval.py's P(male) is infer.py's: the model's stored gender temperature applied (which the ensemble's
+    mean depends on), then averaged with the teacher's on chips cut from the packed crops."""
+    from agegender.data.face import teacher_chips_of_aligned
+    from agegender.model.ensemble import TeacherGender, ensemble_p_male
+    from agegender.model.evaluation import predict_rec
+    from agegender.model.loading import load_engine
+
+    rec = os.path.join(packed_utkface, "train.rec")
+    engine, teacher = load_engine(None, threads=1), TeacherGender(threads=1)
+    assert engine.gender_temperature != 1.0  # the bundled model is calibrated
+    from agegender.data.image import decode_image
+
+    faces = np.stack([decode_image(r.jpeg) for r in iter_records(rec)])  # RGB
+    ours = engine.predict_labels(faces, flip=True).p_male  # eval.py flips, as infer.py
+    alone = predict_rec(engine, rec, progress=False).p_male
+    np.testing.assert_allclose(alone, ours, atol=1e-4)
+    both = predict_rec(engine, rec, progress=False, teacher=teacher).p_male
+    want = ensemble_p_male(ours, teacher.p_male(teacher_chips_of_aligned(faces)))
+    np.testing.assert_allclose(both, want, atol=1e-3)  # the crops decoded by two decoders: a grey level apart

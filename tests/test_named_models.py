@@ -63,10 +63,11 @@ def test_a_bare_word_is_a_name_anything_with_a_separator_comma_or_dot_is_a_path(
     assert registry.resolve(None) == registry.resolve("") == registry.resolve("default")
     assert registry.resolve("default").onnx == BUNDLED_ONNX and registry.resolve("default").prefix == BUNDLED_MODEL
     with pytest.raises(UserError, match=r"^--model nosuch: neither a bundled model's name \(available here: "
-                                        r"default\) nor a file here"):
+                                        r"default, open\) nor a file here"):
         registry.resolve("nosuch")
-    with pytest.raises(UserError, match=r"^bundled model 'open' is not installed here .*available here: default$"):
-        registry.resolve("open")
+    with pytest.raises(UserError, match=r"^bundled model 'small' is not installed here .*available here: default, "
+                                        r"open$"):
+        registry.resolve("small")
     (tmp_path / "mine-symbol.json").write_text("{}")  # an unregistered bare word that is a checkpoint here
     assert registry.resolve("mine") is None
 
@@ -94,11 +95,11 @@ def test_infer_refuses_an_ambiguous_name_in_one_line(tmp_path):
 def test_unknown_and_absent_names_are_one_line_errors_naming_the_models_here(monkeypatch):
     monkeypatch.delenv(registry.MODELS_DIR_ENV, raising=False)
     _one_line_error(run_script("infer.py", "--image", T1, "--model", "large"), "--model large",
-                    "available here: default")
+                    "available here: default, open")
     with pytest.raises(UserError, match=r"^no bundled model named 'large' \(registered: default, small, open;"):
         registry.lookup("large")
-    _one_line_error(run_script("eval.py", "--rec", "nowhere.rec", "--model", "open"), "not installed",
-                    "available here: default")
+    _one_line_error(run_script("eval.py", "--rec", "nowhere.rec", "--model", "small"), "not installed",
+                    "available here: default, open")
     _one_line_error(run_script("tools/export_onnx.py", "small", "/tmp/never-written.onnx"), "not installed")
     assert not os.path.exists("/tmp/never-written.onnx")
 
@@ -244,13 +245,13 @@ def test_the_docs_quote_the_absent_model_error_as_the_code_writes_it(monkeypatch
     offers `small` only as installed."""
     monkeypatch.delenv(registry.MODELS_DIR_ENV, raising=False)
     with pytest.raises(UserError) as err:
-        registry.resolve("open")
+        registry.resolve("small")
     line = "error: " + str(err.value).replace(os.pathsep.join(registry.model_dirs()), "models/")
     with open(os.path.join(ROOT, "docs", "model.md"), encoding="utf-8") as f:
         assert f"`{line}`" in " ".join(f.read().split()), line
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
         readme = " ".join(f.read().split())
-    assert "`--model small` / `--model open` when installed" in readme
+    assert "`--model open`" in readme and "`--model small` when installed" in readme
 
 
 def test_a_name_only_installed_as_onnx_is_one_line_naming_its_flag_and_no_engine(tmp_path, packed_demo):

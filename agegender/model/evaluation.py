@@ -78,7 +78,7 @@ def predict_rec(predictor: Engine, rec: str, batch_size: int = 256, age_decode: 
         for data, label in eval_batches(it, total):
             out = predictor.outputs(data if predictor.kind == "mxnet" else data.asnumpy(), flip=flip)
             out = out.asnumpy() if hasattr(out, "asnumpy") else out
-            p, a = decode(out, age_decode)
+            p, a = decode(out, age_decode, predictor.gender_temperature)  # as infer.py: the ensemble needs it
             if teacher is not None:
                 p = ensemble_of_aligned(p, teacher, batch_faces(data))
             lo, hi = age_range(age_probs(out), age_level, predictor.age_widening, a)
