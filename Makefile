@@ -73,7 +73,7 @@ bench: install
 	$(PY) benchmarks/serve_memory.py
 	$(PY) benchmarks/ray.py
 
-# the open model (models/README.md, "The open model") from the laid-out FairFace folder, about 1.7 h on 2 cores
+# the open model (models/README.md, "The open model") from the laid-out FairFace folder, about 2.4 h on 2 cores
 FAIRFACE ?= dataset/fairface_raw
 open-model: install
 	bash tools/train_open_model.sh "$(FAIRFACE)" runs/open
