@@ -134,9 +134,7 @@ def main() -> int:
                      ensemble_p_male(after, s.p_teacher))]
             print(f"| {label} | {int(sel.sum())} | {acc:.4f} | " + " | ".join(f"{e:.4f}" for e in eces) + " |")
     if args.gender_only:  # the stored widening is written back as it is (none stays none)
-        from agegender.model.age import NO_WIDENING
-
-        widening = None if engine.age_widening == NO_WIDENING else engine.age_widening
+        widening = None if engine.age_widening.is_identity else engine.age_widening
     else:
         widening = age_range_section(splits)
     for out in args.write:
