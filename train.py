@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add(d, "--mixup", type=NON_NEGATIVE, default=0.0,
          help="mixup: blend each face with another of its batch by lam ~ Beta(a, a), the loss by lam (0 = off)")
     n = p.add_argument_group("network")
-    _add(n, "--network", default="m50", help="m50 (MobileNet v1) or r18/r34/r50/r100 (face ResNet)")
+    _add(n, "--network", default="m50", help="m50 (MobileNet v1), r18/r34/r50/r100 (face ResNet) or d10 (dlib's CC0 "
+                                         "ResNet-10 age net on a 64x64 chip; start from tools/cc0_backbone.py)")
     _add(n, "--multiplier", type=POSITIVE, default=1.0, help="MobileNet width (0.25 / 0.5 for CPUs)")
     _add(n, "--version-input", type=int, default=1, choices=(0, 1), help="1: stride-1 first conv; 0: stride 2")
     _add(n, "--version-output", default="GAP", help="output head (GAP)")
@@ -68,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
          help="weight of the gender loss against the sum of the 100 age losses")
     _add(o, "--age-sigma", type=number(float, 0, 30), default=0.0,
          help="soft age targets: label noise in years (0 = hard 0/1 steps)")
+    _add(o, "--interval-prior", type=PROBABILITY, default=0.0, metavar="W",
+         help="age groups (FairFace) also teach the pairs inside the group, with this weight, an age spread "
+              "evenly over it (0 = masked, as the label says; for sources of groups only, e.g. the open model)")
     _add(o, "--gender-smooth", type=number(float, 0, 1, hi_open=True), default=0.0, help="label smoothing of the gender targets")
     _add(o, "--teacher-gender", action="append", default=None, metavar="CSV",
          help="soft gender labels of the train split from tools/teacher_gender.py (distillation); with several "

@@ -87,6 +87,28 @@ def test_interval_targets_mask_what_the_group_does_not_say():
     assert (mask[2, 70:] == 0).all() and (t[2, :70] == 1).all()
 
 
+def test_the_interval_prior_teaches_an_age_spread_evenly_over_the_group():
+    """`--interval-prior W`: the pairs inside a group learn, with weight W, P(age > k) of an age spread evenly
+    over its whole years, so the targets sum to the group's mean age; outside the group, and for exact ages,
+    nothing changes. "more than 70" is spread over 70..89."""
+    lo = mx.nd.array([10, 25, 70])
+    hi = mx.nd.array([19, 25, 100])
+    hard, hard_mask = (x.asnumpy() for x in interval_targets(mx.nd, lo, hi))
+    t, mask = (x.asnumpy() for x in interval_targets(mx.nd, lo, hi, prior=0.25))
+    np.testing.assert_allclose(t.sum(axis=1), [np.mean(range(10, 20)), 25, np.mean(range(70, 90))], atol=1e-5)
+    np.testing.assert_allclose(t[0, 10:19], np.arange(9, 0, -1) / 10, atol=1e-6)
+    inside = hard_mask == 0
+    assert (mask[inside] == 0.25).all() and (mask[~inside] == 1).all()
+    np.testing.assert_array_equal(t[~inside], hard[~inside])
+    # the loss then moves with the pairs inside a group, less than with those it decides
+    out = np.zeros((1, 202), np.float32)
+    label = mx.nd.array([[1, 10, 19]])
+    base = age_gender_loss(mx.nd, mx.nd.array(out), label, intervals=True, interval_prior=0.25).asnumpy()[0]
+    out[0, 3 + 2 * 12] = 2.0  # "yes" of pair 12 (target 0.7)
+    assert age_gender_loss(mx.nd, mx.nd.array(out), label, intervals=True, interval_prior=0.25).asnumpy()[0] != \
+        pytest.approx(base, rel=1e-4)
+
+
 def test_the_loss_ignores_the_pairs_inside_a_group():
     """Changing the outputs of pairs inside the labelled group leaves an interval label's loss unchanged;
     outside it, it changes. An exact label (lo = hi) sees every pair."""

@@ -18,7 +18,7 @@ def _forward(net, n=2, seed=0):
 
 
 @pytest.mark.parametrize("name,mult,vin", [("m50", 0.25, 1), ("m50", 0.5, 1), ("m50", 1.0, 1), ("m50", 0.25, 0),
-                                           ("r18", 1.0, 1), ("r50", 1.0, 1)])
+                                           ("r18", 1.0, 1), ("r50", 1.0, 1), ("d10", 1.0, 1)])
 def test_output_name_and_shape(name, mult, vin):
     net = get_network(name, multiplier=mult, version_input=vin)
     net.initialize(mx.init.Xavier())

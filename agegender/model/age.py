@@ -9,6 +9,7 @@ import numpy as np
 
 NUM_AGE_BINS = 100
 MAX_AGE = 100  # target ages are clamped to 0..MAX_AGE
+OPEN_PRIOR_TOP = 89  # `interval_targets(prior=)`: an open group ("more than 70") spread up to this age (mean 80)
 AGE_DECODINGS = ("prob", "vote", "median")
 DEFAULT_DECODE = "vote"  # the decoding eval.py, infer.py and the service use unless told otherwise
 DEFAULT_FLIP = True      # whether they average each face's outputs with its mirror image's
@@ -184,26 +185,37 @@ def age_targets(F, age, num_bins: int = NUM_AGE_BINS, sigma: float = 0.0):
     return F.sigmoid(F.broadcast_sub(a, k + 0.5) / scale)
 
 
-def interval_targets(F, lo, hi, num_bins: int = NUM_AGE_BINS):
+def interval_targets(F, lo, hi, num_bins: int = NUM_AGE_BINS, prior: float = 0.0):
     """(N,) age intervals lo..hi (whole years, inclusive) -> ((N, num_bins) targets, (N, num_bins) mask) of
     "age > k": 1 for k < lo, 0 for k >= hi, and masked out (mask 0) for lo <= k < hi, where the label does not
-    say. An exact age is lo = hi: nothing masked, the same targets as `age_targets`."""
+    say. An exact age is lo = hi: nothing masked, the same targets as `age_targets`.
+
+    `prior` > 0 (`train.py --interval-prior`): the pairs inside the interval are taught, with weight `prior`,
+    what an age spread evenly over it gives, P(age > k) = (hi - k) / (hi + 1 - lo), so that a source of
+    groups only still learns ages inside them instead of leaving them to land on a group's edge; an open
+    group ("more than 70", hi = MAX_AGE) is taken to end at OPEN_PRIOR_TOP for it."""
     k = F.arange(num_bins).reshape((1, num_bins))
     lo = F.clip(lo, 0, MAX_AGE).reshape((-1, 1))
     hi = F.clip(hi, 0, MAX_AGE).reshape((-1, 1))
     unknown = F.broadcast_lesser_equal(lo, k) * F.broadcast_greater(hi, k)
-    return F.broadcast_greater(lo, k), 1 - unknown
+    hard = F.broadcast_greater(lo, k)
+    if prior <= 0:
+        return hard, 1 - unknown
+    top = F.where(hi >= MAX_AGE, F.ones_like(hi) * OPEN_PRIOR_TOP, hi)
+    ramp = F.clip(F.broadcast_div(F.broadcast_sub(top, k), top + 1 - lo), 0, 1)
+    return hard + unknown * ramp, 1 - unknown + unknown * prior
 
 
 def age_gender_loss(F, output, label, gender_weight: float = 1.0, age_sigma: float = 0.0,
                     gender_smooth: float = 0.0, sample_weight=None, gender_sample_weight=None,
-                    intervals: bool = False):
+                    intervals: bool = False, interval_prior: float = 0.0):
     """Softmax cross-entropy of gender over [0:2] (unknown gender, -1, ignored) plus the sum over the
     100 pairs of the cross-entropy of "age > k", as InsightFace's 1 + 100 SoftmaxOutputs (a mean over
     the pairs would leave age a hundredth of the gradient), the gender term times `gender_weight`.
     `label` is (N,2) = [gender, age] as packed (gender may be a soft P(male), see `agegender.model.teacher`),
     or with `intervals` (N,3) = [gender, age_lo, age_hi]: an age group teaches only the pairs it decides
-    (`interval_targets`), exact ages (lo = hi) all of them, softened by `age_sigma` as before.
+    (`interval_targets`, with `interval_prior` inside the group), exact ages (lo = hi) all of them, softened
+    by `age_sigma` as before.
     `age_sigma`: soft age targets (see `age_targets`); `gender_smooth`: label smoothing of gender;
     `sample_weight` (N,): a weight per face on the age term; `gender_sample_weight` (N,): on the gender term.
     Returns (N,) losses."""
@@ -226,7 +238,7 @@ def age_gender_loss(F, output, label, gender_weight: float = 1.0, age_sigma: flo
     mask = None
     if intervals:
         hi = F.slice_axis(label, axis=1, begin=2, end=3).reshape((-1,))
-        hard, mask = interval_targets(F, age, hi)
+        hard, mask = interval_targets(F, age, hi, prior=interval_prior)
         grouped = (hi > age).reshape((-1, 1))
         t = F.broadcast_mul(grouped, hard) + F.broadcast_mul(1 - grouped, t)
     a_nll = -(t * F.slice_axis(a_logp, axis=2, begin=1, end=2).reshape((0, NUM_AGE_BINS))

@@ -63,6 +63,7 @@ class TrainConfig:
     age_decode: str = "prob"
     gender_weight: float = 1.0
     age_sigma: float = 0.0
+    interval_prior: float = 0.0
     gender_smooth: float = 0.0
     age_balance: float = 0.0
     gender_balance: float = 0.0
@@ -346,7 +347,8 @@ class Fit:
             gender_weight = self.gender_band_weights.take(band).as_in_context(out.context)
         return age_gender_loss(mx.nd, out, label, c.gender_weight, age_sigma=c.age_sigma,
                                gender_smooth=c.gender_smooth, sample_weight=weight,
-                               gender_sample_weight=gender_weight, intervals=label.shape[1] == 3)
+                               gender_sample_weight=gender_weight, intervals=label.shape[1] == 3,
+                               interval_prior=c.interval_prior)
 
     def update(self) -> None:
         # gradients are summed over contexts (and over workers by a dist kvstore): normalise by all rows

@@ -21,13 +21,15 @@ from mxnet import gluon  # noqa: E402
 
 from agegender.symbols.common import NUM_OUTPUTS, OUTPUT_NAME
 from agegender.atomic import atomic_path
+from agegender.symbols.chipnet import ChipResNet10
 from agegender.symbols.mobilenet import MobileNet
 from agegender.symbols.resnet import UNITS, FaceResNet
 
 
 def get_network(name: str, multiplier: float = 1.0, version_input: int = 1, version_output: str = "GAP",
                 use_se: bool = False, learn_output_scale: bool = False) -> gluon.HybridBlock:
-    """`m50` (or any `m...`): MobileNet v1 at `multiplier`; `r18`/`r34`/`r50`/`r100`: face ResNet.
+    """`m50` (or any `m...`): MobileNet v1 at `multiplier`; `r18`/`r34`/`r50`/`r100`: face ResNet; `d10`: the
+    ResNet-10 of dlib's CC0 age net on a 64x64 chip cut inside the graph (`symbols.chipnet`).
     `learn_output_scale`: the output BatchNorm learns its gamma (`symbols.common.GAPHead`)."""
     if version_output.upper() != "GAP":
         raise ValueError(f"only the GAP output head is implemented, got {version_output!r}")
@@ -35,10 +37,12 @@ def get_network(name: str, multiplier: float = 1.0, version_input: int = 1, vers
     if re.fullmatch(r"m\d*", name):
         return MobileNet(multiplier=multiplier, version_input=version_input, learn_output_scale=learn_output_scale,
                          prefix="mobilenet_")
+    if name == "d10":
+        return ChipResNet10(learn_output_scale=learn_output_scale, prefix="chipnet_")
     m = re.fullmatch(r"r(\d+)", name)
     if m and int(m[1]) in UNITS:
         return FaceResNet(depth=int(m[1]), use_se=use_se, learn_output_scale=learn_output_scale, prefix="resnet_")
-    raise ValueError(f"unknown network {name!r}: use m50 (MobileNet, see --multiplier) or r18/r34/r50/r100")
+    raise ValueError(f"unknown network {name!r}: use m50 (MobileNet, see --multiplier), r18/r34/r50/r100 or d10")
 
 
 def to_symbol(net: gluon.HybridBlock) -> mx.sym.Symbol:
