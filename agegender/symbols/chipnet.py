@@ -5,16 +5,18 @@ That net was trained on about 110,000 faces from 64x64 dlib chips (padding 0.2).
 input contract, (N,3,112,112) RGB 0-255 aligned on the ArcFace template, the chip is cut inside the graph: the
 rows and columns of the aligned crop that the chip covers (measured from `agegender.data.face.TEACHER_TEMPLATE`:
 x 7..106, y 23..122, so 11 black rows are added below the crop, as `teacher_chips_of_aligned` gives them),
-resized to 64x64. dlib's residual blocks that halve the size add the shortcut (a 2x2 average pool) to the main
+resized to 64x64. dlib's `affine` layers (BatchNorms folded after its training) are BatchNorms again here, so
+that fine-tuning normalises each batch as dlib's own training did (an affine net fine-tuned at lr 0.01 blew
+its activations up to 1e17 within an epoch). dlib's residual blocks that halve the size add the shortcut (a 2x2 average pool) to the main
 path with trailing zero padding: of channels on the shortcut, of the last row and column on the main path when
-it comes out smaller. `tools/cc0_backbone.py` writes the ONNX net's weights as a checkpoint for `--pretrained`;
-from random weights this network is not meant to train (its input scale and affine layers are dlib's).
+it comes out smaller. `tools/cc0_backbone.py` writes the ONNX net's weights as a checkpoint for `--pretrained`,
+each affine layer as a BatchNorm with the statistics of real faces that computes exactly the same.
 """
 from __future__ import annotations
 
 from mxnet.gluon import HybridBlock, nn
 
-from agegender.symbols.common import GAPHead, NUM_OUTPUTS
+from agegender.symbols.common import GAPHead, NUM_OUTPUTS, batch_norm
 
 CHIP = 64
 # the dlib chip's square in aligned 112x112 coordinates (rows, columns; end exclusive), and the rows of black
@@ -28,25 +30,12 @@ GREY_MEAN = 117.0
 STAGES = (64, 128, 256)
 
 
-class Affine(HybridBlock):
-    """dlib's `affine` layer (a BatchNorm folded at training time): x * scale + shift, per channel."""
-
-    def __init__(self, channels: int, **kwargs):
-        super().__init__(**kwargs)
-        with self.name_scope():
-            self.scale = self.params.get("scale", shape=(1, channels, 1, 1), init="ones")
-            self.shift = self.params.get("shift", shape=(1, channels, 1, 1), init="zeros")
-
-    def hybrid_forward(self, F, x, scale, shift):
-        return F.broadcast_add(F.broadcast_mul(x, scale), shift)
-
-
 def _conv(channels: int, kernel: int, stride: int, pad: int) -> nn.Conv2D:
     return nn.Conv2D(channels, kernel, stride, pad, use_bias=True)
 
 
 class Block(HybridBlock):
-    """Two 3x3 convolutions with affine layers, added to the shortcut, ReLU. `down`: the first convolution
+    """Two 3x3 convolutions with BatchNorms, added to the shortcut, ReLU. `down`: the first convolution
     has stride 2 and no padding, the shortcut is a 2x2 average pool, zero-padded to twice the channels, and
     the main path is zero-padded by `grow` trailing rows and columns to the shortcut's size."""
 
@@ -55,12 +44,12 @@ class Block(HybridBlock):
         self.down, self.grow = down, grow
         with self.name_scope():
             self.conv1 = _conv(channels, 3, 2 if down else 1, 0 if down else 1)
-            self.aff1 = Affine(channels)
+            self.bn1 = batch_norm()
             self.conv2 = _conv(channels, 3, 1, 1)
-            self.aff2 = Affine(channels)
+            self.bn2 = batch_norm()
 
     def hybrid_forward(self, F, x):
-        y = self.aff2(self.conv2(F.relu(self.aff1(self.conv1(x)))))
+        y = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
         if self.down:
             x = F.Pooling(x, kernel=(2, 2), stride=(2, 2), pool_type="avg")
             x = F.concat(x, x * 0, dim=1)
@@ -77,7 +66,7 @@ class ChipResNet10(HybridBlock):
         super().__init__(**kwargs)
         with self.name_scope():
             self.stem = _conv(STAGES[0], 7, 2, 0)
-            self.stem_aff = Affine(STAGES[0])
+            self.stem_bn = batch_norm()
             size = ((CHIP - 7) // 2 + 1 - 3) // 2 + 1  # after the stem's convolution and max pool: 14
             self.stage1 = Block(STAGES[0])
             self.down2 = Block(STAGES[1], down=True, grow=size // 2 - ((size - 3) // 2 + 1))
@@ -97,7 +86,7 @@ class ChipResNet10(HybridBlock):
 
     def body(self, F, chip):
         """The backbone's last feature map (N,256,3,3) of normalised chips."""
-        x = F.relu(self.stem_aff(self.stem(chip)))
+        x = F.relu(self.stem_bn(self.stem(chip)))
         x = F.Pooling(x, kernel=(3, 3), stride=(2, 2), pool_type="max")
         return self.stage3(self.down3(self.stage2(self.down2(self.stage1(x)))))
 
