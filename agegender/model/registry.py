@@ -31,7 +31,7 @@ _PACKAGED = os.path.join(_PACKAGE, "weights")  # the wheel carries the models th
 BUILTIN_DIR = _PACKAGED if os.path.isdir(_PACKAGED) else os.path.join(os.path.dirname(_PACKAGE), "models")
 
 OPEN_TERMS = ("CC-BY-4.0: trained only on CC BY 4.0 material (FairFace's labels, CC BY 4.0, Karkkainen and Joo, "
-              "WACV 2021) from random initialisation; attribution in agegender-open.LICENSE.md")
+              "WACV 2021) from the CC0 weights of dlib's age net (Cydral); attribution in agegender-open.LICENSE.md")
 
 # name -> (the terms one-liner, what it is). The terms must equal the `license` in the model's ONNX metadata
 # (tools/export_onnx.py --license; tests/test_named_models.py checks every model present).
