@@ -14,14 +14,28 @@ import sys
 import pytest
 
 from tests.conftest import ROOT, run_script
-from agegender import WEIGHTS_TERMS
+from agegender import SMALL_TERMS, WEIGHTS_TERMS
 from agegender.data.demo import wheel_image
 from agegender.errors import UserError
 from agegender.model import registry
 from agegender.model.engine import BUNDLED_MODEL, BUNDLED_ONNX, TEACHER_ONNX, model_files
 
 T1 = wheel_image("t1.jpg")
-SMALL_T = 3.0  # the test's `small` model: the bundled weights with this gender temperature
+SMALL_T = 3.0  # the test's `small` model: the bundled small weights with this gender temperature
+SMALL_MODEL = os.path.join(os.path.dirname(BUNDLED_MODEL), "agegender-small")
+
+
+@pytest.fixture
+def without_small(tmp_path, monkeypatch) -> str:
+    """The built-in folder as an install without the `small` files (a trimmed one): `default` and `open` only."""
+    folder = tmp_path / "builtin"
+    folder.mkdir()
+    for name in os.listdir(os.path.dirname(BUNDLED_MODEL)):
+        if name.startswith("agegender") and not name.startswith("agegender-small"):
+            os.symlink(os.path.join(os.path.dirname(BUNDLED_MODEL), name), folder / name)
+    monkeypatch.setattr(registry, "BUILTIN_DIR", str(folder))
+    monkeypatch.delenv(registry.MODELS_DIR_ENV, raising=False)
+    return str(folder)
 
 
 def _one_line_error(proc: subprocess.CompletedProcess, *words: str) -> None:
@@ -36,23 +50,24 @@ def _run(*args: str, cwd: str = ROOT) -> subprocess.CompletedProcess:
 
 @pytest.fixture
 def small_dir(tmp_path, monkeypatch) -> str:
-    """A `small` model dropped into a models folder of its own: the bundled files renamed by the scheme,
-    its ONNX and its checkpoint's calibration at gender temperature SMALL_T, and a licence file."""
+    """A `small` model dropped into a models folder of its own, which is searched before the built-in one:
+    the bundled `small` files, its ONNX and its checkpoint's calibration at gender temperature SMALL_T, and a
+    licence file."""
     from agegender.model.engine import with_temperature
 
     folder = tmp_path / "models"
     folder.mkdir()
-    with open(BUNDLED_ONNX, "rb") as f:
+    with open(SMALL_MODEL + ".onnx", "rb") as f:
         (folder / "agegender-small.onnx").write_bytes(with_temperature(f.read(), SMALL_T))
     for suffix in ("-symbol.json", "-0000.params"):
-        shutil.copy(BUNDLED_MODEL + suffix, folder / f"agegender-small{suffix}")
+        shutil.copy(SMALL_MODEL + suffix, folder / f"agegender-small{suffix}")
     (folder / "agegender-small-calibration.json").write_text(json.dumps({"gender_temperature": SMALL_T}))
     (folder / "agegender-small.LICENSE.md").write_text("# small\nthe bundled model's terms\n")
     monkeypatch.setenv(registry.MODELS_DIR_ENV, str(folder))
     return str(folder)
 
 
-def test_a_bare_word_is_a_name_anything_with_a_separator_comma_or_dot_is_a_path(tmp_path, monkeypatch):
+def test_a_bare_word_is_a_name_anything_with_a_separator_comma_or_dot_is_a_path(tmp_path, monkeypatch, without_small):
     monkeypatch.delenv(registry.MODELS_DIR_ENV, raising=False)
     monkeypatch.chdir(tmp_path)
     for name in ("small", "default", "open", "my_model-2"):
@@ -61,7 +76,8 @@ def test_a_bare_word_is_a_name_anything_with_a_separator_comma_or_dot_is_a_path(
         assert not registry.is_name_like(path)
         assert path == "" or registry.resolve(path) is None
     assert registry.resolve(None) == registry.resolve("") == registry.resolve("default")
-    assert registry.resolve("default").onnx == BUNDLED_ONNX and registry.resolve("default").prefix == BUNDLED_MODEL
+    default = registry.resolve("default")
+    assert default.onnx == os.path.join(without_small, "agegender.onnx") and default.prefix.endswith("agegender")
     with pytest.raises(UserError, match=r"^--model nosuch: neither a bundled model's name \(available here: "
                                         r"default, open\) nor a file here"):
         registry.resolve("nosuch")
@@ -95,13 +111,22 @@ def test_infer_refuses_an_ambiguous_name_in_one_line(tmp_path):
 def test_unknown_and_absent_names_are_one_line_errors_naming_the_models_here(monkeypatch):
     monkeypatch.delenv(registry.MODELS_DIR_ENV, raising=False)
     _one_line_error(run_script("infer.py", "--image", T1, "--model", "large"), "--model large",
-                    "available here: default, open")
+                    "available here: default, small, open")
     with pytest.raises(UserError, match=r"^no bundled model named 'large' \(registered: default, small, open;"):
         registry.lookup("large")
-    _one_line_error(run_script("eval.py", "--rec", "nowhere.rec", "--model", "small"), "not installed",
-                    "available here: default, open")
-    _one_line_error(run_script("tools/export_onnx.py", "small", "/tmp/never-written.onnx"), "not installed")
+    _one_line_error(run_script("eval.py", "--rec", "nowhere.rec", "--model", "large"), "--model large",
+                    "available here: default, small, open")
+    _one_line_error(run_script("tools/export_onnx.py", "large", "/tmp/never-written.onnx"), "large")
     assert not os.path.exists("/tmp/never-written.onnx")
+
+
+def test_a_registered_name_not_installed_is_one_line(without_small):
+    """An install without the `small` files (every registered name ships in the checkout and the wheel)."""
+    with pytest.raises(UserError, match=r"^bundled model 'small' is not installed here .*available here: default, "
+                                        r"open$"):
+        registry.resolve("small")
+    with pytest.raises(UserError, match="not installed"):
+        model_files("small")
 
 
 def test_the_files_of_a_named_model_are_inputs_no_output_may_replace(small_dir):
@@ -124,7 +149,7 @@ def test_small_answers_through_the_api_infer_and_both_engines(small_dir):
     default = FaceAnalyzer.from_options(det_threads=1, net_threads=1)
     assert small.engine.bundled.name == "small" and default.engine.bundled.name == "default"
     assert small.engine.gender_temperature == SMALL_T != default.engine.gender_temperature
-    assert small.engine.license == WEIGHTS_TERMS  # the ONNX metadata's, as the registry states it
+    assert small.engine.license == SMALL_TERMS  # the ONNX metadata's, as the registry states it
     ours = [f.p_male for f in small.analyze(T1)]
     assert len(ours) == 6 and ours != [f.p_male for f in default.analyze(T1)]  # another model answers
     doc = json.loads(run_script("infer.py", "--image", T1, "--model", "small", "--json", check=True).stdout)[0]
@@ -157,15 +182,16 @@ def test_v1_model_and_the_page_name_the_model_and_its_terms(small_dir, tmp_path)
     from agegender.serving.analyzer import FaceAnalyzer
     from agegender.serving.service import DET_FLOOR, create_app
 
-    for model, bundled, file in (("small", "small", "agegender-small.onnx"), (None, "default", "agegender.onnx")):
+    for model, bundled, file, terms, origin in (("small", "small", "agegender-small.onnx", SMALL_TERMS, "InsightFace"),
+                                                (None, "default", "agegender.onnx", WEIGHTS_TERMS, "the CC0 weights")):
         analyzer = FaceAnalyzer.from_options(model=model, det_thresh=DET_FLOOR, det_threads=1, net_threads=1)
         with TestClient(create_app(analyzer)) as c:
             m, page = c.get("/v1/model").json(), c.get("/")
-        assert m["bundled"] == bundled and m["file"] == file and m["license"]["model"] == WEIGHTS_TERMS
+        assert m["bundled"] == bundled and m["file"] == file and m["license"]["model"] == terms
         assert json.loads(m["provenance"])["data"].startswith("UTKFace + All-Age-Faces + FairFace")  # its export's
         assert page.status_code == 200 and "content-security-policy" in page.headers
         assert f'<b id="model-name">{bundled} ({file})</b>' in page.text
-        assert "terms: the bundled model (fine-tuned from InsightFace&#x27;s" in page.text
+        assert f"terms: the bundled model (fine-tuned from {origin}" in page.text
         assert small_dir not in page.text and small_dir not in json.dumps(m)  # no folder of the machine
     copy = tmp_path / "mine.onnx"  # a model given by its file: no registered name
     shutil.copy(BUNDLED_ONNX, copy)
@@ -240,10 +266,9 @@ def test_a_name_is_a_checkpoint_for_widen_and_pretrained(small_dir, tmp_path):
     assert registry.resolve("small", strict=False).prefix == os.path.join(small_dir, "agegender-small")
 
 
-def test_the_docs_quote_the_absent_model_error_as_the_code_writes_it(monkeypatch):
+def test_the_docs_quote_the_absent_model_error_as_the_code_writes_it(without_small):
     """docs/model.md quotes the one line an absent name gives (its folder written `models/`), and README
-    offers `small` only as installed."""
-    monkeypatch.delenv(registry.MODELS_DIR_ENV, raising=False)
+    names all three."""
     with pytest.raises(UserError) as err:
         registry.resolve("small")
     line = "error: " + str(err.value).replace(os.pathsep.join(registry.model_dirs()), "models/")
@@ -251,7 +276,7 @@ def test_the_docs_quote_the_absent_model_error_as_the_code_writes_it(monkeypatch
         assert f"`{line}`" in " ".join(f.read().split()), line
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
         readme = " ".join(f.read().split())
-    assert "`--model open`" in readme and "`--model small` when installed" in readme
+    assert "`--model open`" in readme and "`--model small`" in readme
 
 
 def test_a_name_only_installed_as_onnx_is_one_line_naming_its_flag_and_no_engine(tmp_path, packed_demo):

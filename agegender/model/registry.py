@@ -18,7 +18,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from agegender import WEIGHTS_TERMS
+from agegender import SMALL_TERMS, WEIGHTS_TERMS
 from agegender.errors import UserError
 
 MODELS_DIR_ENV = "AGEGENDER_MODELS_DIR"  # folders searched before the built-in one (os.pathsep between them)
@@ -37,7 +37,7 @@ OPEN_TERMS = ("CC-BY-4.0: trained only on CC BY 4.0 material (FairFace's labels,
 # (tools/export_onnx.py --license; tests/test_named_models.py checks every model present).
 REGISTERED: dict[str, tuple[str, str]] = {
     DEFAULT: (WEIGHTS_TERMS, "the default model"),
-    "small": (WEIGHTS_TERMS, "the 1.1 MB MobileNet-0.25 net, at the speed of the round-3 default"),
+    "small": (SMALL_TERMS, "the 1.1 MB MobileNet-0.25 net, the default until round 4's session 3"),
     "open": (OPEN_TERMS, "trained only on CC BY 4.0 and CC0 material, for any use under CC BY 4.0"),
 }
 
