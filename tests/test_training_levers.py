@@ -19,6 +19,8 @@ from agegender.data.demo import wheel_image
 from agegender.data.face import align_face, load_detector
 from agegender.data.image import read_image
 from agegender.model.engine import BUNDLED_MODEL
+
+SMALL_MODEL = os.path.join(os.path.dirname(BUNDLED_MODEL), "agegender-small")  # the bundled MobileNet-0.25 (`small`)
 from agegender.model.training import TrainConfig, age_band_weights, lr_at, val_score
 
 
@@ -32,9 +34,9 @@ def aligned_t1() -> mx.nd.NDArray:
 
 def test_widened_bundled_model_gives_the_same_outputs_on_real_faces(tmp_path, aligned_t1):
     out = str(tmp_path / "wide")
-    proc = run_script("tools/widen.py", f"{BUNDLED_MODEL},0", out, "--multiplier", "0.5", check=True)
+    proc = run_script("tools/widen.py", f"{SMALL_MODEL},0", out, "--multiplier", "0.5", check=True)
     assert "parameters widened" in proc.stdout
-    small, wide = load_model(BUNDLED_MODEL, 0), load_model(out, 0)
+    small, wide = load_model(SMALL_MODEL, 0), load_model(out, 0)
     n_small = sum(p.data().size for p in small.collect_params().values())
     n_wide = sum(p.data().size for p in wide.collect_params().values())
     assert n_wide > 3 * n_small  # really wider: pointwise convs grow 4x
@@ -49,7 +51,7 @@ def test_widened_bundled_model_gives_the_same_outputs_on_real_faces(tmp_path, al
 
 
 def test_widen_refuses_a_checkpoint_of_another_width(tmp_path):
-    proc = run_script("tools/widen.py", f"{BUNDLED_MODEL},0", str(tmp_path / "w"), "--from-multiplier", "0.5",
+    proc = run_script("tools/widen.py", f"{SMALL_MODEL},0", str(tmp_path / "w"), "--from-multiplier", "0.5",
                       "--multiplier", "1.0")
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and len(proc.stderr.splitlines()) == 1
 
@@ -273,7 +275,7 @@ def test_online_teacher_mixes_its_view_of_each_augmented_face_into_both_mixup_ta
 def test_train_runs_with_the_online_teacher_and_refuses_two_teachers(packed_demo, tmp_path):
     data_dir, _ = packed_demo
     common = ["--data-dir", data_dir, "--batch-size", "4", "--max-steps", "2", "--num-workers", "1",
-              "--network", "m50", "--multiplier", "0.25", "--pretrained", f"{BUNDLED_MODEL},0", "--teacher-online", "0.5"]
+              "--network", "m50", "--multiplier", "0.25", "--pretrained", f"{SMALL_MODEL},0", "--teacher-online", "0.5"]
     run_script("train.py", *common, "--prefix", str(tmp_path / "a" / "m"), "--mixup", "0.2", check=True)
     assert os.path.isfile(tmp_path / "a" / "m-0001.params")
     sidecar = tmp_path / "t.csv"
@@ -343,13 +345,13 @@ def test_learned_output_scale_starts_from_the_checkpoint_and_is_trained(packed_d
     data_dir, _ = packed_demo
     prefix = str(tmp_path / "scale" / "model")
     fit = Fit(TrainConfig(data_dir=data_dir, prefix=prefix, network="m50", multiplier=0.25, version_input=1,
-                          pretrained=f"{BUNDLED_MODEL},0", learn_output_scale=True, batch_size=4, end_epoch=1,
+                          pretrained=f"{SMALL_MODEL},0", learn_output_scale=True, batch_size=4, end_epoch=1,
                           lr=0.02, log_interval=1000, num_workers=1))
-    bundled = load_model(BUNDLED_MODEL, 0)(aligned_t1).asnumpy()
+    bundled = load_model(SMALL_MODEL, 0)(aligned_t1).asnumpy()
     np.testing.assert_allclose(fit.net(aligned_t1).asnumpy(), bundled, atol=1e-5)  # the same function at first
     gamma = fit.net.output.bn2.gamma
     assert gamma.grad_req == "write" and np.all(gamma.data().asnumpy() == 1)
-    assert gamma.name in fixed_gammas(mx.sym.load(BUNDLED_MODEL + "-symbol.json"))  # InsightFace's head: fixed
+    assert gamma.name in fixed_gammas(mx.sym.load(SMALL_MODEL + "-symbol.json"))  # InsightFace's head: fixed
     fit.run()
     assert np.abs(gamma.data().asnumpy() - 1).max() > 1e-3  # training moves it
     assert gamma.name not in fixed_gammas(mx.sym.load(prefix + "-symbol.json"))
@@ -367,7 +369,7 @@ def test_every_engine_uses_a_learned_output_scale(tmp_path, aligned_t1):
     net = get_network("m50", multiplier=0.25, version_input=1, learn_output_scale=True)
     net.initialize()
     net(aligned_t1)
-    load_weights(net, BUNDLED_MODEL, 0)
+    load_weights(net, SMALL_MODEL, 0)
     at_one = net(aligned_t1).asnumpy()
     gamma = net.output.bn2.gamma
     gamma.set_data(mx.nd.array(np.linspace(0.5, 2, gamma.shape[0])))
