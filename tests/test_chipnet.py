@@ -58,6 +58,29 @@ def test_the_graph_cuts_the_same_chip_as_a_warp_of_the_aligned_face():
     assert np.abs(ours[0] - warp(colour)[:, :, ::-1]).mean() > np.abs(ours[0] - warp(colour)).mean() + 1
 
 
+def test_a_d10_checkpoint_fine_tunes_at_another_chip_size(tmp_path):
+    """`d10-96` has d10's parameters (a d10 checkpoint loads into it) and cuts the same square of the face,
+    at 96x96; a size outside 32..112 is refused."""
+    from agegender.symbols import load_weights
+
+    small = get_network("d10")
+    small.initialize(mx.init.Xavier())
+    small(mx.nd.zeros((1, 3, 112, 112)))
+    save_checkpoint(small, str(tmp_path / "d10"), 0)
+    big = get_network("d10-96")
+    big.initialize()
+    big(mx.nd.zeros((1, 3, 112, 112)))
+    load_weights(big, str(tmp_path / "d10"), 0)
+    faces = mx.nd.array(aligned_demo_faces())
+    assert big(faces).shape == small(faces).shape == (len(faces), 202)
+    chip96 = big.chip(mx.nd, faces)
+    assert chip96.shape[2:] == (96, 96)
+    down = mx.nd.contrib.BilinearResize2D(chip96, height=64, width=64)
+    assert np.abs((down - small.chip(mx.nd, faces)).asnumpy()).mean() * 256 < 4.0  # grey levels
+    with pytest.raises(ValueError, match="32 to 112"):
+        get_network("d10-200")
+
+
 def test_a_d10_checkpoint_exports_to_onnx_with_equal_outputs(tmp_path):
     net = get_network("d10")
     net.initialize(mx.init.Xavier())

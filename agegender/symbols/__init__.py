@@ -29,7 +29,8 @@ from agegender.symbols.resnet import UNITS, FaceResNet
 def get_network(name: str, multiplier: float = 1.0, version_input: int = 1, version_output: str = "GAP",
                 use_se: bool = False, learn_output_scale: bool = False) -> gluon.HybridBlock:
     """`m50` (or any `m...`): MobileNet v1 at `multiplier`; `r18`/`r34`/`r50`/`r100`: face ResNet; `d10`: the
-    ResNet-10 of dlib's CC0 age net on a 64x64 chip cut inside the graph (`symbols.chipnet`).
+    ResNet-10 of dlib's CC0 age net on a 64x64 chip cut inside the graph (`symbols.chipnet`), `d10-96` on a
+    96x96 one.
     `learn_output_scale`: the output BatchNorm learns its gamma (`symbols.common.GAPHead`)."""
     if version_output.upper() != "GAP":
         raise ValueError(f"only the GAP output head is implemented, got {version_output!r}")
@@ -37,12 +38,13 @@ def get_network(name: str, multiplier: float = 1.0, version_input: int = 1, vers
     if re.fullmatch(r"m\d*", name):
         return MobileNet(multiplier=multiplier, version_input=version_input, learn_output_scale=learn_output_scale,
                          prefix="mobilenet_")
-    if name == "d10":
-        return ChipResNet10(learn_output_scale=learn_output_scale, prefix="chipnet_")
+    m = re.fullmatch(r"d10(?:-(\d+))?", name)
+    if m:
+        return ChipResNet10(learn_output_scale=learn_output_scale, chip=int(m[1] or 64), prefix="chipnet_")
     m = re.fullmatch(r"r(\d+)", name)
     if m and int(m[1]) in UNITS:
         return FaceResNet(depth=int(m[1]), use_se=use_se, learn_output_scale=learn_output_scale, prefix="resnet_")
-    raise ValueError(f"unknown network {name!r}: use m50 (MobileNet, see --multiplier), r18/r34/r50/r100 or d10")
+    raise ValueError(f"unknown network {name!r}: use m50 (MobileNet, see --multiplier), r18/r34/r50/r100 or d10 (d10-96: on a 96x96 chip)")
 
 
 def to_symbol(net: gluon.HybridBlock) -> mx.sym.Symbol:

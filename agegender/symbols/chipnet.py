@@ -60,14 +60,19 @@ class Block(HybridBlock):
 
 class ChipResNet10(HybridBlock):
     """The dlib age net's body (stem, five residual blocks: 64, 128 twice, 256 twice) on the 64x64 chip
-    cut from the aligned input, then our GAP head: (N,3,112,112) RGB 0-255 -> (N,202)."""
+    cut from the aligned input, then our GAP head: (N,3,112,112) RGB 0-255 -> (N,202). `chip`: the chip's
+    side; the weights do not depend on it, so a net trained at 64 fine-tunes at another size."""
 
-    def __init__(self, num_outputs: int = NUM_OUTPUTS, learn_output_scale: bool = False, **kwargs):
+    def __init__(self, num_outputs: int = NUM_OUTPUTS, learn_output_scale: bool = False, chip: int = CHIP,
+                 **kwargs):
         super().__init__(**kwargs)
+        if not 32 <= chip <= 112:
+            raise ValueError(f"chip size {chip}: use 32 to 112 pixels")
+        self.chip_size = chip
         with self.name_scope():
             self.stem = _conv(STAGES[0], 7, 2, 0)
             self.stem_bn = batch_norm()
-            size = ((CHIP - 7) // 2 + 1 - 3) // 2 + 1  # after the stem's convolution and max pool: 14
+            size = ((chip - 7) // 2 + 1 - 3) // 2 + 1  # after the stem's convolution and max pool: 14 at 64
             self.stage1 = Block(STAGES[0])
             self.down2 = Block(STAGES[1], down=True, grow=size // 2 - ((size - 3) // 2 + 1))
             self.stage2 = Block(STAGES[1])
@@ -77,15 +82,15 @@ class ChipResNet10(HybridBlock):
             self.head = GAPHead(STAGES[2], num_outputs, learn_scale=learn_output_scale)
 
     def chip(self, F, x):
-        """The 64x64 chip of aligned (N,3,112,112) faces, normalised as dlib's net (less the per-channel
-        part folded into the stem)."""
+        """The chip (64x64 unless `chip` says) of aligned (N,3,112,112) faces, normalised as dlib's net (less
+        the per-channel part folded into the stem)."""
         x = F.pad(x, mode="constant", pad_width=(0, 0, 0, 0, 0, PAD_BELOW, 0, 0))
         x = F.slice(x, begin=(None, None, CHIP_ROWS[0], CHIP_COLS[0]), end=(None, None, CHIP_ROWS[1], CHIP_COLS[1]))
-        x = F.contrib.BilinearResize2D(x, height=CHIP, width=CHIP)
+        x = F.contrib.BilinearResize2D(x, height=self.chip_size, width=self.chip_size)
         return (x - GREY_MEAN) * (1.0 / 256)
 
     def body(self, F, chip):
-        """The backbone's last feature map (N,256,3,3) of normalised chips."""
+        """The backbone's last feature map (N,256,3,3 at 64) of normalised chips."""
         x = F.relu(self.stem_bn(self.stem(chip)))
         x = F.Pooling(x, kernel=(3, 3), stride=(2, 2), pool_type="max")
         return self.stage3(self.down3(self.stage2(self.down2(self.stage1(x)))))
