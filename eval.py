@@ -7,10 +7,10 @@ import argparse
 import os
 import sys
 
-from agegender.model.age import AGE_DECODINGS, DEFAULT_AGE_LEVEL, DEFAULT_DECODE, DEFAULT_FLIP
+from agegender.model.age import AGE_DECODINGS, DEFAULT_AGE_LEVEL, DEFAULT_DECODE
 from agegender.model.engine import ENGINES
 from agegender.model.ensemble import DEFAULT_GENDER_ENSEMBLE
-from agegender.cli import AGE_LEVEL, BATCH, COUNT, ArgumentParser
+from agegender.cli import AGE_LEVEL, BATCH, COUNT, ArgumentParser, add_flip_argument
 from agegender.errors import UserError, run_cli
 
 
@@ -35,8 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--age-level", type=AGE_LEVEL, default=DEFAULT_AGE_LEVEL,
                    help="the age range's level; its coverage is reported on the odd records (the half "
                         "tools/calibrate.py does not calibrate on), overall and per 10-year band")
-    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=DEFAULT_FLIP,
-                   help="average each face's outputs with its mirror image's")
+    add_flip_argument(p)
     p.add_argument("--gender-ensemble", action=argparse.BooleanOptionalAction, default=DEFAULT_GENDER_ENSEMBLE,
                    help="P(male) as infer.py gives it by default: the mean of ours and the bundled CC0 teacher "
                         "net's (its chips cut from the packed crops); --no-gender-ensemble: the model alone")
@@ -81,7 +80,8 @@ def main() -> int:
         teacher = TeacherGender()
     preds = [predict_rec(predictor, rec, args.batch_size, args.age_decode, args.flip, not args.no_progress,
                          args.num_workers, args.age_level, teacher) for rec in recs]
-    settings = {"model": predictor.name, "engine": predictor.kind, "age_decode": args.age_decode, "flip": args.flip,
+    settings = {"model": predictor.name, "engine": predictor.kind, "age_decode": args.age_decode,
+                "flip": predictor.resolve_flip(args.flip),
                 "age_level": args.age_level, "gender_ensemble": args.gender_ensemble}
     if len(recs) == 1:
         rep = report(preds[0])

@@ -8,8 +8,9 @@ import argparse
 import os
 import sys
 
-from agegender.model.age import AGE_DECODINGS, DEFAULT_AGE_LEVEL, DEFAULT_DECODE, DEFAULT_FLIP
-from agegender.cli import AGE_LEVEL, BATCH, COUNT, DET_THRESH, NON_NEGATIVE, NON_NEGATIVE_INT, ArgumentParser
+from agegender.model.age import AGE_DECODINGS, DEFAULT_AGE_LEVEL, DEFAULT_DECODE
+from agegender.cli import (AGE_LEVEL, BATCH, COUNT, DET_THRESH, NON_NEGATIVE, NON_NEGATIVE_INT, ArgumentParser,
+                           add_flip_argument)
 from agegender.model.engine import ENGINES
 from agegender.model.ensemble import DEFAULT_GENDER_ENSEMBLE
 from agegender.atomic import refuse_inputs
@@ -46,8 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--age-decode", choices=AGE_DECODINGS, default=DEFAULT_DECODE,
                    help="prob: sum of P(age > k); vote: sum of the pairs' argmax; median: where P(age > k) "
                         "crosses 1/2")
-    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=DEFAULT_FLIP,
-                   help="average each face's outputs with its mirror image's")
+    add_flip_argument(p)
     p.add_argument("--gender-ensemble", action=argparse.BooleanOptionalAction, default=DEFAULT_GENDER_ENSEMBLE,
                    help="P(male) = the mean of ours and the bundled CC0 teacher gender net's, +12 %% time a face "
                         "(docs/calibration-and-ensemble.md); --no-gender-ensemble: the model alone")

@@ -8,8 +8,9 @@ import argparse
 import os
 import socket
 
-from agegender.model.age import AGE_DECODINGS, DEFAULT_AGE_LEVEL, DEFAULT_DECODE, DEFAULT_FLIP
-from agegender.cli import AGE_LEVEL, BATCH, COUNT, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, ArgumentParser, number
+from agegender.model.age import AGE_DECODINGS, DEFAULT_AGE_LEVEL, DEFAULT_DECODE
+from agegender.cli import (AGE_LEVEL, BATCH, COUNT, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, ArgumentParser,
+                           add_flip_argument, number)
 from agegender.model.engine import ENGINES
 from agegender.model.ensemble import DEFAULT_GENDER_ENSEMBLE
 from agegender.errors import UserError, run_cli
@@ -31,8 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the age range's level: the true age lies in the range for this share of faces")
     p.add_argument("--drop-flagged", action="store_true",
                    help="leave out the faces the quality flag marks (too small, blurred or turned), as infer.py")
-    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=DEFAULT_FLIP,
-                   help="average each face's outputs with its mirror image's")
+    add_flip_argument(p)
     p.add_argument("--gender-ensemble", action=argparse.BooleanOptionalAction, default=DEFAULT_GENDER_ENSEMBLE,
                    help="P(male) = the mean of ours and the bundled CC0 teacher gender net's, as infer.py")
     p.add_argument("--max-bytes", type=COUNT, default=10_000_000, help="largest request body (413 above)")

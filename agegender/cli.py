@@ -62,6 +62,14 @@ def number(kind: type = float, lo: float | None = None, hi: float | None = None,
     return parse
 
 
+def add_flip_argument(p: argparse.ArgumentParser) -> None:
+    """`--flip / --no-flip`, default None: the model's own default (`Engine.default_flip`: on, unless the
+    model's metadata says `flip` false)."""
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="average each face's outputs with its mirror image's (default: the model's own: on, "
+                        "except for a model whose metadata says flip false, e.g. `open`: docs/model.md)")
+
+
 def gpu_ids(text: str) -> list[int]:
     """`--gpus 0,1` -> [0, 1]; empty -> [] (the CPU). UserError for anything else."""
     from agegender.errors import UserError

@@ -315,3 +315,48 @@ def test_the_bundled_checkpoint_and_its_onnx_export_share_one_temperature():
 
     onnx_t = OnnxEngine(BUNDLED_ONNX).gender_temperature
     assert onnx_t == checkpoint_temperature(BUNDLED_MODEL, "bundled") and 0.3 < onnx_t < 1.0
+
+
+# --- a model's own flip default (metadata `flip`) --------------------------------------------------------
+def test_a_model_whose_metadata_says_flip_false_reads_each_face_once_unless_asked(tmp_path, packed_demo):
+    """`"flip": false` in PREFIX-calibration.json travels into the ONNX export's metadata; both engines then
+    default to no flip, in infer.py and eval.py, and `--flip` still turns it on."""
+    import mxnet as mx
+
+    from agegender.data.demo import wheel_image
+    from agegender.model.mxnet_engine import MxnetEngine
+    from agegender.symbols import get_network, save_checkpoint
+    from tests.conftest import run_script
+
+    prefix = str(tmp_path / "noflip")
+    net = get_network("d10")
+    net.initialize(mx.init.Xavier())
+    net(mx.nd.zeros((1, 3, 112, 112)))
+    save_checkpoint(net, prefix, 0)
+    with open(prefix + "-calibration.json", "w") as f:
+        json.dump({"flip": False}, f)
+    assert MxnetEngine(prefix, 0).default_flip is False
+    run_script("tools/export_onnx.py", f"{prefix},0", str(tmp_path / "noflip.onnx"), check=True)
+    engine = OnnxEngine(str(tmp_path / "noflip.onnx"))
+    assert engine.default_flip is False and engine.metadata["flip"] == "false"
+    assert engine.resolve_flip(None) is False and engine.resolve_flip(True) is True
+    assert OnnxEngine("tiny.onnx", model=tiny_model()).default_flip is True  # no key: flip, as always
+
+    def ages(*flags):
+        out = run_script("infer.py", "--model", str(tmp_path / "noflip.onnx"), "--image", wheel_image("t1.jpg"),
+                         "--json", "--no-gender-ensemble", *flags, check=True).stdout
+        return [(f["p_male"], f["age"]) for f in json.loads(out)[0]["faces"]]
+
+    assert ages() == ages("--no-flip") != ages("--flip")
+    rec = os.path.join(packed_demo[0], "val.rec")
+    for flags, want in (((), False), (("--flip",), True)):
+        out = tmp_path / f"eval{len(flags)}.json"
+        run_script("eval.py", "--model", str(tmp_path / "noflip.onnx"), "--rec", rec, "--no-gender-ensemble",
+                   "--no-progress", "--json", str(out), *flags, check=True)
+        assert json.load(open(out))["flip"] is want  # the settings sit at the top level
+
+
+@pytest.mark.parametrize("bad", ["maybe", "0", ""])
+def test_a_flip_default_that_is_not_true_or_false_is_refused_at_load(bad):
+    with pytest.raises(UserError, match="flip"):
+        OnnxEngine("tiny.onnx", model=tiny_model({"flip": bad}))

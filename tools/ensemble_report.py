@@ -69,7 +69,7 @@ def main() -> int:
     engine = load_engine(args.model, args.engine, threads=1)
     teacher = TeacherGender(threads=1)
     print(f"model {engine.name} (gender temperature {engine.gender_temperature:g}), teacher {teacher.name}; "
-          "ours with flip, the teacher without")
+          f"ours {'with' if engine.default_flip else 'without'} flip (the model's default), the teacher without")
     totals: dict[str, float] = {}
     count = 0
     for n, lst in enumerate(args.lst):

@@ -16,8 +16,8 @@ import numpy as np
 from agegender.cli import gpu_ids
 from agegender.errors import UserError, short_reason
 from agegender.model import registry
-from agegender.model.age import (DEFAULT_AGE_LEVEL, DEFAULT_DECODE, NO_WIDENING, NUM_AGE_BINS, WIDENING_KEY, Widening,
-                                 age_probs, age_range, decode)
+from agegender.model.age import (DEFAULT_AGE_LEVEL, DEFAULT_DECODE, DEFAULT_FLIP, NO_WIDENING, NUM_AGE_BINS,
+                                 WIDENING_KEY, Widening, age_probs, age_range, decode)
 
 # The default bundled model, epoch 0, where the registry's built-in folder has it: models/ in a checkout,
 # agegender/weights/ in the wheel (pyproject.toml). The models by name: agegender/model/registry.py.
@@ -29,6 +29,9 @@ TEACHER_ONNX = os.path.join(registry.BUILTIN_DIR, "teacher-gender-v1.onnx")
 ENGINES = ("onnx", "mxnet")
 NUM_OUTPUTS = 2 + 2 * NUM_AGE_BINS
 TEMPERATURE_KEY = "gender_temperature"  # ONNX metadata_props key: the fitted temperature of the gender logits
+# ONNX metadata_props key (and PREFIX-calibration.json's): "false" when the model's own default is to read each
+# face once, without its mirror image (a net where flip costs the speed bound and gives nothing measurable)
+FLIP_KEY = "flip"
 
 
 def short_name(path: str) -> str:
@@ -45,6 +48,11 @@ class Engine:
     gender_temperature = 1.0  # divides the gender logits before the softmax (1 = uncalibrated)
     age_widening: Widening = NO_WIDENING  # widens the age range so that it covers (1 = uncalibrated)
     metadata: dict = {}  # what the model file says of itself (ONNX metadata_props); empty for a checkpoint
+    default_flip: bool = DEFAULT_FLIP  # the model's own flip default (metadata `flip`), what flip=None means
+
+    def resolve_flip(self, flip: bool | None) -> bool:
+        """`flip` as given, or the model's own default when None."""
+        return self.default_flip if flip is None else bool(flip)
 
     @property
     def version(self) -> str | None:
@@ -151,6 +159,18 @@ def stored_temperature(metadata: dict[str, str], name: str) -> float:
     return t
 
 
+def stored_flip(metadata: dict, name: str) -> bool:
+    """The model's own flip default from its metadata (`flip`: true / false; JSON booleans in
+    PREFIX-calibration.json), DEFAULT_FLIP when absent; anything else is a one-line error naming the model."""
+    raw = metadata.get(FLIP_KEY)
+    if raw is None:
+        return DEFAULT_FLIP
+    value = {"true": True, "false": False}.get(str(raw).strip().lower())
+    if value is None:
+        raise UserError(f"model {name}: metadata {FLIP_KEY}={raw!r} is not true or false")
+    return value
+
+
 def stored_widening(metadata: dict, name: str) -> Widening:
     """The age range's widening stored in a model's metadata (tools/calibrate.py --write; key
     `age_range_widening`, JSON), none when absent; a malformed one is a one-line error naming the model."""
@@ -198,6 +218,12 @@ def checkpoint_temperature(prefix: str, name: str) -> float:
     1 when there is none: what the ONNX metadata is to an exported model."""
     doc = checkpoint_calibration(prefix, name)
     return stored_temperature({k: str(v) for k, v in doc.items() if k == TEMPERATURE_KEY}, name)
+
+
+def checkpoint_flip(prefix: str, name: str) -> bool:
+    """The flip default of a checkpoint, from `PREFIX-calibration.json` (`"flip": false`); DEFAULT_FLIP when
+    absent."""
+    return stored_flip(checkpoint_calibration(prefix, name), name)
 
 
 def checkpoint_widening(prefix: str, name: str) -> Widening:
@@ -283,6 +309,7 @@ class OnnxEngine(Engine):
         self.gender_temperature = stored_temperature(self.session.get_modelmeta().custom_metadata_map, self.name)
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         self.age_widening = stored_widening(self.metadata, self.name)
+        self.default_flip = stored_flip(self.metadata, self.name)
         self.bundled = None if model is not None else registry.for_path(path)
         self.check()
 
@@ -292,5 +319,5 @@ class OnnxEngine(Engine):
 
 __all__ = ["Labels", "stored_widening", "checkpoint_widening", "checkpoint_calibration", "Engine", "OnnxEngine",
            "session_options", "stored_temperature", "with_temperature", "TEMPERATURE_KEY",
-           "CALIBRATION_SUFFIX", "checkpoint_temperature", "model_files", "TEACHER_ONNX",
+           "CALIBRATION_SUFFIX", "checkpoint_temperature", "FLIP_KEY", "stored_flip", "checkpoint_flip", "model_files", "TEACHER_ONNX",
            "BUNDLED_MODEL", "BUNDLED_ONNX", "ENGINES", "NUM_OUTPUTS", "short_name"]

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agegender.model.age import DEFAULT_AGE_LEVEL, DEFAULT_DECODE, DEFAULT_FLIP
+from agegender.model.age import DEFAULT_AGE_LEVEL, DEFAULT_DECODE
 from agegender.atomic import save_figure, write_atomic
 from agegender.data.iterators import batch_faces, check_rec, eval_batches, record_iter
 from agegender.data.distribution import load_labels
@@ -60,15 +60,16 @@ class Predictions:
 
 
 def predict_rec(predictor: Engine, rec: str, batch_size: int = 256, age_decode: str = DEFAULT_DECODE,
-                flip: bool = DEFAULT_FLIP, progress: bool = True, threads: int = 2,
+                flip: bool | None = None, progress: bool = True, threads: int = 2,
                 age_level: float = DEFAULT_AGE_LEVEL, teacher=None) -> Predictions:
     """Run the model over every record of `rec` in batches (ImageRecordIter decoding, file order); the age
-    range at `age_level` with the model's stored widening. `teacher` (a `TeacherGender`): P(male) is the
+    range at `age_level` with the model's stored widening; `flip` None: the model's own default. `teacher` (a `TeacherGender`): P(male) is the
     gender ensemble's, as infer.py gives it by default."""
     from tqdm import tqdm
 
     from agegender.model.age import age_probs, age_range, decode
 
+    flip = predictor.resolve_flip(flip)
     total = check_rec(rec)
     labels = load_labels(rec)  # file order, with source names from meta.json
     it = record_iter(rec, batch_size, train=False, threads=threads)

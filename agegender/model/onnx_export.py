@@ -19,7 +19,7 @@ import onnx
 from onnx import numpy_helper
 
 from agegender.model.age import WIDENING_KEY
-from agegender.model.engine import TEMPERATURE_KEY, checkpoint_temperature, checkpoint_widening
+from agegender.model.engine import FLIP_KEY, TEMPERATURE_KEY, checkpoint_flip, checkpoint_temperature, checkpoint_widening
 from agegender.symbols.common import NUM_OUTPUTS, OUTPUT_NAME
 
 INPUT_NAME = "data"
@@ -97,6 +97,8 @@ def metadata(prefix: str, epoch: int, license: str | None = None, provenance: st
     widening = checkpoint_widening(prefix, f"{prefix},{epoch}")
     if not widening.is_identity:  # and so does the age range's
         meta[WIDENING_KEY] = json.dumps(widening.to_dict())
+    if not checkpoint_flip(prefix, f"{prefix},{epoch}"):  # and the model's own flip default
+        meta[FLIP_KEY] = "false"
     if provenance:
         meta["provenance"] = provenance
     return meta

@@ -92,9 +92,11 @@ def _source(path: str, lst_path: str) -> str:
     return os.path.join(os.path.dirname(lst_path), path)
 
 
-def split_faces(lst_path: str, detector, engine: Engine, teacher: TeacherGender, flip: bool = True,
+def split_faces(lst_path: str, detector, engine: Engine, teacher: TeacherGender, flip: bool | None = None,
                 age_decode: str = "vote", limit: int = 0, name: str = "") -> SplitFaces:
-    """Run the inference path over the source photos of a split's `.lst` (the first `limit`, 0 = all)."""
+    """Run the inference path over the source photos of a split's `.lst` (the first `limit`, 0 = all);
+    `flip` None: the model's own default, as infer.py."""
+    flip = engine.resolve_flip(flip)
     entries = read_lst(lst_path)
     intervals = label_intervals(lst_path, entries)  # over the whole split, as its sidecar is
     if limit > 0:

@@ -22,7 +22,7 @@ from typing import Any, Iterable, Iterator, NamedTuple, Union
 
 import numpy as np
 
-from agegender.model.age import DEFAULT_AGE_LEVEL, DEFAULT_DECODE, DEFAULT_FLIP, age_range, check_level
+from agegender.model.age import DEFAULT_AGE_LEVEL, DEFAULT_DECODE, age_range, check_level
 from agegender.model.engine import Engine, Labels
 from agegender.model.ensemble import DEFAULT_GENDER_ENSEMBLE, TeacherGender, ensemble_p_male
 from agegender.model.loading import load_engine
@@ -196,15 +196,18 @@ class FaceAnalyzer:
     """A detector and an engine with the settings that turn a photo into labelled faces."""
 
     def __init__(self, detector: Detector, engine: Engine, age_decode: str = DEFAULT_DECODE, min_face: float = 0.0,
-                 flip: bool = DEFAULT_FLIP, batch_size: int = 256, max_pixels: int = MAX_PIXELS,
+                 flip: bool | None = None, batch_size: int = 256, max_pixels: int = MAX_PIXELS,
                  teacher: TeacherGender | None = None, age_level: float = DEFAULT_AGE_LEVEL,
                  drop_flagged: bool = False):
         """`teacher`: the gender ensemble (P(male) = the mean of ours and the teacher's), off when None;
-        `age_level`: the share of faces whose true age the age range holds; `drop_flagged`: leave out the
-        faces the quality flag marks (too small, blurred or turned), as `min_face` leaves out small ones."""
+        `flip`: average each face's outputs with its mirror image's (None: the model's own default,
+        `Engine.default_flip`); `age_level`: the share of faces whose true age the age range holds;
+        `drop_flagged`: leave out the faces the quality flag marks (too small, blurred or turned), as
+        `min_face` leaves out small ones."""
         self.detector, self.engine, self.teacher = detector, engine, teacher
         self.age_level, self.drop_flagged = check_level(age_level), drop_flagged
-        self.age_decode, self.min_face, self.flip, self.batch_size = age_decode, min_face, flip, batch_size
+        self.age_decode, self.min_face, self.batch_size = age_decode, min_face, batch_size
+        self.flip = engine.resolve_flip(flip)
         self.max_pixels = max_pixels
         self._lock = contextlib.nullcontext() if getattr(detector, "thread_safe", False) else threading.Lock()
 

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from agegender.errors import UserError, short_reason
-from agegender.model.age import DEFAULT_AGE_LEVEL, DEFAULT_DECODE, DEFAULT_FLIP
+from agegender.model.age import DEFAULT_AGE_LEVEL, DEFAULT_DECODE
 from agegender.model.ensemble import DEFAULT_GENDER_ENSEMBLE
 from agegender.data.image import MAX_PIXELS
 from agegender.serving.inputs import expand_inputs
@@ -55,7 +55,7 @@ class Settings:
     max_size: int = 1280
     min_face: float = 0.0
     age_decode: str = DEFAULT_DECODE
-    flip: bool = DEFAULT_FLIP
+    flip: bool | None = None  # None: the model's own default
     max_pixels: int = MAX_PIXELS
     batch_size: int = 256
     age_level: float = DEFAULT_AGE_LEVEL  # the age range's level
