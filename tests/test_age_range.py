@@ -229,3 +229,23 @@ def test_a_split_of_age_groups_gets_its_range_reported_as_overlap_and_inside():
     assert groups["count"] == int(odd.sum()) == 4
     assert (groups["overlap"], groups["inside"]) == (0.75, 0.5)
     assert "age range 80% on 4 faces labelled by group" in format_report(rep, 0.8)
+
+
+def test_a_higher_level_never_gives_a_narrower_range_even_where_the_fitted_factors_cross():
+    """Each level's factors are fitted on their own: here the 50 % range is stretched 3x and the 95 % one
+    shrunk to 0.3x, which alone would put the 95 % range inside the 50 % one."""
+    from agegender.model.age import Widening, age_probs, age_range
+
+    rng = np.random.RandomState(0)
+    logits = rng.normal(0, 1, (40, 202)).astype(np.float32)
+    logits[:, 3::2] += np.linspace(4, -4, 100)  # P(age > k) falls with k
+    p = age_probs(logits)
+    crossed = Widening(levels=(0.5, 0.95), edges=(0.0,), low=((3.0,), (0.3,)), high=((3.0,), (0.3,)))
+    last = None
+    for level in (0.5, 0.6, 0.8, 0.9, 0.95):
+        low, high = age_range(p, level, crossed)
+        if last is not None:
+            assert np.all(low <= last[0]) and np.all(high >= last[1]), level
+        last = low, high
+    raw_low, raw_high = age_range(p, 0.5)
+    assert np.any(last[0] < raw_low) or np.any(last[1] > raw_high)  # the stretched 50 % range shows through

@@ -152,13 +152,25 @@ def age_range(p: np.ndarray, level: float = DEFAULT_AGE_LEVEL, widening: Widenin
     it); its ends become the whole years whose spans (a - 1/2, a + 1/2) hold them, within 0..MAX_AGE.
     The true age is meant to lie in [low, high] for `level` of faces."""
     level = check_level(level)
+    widening = widening or NO_WIDENING
     p = np.asarray(p, np.float64).reshape(-1, NUM_AGE_BINS)
     med = quantile_age(p, 0.5)
-    lo, hi = quantile_age(p, (1 - level) / 2), quantile_age(p, (1 + level) / 2)
     point = med if age is None else np.asarray(age, np.float64)
-    s_low, s_high = (widening or NO_WIDENING).factors(level, point)
-    low = np.floor(med - s_low * (med - lo) + 0.5)  # the whole years whose spans hold the ends
-    high = np.ceil(med + s_high * (hi - med) - 0.5)
+
+    def ends(at: float) -> tuple[np.ndarray, np.ndarray]:
+        s_low, s_high = widening.factors(at, point)
+        return (med - s_low * (med - quantile_age(p, (1 - at) / 2)),
+                med + s_high * (quantile_age(p, (1 + at) / 2) - med))
+
+    lo, hi = ends(level)
+    # each level's factors are fitted on their own, so a lower level's range may reach past a higher one's;
+    # the range holds every lower level's (on a 0.01 grid from the lowest fitted level), so that a higher
+    # level never gives a narrower range
+    for at in np.arange(np.ceil(widening.levels.min() * 100) / 100, level - 1e-9, 0.01):
+        a, b = ends(float(at))
+        lo, hi = np.minimum(lo, a), np.maximum(hi, b)
+    low = np.floor(lo + 0.5)  # the whole years whose spans hold the ends
+    high = np.ceil(hi - 0.5)
     if age is not None:  # the age as shown (rounded as Python rounds it for the text) is inside
         low, high = np.minimum(low, np.round(point)), np.maximum(high, np.round(point))
     return np.clip(low, 0, MAX_AGE), np.clip(high, 0, MAX_AGE)
