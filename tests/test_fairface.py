@@ -277,3 +277,27 @@ def test_calibrate_fits_the_temperature_alone_on_a_split_of_groups(fairface_val,
     after = {p.key: p.value for p in onnx.load(out).metadata_props}
     assert after[WIDENING_KEY] == before[WIDENING_KEY]
     assert after[TEMPERATURE_KEY] != before[TEMPERATURE_KEY]  # fitted on these faces
+
+
+def test_calibrating_a_checkpoint_keeps_its_own_flip_default(fairface_val, tmp_path):
+    """The open model reads each face once (`"flip": false` in its PREFIX-calibration.json): rewriting that
+    sidecar with a new temperature keeps the setting."""
+    import json
+
+    import mxnet as mx
+
+    from agegender.symbols import get_network, save_checkpoint
+
+    prefix = str(tmp_path / "m")
+    net = get_network("d10")
+    net.initialize(mx.init.Xavier())
+    net(mx.nd.zeros((1, 3, 112, 112)))
+    save_checkpoint(net, prefix, 0)
+    sidecar = prefix + "-calibration.json"
+    with open(sidecar, "w") as f:
+        json.dump({"gender_temperature": 1.5, "flip": False}, f)
+    proc = run_script("tools/calibrate.py", "--model", f"{prefix},0", "--lst", os.path.join(fairface_val, "val.lst"),
+                      "--gender-only", "--write", sidecar)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.load(open(sidecar))
+    assert doc["flip"] is False and doc["gender_temperature"] != 1.5

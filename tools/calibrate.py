@@ -140,12 +140,14 @@ def main() -> int:
     for out in args.write:
         from agegender.atomic import write_atomic
         from agegender.model.age import WIDENING_KEY
-        from agegender.model.engine import TEMPERATURE_KEY, with_temperature
+        from agegender.model.engine import FLIP_KEY, TEMPERATURE_KEY, with_temperature
 
         if out.endswith(CALIBRATION_SUFFIX):
             doc = {TEMPERATURE_KEY: round(t, 4)}
             if widening is not None:
                 doc[WIDENING_KEY] = widening.to_dict()
+            if not engine.default_flip:  # the model's own flip default stays with it (ONNX metadata is kept whole)
+                doc[FLIP_KEY] = False
             write_atomic(out, json.dumps(doc) + "\n")
         else:
             with open(source, "rb") as f:
