@@ -298,8 +298,10 @@ def connect(address: str | None, num_cpus: int | None = None, object_store_mb: i
                       object_store_memory=object_store_mb * 2 ** 20 if object_store_mb else None,
                       # Ray runs its workers at nice 15 unless told: then any other process on the machine (a
                       # training run at nice 8 included) takes their cores first, and --ray ran at 0.6x plain
-                      # infer.py beside such load. The workers get the priority of this command instead.
-                      _system_config={"worker_niceness": os.nice(0)})
+                      # infer.py beside such load. The workers get the priority of this command instead: they
+                      # inherit it, and Ray adds worker_niceness to what they inherit (so 0, not os.nice(0):
+                      # under `nice -n 2` that gave them 4)
+                      _system_config={"worker_niceness": 0})
     # Ray's own notice that a new local Ray checks a token: not this run's business
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     try:
