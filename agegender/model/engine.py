@@ -319,5 +319,6 @@ class OnnxEngine(Engine):
 
 __all__ = ["Labels", "stored_widening", "checkpoint_widening", "checkpoint_calibration", "Engine", "OnnxEngine",
            "session_options", "stored_temperature", "with_temperature", "TEMPERATURE_KEY",
-           "CALIBRATION_SUFFIX", "checkpoint_temperature", "FLIP_KEY", "stored_flip", "checkpoint_flip", "model_files", "TEACHER_ONNX",
+           "CALIBRATION_SUFFIX", "checkpoint_temperature", "FLIP_KEY", "stored_flip", "checkpoint_flip",
+           "model_files", "TEACHER_ONNX",
            "BUNDLED_MODEL", "BUNDLED_ONNX", "ENGINES", "NUM_OUTPUTS", "short_name"]

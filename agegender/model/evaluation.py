@@ -63,8 +63,8 @@ def predict_rec(predictor: Engine, rec: str, batch_size: int = 256, age_decode: 
                 flip: bool | None = None, progress: bool = True, threads: int = 2,
                 age_level: float = DEFAULT_AGE_LEVEL, teacher=None) -> Predictions:
     """Run the model over every record of `rec` in batches (ImageRecordIter decoding, file order); the age
-    range at `age_level` with the model's stored widening; `flip` None: the model's own default. `teacher` (a `TeacherGender`): P(male) is the
-    gender ensemble's, as infer.py gives it by default."""
+    range at `age_level` with the model's stored widening; `flip` None: the model's own default. `teacher`
+    (a `TeacherGender`): P(male) is the gender ensemble's, as infer.py gives it by default."""
     from tqdm import tqdm
 
     from agegender.model.age import age_probs, age_range, decode

@@ -19,7 +19,8 @@ import onnx
 from onnx import numpy_helper
 
 from agegender.model.age import WIDENING_KEY
-from agegender.model.engine import FLIP_KEY, TEMPERATURE_KEY, checkpoint_flip, checkpoint_temperature, checkpoint_widening
+from agegender.model.engine import (FLIP_KEY, TEMPERATURE_KEY, checkpoint_flip, checkpoint_temperature,
+                                    checkpoint_widening)
 from agegender.symbols.common import NUM_OUTPUTS, OUTPUT_NAME
 
 INPUT_NAME = "data"
