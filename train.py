@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
          help="mixup: blend each face with another of its batch by lam ~ Beta(a, a), the loss by lam (0 = off)")
     n = p.add_argument_group("network")
     _add(n, "--network", default="m50", help="m50 (MobileNet v1), r18/r34/r50/r100 (face ResNet) or d10 (dlib's CC0 "
-                                         "ResNet-10 age net on a 64x64 chip; start from tools/cc0_backbone.py)")
+                                         "ResNet-10 age net on a 64x64 chip; start from tools/cc0_backbone.py; "
+                                         "d10-N: the same weights on an NxN chip)")
     _add(n, "--multiplier", type=POSITIVE, default=1.0, help="MobileNet width (0.25 / 0.5 for CPUs)")
     _add(n, "--version-input", type=int, default=1, choices=(0, 1), help="1: stride-1 first conv; 0: stride 2")
     _add(n, "--version-output", default="GAP", help="output head (GAP)")

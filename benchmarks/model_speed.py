@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", action="append", required=True,
-                   help="a .onnx model, optionally :noflip; repeatable")
+                   help="a .onnx model, optionally :noflip or :flip (default: the model's own setting); repeatable")
     p.add_argument("--photos", type=int, default=600, help="UTKFace photos from ../shared")
     p.add_argument("--chunks", type=int, default=3, help="paired rounds over the photos")
     args = p.parse_args()
@@ -33,7 +33,7 @@ def main() -> None:
     runs = {"reference": reference(warm)}
     for spec in args.model:
         path, _, opt = spec.partition(":")
-        runs[spec] = pipeline("onnx", warm, model=path, flip=opt != "noflip")
+        runs[spec] = pipeline("onnx", warm, model=path, flip={"noflip": False, "flip": True}.get(opt))
     chunks = np.array_split(photos, args.chunks)
     rates: dict[str, list[float]] = {k: [] for k in runs}
     for c in chunks:

@@ -563,3 +563,17 @@ def test_joins_a_cluster_started_by_ray_start_as_the_readme_says(wheel_folder, t
             os.killpg(head.pid, signal.SIGKILL)
             head.wait(10)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_the_shard_key_records_the_flip_setting_used_not_the_flag():
+    """A shard written with the defaults and one written with the same setting named (`--flip` on a model
+    that flips) are the same work: one key. The open model reads each face once, so its default key says
+    so, and equals `--no-flip`'s."""
+    from agegender.serving.ray_batch import Settings
+    from agegender.serving.shards import shard_key
+
+    key = lambda s: shard_key(["a.jpg", "b.jpg"], s.fingerprint())  # noqa: E731
+    assert Settings().fingerprint()["flip"] is True
+    assert key(Settings()) == key(Settings(flip=True)) != key(Settings(flip=False))
+    assert Settings(model="open").fingerprint()["flip"] is False
+    assert key(Settings(model="open")) == key(Settings(model="open", flip=False)) != key(Settings(model="open", flip=True))

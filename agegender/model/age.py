@@ -56,11 +56,11 @@ def _median(p: np.ndarray) -> np.ndarray:
     return quantile_age(p, 0.5)
 
 
-def quantile_age(p: np.ndarray, q: float) -> np.ndarray:
+def quantile_age(p: np.ndarray, q) -> np.ndarray:
     """The age a with P(age <= a) = q, per row of non-increasing P(age > k) (N,100): where the row crosses
-    1 - q, interpolated as `_median` does (q = 1/2 is the median)."""
-    t = 1.0 - float(q)
-    m = (p > t).sum(axis=1)
+    1 - q, interpolated as `_median` does (q = 1/2 is the median). An array of G quantiles gives (G, N)."""
+    t = 1.0 - np.asarray(q, np.float64)[..., None]
+    m = (p > t[..., None]).sum(axis=-1)
     rows = np.arange(len(p))
     above = np.where(m > 0, p[rows, np.maximum(m - 1, 0)], 1.0)
     below = np.where(m < p.shape[1], p[rows, np.minimum(m, p.shape[1] - 1)], 0.0)
@@ -109,14 +109,15 @@ class Widening:
     def is_identity(self) -> bool:
         return bool(np.all(self.low == 1.0) and np.all(self.high == 1.0))
 
-    def factors(self, level: float, age: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The (low side, high side) factors per face of predicted `age` at `level`."""
+    def factors(self, level, age: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The (low side, high side) factors per face of predicted `age` at `level`; for an array of G levels,
+        (G, faces) each."""
         band = np.clip(np.searchsorted(self.edges, np.asarray(age, np.float64), side="right") - 1, 0,
                        len(self.edges) - 1)
-        def at(table: np.ndarray) -> np.ndarray:
-            return np.array([np.interp(level, self.levels, table[:, b]) for b in range(len(self.edges))])
+        def at(table: np.ndarray) -> np.ndarray:  # (levels..., bands)
+            return np.stack([np.interp(level, self.levels, table[:, b]) for b in range(len(self.edges))], axis=-1)
 
-        return at(self.low)[band], at(self.high)[band]
+        return at(self.low)[..., band], at(self.high)[..., band]
 
     def to_dict(self) -> dict:
         rows = lambda table: [[round(float(v), 4) for v in row] for row in table]  # noqa: E731
@@ -157,18 +158,16 @@ def age_range(p: np.ndarray, level: float = DEFAULT_AGE_LEVEL, widening: Widenin
     med = quantile_age(p, 0.5)
     point = med if age is None else np.asarray(age, np.float64)
 
-    def ends(at: float) -> tuple[np.ndarray, np.ndarray]:
-        s_low, s_high = widening.factors(at, point)
-        return (med - s_low * (med - quantile_age(p, (1 - at) / 2)),
-                med + s_high * (quantile_age(p, (1 + at) / 2) - med))
-
-    lo, hi = ends(level)
     # each level's factors are fitted on their own, so a lower level's range may reach past a higher one's;
-    # the range holds every lower level's (on a 0.01 grid from the lowest fitted level), so that a higher
-    # level never gives a narrower range
-    for at in np.arange(np.ceil(widening.levels.min() * 100) / 100, level - 1e-9, 0.01):
-        a, b = ends(float(at))
-        lo, hi = np.minimum(lo, a), np.maximum(hi, b)
+    # the range holds every lower level's on a 0.01 grid from the lowest fitted level, so that of two levels
+    # on that grid (0.5, 0.8, 0.95, ...) the higher never gives a narrower range. With one fitted level (or
+    # none) the factors do not change with the level, and the raw ranges nest already.
+    levels = np.array([level])
+    if len(widening.levels) > 1:
+        levels = np.append(np.arange(np.ceil(widening.levels.min() * 100) / 100, level - 1e-9, 0.01), level)
+    s_low, s_high = widening.factors(levels, point)  # (G, N)
+    lo = (med - s_low * (med - quantile_age(p, (1 - levels) / 2))).min(axis=0)
+    hi = (med + s_high * (quantile_age(p, (1 + levels) / 2) - med)).max(axis=0)
     low = np.floor(lo + 0.5)  # the whole years whose spans hold the ends
     high = np.ceil(hi - 0.5)
     if age is not None:  # the age as shown (rounded as Python rounds it for the text) is inside

@@ -207,7 +207,7 @@ class FaceAnalyzer:
         self.detector, self.engine, self.teacher = detector, engine, teacher
         self.age_level, self.drop_flagged = check_level(age_level), drop_flagged
         self.age_decode, self.min_face, self.batch_size = age_decode, min_face, batch_size
-        self.flip = engine.resolve_flip(flip)
+        self.flip = flip if engine is None else engine.resolve_flip(flip)  # None: a detector-only Ray actor
         self.max_pixels = max_pixels
         self._lock = contextlib.nullcontext() if getattr(detector, "thread_safe", False) else threading.Lock()
 

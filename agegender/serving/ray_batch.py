@@ -65,6 +65,10 @@ class Settings:
     def fingerprint(self) -> dict:
         d = asdict(self)
         del d["batch_size"]
+        if d["flip"] is None:  # the setting used, so that the default and the same flag named give one key
+            from agegender.model.loading import model_default_flip
+
+            d["flip"] = model_default_flip(self.model)
         for k in ("model", "det_model"):  # the same file named two ways is the same run
             d[k] = os.path.realpath(d[k]) if d[k] and os.path.exists(d[k].split(",")[0]) else d[k]
         return d
