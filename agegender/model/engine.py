@@ -213,22 +213,40 @@ def model_files(*models: str | None, calibration: bool = True) -> list[str]:
     return files + [TEACHER_ONNX]
 
 
+class Calibration(NamedTuple):
+    """What a model says of its own use: what the ONNX metadata is to an exported model, and
+    `PREFIX-calibration.json` to a checkpoint."""
+
+    temperature: float  # the gender temperature (1: uncalibrated)
+    widening: Widening  # the age range's
+    flip: bool  # the flip default
+
+
+def stored_calibration(metadata: dict, name: str) -> Calibration:
+    """The three from one model's metadata (or sidecar), each checked: a bad value is a one-line error."""
+    return Calibration(stored_temperature({k: str(v) for k, v in metadata.items() if k == TEMPERATURE_KEY}, name),
+                       stored_widening(metadata, name), stored_flip(metadata, name))
+
+
+def read_checkpoint_calibration(prefix: str, name: str) -> Calibration:
+    """A checkpoint's `PREFIX-calibration.json` (tools/calibrate.py --write), read once; the defaults
+    (T = 1, no widening, flip on) where it is absent."""
+    return stored_calibration(checkpoint_calibration(prefix, name), name)
+
+
 def checkpoint_temperature(prefix: str, name: str) -> float:
-    """The gender temperature of a checkpoint, from `PREFIX-calibration.json` (tools/calibrate.py --write),
-    1 when there is none: what the ONNX metadata is to an exported model."""
-    doc = checkpoint_calibration(prefix, name)
-    return stored_temperature({k: str(v) for k, v in doc.items() if k == TEMPERATURE_KEY}, name)
+    """The gender temperature of a checkpoint, 1 when there is none."""
+    return read_checkpoint_calibration(prefix, name).temperature
 
 
 def checkpoint_flip(prefix: str, name: str) -> bool:
-    """The flip default of a checkpoint, from `PREFIX-calibration.json` (`"flip": false`); DEFAULT_FLIP when
-    absent."""
-    return stored_flip(checkpoint_calibration(prefix, name), name)
+    """The flip default of a checkpoint (`"flip": false`); DEFAULT_FLIP when absent."""
+    return read_checkpoint_calibration(prefix, name).flip
 
 
 def checkpoint_widening(prefix: str, name: str) -> Widening:
-    """The age range widening of a checkpoint, from `PREFIX-calibration.json`; none when absent."""
-    return stored_widening(checkpoint_calibration(prefix, name), name)
+    """The age range widening of a checkpoint; none when absent."""
+    return read_checkpoint_calibration(prefix, name).widening
 
 
 def checkpoint_calibration(prefix: str, name: str) -> dict:
@@ -306,10 +324,8 @@ class OnnxEngine(Engine):
             raise UserError(f"cannot load model {self.name}: {short_reason(exc)}") from None
         self.input = self.session.get_inputs()[0].name
         self.providers = self.session.get_providers()
-        self.gender_temperature = stored_temperature(self.session.get_modelmeta().custom_metadata_map, self.name)
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
-        self.age_widening = stored_widening(self.metadata, self.name)
-        self.default_flip = stored_flip(self.metadata, self.name)
+        self.gender_temperature, self.age_widening, self.default_flip = stored_calibration(self.metadata, self.name)
         self.bundled = None if model is not None else registry.for_path(path)
         self.check()
 
@@ -320,5 +336,6 @@ class OnnxEngine(Engine):
 __all__ = ["Labels", "stored_widening", "checkpoint_widening", "checkpoint_calibration", "Engine", "OnnxEngine",
            "session_options", "stored_temperature", "with_temperature", "TEMPERATURE_KEY",
            "CALIBRATION_SUFFIX", "checkpoint_temperature", "FLIP_KEY", "stored_flip", "checkpoint_flip",
+           "Calibration", "stored_calibration", "read_checkpoint_calibration",
            "model_files", "TEACHER_ONNX",
            "BUNDLED_MODEL", "BUNDLED_ONNX", "ENGINES", "NUM_OUTPUTS", "short_name"]

@@ -8,7 +8,7 @@ import numpy as np
 from agegender.symbols import load_model, parse_model_spec
 from agegender.model.devices import contexts
 from agegender.model import registry
-from agegender.model.engine import Engine, checkpoint_flip, checkpoint_temperature, checkpoint_widening, short_name
+from agegender.model.engine import Engine, read_checkpoint_calibration, short_name
 from agegender.errors import UserError, short_reason
 
 
@@ -57,9 +57,7 @@ class MxnetEngine(Engine):
             self.net = load_model(prefix, epoch, self.ctx)
         except Exception as exc:  # noqa: BLE001 -- MXNet raises its own types with a C++ stack
             raise UserError(f"cannot load model {self.name}: {short_reason(exc)}") from None
-        self.gender_temperature = checkpoint_temperature(prefix, self.name)
-        self.age_widening = checkpoint_widening(prefix, self.name)
-        self.default_flip = checkpoint_flip(prefix, self.name)
+        self.gender_temperature, self.age_widening, self.default_flip = read_checkpoint_calibration(prefix, self.name)
         on_cpu = all(c.device_type == "cpu" for c in self.ctx)
         self.net.hybridize(static_alloc=True, **({"backend": "MKLDNN"} if on_cpu and _has_mkldnn() else {}))
         self.check()

@@ -19,8 +19,7 @@ import onnx
 from onnx import numpy_helper
 
 from agegender.model.age import WIDENING_KEY
-from agegender.model.engine import (FLIP_KEY, TEMPERATURE_KEY, checkpoint_flip, checkpoint_temperature,
-                                    checkpoint_widening)
+from agegender.model.engine import FLIP_KEY, TEMPERATURE_KEY, read_checkpoint_calibration
 from agegender.symbols.common import NUM_OUTPUTS, OUTPUT_NAME
 
 INPUT_NAME = "data"
@@ -92,13 +91,12 @@ def metadata(prefix: str, epoch: int, license: str | None = None, provenance: st
                                 "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
                                 "numpy": np.__version__}),
     }
-    temperature = checkpoint_temperature(prefix, f"{prefix},{epoch}")
-    if temperature != 1.0:  # the checkpoint's calibration travels with it
-        meta[TEMPERATURE_KEY] = f"{temperature:.4f}"
-    widening = checkpoint_widening(prefix, f"{prefix},{epoch}")
-    if not widening.is_identity:  # and so does the age range's
-        meta[WIDENING_KEY] = json.dumps(widening.to_dict())
-    if not checkpoint_flip(prefix, f"{prefix},{epoch}"):  # and the model's own flip default
+    calibration = read_checkpoint_calibration(prefix, f"{prefix},{epoch}")  # it travels with the checkpoint
+    if calibration.temperature != 1.0:
+        meta[TEMPERATURE_KEY] = f"{calibration.temperature:.4f}"
+    if not calibration.widening.is_identity:
+        meta[WIDENING_KEY] = json.dumps(calibration.widening.to_dict())
+    if not calibration.flip:
         meta[FLIP_KEY] = "false"
     if provenance:
         meta["provenance"] = provenance
