@@ -356,7 +356,7 @@ def test_requests_over_the_memory_budget_get_503_and_the_budget_comes_back(analy
     data = open(T1, "rb").read()
     h, w = cv2.imread(T1).shape[:2]
     with _client(analyzer) as c:
-        budget = c.app.state.budget
+        budget = c.app.state.service.budget
         others = budget.take(budget.limit - request_bytes(w * h, 256) + 1)  # the other requests in progress
         r = c.post("/v1/analyze", content=data)
         assert r.status_code == 503 and r.headers["retry-after"] == "1" and r.json()["error"]["code"] == "overloaded"
@@ -405,23 +405,23 @@ def test_an_annotated_answer_holds_the_budget_of_its_drawing(analyzer, monkeypat
     """annotated=1: while draw() makes its BGR copy and the JPEG is encoded, the request still holds the
     decode's rate for the image (6 bytes a pixel), not the 3 of the image alone; a budget that one
     annotated image of --max-pixels could not fit is refused up front."""
-    from agegender.serving import service
     from agegender.serving.memory import DECODE_BYTES_PER_PIXEL, check_memory_budget, request_bytes
+    from agegender.serving.routes import analyze
 
     data = open(T1, "rb").read()
     h, w = cv2.imread(T1).shape[:2]
     held = []
-    real_draw = service.draw
+    real_draw = analyze.draw
 
     def draw(res):
-        held.append(c.app.state.budget.used)
+        held.append(c.app.state.service.budget.used)
         return real_draw(res)
 
-    monkeypatch.setattr(service, "draw", draw)
+    monkeypatch.setattr(analyze, "draw", draw)
     with _client(analyzer) as c:
         r = c.post("/v1/analyze?annotated=1", content=data)
         assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
-        assert c.app.state.budget.used == 0
+        assert c.app.state.service.budget.used == 0
     assert len(held) == 1 and held[0] >= w * h * DECODE_BYTES_PER_PIXEL, (held, w * h)
     need = request_bytes(1000, 10, keep_image=True)
     assert need > request_bytes(1000, 10)
@@ -521,7 +521,7 @@ def test_tracks_per_session_are_bounded_and_idle_sessions_expire(analyzer, monke
         for _ in range(6):
             line = c.post("/v1/track?session=s", content=data).json()
             assert len(line["faces"]) == 10
-        streams = c.app.state.streams
+        streams = c.app.state.service.streams
         assert len(streams) == 1 and len(streams.get("s").tracker.tracks) == 25  # 60 made, the 25 latest kept
         deadline = time.time() + 30
         while len(streams) and time.time() < deadline:  # no request comes: the sweep forgets the session

@@ -299,7 +299,7 @@ def test_bad_queries_routes_and_uploads(client):
 
 def test_concurrent_requests_are_batched_together(client):
     data = open(T1, "rb").read()
-    batcher = client.app.state.batcher
+    batcher = client.app.state.service.batcher
     before = batcher.batches
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(lambda _: client.post("/v1/analyze", content=data), range(8)))
