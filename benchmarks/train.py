@@ -58,9 +58,10 @@ def bare_speed(name: str, mult: float, vin: int, batch: int, steps: int) -> floa
 
 def loop_speed(data_dir: str, name: str, mult: float, vin: int, batch: int, steps: int, threads: int) -> float:
     cfg = TrainConfig(data_dir=data_dir, prefix="/nonexistent/bench", network=name, multiplier=mult,
-                      version_input=vin, batch_size=batch, lr=0.01, num_workers=threads, color=0.2)
-    fit = Fit(cfg)
-    it = record_iter(fit.train_rec, fit.global_batch, train=True, augment=Augment(True, 0.2), threads=threads)
+                      version_input=vin, batch_size=batch, lr=0.01, num_workers=threads,
+                      augment=Augment(mirror=True, color=0.2))
+    fit = Fit.from_config(cfg)
+    it = record_iter(fit.train_rec, fit.global_batch, train=True, augment=fit.cfg.augment, threads=threads)
     metric = AgeGenderMetric()
     for i in range(steps + 2):
         if i == 2:

@@ -45,8 +45,8 @@ def test_metrics_on_hand_made_predictions():
 
 def test_tiny_overfit_run_drives_the_loss_down(packed_utkface, tmp_path):
     """A handful of real faces: the network can memorise them, so loss and MAE must fall far."""
-    fit = Fit(_cfg(packed_utkface, str(tmp_path / "m"), end_epoch=60, lr=0.01, batch_size=12, wd=0.0,
-                   save_every=1000))
+    fit = Fit.from_config(_cfg(packed_utkface, str(tmp_path / "m"), end_epoch=60, lr=0.01, batch_size=12, wd=0.0,
+                               save_every=1000))
     before = fit.evaluate(fit.train_rec)
     fit.run()
     after = fit.evaluate(fit.train_rec)
@@ -59,8 +59,8 @@ def test_tiny_overfit_run_drives_the_loss_down(packed_utkface, tmp_path):
 def _linear_fit(data_dir: str, prefix: str, ctx: list[mx.Context], per_ctx: int, mixup: float = 0.0) -> Fit:
     net = nn.HybridSequential()
     net.add(nn.Dense(202))
-    fit = Fit(_cfg(data_dir, prefix, batch_size=per_ctx, lr=1e-6, end_epoch=2, augment=Augment(mixup=mixup)),
-              ctx=ctx, net=net)
+    fit = Fit.from_config(_cfg(data_dir, prefix, batch_size=per_ctx, lr=1e-6, end_epoch=2,
+                               augment=Augment(mixup=mixup)), ctx=ctx, net=net)
     fit.run()
     return fit
 
@@ -89,7 +89,8 @@ def test_mixup_loss_is_the_lam_weighted_sum_of_both_labels_losses(packed_demo, t
     data_dir, _ = packed_demo
     net = nn.HybridSequential()
     net.add(nn.Dense(202))
-    fit = Fit(_cfg(data_dir, str(tmp_path / "m"), batch_size=4, gender_weight=2.0), ctx=[mx.cpu(0)], net=net)
+    fit = Fit.from_config(_cfg(data_dir, str(tmp_path / "m"), batch_size=4, gender_weight=2.0), ctx=[mx.cpu(0)],
+                          net=net)
     x = mx.nd.array(np.random.RandomState(0).uniform(0, 255, (4, 3, 112, 112)))
     own = mx.nd.array([[1, 30], [0, 5], [1, 70], [0, 41]])
     partner = mx.nd.array([[0, 41], [1, 70], [0, 5], [1, 30]])
@@ -101,7 +102,7 @@ def test_mixup_loss_is_the_lam_weighted_sum_of_both_labels_losses(packed_demo, t
 
 def test_two_contexts_train_the_real_network(packed_demo, tmp_path):
     data_dir, _ = packed_demo
-    fit = Fit(_cfg(data_dir, str(tmp_path / "m"), batch_size=4), ctx=[mx.cpu(0), mx.cpu(1)])
+    fit = Fit.from_config(_cfg(data_dir, str(tmp_path / "m"), batch_size=4), ctx=[mx.cpu(0), mx.cpu(1)])
     row = fit.run()
     assert np.isfinite(row["train_loss"]) and fit.global_batch == 8
     # a last evaluation batch with fewer rows than contexts still goes through
@@ -145,14 +146,14 @@ def test_train_script_writes_checkpoints_curves_and_resumes(packed_demo, tmp_pat
 def test_pretrained_insightface_checkpoint_is_our_m50_x025(packed_demo, tmp_path):
     ref_prefix = os.path.join(shared_path("weights", "insightface-genderage"), "model")
     data_dir, _ = packed_demo
-    fit = Fit(_cfg(data_dir, str(tmp_path / "m"), version_input=1, pretrained=f"{ref_prefix},0"))
+    fit = Fit.from_config(_cfg(data_dir, str(tmp_path / "m"), version_input=1, pretrained=f"{ref_prefix},0"))
     x = mx.nd.array(np.random.RandomState(0).uniform(0, 255, (3, 3, 112, 112)))
     ref = load_model(ref_prefix, 0)(x).asnumpy()
     np.testing.assert_allclose(fit.net(x).asnumpy(), ref, rtol=1e-5, atol=1e-5)
     # its fixed gammas are stored far from the 1 they act as (fc1's 0.57): a head that learns its gamma
     # starts from 1, so from the same outputs
-    scaled = Fit(_cfg(data_dir, str(tmp_path / "s"), version_input=1, pretrained=f"{ref_prefix},0",
-                      learn_output_scale=True))
+    scaled = Fit.from_config(_cfg(data_dir, str(tmp_path / "s"), version_input=1, pretrained=f"{ref_prefix},0",
+                                  learn_output_scale=True))
     np.testing.assert_allclose(scaled.net(x).asnumpy(), ref, rtol=1e-5, atol=1e-5)
     # a wider network takes what fits and reports the rest
     proc = run_script("train.py", "--data-dir", data_dir, "--prefix", str(tmp_path / "w"), "--multiplier", "0.5",
@@ -162,7 +163,7 @@ def test_pretrained_insightface_checkpoint_is_our_m50_x025(packed_demo, tmp_path
 
 def test_pretrained_from_our_own_checkpoint_reports_mismatches(packed_demo, tmp_path):
     data_dir, _ = packed_demo
-    small = Fit(_cfg(data_dir, str(tmp_path / "small")))
+    small = Fit.from_config(_cfg(data_dir, str(tmp_path / "small")))
     small.run()
     net = get_network("m50", multiplier=0.5, version_input=0)
     net.initialize()
@@ -227,9 +228,9 @@ def test_bad_flags_are_one_line_errors(packed_demo, tmp_path):
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(packed_demo, tmp_path):
     data_dir, _ = packed_demo
-    Fit(_cfg(data_dir, str(tmp_path / "m"), end_epoch=1)).run()  # epoch 1 saved
+    Fit.from_config(_cfg(data_dir, str(tmp_path / "m"), end_epoch=1)).run()  # epoch 1 saved
     good = open(str(tmp_path / "m-0001.params"), "rb").read()
-    fit2 = Fit(_cfg(data_dir, str(tmp_path / "m"), end_epoch=3, resume=True))
+    fit2 = Fit.from_config(_cfg(data_dir, str(tmp_path / "m"), end_epoch=3, resume=True))
     fit2.net.collect_params()["mobilenet_gaphead0_dense0_weight"].set_data(
         mx.nd.full(fit2.net.collect_params()["mobilenet_gaphead0_dense0_weight"].shape, float("nan")))
     with pytest.raises(UserError, match=r"loss became nan .* last good checkpoint: .*m-0001.params"):

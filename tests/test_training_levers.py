@@ -344,9 +344,9 @@ def test_learned_output_scale_starts_from_the_checkpoint_and_is_trained(packed_d
 
     data_dir, _ = packed_demo
     prefix = str(tmp_path / "scale" / "model")
-    fit = Fit(TrainConfig(data_dir=data_dir, prefix=prefix, network="m50", multiplier=0.25, version_input=1,
-                          pretrained=f"{SMALL_MODEL},0", learn_output_scale=True, batch_size=4, end_epoch=1,
-                          lr=0.02, log_interval=1000, num_workers=1))
+    fit = Fit.from_config(TrainConfig(data_dir=data_dir, prefix=prefix, network="m50", multiplier=0.25,
+                                      version_input=1, pretrained=f"{SMALL_MODEL},0", learn_output_scale=True,
+                                      batch_size=4, end_epoch=1, lr=0.02, log_interval=1000, num_workers=1))
     bundled = load_model(SMALL_MODEL, 0)(aligned_t1).asnumpy()
     np.testing.assert_allclose(fit.net(aligned_t1).asnumpy(), bundled, atol=1e-5)  # the same function at first
     gamma = fit.net.output.bn2.gamma

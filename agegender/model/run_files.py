@@ -8,12 +8,13 @@ from __future__ import annotations
 import csv
 import glob
 import io
+import json
 import os
 
 import mxnet as mx
 
 from agegender.atomic import atomic_path, save_figure, write_atomic
-from agegender.errors import UserError, short_reason
+from agegender.errors import UserError, read_text, short_reason
 
 CSV_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "train_mae", "train_cs5",
               "val_loss", "val_acc", "val_mae", "val_cs3", "val_cs5", "time_s"]
@@ -42,6 +43,36 @@ def claim_prefix(prefix: str, resume: bool, overwrite: bool) -> None:
                         "choose a new --prefix, or pass --overwrite to replace it")
     for f in found:
         os.remove(f)
+
+
+CONFIG_KIND = "agegender train.py config"
+
+
+def config_path(prefix: str) -> str:
+    return f"{prefix}-config.json"
+
+
+def write_config(prefix: str, config: dict, version: str) -> str:
+    """The run's settings (`dataclasses.asdict` of its TrainConfig) as `P-config.json`, which `--resume` and
+    `--config` read back as their defaults; returns its path."""
+    path = config_path(prefix)
+    doc = {"kind": CONFIG_KIND, "version": version, "config": config}
+    write_atomic(path, json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    return path
+
+
+def read_config(path: str, flag: str) -> dict:
+    """The settings `write_config` wrote to `path`; UserError in one line, naming `flag`, for a file that is
+    missing, not JSON or not a train.py config."""
+    if not os.path.isfile(path):
+        raise UserError(f"{flag}: no such config file: {path}")
+    try:
+        doc = json.loads(read_text(path, f"{flag} config"))
+    except ValueError as exc:  # json.JSONDecodeError included
+        raise UserError(f"{flag}: {path} is not JSON ({short_reason(exc)})") from None
+    if not isinstance(doc, dict) or doc.get("kind") != CONFIG_KIND or not isinstance(doc.get("config"), dict):
+        raise UserError(f"{flag}: {path} is not a train.py config (PREFIX-config.json, written by train.py)")
+    return doc["config"]
 
 
 def history_path(prefix: str) -> str:
@@ -168,5 +199,6 @@ def load_optimizer_state(trainer: mx.gluon.Trainer, path: str) -> None:
             opt._index_update_count[index] = count
 
 
-__all__ = ["CSV_FIELDS", "source_names", "history_fields", "interrupted_prefix", "run_files", "claim_prefix", "history_path", "curves_path",
+__all__ = ["CSV_FIELDS", "source_names", "history_fields", "interrupted_prefix", "run_files", "claim_prefix", "config_path",
+           "write_config", "read_config", "history_path", "curves_path",
            "read_history", "write_history", "plot_history", "save_optimizer_state", "load_optimizer_state"]

@@ -146,6 +146,55 @@ def age_band_weights(ages: np.ndarray, power: float, band: float = 10.0,
     return w / np.average(w[idx], weights=rate)
 
 
+def interval_labels(sources: list[Source]) -> tuple[int, list]:
+    """(label width, per source (age_lo, age_hi) or None): when any source's train split holds age groups
+    (its `train-attrs.csv`, e.g. FairFace), every source trains on [gender, age_lo, age_hi] labels."""
+    from agegender.data.recordio import attrs_path, read_attrs
+    from agegender.model.teacher import read_lst
+
+    if not any(os.path.isfile(attrs_path(src.train_rec)) for src in sources):
+        return LABEL_WIDTH, [None] * len(sources)  # packed before the sidecar: exact ages only
+    attrs = []
+    for src in sources:
+        lst = os.path.splitext(src.train_rec)[0] + ".lst"
+        try:
+            a = read_attrs(src.train_rec, np.array([e.age for e in read_lst(lst)], np.float64))
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        attrs.append(a)
+    if not any(a.grouped.any() for a in attrs):
+        return LABEL_WIDTH, [None] * len(attrs)
+    for src, a in zip(sources, attrs):
+        log.info("age labels of %s: %d groups (intervals), %d exact", src.name, int(a.grouped.sum()),
+                 int((~a.grouped).sum()))
+    return 3, [(a.age_lo, a.age_hi) for a in attrs]
+
+
+def mix_band_weights(ages: list, genders: list, shares: list[float], age_power: float,
+                     gender_power: float) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(age, gender) band weights (`age_band_weights`, None where its power is 0) of several sources' train
+    labels (per source: ages, genders) as a batch mixes them: each face at its source's share over its size.
+    The gender weights count only the faces whose gender is known."""
+    ages_all = np.concatenate([np.array(a, np.float64) for a in ages])
+    known = np.concatenate([np.array(g) >= 0 for g in genders])
+    rate = np.concatenate([np.full(len(a), share / max(len(a), 1)) for a, share in zip(ages, shares)])
+    age_w = age_band_weights(ages_all, age_power, rate=rate) if age_power > 0 else None
+    gender_w = None
+    if gender_power > 0 and known.any():
+        gender_w = age_band_weights(ages_all[known], gender_power, rate=rate[known])
+    return age_w, gender_w
+
+
+def band_sample_weights(label: mx.nd.NDArray, band_weights: mx.nd.NDArray | None,
+                        ctx: mx.Context) -> mx.nd.NDArray | None:
+    """Each face's loss weight from its age's band (`age_band_weights`' index; the interval's lower end for
+    an age group), on `ctx`; None without band weights."""
+    if band_weights is None:
+        return None
+    band = mx.nd.minimum(mx.nd.floor(label[:, 1] / 10), 7).as_in_context(mx.cpu())
+    return band_weights.take(band).as_in_context(ctx)
+
+
 def params_digest(net: gluon.Block) -> str:
     """SHA-1 of the trainable parameters (BatchNorm running statistics excluded: each worker keeps its
     own); equal digests on two workers mean identical weights."""
@@ -157,14 +206,62 @@ def params_digest(net: gluon.Block) -> str:
 
 
 class Fit:
-    """One training run. `run()` trains; the pieces are methods so tests can drive them."""
+    """One training run. `Fit.from_config(cfg)` checks the data, writes the label lists, builds and loads the
+    network and the trainer; `run()` trains; the pieces are methods so tests can drive them."""
 
     def __init__(self, cfg: TrainConfig, ctx: list[mx.Context] | None = None, net: gluon.HybridBlock | None = None):
+        """Cheap: every attribute, unset; `from_config` fills them."""
         self.cfg = cfg
-        self.ctx = ctx or contexts(cfg.gpus)
+        self.ctx: list[mx.Context] = ctx or []
+        self.net: gluon.HybridBlock | None = net
         self.checkpoints = RunCheckpoints(cfg.prefix)
+        self.sources: list[Source] = []
+        self.train_rec = ""  # the first source's, for messages and tests
+        self.num_train = 0
+        self.has_val = False
+        self._rec_counts: dict[str, int] = {}
+        self.kv: mx.kvstore.KVStore | None = None
+        self.rank, self.workers = 0, 1
+        self.global_batch = 0
+        self.shares: list[int] = []  # each source's rows of a global batch
+        self.label_width = LABEL_WIDTH
+        self.teacher = None
+        self.band_weights: mx.nd.NDArray | None = None
+        self.gender_band_weights: mx.nd.NDArray | None = None
+        self.resumed = False
+        self.begin_epoch = 0
+        self.history: list[dict] = []
+        self.best_score = math.inf
+        self.trainer: gluon.Trainer | None = None
+        self.step = 0
+        self._stop: StopOnSignal | None = None
+        self._eval_iters: dict[str, mx.io.DataIter] = {}
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig, ctx: list[mx.Context] | None = None,
+                    net: gluon.HybridBlock | None = None) -> "Fit":
+        """A run ready to train: its sources checked, label lists written beside the checkpoints, the network
+        (`net`, or `cfg.network`'s) initialised, pretrained or resumed, and its trainer. `ctx`: default
+        `cfg.gpus`' contexts. UserError for anything the user can fix."""
+        fit = cls(cfg, ctx or contexts(cfg.gpus), net)
+        fit._load_sources()
+        mx.random.seed(cfg.seed)  # before the network's initialisation, which draws from it
+        np.random.seed(cfg.seed)
+        if fit.net is None:
+            fit.net = fit._network()
+        fit._plan_batches()
+        fit._write_labels()
+        if cfg.age_balance > 0 or cfg.gender_balance > 0:
+            fit._band_weights()
+        fit._init_params()
+        fit._build_trainer()
+        return fit
+
+    # --- set-up -------------------------------------------------------------------------------------------
+    def _load_sources(self) -> None:
+        cfg = self.cfg
         self.sources = load_sources(cfg)
-        self.train_rec, self.val_rec = self.sources[0].train_rec, self.sources[0].val_rec
+        self.train_rec = self.sources[0].train_rec
         self.num_train = sum(s.num_train for s in self.sources)
         self.has_val = any(s.num_val for s in self.sources)
         self._rec_counts = {s.train_rec: s.num_train for s in self.sources}
@@ -175,36 +272,38 @@ class Fit:
         self.rank = self.kv.rank if self.kv is not None else 0
         self.workers = self.kv.num_workers if self.kv is not None else 1
         self.global_batch = cfg.batch_size * len(self.ctx)  # per context x contexts, on this worker
-        mx.random.seed(cfg.seed)
-        np.random.seed(cfg.seed)
-        self.net = net if net is not None else self._network()
+
+    def _plan_batches(self) -> None:
+        """Each source's share of a batch, each checked against its record count."""
+        cfg = self.cfg
         if self.global_batch > self.num_train:
             raise UserError(f"--batch-size {cfg.batch_size} x {len(self.ctx)} context(s) is more than the "
                             f"{self.num_train} records of {self.train_rec}; use a smaller --batch-size")
-        self.begin_epoch = 0
-        self.history: list[dict] = []
-        self.best_score = math.inf
-        self.band_weights = self.gender_band_weights = None
-        self.teacher = None
+        if len(self.sources) == 1:
+            self.shares = [self.global_batch]
+            return
+        self.shares = batch_shares(self.global_batch, cfg.source_weights or [s.num_train for s in self.sources])
+        for src, share in zip(self.sources, self.shares):
+            if share > src.num_train:
+                raise UserError(f"source {src.name}: its share of a batch ({share}) is more than its "
+                                f"{src.num_train} train records; use a smaller --batch-size or weight")
+
+    def _write_labels(self) -> None:
+        """The online teacher, and each source's label list where its labels differ from its `.rec`'s
+        (a teacher's soft genders, age intervals)."""
+        cfg = self.cfg
         if cfg.teacher_online > 0:
             if any(src.teacher for src in self.sources):
                 raise UserError(TWO_TEACHERS)
             from agegender.model.teacher import OnlineTeacher
 
             self.teacher = OnlineTeacher(cfg.teacher_online)
-        self.label_width, attrs = self._interval_attrs()
+        self.label_width, attrs = interval_labels(self.sources)
         for src, src_attrs in zip(self.sources, attrs):
             src.labels_lst = self._train_labels(src, src_attrs) if src.teacher or src_attrs is not None else ""
-        self.train_labels = self.sources[0].labels_lst
-        if len(self.sources) > 1:
-            self.shares = batch_shares(self.global_batch, cfg.source_weights or [s.num_train for s in self.sources])
-            for src, share in zip(self.sources, self.shares):
-                if share > src.num_train:
-                    raise UserError(f"source {src.name}: its share of a batch ({share}) is more than its "
-                                    f"{src.num_train} train records; use a smaller --batch-size or weight")
-        if cfg.age_balance > 0 or cfg.gender_balance > 0:
-            self._band_weights()
-        self._init_params()
+
+    def _build_trainer(self) -> None:
+        cfg = self.cfg
         self.trainer = gluon.Trainer(self.net.collect_params(), "sgd",
                                      {"learning_rate": lr_at(cfg, self.begin_epoch), "wd": cfg.wd,
                                       "momentum": cfg.mom},
@@ -213,11 +312,7 @@ class Fit:
                                      else None)
         if self.resumed and self.checkpoints.load_states(self.trainer):
             self.trainer.set_learning_rate(lr_at(cfg, self.begin_epoch))
-        self.step = 0
-        self._stop: StopOnSignal | None = None
-        self._eval_iters: dict[str, mx.io.DataIter] = {}
 
-    # --- set-up -------------------------------------------------------------------------------------------
     def _band_weights(self) -> None:
         """--age-balance / --gender-balance: band weights from the ages as the mix samples them (each face
         at its source's share of a batch over its size); for gender, only the faces with a known gender."""
@@ -225,37 +320,10 @@ class Fit:
 
         shares = self.shares if len(self.sources) > 1 else [1]
         labels = [load_labels(s.train_rec) for s in self.sources]
-        ages = np.concatenate([np.array(lb.age, np.float64) for lb in labels])
-        known = np.concatenate([np.array(lb.gender) >= 0 for lb in labels])
-        rate = np.concatenate([np.full(len(lb.age), share / max(len(lb.age), 1)) for lb, share in zip(labels, shares)])
-        if self.cfg.age_balance > 0:
-            self.band_weights = mx.nd.array(age_band_weights(ages, self.cfg.age_balance, rate=rate))
-        if self.cfg.gender_balance > 0 and known.any():
-            self.gender_band_weights = mx.nd.array(
-                age_band_weights(ages[known], self.cfg.gender_balance, rate=rate[known]))
-
-    def _interval_attrs(self) -> tuple[int, list]:
-        """(label width, per source (age_lo, age_hi) or None): when any source's train split holds age groups
-        (its `train-attrs.csv`, e.g. FairFace), every source trains on [gender, age_lo, age_hi] labels."""
-        from agegender.data.recordio import attrs_path, read_attrs
-        from agegender.model.teacher import read_lst
-
-        if not any(os.path.isfile(attrs_path(src.train_rec)) for src in self.sources):
-            return LABEL_WIDTH, [None] * len(self.sources)  # packed before the sidecar: exact ages only
-        attrs = []
-        for src in self.sources:
-            lst = os.path.splitext(src.train_rec)[0] + ".lst"
-            try:
-                a = read_attrs(src.train_rec, np.array([e.age for e in read_lst(lst)], np.float64))
-            except ValueError as exc:
-                raise UserError(str(exc)) from None
-            attrs.append(a)
-        if not any(a.grouped.any() for a in attrs):
-            return LABEL_WIDTH, [None] * len(attrs)
-        for src, a in zip(self.sources, attrs):
-            log.info("age labels of %s: %d groups (intervals), %d exact", src.name, int(a.grouped.sum()),
-                     int((~a.grouped).sum()))
-        return 3, [(a.age_lo, a.age_hi) for a in attrs]
+        age_w, gender_w = mix_band_weights([lb.age for lb in labels], [lb.gender for lb in labels], shares,
+                                           self.cfg.age_balance, self.cfg.gender_balance)
+        self.band_weights = None if age_w is None else mx.nd.array(age_w)
+        self.gender_band_weights = None if gender_w is None else mx.nd.array(gender_w)
 
     def _train_labels(self, src: Source, intervals) -> str:
         """A source's train `.lst` with the teacher's soft genders mixed in and/or its age intervals, written
@@ -285,9 +353,8 @@ class Fit:
         net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="out", magnitude=2), ctx=self.ctx)
         with autograd.predict_mode():
             net(mx.nd.zeros((1, 3, 112, 112), ctx=self.ctx[0]))  # settle deferred shapes
-        self.resumed = resumed = False
         if c.resume and self.checkpoints.exist():
-            self.resumed = resumed = True
+            self.resumed = True
             epoch, source = self.checkpoints.resume_point()
             try:
                 report = load_weights(net, source, epoch)
@@ -306,7 +373,7 @@ class Fit:
             log.info("resumed from %s-%04d.params: continuing at epoch %d", source, epoch, epoch)
         elif c.resume:
             log.info("--resume: no checkpoint %s-NNNN.params yet, starting from scratch", c.prefix)
-        if c.pretrained and not resumed:  # resuming always wins over --pretrained
+        if c.pretrained and not self.resumed:  # resuming always wins over --pretrained
             from agegender.model.mxnet_engine import resolve_model
 
             prefix, epoch = resolve_model(c.pretrained, "--pretrained")  # a bundled model's name: its checkpoint
@@ -339,12 +406,8 @@ class Fit:
 
     def _loss(self, out: mx.nd.NDArray, label: mx.nd.NDArray) -> mx.nd.NDArray:
         c = self.cfg
-        weight = gender_weight = None
-        band = mx.nd.minimum(mx.nd.floor(label[:, 1] / 10), 7).as_in_context(mx.cpu())
-        if self.band_weights is not None:
-            weight = self.band_weights.take(band).as_in_context(out.context)
-        if self.gender_band_weights is not None:
-            gender_weight = self.gender_band_weights.take(band).as_in_context(out.context)
+        weight = band_sample_weights(label, self.band_weights, out.context)
+        gender_weight = band_sample_weights(label, self.gender_band_weights, out.context)
         return age_gender_loss(mx.nd, out, label, c.gender_weight, age_sigma=c.age_sigma,
                                gender_smooth=c.gender_smooth, sample_weight=weight,
                                gender_sample_weight=gender_weight, intervals=label.shape[1] == 3,
@@ -411,7 +474,7 @@ class Fit:
         its = [record_iter(s.train_rec, share, train=True, augment=c.augment, threads=c.num_workers,
                            seed=c.seed + i, num_parts=self.workers, part_index=self.rank, labels_lst=s.labels_lst,
                            label_width=self.label_width)
-               for i, (s, share) in enumerate(zip(self.sources, getattr(self, "shares", [self.global_batch])))]
+               for i, (s, share) in enumerate(zip(self.sources, self.shares))]
         if len(its) == 1:
             return its[0]
         steps = max(1, math.ceil(self.num_train / (self.global_batch * self.workers)))
@@ -542,4 +605,5 @@ class StopOnSignal:
             signal.signal(sig, old)
 
 
-__all__ = ["TrainConfig", "Source", "load_sources", "Fit", "StopOnSignal", "lr_at", "val_score", "age_band_weights", "params_digest"]
+__all__ = ["TrainConfig", "Source", "load_sources", "interval_labels", "mix_band_weights", "band_sample_weights", "Fit",
+           "StopOnSignal", "lr_at", "val_score", "age_band_weights", "params_digest"]
