@@ -211,6 +211,10 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, str]:
     checker.error = refuse  # a bad value names the file it came from, not a flag the user did not type
     checker.parse_args([w for _, words in saved for w in words])
     given = given_dests(argv)
+    if "data_dir" in given:  # other data: the saved run's per-source teachers and weights belong to its own
+        given |= {"teacher_gender", "source_weights"}
+    if flag == "--config":  # a new run: a smoke run's step cap does not carry over
+        given.add("max_steps")
     return parser.parse_args([w for dest, words in saved if dest not in given for w in words] + argv), path
 
 
@@ -264,14 +268,17 @@ def main() -> int:
     claim_prefix(cfg.prefix, cfg.resume, args.overwrite)
     from agegender import __version__
 
-    written = write_config(cfg.prefix, dataclasses.asdict(cfg), __version__)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
                         handlers=[logging.StreamHandler(sys.stdout), logging.FileHandler(f"{cfg.prefix}-train.log")])
+    log = logging.getLogger("train")
     if config_file:
-        logging.getLogger("train").info("settings from %s, flags given override them", config_file)
-    logging.getLogger("train").info("settings saved to %s", written)
-    logging.getLogger("train").info("train.py %s", " ".join(f"--{k.replace('_', '-')}={v}" for k, v in values.items()))
-    Fit.from_config(cfg).run()
+        log.info("settings from %s, flags given override them", config_file)
+    log.info("train.py %s", " ".join(f"--{k.replace('_', '-')}={v}" for k, v in values.items()))
+    fit = Fit.from_config(cfg)
+    # only settings that set up: a run that fails to start (missing data, a bad --pretrained) must not
+    # replace the config its checkpoints were trained with
+    log.info("settings saved to %s", write_config(cfg.prefix, dataclasses.asdict(cfg), __version__))
+    fit.run()
     return 0
 
 

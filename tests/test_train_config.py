@@ -61,6 +61,13 @@ def test_resume_takes_the_runs_config_and_flags_given_win(packed_demo, tmp_path)
     assert "--lr=0.02" in _logged(new.stdout) and f"--prefix={other}" in _logged(new.stdout)
     assert _config(other)["lr"] == 0.02 and _config(other)["end_epoch"] == 1
     assert _config(other)["data_dirs"] == [data_dir]
+    assert _config(other)["max_steps"] == 0  # a smoke run's step cap stays with that run
+
+    # a resume that fails to set up (its data gone) keeps the config its checkpoints were trained with
+    before = _config(prefix)
+    one_line_error(run_script("train.py", "--prefix", prefix, "--resume", "--data-dir", str(tmp_path / "gone")),
+                   2, "gone")
+    assert _config(prefix) == before
 
 
 def _write(path, text: str) -> None:
@@ -83,6 +90,7 @@ def _doc(**config) -> str:
     (_doc(learning_rate=0.1), "unknown setting 'learning_rate'"),
     (_doc(augment={"colour": 0.2}), "augment"),
     (_doc(lr_steps="10,20"), "not a list"),
+    ("[" * 100_000 + "]" * 100_000, "is not JSON"),  # nesting past Python's recursion limit
 ])
 def test_a_bad_config_is_a_one_line_error(tmp_path, text, fragment):
     prefix = str(tmp_path / "m")
@@ -104,6 +112,21 @@ def test_a_missing_config_and_a_config_naming_the_runs_own_outputs_are_refused(p
     one_line_error(run_script("train.py", "--config", str(tmp_path / "d.json"), "--prefix", new), 2,
                    "is this run's own --prefix")
     assert not os.path.exists(f"{new}-config.json")
+
+
+def test_other_data_leaves_the_saved_runs_teachers_and_source_weights(packed_demo, tmp_path):
+    """--config with --data-dir typed: the saved teacher CSVs and source weights were the saved run's sources';
+    kept, they would distil that run's teacher labels onto these faces by record index."""
+    data_dir, _ = packed_demo
+    _write(str(tmp_path / "c.json"), _doc(data_dirs=[str(tmp_path / "a"), str(tmp_path / "b")],
+                                          teacher_genders=[str(tmp_path / "a-teacher.csv"), "-"],
+                                          source_weights=[1.0, 3.0], lr=0.02))
+    prefix = str(tmp_path / "run" / "m")
+    proc = run_script("train.py", "--config", str(tmp_path / "c.json"), "--data-dir", data_dir, "--prefix", prefix,
+                      *TINY, "--batch-size", "4", "--end-epoch", "1", "--max-steps", "1", check=True)
+    saved = _config(prefix)
+    assert saved["data_dirs"] == [data_dir] and saved["lr"] == 0.02  # the rest of the recipe carries over
+    assert saved["teacher_genders"] == [] and saved["source_weights"] == [], proc.stdout
 
 
 def test_fit_is_built_cheaply_and_prepared_by_from_config(packed_demo, tmp_path):

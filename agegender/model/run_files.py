@@ -66,12 +66,15 @@ def read_config(path: str, flag: str) -> dict:
     missing, not JSON or not a train.py config."""
     if not os.path.isfile(path):
         raise UserError(f"{flag}: no such config file: {path}")
+    # --resume reads the run's own file unasked: say how to go on without it
+    way_out = "; delete it to resume with the flags as given" if flag == "--resume" else ""
     try:
         doc = json.loads(read_text(path, f"{flag} config"))
-    except ValueError as exc:  # json.JSONDecodeError included
-        raise UserError(f"{flag}: {path} is not JSON ({short_reason(exc)})") from None
+    except (ValueError, RecursionError) as exc:  # json.JSONDecodeError included; RecursionError: deep nesting
+        raise UserError(f"{flag}: {path} is not JSON ({short_reason(exc)}){way_out}") from None
     if not isinstance(doc, dict) or doc.get("kind") != CONFIG_KIND or not isinstance(doc.get("config"), dict):
-        raise UserError(f"{flag}: {path} is not a train.py config (PREFIX-config.json, written by train.py)")
+        raise UserError(f"{flag}: {path} is not a train.py config (PREFIX-config.json, written by train.py)"
+                        f"{way_out}")
     return doc["config"]
 
 
