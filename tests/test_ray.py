@@ -86,9 +86,10 @@ def wheel_folder(tmp_path_factory) -> tuple[str, list[str], list[dict]]:
 
 @pytest.fixture(scope="module")
 def local_ray(tmp_path_factory):
-    """A local Ray for this module: 2 CPUs, 200 MB of object store; the die-once hook armed but spent (its
-    marker exists) until a test removes the marker."""
-    from agegender.serving.ray_batch import DIE_ONCE_ENV, connect
+    """A local Ray for this module: 2 CPUs, 200 MB of object store; the dying actors' marker (tests/ray_faults.py)
+    set before Ray starts, so its workers know it, and present (no actor dies) until a test removes it."""
+    from agegender.serving.ray_batch import connect
+    from tests.ray_faults import DIE_ONCE_ENV
 
     marker = str(tmp_path_factory.mktemp("hook") / "died")
     open(marker, "w").close()
@@ -302,10 +303,11 @@ def test_ray_real_photos_from_shared(local_ray, tmp_path):
 @needs_ray
 def test_a_killed_net_worker_is_retried_and_every_input_is_there_once(local_ray, wheel_folder, tmp_path):
     from agegender.serving.ray_batch import run
+    from tests.ray_faults import DYING_ACTORS
 
     folder, paths, docs = wheel_folder
-    os.remove(local_ray)  # the next net call kills its worker process (os._exit), once
-    summary = run([folder], str(tmp_path), shard_size=2)
+    os.remove(local_ray)  # the first call of a dying actor kills its worker process (os._exit), once
+    summary = run([folder], str(tmp_path), shard_size=2, actors=DYING_ACTORS)
     assert os.path.exists(local_ray), "the hook did not fire: no worker was killed"
     assert summary.complete
     assert _shard_docs(str(tmp_path)) == _by_image(docs)  # complete, no duplicates, same values

@@ -36,7 +36,6 @@ from agegender.serving.shards import (MANIFEST_DIR, STALE_DIR, plan_shards, prep
                                       write_shard)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DIE_ONCE_ENV = "AGEGENDER_RAY_TEST_DIE_ONCE"  # tests: the first net call to find this file missing creates it and dies
 SHARD_SIZE = 100     # inputs per shard on average: the unit of resume and of work per task
 IN_FLIGHT = 1        # calls per actor: the next shard goes to whichever actor frees first (no end-of-run queue)
 ATTEMPTS = 3         # a shard whose actor is lost is resubmitted this many times before the run gives up
@@ -157,7 +156,6 @@ class ShardWorker:
         """The shard's documents (JSON text, in input order) and the seconds spent per stage."""
         from agegender.serving.inference import to_json
 
-        _die_once_for_tests()
         timings = self._take_timings()
         docs = [json.dumps(to_json(r)) for r in self.analyzer.analyze_paths(paths, timings=timings, threads=1)]
         return docs, timings
@@ -190,7 +188,6 @@ class NetWorker:
         from agegender.serving.analyzer import ImageResult
         from agegender.serving.inference import to_json
 
-        _die_once_for_tests()
         items, timings = prepared
         t0 = time.perf_counter()
         per_file = [unpack_crops(packed) for *_, packed in items]
@@ -231,19 +228,6 @@ def unpack_crops(packed: tuple) -> list:
 
     net, teacher = packed
     return list(net) if teacher is None else [FaceCrops(n, t) for n, t in zip(net, teacher)]
-
-
-def _die_once_for_tests() -> None:
-    """The test hook that kills a worker mid-run: exits this process if the file named by
-    AGEGENDER_RAY_TEST_DIE_ONCE does not exist yet (creating it first, so only one worker dies)."""
-    marker = os.environ.get(DIE_ONCE_ENV)
-    if marker:
-        try:
-            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            return
-        os.close(fd)
-        os._exit(1)
 
 
 def _check_reachable(address: str) -> None:
@@ -290,8 +274,6 @@ def connect(address: str | None, num_cpus: int | None = None, object_store_mb: i
     if ray.is_initialized():
         return False
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
-    if os.environ.get(DIE_ONCE_ENV):
-        env[DIE_ONCE_ENV] = os.environ[DIE_ONCE_ENV]
     kwargs: dict = {"logging_level": logging.WARNING, "log_to_driver": False, "configure_logging": True}
     if address:  # the cluster's workers are told where the project is
         kwargs.update(address=address, runtime_env={"env_vars": env})
@@ -320,19 +302,21 @@ class _Pool:
     GPU (then the CPU actors only detect). Each shard is one call; `IN_FLIGHT` calls per CPU actor (two
     where the net is elsewhere, so that an actor detects the next shard while its last one is labelled)."""
 
-    def __init__(self, settings: Settings, split: bool | None = None):
+    def __init__(self, settings: Settings, split: bool | None = None, actors: tuple[type, type] | None = None):
         import ray
+
+        shard_actor, net_actor = actors or (ShardWorker, NetWorker)
 
         resources = ray.cluster_resources()
         cpus, gpus = max(1, int(resources.get("CPU", 1))), int(resources.get("GPU", 0))
         self.split = bool(gpus) if split is None else split
         retry = {"max_restarts": 3, "max_task_retries": 3}  # a dead actor is restarted and its call run again
-        self.workers = [ray.remote(ShardWorker).options(num_cpus=1, **retry).remote(settings, self.split)
+        self.workers = [ray.remote(shard_actor).options(num_cpus=1, **retry).remote(settings, self.split)
                         for _ in range(cpus)]
         self.nets = []
         if self.split:  # Ray sets CUDA_VISIBLE_DEVICES: each net actor's GPU is its device 0
             net = {"num_gpus": 1, "num_cpus": 0} if gpus else {"num_cpus": 0}
-            self.nets = [ray.remote(NetWorker).options(**net, **retry).remote(settings, "0" if gpus else "")
+            self.nets = [ray.remote(net_actor).options(**net, **retry).remote(settings, "0" if gpus else "")
                          for _ in range(max(1, gpus))]
         self._loading = [w.__ray_ready__.remote() for w in self.workers + self.nets]
         self.load = [0] * len(self.workers)
@@ -365,13 +349,15 @@ class _Pool:
 def run(specs: list[str], out_dir: str, settings: Settings = Settings(), address: str | None = None,
         shard_size: int = SHARD_SIZE, num_cpus: int | None = None, object_store_mb: int | None = None,
         overwrite: bool = False, split: bool | None = None, driver_lane: bool = True,
-        on_shard: Callable[[str, dict], None] | None = None, log=sys.stderr) -> Summary:
+        on_shard: Callable[[str, dict], None] | None = None, log=sys.stderr,
+        actors: tuple[type, type] | None = None) -> Summary:
     """Label every image of `specs` into Parquet shards under `out_dir` (see the module's doc and
     agegender/serving/shards.py), keeping the shards a previous run completed; `on_shard(key, manifest)` is
     called after each shard is written. `split`: the net on its own actors (default: where there are GPUs).
     `driver_lane`: while Ray starts (not when the driver is already connected), the driver works through
     shards itself, until the actors have loaded their models. Raises KeyboardInterrupt (after the shards
-    already complete are in place) when interrupted."""
+    already complete are in place) when interrupted. `actors`: the (shard, net) actor classes, subclasses of
+    ShardWorker and NetWorker (default: those), e.g. a test's that fail on purpose."""
     paths, problems = expand_inputs(specs)
     for spec, reason in problems:
         print(f"error: {spec}: {reason}", file=log, flush=True)
@@ -397,7 +383,7 @@ def run(specs: list[str], out_dir: str, settings: Settings = Settings(), address
         return summary
     import ray
 
-    job = _Job(todo, out_dir, settings, fp, summary, on_shard, log)
+    job = _Job(todo, out_dir, settings, fp, summary, on_shard, log, actors)
     t0 = time.perf_counter()
     lane = _DriverLane(job) if driver_lane and not ray.is_initialized() else None
     started = False
@@ -421,8 +407,9 @@ class _Job:
     """The shards left to do, shared by the Ray actors and the driver's lane; each shard written once."""
 
     def __init__(self, todo: dict[str, list[str]], out_dir: str, settings: Settings, fp: dict, summary: Summary,
-                 on_shard, log):
+                 on_shard, log, actors: tuple[type, type] | None = None):
         self.todo, self.out_dir, self.settings, self.fp = todo, out_dir, settings, fp
+        self.actors = actors
         self.summary, self.on_shard, self.log = summary, on_shard, log
         # largest shards first: the run ends on small ones, so no actor waits long for the last shard
         self.queue: deque[str] = deque(sorted(todo, key=lambda k: -len(todo[k])))
@@ -470,7 +457,7 @@ class _Job:
             nonlocal pool
             with self.lock:
                 if pool is None and self.queue:
-                    pool = _Pool(self.settings, split)
+                    pool = _Pool(self.settings, split, self.actors)
             while pool is not None:
                 i = pool.free()
                 key = self.take() if i is not None else None
@@ -569,4 +556,4 @@ def _report_moved(out_dir: str, state, overwrite: bool, log) -> None:
 
 
 __all__ = ["Settings", "Summary", "ShardWorker", "NetWorker", "connect", "run", "refuse_inputs_in",
-           "expand_inputs", "shard_name", "DIE_ONCE_ENV", "MANIFEST_DIR", "SHARD_SIZE"]
+           "expand_inputs", "shard_name", "MANIFEST_DIR", "SHARD_SIZE"]
