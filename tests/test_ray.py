@@ -341,16 +341,22 @@ def test_without_the_gender_ensemble_both_layouts_give_infers_faces(local_ray, w
 
 @pytest.fixture(scope="module")
 def many_photos(tmp_path_factory, wheel_folder) -> tuple[str, list[str]]:
-    """16 distinct files (names differ, so their shard keys do): the wheel folder's three photos, copied."""
+    """16 distinct files (names differ, so their shard keys do): the wheel folder's three photos, copied. Shard
+    boundaries come from the paths, pytest's numbered temporary folder included: the folder is one whose
+    paths cut into at least three shards of about 4, so that the tests' runs always have shards to keep."""
+    from agegender.serving.shards import plan_shards
+
     folder, paths, _ = wheel_folder
-    out = tmp_path_factory.mktemp("many")
     photos = [p for p in paths if not p.endswith(BAD + ("blank.png",))]
+    base = tmp_path_factory.mktemp("many")
+    names = [f"{i:02d}_{os.path.basename(photos[i % len(photos)])}" for i in range(16)]
+    out = next(base / f"set{k}" for k in range(1000)
+               if len(plan_shards(sorted(str(base / f"set{k}" / n) for n in names), 4)) >= 3)
+    out.mkdir()
     made = []
-    for i in range(16):
-        src = photos[i % len(photos)]
-        dst = out / f"{i:02d}_{os.path.basename(src)}"
-        shutil.copy(src, dst)
-        made.append(str(dst))
+    for i, name in enumerate(names):
+        shutil.copy(photos[i % len(photos)], out / name)
+        made.append(str(out / name))
     return str(out), sorted(made)
 
 
@@ -480,23 +486,24 @@ def test_other_inputs_move_the_old_shards_aside_and_reuse_the_rest(local_ray, ma
     out = str(tmp_path / "out")
     first = run([folder], out, shard_size=4)
     before = _keys(out)
+    # the photo removed: the first of a shard of several, so the shard boundaries stay where they are
+    r = next(paths.index(shard[0]) for shard in plan_shards(paths, 4) if len(shard) > 1)
+    fewer = paths[:r] + paths[r + 1:]
     listing = tmp_path / "fewer.txt"
-    listing.write_text("\n".join(paths[:7] + paths[8:]) + "\n")
+    listing.write_text("\n".join(fewer) + "\n")
     log = tmp_path / "log"
     with open(log, "w") as f:
         second = run([str(listing)], out, shard_size=4, log=f)
-    # shard boundaries come from the paths themselves (the temporary folder's name included): the removed
-    # photo's shard changes, and so does the next one where the removed photo ended its shard; where the
-    # removed photo was a shard of its own, that shard just goes (nothing is added)
-    old, new = plan_shards(paths, 4), plan_shards(paths[:7] + paths[8:], 4)
+    # the removed photo ended no shard, so its shard alone changes: one shard goes, one comes, the rest stay
+    old, new = plan_shards(paths, 4), plan_shards(fewer, 4)
     gone, added = [s for s in old if s not in new], [s for s in new if s not in old]
-    assert 1 <= len(gone) <= 2 and len(added) <= 1 and (added or gone == [[paths[7]]])
+    assert len(gone) == 1 and len(added) == 1 and len(old) >= 3
     assert second.complete and second.stale == len(gone) and second.resumed == first.shards - len(gone)
     assert second.processed == second.inputs - second.already < len(paths) - 1
     assert f"note: {len(gone)} shard(s) that no input of this run needs" in log.read_text()
     stale = set(os.listdir(os.path.join(out, "_stale")))
     assert len(stale) == 2 * len(gone) and stale <= {n for k in before for n in (k, k[:-len(".parquet")] + ".json")}
-    assert [d["image"] for d in _shard_docs(out)] == paths[:7] + paths[8:]
+    assert [d["image"] for d in _shard_docs(out)] == fewer
     third = run([folder], out, shard_size=4, overwrite=True)
     assert third.stale == len(added) and _keys(out) == before
     assert len(os.listdir(os.path.join(out, "_stale"))) == 2 * len(gone)
