@@ -92,7 +92,7 @@ def test_widening_round_trips_and_refuses_nonsense():
 
 
 def test_widening_is_stored_beside_the_temperature_and_read_back(tmp_path):
-    from agegender.model.engine import (BUNDLED_ONNX, OnnxEngine, checkpoint_temperature, checkpoint_widening,
+    from agegender.model.engine import (BUNDLED_ONNX, OnnxEngine, read_checkpoint_calibration,
                                         with_temperature)
 
     w = Widening([0.8], [0, 30], [[1.5, 2.5]], [[1.2, 3.0]])
@@ -114,22 +114,22 @@ def test_widening_is_stored_beside_the_temperature_and_read_back(tmp_path):
     prefix = str(tmp_path / "model")
     (tmp_path / "model-calibration.json").write_text(json.dumps({"gender_temperature": 0.6,
                                                                  "age_range_widening": w.to_dict()}))
-    assert checkpoint_widening(prefix, "m") == w and checkpoint_temperature(prefix, "m") == 0.6
+    assert read_checkpoint_calibration(prefix, "m").widening == w and read_checkpoint_calibration(prefix, "m").temperature == 0.6
     (tmp_path / "model-calibration.json").write_text(json.dumps({"age_range_widening": {"levels": [2]}}))
     with pytest.raises(UserError, match="age_range_widening"):
-        checkpoint_widening(prefix, "m")
+        read_checkpoint_calibration(prefix, "m").widening
     (tmp_path / "model-calibration.json").write_text(json.dumps({"gender_temperature": 0.6}))
-    assert checkpoint_widening(prefix, "m") is NO_WIDENING  # an older file: no widening, still read
+    assert read_checkpoint_calibration(prefix, "m").widening is NO_WIDENING  # an older file: no widening, still read
 
 
 def test_the_bundled_model_ships_its_widening_in_both_places():
-    from agegender.model.engine import BUNDLED_MODEL, OnnxEngine, checkpoint_temperature, checkpoint_widening
+    from agegender.model.engine import BUNDLED_MODEL, OnnxEngine, read_checkpoint_calibration
 
     engine = OnnxEngine(BUNDLED_MODEL + ".onnx", threads=1)
     assert not engine.age_widening.is_identity
-    assert checkpoint_widening(BUNDLED_MODEL, "bundled") == engine.age_widening
+    assert read_checkpoint_calibration(BUNDLED_MODEL, "bundled").widening == engine.age_widening
     T = engine.gender_temperature
-    assert checkpoint_temperature(BUNDLED_MODEL, "bundled") == T and T != pytest.approx(1.0)  # calibrated
+    assert read_checkpoint_calibration(BUNDLED_MODEL, "bundled").temperature == T and T != pytest.approx(1.0)  # calibrated
 
 
 def _flags(photo: str):

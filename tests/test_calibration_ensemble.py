@@ -302,19 +302,19 @@ def test_a_checkpoints_calibration_file_is_applied_by_mxnet_and_carried_into_its
 
 @pytest.mark.parametrize("bad", ['{"gender_temperature": 0}', '{"gender_temperature": "warm"}', "[1]", "{"])
 def test_a_bad_calibration_file_is_a_one_line_error(tmp_path, bad):
-    from agegender.model.engine import checkpoint_temperature
+    from agegender.model.engine import read_checkpoint_calibration
 
     prefix = str(tmp_path / "m")
     (tmp_path / "m-calibration.json").write_text(bad)
     with pytest.raises(UserError, match="m-calibration.json|gender_temperature"):
-        checkpoint_temperature(prefix, "m,0")
+        read_checkpoint_calibration(prefix, "m,0").temperature
 
 
 def test_the_bundled_checkpoint_and_its_onnx_export_share_one_temperature():
-    from agegender.model.engine import BUNDLED_MODEL, BUNDLED_ONNX, checkpoint_temperature
+    from agegender.model.engine import BUNDLED_MODEL, BUNDLED_ONNX, read_checkpoint_calibration
 
     onnx_t = OnnxEngine(BUNDLED_ONNX).gender_temperature
-    assert onnx_t == checkpoint_temperature(BUNDLED_MODEL, "bundled") and 0.3 < onnx_t < 1.0
+    assert onnx_t == read_checkpoint_calibration(BUNDLED_MODEL, "bundled").temperature and 0.3 < onnx_t < 1.0
 
 
 # --- a model's own flip default (metadata `flip`) --------------------------------------------------------

@@ -234,21 +234,6 @@ def read_checkpoint_calibration(prefix: str, name: str) -> Calibration:
     return stored_calibration(checkpoint_calibration(prefix, name), name)
 
 
-def checkpoint_temperature(prefix: str, name: str) -> float:
-    """The gender temperature of a checkpoint, 1 when there is none."""
-    return read_checkpoint_calibration(prefix, name).temperature
-
-
-def checkpoint_flip(prefix: str, name: str) -> bool:
-    """The flip default of a checkpoint (`"flip": false`); DEFAULT_FLIP when absent."""
-    return read_checkpoint_calibration(prefix, name).flip
-
-
-def checkpoint_widening(prefix: str, name: str) -> Widening:
-    """The age range widening of a checkpoint; none when absent."""
-    return read_checkpoint_calibration(prefix, name).widening
-
-
 def checkpoint_calibration(prefix: str, name: str) -> dict:
     """`PREFIX-calibration.json` as read ({} when there is none); one-line errors for a broken file."""
     path = prefix + CALIBRATION_SUFFIX
@@ -333,9 +318,9 @@ class OnnxEngine(Engine):
         return self.session.run(None, {self.input: batch})[0]
 
 
-__all__ = ["Labels", "stored_widening", "checkpoint_widening", "checkpoint_calibration", "Engine", "OnnxEngine",
+__all__ = ["Labels", "stored_widening", "checkpoint_calibration", "Engine", "OnnxEngine",
            "session_options", "stored_temperature", "with_temperature", "TEMPERATURE_KEY",
-           "CALIBRATION_SUFFIX", "checkpoint_temperature", "FLIP_KEY", "stored_flip", "checkpoint_flip",
+           "CALIBRATION_SUFFIX", "FLIP_KEY", "stored_flip",
            "Calibration", "stored_calibration", "read_checkpoint_calibration",
            "model_files", "TEACHER_ONNX",
            "BUNDLED_MODEL", "BUNDLED_ONNX", "ENGINES", "NUM_OUTPUTS", "short_name"]

@@ -12,11 +12,11 @@ from agegender.model.engine import ENGINES, Engine, OnnxEngine, short_name
 def model_default_flip(model: str | None = None) -> bool:
     """The flip default of the model `--model` names (metadata `flip`), read from its files without loading
     the net's weights into an engine: what `flip=None` means for it (Ray's shard key records this value)."""
-    from agegender.model.engine import checkpoint_flip, stored_flip
+    from agegender.model.engine import read_checkpoint_calibration, stored_flip
 
     bundled = registry.resolve(model)
     if bundled is not None and os.path.exists(bundled.calibration):
-        return checkpoint_flip(bundled.prefix, bundled.name)
+        return read_checkpoint_calibration(bundled.prefix, bundled.name).flip
     path = bundled.onnx if bundled is not None else model
     if path.lower().endswith(".onnx"):
         import onnxruntime as ort
@@ -26,7 +26,7 @@ def model_default_flip(model: str | None = None) -> bool:
         except Exception as exc:  # noqa: BLE001 -- onnxruntime raises its own types for bad files
             raise UserError(f"cannot load model {path}: {short_reason(exc)}") from None
         return stored_flip(dict(meta.custom_metadata_map), path)
-    return checkpoint_flip(model.partition(",")[0], model)
+    return read_checkpoint_calibration(model.partition(",")[0], model).flip
 
 
 def load_engine(model: str | None = None, engine: str | None = None, gpus: str = "", threads: int = 0) -> Engine:
