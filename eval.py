@@ -7,7 +7,7 @@ import argparse
 import os
 import sys
 
-from agegender.model.age import AGE_DECODINGS, DEFAULT_AGE_LEVEL, DEFAULT_DECODE
+from agegender.model.age import DEFAULT_AGE_LEVEL, add_age_decode_argument
 from agegender.model.engine import ENGINES
 from agegender.model.ensemble import DEFAULT_GENDER_ENSEMBLE
 from agegender.cli import AGE_LEVEL, BATCH, COUNT, ArgumentParser, add_flip_argument
@@ -29,9 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a packed .rec file to evaluate; repeatable (one table each, then the overall line)")
     p.add_argument("--batch-size", "--batch_size", type=BATCH, default=256, help="faces per batch")
     p.add_argument("--gpus", default="", help="GPU ids such as 0,1 (empty = CPU)")
-    p.add_argument("--age-decode", choices=AGE_DECODINGS, default=DEFAULT_DECODE,
-                   help="prob: sum of P(age > k); vote: sum of the pairs' argmax; median: where P(age > k) "
-                        "crosses 1/2")
+    add_age_decode_argument(p)
     p.add_argument("--age-level", type=AGE_LEVEL, default=DEFAULT_AGE_LEVEL,
                    help="the age range's level; its coverage is reported on the odd records (the half "
                         "tools/calibrate.py does not calibrate on), overall and per 10-year band")
@@ -82,7 +80,8 @@ def main() -> int:
                          args.num_workers, args.age_level, teacher) for rec in recs]
     settings = {"model": predictor.name, "engine": predictor.kind, "age_decode": args.age_decode,
                 "flip": predictor.resolve_flip(args.flip),
-                "age_level": args.age_level, "gender_ensemble": args.gender_ensemble}
+                "age_level": args.age_level, "gender_ensemble": args.gender_ensemble,
+                "gender_teacher_weight": predictor.teacher_weight if args.gender_ensemble else None}
     if len(recs) == 1:
         rep = report(preds[0])
         print(format_report(rep, args.age_level))

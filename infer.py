@@ -8,7 +8,7 @@ import argparse
 import os
 import sys
 
-from agegender.model.age import AGE_DECODINGS, DEFAULT_AGE_LEVEL, DEFAULT_DECODE
+from agegender.model.age import DEFAULT_AGE_LEVEL, add_age_decode_argument
 from agegender.cli import (AGE_LEVEL, BATCH, COUNT, DET_THRESH, NON_NEGATIVE, NON_NEGATIVE_INT, ArgumentParser,
                            add_flip_argument)
 from agegender.model.engine import ENGINES
@@ -44,9 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drop-flagged", action="store_true",
                    help="leave out the faces the quality flag marks (box under 24 px wide, blurred, or turned "
                         "too far), as --min-face leaves out small ones; without it they are reported, flagged")
-    p.add_argument("--age-decode", choices=AGE_DECODINGS, default=DEFAULT_DECODE,
-                   help="prob: sum of P(age > k); vote: sum of the pairs' argmax; median: where P(age > k) "
-                        "crosses 1/2")
+    add_age_decode_argument(p)
     add_flip_argument(p)
     p.add_argument("--gender-ensemble", action=argparse.BooleanOptionalAction, default=DEFAULT_GENDER_ENSEMBLE,
                    help="P(male) = the mean of ours and the bundled CC0 teacher gender net's, +12 %% time a face "

@@ -8,7 +8,7 @@ import argparse
 import os
 import socket
 
-from agegender.model.age import AGE_DECODINGS, DEFAULT_AGE_LEVEL, DEFAULT_DECODE
+from agegender.model.age import DEFAULT_AGE_LEVEL, add_age_decode_argument
 from agegender.cli import (AGE_LEVEL, BATCH, COUNT, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, ArgumentParser,
                            add_flip_argument, number)
 from agegender.model.engine import ENGINES
@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=ENGINES, default=None, help="what runs the net (as infer.py)")
     p.add_argument("--det-model", metavar="ONNX", default=None, help="an InsightFace ONNX detector")
     p.add_argument("--max-size", type=NON_NEGATIVE_INT, default=1280, help="longest side seen by the detector")
-    p.add_argument("--age-decode", choices=AGE_DECODINGS, default=DEFAULT_DECODE, help="age decoding")
+    add_age_decode_argument(p)
     p.add_argument("--age-level", type=AGE_LEVEL, default=DEFAULT_AGE_LEVEL,
                    help="the age range's level: the true age lies in the range for this share of faces")
     p.add_argument("--drop-flagged", action="store_true",

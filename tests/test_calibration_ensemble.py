@@ -19,7 +19,7 @@ from agegender.data.face import TEACHER_TEMPLATE, Face, align_face, teacher_chip
 from agegender.errors import UserError
 from agegender.model.engine import NUM_OUTPUTS, OnnxEngine, with_temperature
 from agegender.model.ensemble import TEACHER_ONNX, TeacherGender, ensemble_p_male
-from agegender.model.metrics import expected_calibration_error, fit_temperature
+from agegender.model.metrics import expected_calibration_error, fit_teacher_weight, fit_temperature
 
 
 # --- expected calibration error and temperature ----------------------------------------------------------
@@ -93,6 +93,41 @@ def test_a_stored_temperature_that_is_not_a_positive_number_is_refused_at_load(b
         OnnxEngine("tiny.onnx", model=tiny_model({"gender_temperature": bad}))
 
 
+# --- the ensemble's weight for the teacher -----------------------------------------------------------------
+def test_the_ensemble_mixes_the_two_nets_at_the_teachers_weight_the_plain_mean_by_default():
+    ours, teacher = np.array([0.9, 0.2, 0.6]), np.array([0.1, 0.6, 0.2])
+    np.testing.assert_allclose(ensemble_p_male(ours, teacher), (ours + teacher) / 2)
+    np.testing.assert_allclose(ensemble_p_male(ours, teacher, 0.0), ours)
+    np.testing.assert_allclose(ensemble_p_male(ours, teacher, 1.0), teacher)
+    np.testing.assert_allclose(ensemble_p_male(ours, teacher, 0.25), 0.75 * ours + 0.25 * teacher)
+
+
+def test_the_teacher_weight_fit_takes_the_most_accurate_mix_ties_going_to_the_plain_mean():
+    gender = np.array([1, 1, 0, 0, -1])
+    ours = np.array([0.9, 0.4, 0.1, 0.3, 0.9])
+    teacher = np.array([0.3, 0.95, 0.1, 0.9, 0.0])  # the unknown gender (-1) must not count
+    # all four right for w in 0.2..0.3 (face 2 needs w >= 0.19, face 4 w < 0.34): the one nearest 0.5
+    assert fit_teacher_weight(ours, teacher, gender) == 0.3
+    assert fit_teacher_weight(ours[:3], teacher[:3], gender[:3]) == 0.5  # right from 0.2 to 0.65: the mean
+    assert fit_teacher_weight(ours, teacher, np.full(5, -1)) == 0.5  # nothing known: the plain mean
+    # ours barely right, the teacher sure and wrong: right only for w < 0.09, so 0.05 (of 0 and 0.05)
+    assert fit_teacher_weight(np.array([0.55, 0.45]), np.array([0.0, 1.0]), np.array([1, 0])) == 0.05
+
+
+def test_onnx_engine_reads_the_stored_teacher_weight_and_with_temperature_writes_it():
+    assert OnnxEngine("tiny.onnx", model=tiny_model()).teacher_weight == 0.5  # none stored: the plain mean
+    assert OnnxEngine("tiny.onnx", model=tiny_model({"gender_teacher_weight": "0.25"})).teacher_weight == 0.25
+    written = with_temperature(tiny_model({"producer": "x"}), 2.5, teacher_weight=0.3)
+    assert {m.key: m.value for m in onnx.load_from_string(written).metadata_props}["gender_teacher_weight"] == "0.30"
+    assert OnnxEngine("tiny.onnx", model=written).teacher_weight == 0.3
+
+
+@pytest.mark.parametrize("bad", ["1.5", "-0.1", "nan", "heavy", ""])
+def test_a_stored_teacher_weight_outside_0_to_1_is_refused_at_load(bad):
+    with pytest.raises(UserError, match="gender_teacher_weight"):
+        OnnxEngine("tiny.onnx", model=tiny_model({"gender_teacher_weight": bad}))
+
+
 # --- the teacher's chip from our landmarks ---------------------------------------------------------------
 def blob_centre(img: np.ndarray, near: np.ndarray, radius: int = 3) -> np.ndarray:
     """Intensity-weighted centre of the bright blob around `near` in a one-channel image."""
@@ -164,6 +199,11 @@ def test_analyzer_ensemble_averages_ours_and_the_teachers_p_male():
     np.testing.assert_allclose(mean, want)
     np.testing.assert_array_equal(age, age_both)  # the ensemble is gender only
     assert [round(r.p_male, 6) for r in both.analyze(rgb)] == [round(float(want[0]), 6)]
+    # a model that stores its own weight for the teacher (tools/calibrate.py) is mixed at it
+    weighted = OnnxEngine("tiny.onnx", model=tiny_model({"gender_teacher_weight": "0.2"}))
+    light, _ = FaceAnalyzer(OneFace(landmarks), weighted, teacher=teacher).label(pairs)
+    np.testing.assert_allclose(light, ensemble_p_male(ours, teacher.p_male(teacher_chip(rgb, landmarks)[None]), 0.2))
+    assert abs(float(light[0] - mean[0])) > 1e-3
 
 
 # --- real photos --------------------------------------------------------------------------------------------
@@ -232,6 +272,8 @@ def test_report_tools_on_a_small_list_of_real_photos(tmp_path):
     proc = run_script("tools/calibrate.py", "--lst", str(lst), "--write", str(out), check=True)
     t = float(re.search(r"T = ([0-9.]+)", proc.stdout).group(1))
     assert "| all | " in proc.stdout and OnnxEngine(str(out)).gender_temperature == pytest.approx(t, abs=1e-4)
+    w = float(re.search(r"teacher weight w = ([0-9.]+) \(accuracy on 12 faces", proc.stdout).group(1))
+    assert OnnxEngine(str(out)).teacher_weight == w and 0.0 <= w <= 1.0  # the ensemble's weight travels too
     # the age range's widening, fitted on the even records and reported on the odd, travels in the same model
     fitted = re.search(r"^(\{\"levels\".*\})$", proc.stdout, re.M).group(1)
     assert OnnxEngine(str(out)).age_widening == Widening.from_dict(fitted)
@@ -298,16 +340,22 @@ def test_a_checkpoints_calibration_file_is_applied_by_mxnet_and_carried_into_its
                                                              "age_range_widening": w.to_dict()}))
     assert MxnetEngine(str(tmp_path / "m"), 0).age_widening == w
     assert Widening.from_dict(metadata(str(tmp_path / "m"), 0)["age_range_widening"]) == w
+    # and the ensemble's weight for the teacher
+    assert warm.teacher_weight == 0.5 and "gender_teacher_weight" not in metadata(str(tmp_path / "m"), 0)
+    (tmp_path / "m-calibration.json").write_text('{"gender_temperature": 2.5, "gender_teacher_weight": 0.3}')
+    assert MxnetEngine(str(tmp_path / "m"), 0).teacher_weight == 0.3
+    assert metadata(str(tmp_path / "m"), 0)["gender_teacher_weight"] == "0.30"
 
 
-@pytest.mark.parametrize("bad", ['{"gender_temperature": 0}', '{"gender_temperature": "warm"}', "[1]", "{"])
+@pytest.mark.parametrize("bad", ['{"gender_temperature": 0}', '{"gender_temperature": "warm"}', "[1]", "{",
+                                 '{"gender_teacher_weight": 2}', '{"gender_teacher_weight": true}'])
 def test_a_bad_calibration_file_is_a_one_line_error(tmp_path, bad):
     from agegender.model.engine import read_checkpoint_calibration
 
     prefix = str(tmp_path / "m")
     (tmp_path / "m-calibration.json").write_text(bad)
-    with pytest.raises(UserError, match="m-calibration.json|gender_temperature"):
-        read_checkpoint_calibration(prefix, "m,0").temperature
+    with pytest.raises(UserError, match="m-calibration.json|gender_temperature|gender_teacher_weight"):
+        read_checkpoint_calibration(prefix, "m,0")
 
 
 def test_the_bundled_checkpoint_and_its_onnx_export_share_one_temperature():
@@ -353,7 +401,8 @@ def test_a_model_whose_metadata_says_flip_false_reads_each_face_once_unless_aske
         out = tmp_path / f"eval{len(flags)}.json"
         run_script("eval.py", "--model", str(tmp_path / "noflip.onnx"), "--rec", rec, "--no-gender-ensemble",
                    "--no-progress", "--json", str(out), *flags, check=True)
-        assert json.load(open(out))["flip"] is want  # the settings sit at the top level
+        doc = json.load(open(out))
+        assert doc["flip"] is want and doc["gender_teacher_weight"] is None  # the settings sit at the top level
 
 
 @pytest.mark.parametrize("bad", ["maybe", "0", ""])

@@ -60,6 +60,7 @@ def test_eval_numbers_equal_a_hand_computation(packed_demo, random_model, tmp_pa
     doc = json.loads(out_json.read_text())
     assert doc["count"] == n and doc["mae"] == pytest.approx(mae, abs=1e-4) and doc["acc"] == pytest.approx(acc)
     assert doc["model"] == random_model and doc["age_decode"] == "prob"
+    assert doc["gender_ensemble"] is True and doc["gender_teacher_weight"] == 0.5  # the weight it was read with
     assert sum(b["count"] for b in doc["bands"]) == n and sum(s["count"] for s in doc["sources"]) == n
     assert set(doc["gender_confusion"]) == {"true_female", "true_male"}
     megaage = [s for s in doc["sources"] if s["source"] == "megaage"][0]
@@ -155,3 +156,8 @@ def test_eval_reads_p_male_as_infer_does_with_the_models_temperature_and_the_ens
     both = predict_rec(engine, rec, progress=False, teacher=teacher).p_male
     want = ensemble_p_male(ours, teacher.p_male(teacher_chips_of_aligned(faces)))
     np.testing.assert_allclose(both, want, atol=1e-3)  # the crops decoded by two decoders: a grey level apart
+    engine.teacher_weight = 0.2  # a model's calibrated weight for the teacher (tools/calibrate.py)
+    light = predict_rec(engine, rec, progress=False, teacher=teacher).p_male
+    np.testing.assert_allclose(light, ensemble_p_male(ours, teacher.p_male(teacher_chips_of_aligned(faces)), 0.2),
+                               atol=1e-3)
+    assert np.abs(light - both).max() > 0.01

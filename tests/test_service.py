@@ -103,6 +103,7 @@ def test_health_model_and_docs(client):
     assert "non-commercial" in m["license"]["model"]
     assert "'male' or 'female'" in m["gender_coding"]
     assert m["gender_ensemble"] is True and "teacher" in m["gender_coding"]  # on by default, as infer.py
+    assert m["gender_teacher_weight"] == 0.5 and "weight 0.5" in m["gender_coding"]  # the default's: the mean
     spec = client.get("/openapi.json").json()
     post = spec["paths"]["/v1/analyze"]["post"]
     assert {"200", "400", "401", "413", "415", "422", "503"} <= set(post["responses"])

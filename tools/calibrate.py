@@ -9,12 +9,15 @@ says? On the source photos of packed val splits (detected, main face, aligned as
   together (per range level and band of the predicted age), and the coverage on the odd records, raw and
   widened, overall and per 10-year band of the true age, with the MAE of the narrowest and widest thirds;
   over exact ages only (faces labelled by an age group, FairFace, are left out and counted; a list of
-  groups only is refused: --gender-only then fits the temperature alone).
+  groups only is refused: --gender-only then fits the temperature alone);
+- the gender ensemble: the teacher net's weight w in (1 - w) * ours + w * teacher's P(male), chosen on all the
+  lists together (after T) as the best accuracy on a grid of 0 to 1 by 0.05, ties to the plain mean (0.5);
+  reported with its cross-fitted accuracy (w chosen on the other half of the faces).
 
---write stores both in a copy of the ONNX model (metadata `gender_temperature`, `age_range_widening`, which the
-onnx engine applies), or in PREFIX-calibration.json beside a checkpoint (which the mxnet engine applies and
+--write stores them in a copy of the ONNX model (metadata `gender_temperature`, `age_range_widening`,
+`gender_teacher_weight`, which the onnx engine applies), or in PREFIX-calibration.json beside a checkpoint (which the mxnet engine applies and
 tools/export_onnx.py carries into the export); repeat it to write both. --age-range-only keeps the model's
-stored temperature and fits the widening alone; --gender-only the reverse.
+stored temperature and teacher weight and fits the widening alone; --gender-only the reverse.
 
     python tools/calibrate.py --model models/agegender.onnx
     python tools/calibrate.py --model models/agegender.onnx --write models/agegender-calibrated.onnx
@@ -52,6 +55,33 @@ def cross_fitted(logit, gender):
     for part in (half, ~half):
         out[part] = sigmoid(logit[part] / fit_temperature(logit[~part], gender[~part]))
     return out
+
+
+def weight_section(p_ours, p_teacher, gender, index) -> float:
+    """Fit the ensemble's teacher weight on all the faces, print what it does (and, honestly, what it does when
+    chosen on the other half of the faces), and return it."""
+    import numpy as np
+
+    from agegender.model.engine import DEFAULT_TEACHER_WEIGHT
+    from agegender.model.metrics import ensemble_accuracy, fit_teacher_weight
+
+    w = fit_teacher_weight(p_ours, p_teacher, gender)
+    acc = lambda sel, weight: ensemble_accuracy(p_ours[sel], p_teacher[sel], gender[sel], weight)  # noqa: E731
+    every = np.ones(len(gender), bool)
+    half = np.asarray(index) % 2 == 0
+    hits = {"fitted": 0.0, "mean": 0.0}
+    for part in (half, ~half):  # choose on one half, score on the other
+        other = fit_teacher_weight(p_ours[~part], p_teacher[~part], gender[~part])
+        known = int((gender[part] >= 0).sum())
+        if known:
+            hits["fitted"] += acc(part, other) * known
+            hits["mean"] += acc(part, DEFAULT_TEACHER_WEIGHT) * known
+    known = max(int((gender >= 0).sum()), 1)
+    print(f"\ngender ensemble: teacher weight w = {w:.2f} (accuracy on {len(gender)} faces: ours alone "
+          f"{acc(every, 0.0):.4f}, teacher alone {acc(every, 1.0):.4f}, plain mean {acc(every, 0.5):.4f}, "
+          f"w = {w:.2f} {acc(every, w):.4f}; w chosen on the other half of the faces (alternate records): "
+          f"{hits['fitted'] / known:.4f}, plain mean {hits['mean'] / known:.4f})")
+    return w
 
 
 def main() -> int:
@@ -113,6 +143,11 @@ def main() -> int:
     print(f"model {engine.name}: stored gender temperature {engine.gender_temperature:g}; fitted on "
           f"{len(logit)} faces of {', '.join(args.lst)}: T = {t:.4f}"
           + "".join(f"; {s.name} alone: T = {fit_temperature(s.logit, s.gender):.4f}" for s in splits))
+    if args.age_range_only:
+        w = engine.teacher_weight
+    else:
+        w = weight_section(sigmoid(logit / t), np.concatenate([s.p_teacher for s in splits]), gender,
+                           np.concatenate([s.index for s in splits]))
     print("ECE: 10 equal bins of P(male), |share of males - mean P(male)| weighted by faces per bin; "
           "'cross-fitted': T fitted on the other half of the faces (alternate records)")
     for s in splits:
@@ -130,8 +165,8 @@ def main() -> int:
             known = g >= 0
             acc = float(((s.p_ours[sel][known] >= 0.5) == (g[known] == 1)).mean()) if known.any() else float("nan")
             eces = [expected_calibration_error(q[sel], g) for q in
-                    (s.p_ours, after, cross, ensemble_p_male(s.p_ours, s.p_teacher),
-                     ensemble_p_male(after, s.p_teacher))]
+                    (s.p_ours, after, cross, ensemble_p_male(s.p_ours, s.p_teacher, w),
+                     ensemble_p_male(after, s.p_teacher, w))]
             print(f"| {label} | {int(sel.sum())} | {acc:.4f} | " + " | ".join(f"{e:.4f}" for e in eces) + " |")
     if args.gender_only:  # the stored widening is written back as it is (none stays none)
         widening = None if engine.age_widening.is_identity else engine.age_widening
@@ -140,10 +175,10 @@ def main() -> int:
     for out in args.write:
         from agegender.atomic import write_atomic
         from agegender.model.age import WIDENING_KEY
-        from agegender.model.engine import FLIP_KEY, TEMPERATURE_KEY, with_temperature
+        from agegender.model.engine import FLIP_KEY, TEACHER_WEIGHT_KEY, TEMPERATURE_KEY, with_temperature
 
         if out.endswith(CALIBRATION_SUFFIX):
-            doc = {TEMPERATURE_KEY: round(t, 4)}
+            doc = {TEMPERATURE_KEY: round(t, 4), TEACHER_WEIGHT_KEY: round(w, 2)}
             if widening is not None:
                 doc[WIDENING_KEY] = widening.to_dict()
             if not engine.default_flip:  # the model's own flip default stays with it (ONNX metadata is kept whole)
@@ -151,10 +186,10 @@ def main() -> int:
             write_atomic(out, json.dumps(doc) + "\n")
         else:
             with open(source, "rb") as f:
-                write_atomic(out, with_temperature(f.read(), t, widening))
+                write_atomic(out, with_temperature(f.read(), t, widening, w))
         kept = " kept" if args.gender_only else ""
-        print(f"\nwrote {out} (gender_temperature {t:.4f}, " + (f"age range widening{kept})" if widening is not None
-                                                                 else "no age range widening)"))
+        print(f"\nwrote {out} (gender_temperature {t:.4f}, gender_teacher_weight {w:.2f}, "
+              + (f"age range widening{kept})" if widening is not None else "no age range widening)"))
     return 0
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Does the gender ensemble pay? On the source photos of packed val splits (detected, main face, aligned as
 infer.py does), gender accuracy of our model, of the CC0 teacher on chips aligned from our landmarks, and of
-their mean, overall and per age band; the teacher's agreement with its own dlib pipeline (where a
+the ensemble (the two mixed at the model's stored teacher weight, tools/calibrate.py), overall and per age band; the teacher's agreement with its own dlib pipeline (where a
 tools/teacher_gender.py sidecar is given or lies beside the list as <split>-teacher.csv); and the cost in faces/s.
 
     python tools/ensemble_report.py --model models/agegender.onnx
@@ -26,16 +26,16 @@ def acc(p, g) -> float:
     return float(((p[known] >= 0.5) == (g[known] == 1)).mean()) if known.any() else float("nan")
 
 
-def print_tables(sf, own: dict[int, float] | None) -> None:
+def print_tables(sf, own: dict[int, float] | None, weight: float) -> None:
     """One split's accuracy table (overall + bands), and the teacher's agreement with its own pipeline."""
     import numpy as np
 
     from agegender.model.ensemble import ensemble_p_male
     from agegender.model.metrics import AGE_BANDS
 
-    mean = ensemble_p_male(sf.p_ours, sf.p_teacher)
+    mean = ensemble_p_male(sf.p_ours, sf.p_teacher, weight)
     print(f"\n{sf.name}: {len(sf.gender)} faces ({sf.no_face} photos without a face, {sf.unreadable} unreadable)\n")
-    print("| band | faces | ours | teacher (our alignment) | mean | mean - ours |\n|---|---|---|---|---|---|")
+    print("| band | faces | ours | teacher (our alignment) | ensemble | ensemble - ours |\n|---|---|---|---|---|---|")
     rows = [("all", np.ones(len(sf.gender), bool))]
     rows += [(label, (sf.age >= lo) & (sf.age <= hi)) for label, lo, hi in AGE_BANDS]
     for label, sel in rows:
@@ -68,7 +68,8 @@ def main() -> int:
     detector = load_detector(threads=1)
     engine = load_engine(args.model, args.engine, threads=1)
     teacher = TeacherGender(threads=1)
-    print(f"model {engine.name} (gender temperature {engine.gender_temperature:g}), teacher {teacher.name}; "
+    print(f"model {engine.name} (gender temperature {engine.gender_temperature:g}), teacher {teacher.name} "
+          f"(weight {engine.teacher_weight:g} in the ensemble); "
           f"ours {'with' if engine.default_flip else 'without'} flip (the model's default), the teacher without")
     totals: dict[str, float] = {}
     count = 0
@@ -79,7 +80,7 @@ def main() -> int:
             sidecar = os.path.splitext(lst)[0] + "-teacher.csv"
             own = read_sidecar(sidecar) if os.path.isfile(sidecar) else None
         sf = split_faces(lst, detector, engine, teacher, limit=args.limit, name=lst)
-        print_tables(sf, own)
+        print_tables(sf, own, engine.teacher_weight)
         for k, v in sf.seconds.items():
             totals[k] = totals.get(k, 0.0) + v
         count += len(sf.gender)

@@ -260,6 +260,14 @@ def age_gender_loss(F, output, label, gender_weight: float = 1.0, age_sigma: flo
     return gender_weight * g_loss + a_loss
 
 
-__all__ = ["decode", "age_probs", "age_range", "quantile_age", "coverage", "check_level", "Widening",
+
+def add_age_decode_argument(parser) -> None:
+    """`--age-decode`, one of AGE_DECODINGS (default DEFAULT_DECODE): the one definition eval.py, infer.py
+    and serve.py share."""
+    parser.add_argument("--age-decode", choices=AGE_DECODINGS, default=DEFAULT_DECODE,
+                        help="prob: sum of P(age > k); vote: sum of the pairs' argmax; median: where P(age > k) "
+                             "crosses 1/2")
+
+__all__ = ["add_age_decode_argument", "decode", "age_probs", "age_range", "quantile_age", "coverage", "check_level", "Widening",
            "NO_WIDENING", "DEFAULT_AGE_LEVEL", "WIDENING_KEY", "AGE_DECODINGS", "DEFAULT_DECODE", "DEFAULT_FLIP", "age_targets",
            "interval_targets", "age_gender_loss", "NUM_AGE_BINS", "MAX_AGE"]

@@ -32,6 +32,10 @@ TEMPERATURE_KEY = "gender_temperature"  # ONNX metadata_props key: the fitted te
 # ONNX metadata_props key (and PREFIX-calibration.json's): "false" when the model's own default is to read each
 # face once, without its mirror image (a net where flip costs the speed bound and gives nothing measurable)
 FLIP_KEY = "flip"
+# ONNX metadata_props key (and PREFIX-calibration.json's): the teacher net's weight in the gender ensemble,
+# P(male) = (1 - w) * ours + w * teacher's, fitted per model by tools/calibrate.py; absent: the plain mean
+TEACHER_WEIGHT_KEY = "gender_teacher_weight"
+DEFAULT_TEACHER_WEIGHT = 0.5
 
 
 def short_name(path: str) -> str:
@@ -49,6 +53,11 @@ class Engine:
     age_widening: Widening = NO_WIDENING  # widens the age range so that it covers (1 = uncalibrated)
     metadata: dict = {}  # what the model file says of itself (ONNX metadata_props); empty for a checkpoint
     default_flip: bool = DEFAULT_FLIP  # the model's own flip default (metadata `flip`), what flip=None means
+    teacher_weight = DEFAULT_TEACHER_WEIGHT  # the teacher's share of the gender ensemble (metadata, calibrated)
+
+    def use_calibration(self, calibration: "Calibration") -> None:
+        """Take what the model says of its own use (its metadata or checkpoint sidecar)."""
+        self.gender_temperature, self.age_widening, self.default_flip, self.teacher_weight = calibration
 
     def resolve_flip(self, flip: bool | None) -> bool:
         """`flip` as given, or the model's own default when None."""
@@ -171,6 +180,21 @@ def stored_flip(metadata: dict, name: str) -> bool:
     return value
 
 
+def stored_teacher_weight(metadata: dict, name: str) -> float:
+    """The teacher's weight in the gender ensemble from a model's metadata (`gender_teacher_weight`, a number
+    in [0, 1]), DEFAULT_TEACHER_WEIGHT (the plain mean) when absent; anything else is a one-line error."""
+    raw = metadata.get(TEACHER_WEIGHT_KEY)
+    if raw is None:
+        return DEFAULT_TEACHER_WEIGHT
+    try:
+        w = float(raw)
+    except (TypeError, ValueError):
+        w = float("nan")
+    if isinstance(raw, bool) or not 0.0 <= w <= 1.0:  # NaN fails both comparisons
+        raise UserError(f"model {name}: metadata {TEACHER_WEIGHT_KEY}={raw!r} is not a number from 0 to 1")
+    return w
+
+
 def stored_widening(metadata: dict, name: str) -> Widening:
     """The age range's widening stored in a model's metadata (tools/calibrate.py --write; key
     `age_range_widening`, JSON), none when absent; a malformed one is a one-line error naming the model."""
@@ -220,12 +244,14 @@ class Calibration(NamedTuple):
     temperature: float  # the gender temperature (1: uncalibrated)
     widening: Widening  # the age range's
     flip: bool  # the flip default
+    teacher_weight: float  # the teacher's share of the gender ensemble
 
 
 def stored_calibration(metadata: dict, name: str) -> Calibration:
-    """The three from one model's metadata (or sidecar), each checked: a bad value is a one-line error."""
+    """The four from one model's metadata (or sidecar), each checked: a bad value is a one-line error."""
     return Calibration(stored_temperature({k: str(v) for k, v in metadata.items() if k == TEMPERATURE_KEY}, name),
-                       stored_widening(metadata, name), stored_flip(metadata, name))
+                       stored_widening(metadata, name), stored_flip(metadata, name),
+                       stored_teacher_weight(metadata, name))
 
 
 def read_checkpoint_calibration(prefix: str, name: str) -> Calibration:
@@ -249,17 +275,22 @@ def checkpoint_calibration(prefix: str, name: str) -> dict:
     return doc
 
 
-def with_temperature(model: bytes, temperature: float, widening: Widening | None = None) -> bytes:
-    """A serialised ONNX model with `gender_temperature` (and, given, `age_range_widening`) set in its
-    metadata_props (replacing any)."""
+def with_temperature(model: bytes, temperature: float, widening: Widening | None = None,
+                     teacher_weight: float | None = None) -> bytes:
+    """A serialised ONNX model with `gender_temperature` (and, given, `age_range_widening` and
+    `gender_teacher_weight`) set in its metadata_props (replacing any)."""
     import onnx
 
     if not (temperature > 0 and np.isfinite(temperature)):
         raise ValueError(f"gender temperature must be a positive number, got {temperature!r}")
+    if teacher_weight is not None and not 0.0 <= teacher_weight <= 1.0:
+        raise ValueError(f"teacher weight must be from 0 to 1, got {teacher_weight!r}")
     proto = onnx.load_from_string(model)
     new = [(TEMPERATURE_KEY, f"{temperature:.4f}")]
     if widening is not None:
         new.append((WIDENING_KEY, json.dumps(widening.to_dict())))
+    if teacher_weight is not None:
+        new.append((TEACHER_WEIGHT_KEY, f"{teacher_weight:.2f}"))
     keep = [(p.key, p.value) for p in proto.metadata_props if p.key not in dict(new)]
     del proto.metadata_props[:]
     for key, value in keep + new:
@@ -310,7 +341,7 @@ class OnnxEngine(Engine):
         self.input = self.session.get_inputs()[0].name
         self.providers = self.session.get_providers()
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
-        self.gender_temperature, self.age_widening, self.default_flip = stored_calibration(self.metadata, self.name)
+        self.use_calibration(stored_calibration(self.metadata, self.name))
         self.bundled = None if model is not None else registry.for_path(path)
         self.check()
 
@@ -320,7 +351,8 @@ class OnnxEngine(Engine):
 
 __all__ = ["Labels", "stored_widening", "checkpoint_calibration", "Engine", "OnnxEngine",
            "session_options", "stored_temperature", "with_temperature", "TEMPERATURE_KEY",
-           "CALIBRATION_SUFFIX", "FLIP_KEY", "stored_flip",
+           "CALIBRATION_SUFFIX", "FLIP_KEY", "stored_flip", "TEACHER_WEIGHT_KEY", "DEFAULT_TEACHER_WEIGHT",
+           "stored_teacher_weight",
            "Calibration", "stored_calibration", "read_checkpoint_calibration",
            "model_files", "TEACHER_ONNX",
            "BUNDLED_MODEL", "BUNDLED_ONNX", "ENGINES", "NUM_OUTPUTS", "short_name"]

@@ -9,7 +9,7 @@ import os
 import numpy as np
 
 from agegender.errors import UserError, short_reason
-from agegender.model.engine import TEACHER_ONNX, session_options, short_name
+from agegender.model.engine import DEFAULT_TEACHER_WEIGHT, TEACHER_ONNX, session_options, short_name
 
 # On by default since round 4 (docs/calibration-and-ensemble.md): +1.6 points of gender on UTKFace val, +3.6 on
 # AAF val, +3.0 on FairFace val for +12.5 % time per face, with infer.py still faster than the reference
@@ -54,14 +54,16 @@ class TeacherGender:
         return self.p_male(teacher_chips_of_aligned(faces))
 
 
-def ensemble_of_aligned(ours: np.ndarray, teacher: "TeacherGender", faces: np.ndarray) -> np.ndarray:
+def ensemble_of_aligned(ours: np.ndarray, teacher: "TeacherGender", faces: np.ndarray,
+                        weight: float = DEFAULT_TEACHER_WEIGHT) -> np.ndarray:
     """The ensemble's P(male) for faces already aligned (N,112,112,3 RGB uint8: packed records)."""
-    return ensemble_p_male(ours, teacher.p_male_of_aligned(faces))
+    return ensemble_p_male(ours, teacher.p_male_of_aligned(faces), weight)
 
 
-def ensemble_p_male(ours: np.ndarray, teacher: np.ndarray) -> np.ndarray:
-    """The ensemble's P(male): the plain mean of the two nets' probabilities."""
-    return (np.asarray(ours, np.float64) + np.asarray(teacher, np.float64)) / 2.0
+def ensemble_p_male(ours: np.ndarray, teacher: np.ndarray, weight: float = DEFAULT_TEACHER_WEIGHT) -> np.ndarray:
+    """The ensemble's P(male): the two nets' probabilities mixed, the teacher's at `weight` (the model's
+    `teacher_weight`, fitted by tools/calibrate.py; 0.5, the plain mean, for a model that stores none)."""
+    return (1.0 - weight) * np.asarray(ours, np.float64) + weight * np.asarray(teacher, np.float64)
 
 
 __all__ = ["TeacherGender", "TEACHER_ONNX", "DEFAULT_GENDER_ENSEMBLE", "ensemble_p_male", "ensemble_of_aligned"]

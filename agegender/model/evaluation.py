@@ -81,7 +81,7 @@ def predict_rec(predictor: Engine, rec: str, batch_size: int = 256, age_decode: 
             out = out.asnumpy() if hasattr(out, "asnumpy") else out
             p, a = decode(out, age_decode, predictor.gender_temperature)  # as infer.py: the ensemble needs it
             if teacher is not None:
-                p = ensemble_of_aligned(p, teacher, batch_faces(data))
+                p = ensemble_of_aligned(p, teacher, batch_faces(data), predictor.teacher_weight)
             lo, hi = age_range(age_probs(out), age_level, predictor.age_widening, a)
             p_male.append(p)
             age_pred.append(a)

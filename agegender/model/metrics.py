@@ -100,6 +100,29 @@ def fit_temperature(logit: np.ndarray, gender: np.ndarray) -> float:
     return best_t
 
 
+TEACHER_WEIGHTS = np.round(np.arange(0.0, 1.0001, 0.05), 2)  # the grid the ensemble's weight is chosen on
+
+
+def ensemble_accuracy(p_ours: np.ndarray, p_teacher: np.ndarray, gender: np.ndarray, weight: float) -> float:
+    """Gender accuracy over known genders of (1 - weight) * ours + weight * teacher's P(male)."""
+    g = np.asarray(gender).ravel()
+    known = g >= 0
+    if not known.any():
+        return float("nan")
+    p = (1.0 - weight) * np.asarray(p_ours, np.float64)[known] + weight * np.asarray(p_teacher, np.float64)[known]
+    return float(((p >= 0.5) == (g[known] == 1)).mean())
+
+
+def fit_teacher_weight(p_ours: np.ndarray, p_teacher: np.ndarray, gender: np.ndarray) -> float:
+    """The teacher's weight in the gender ensemble: the one of TEACHER_WEIGHTS (0 to 1 by 0.05) with the best
+    accuracy on known genders (the figure the ensemble is for; P(male) stays calibrated by T either way).
+    Ties go to the weight nearest the plain mean, 0.5, which is also the answer when no gender is known."""
+    scores = [(ensemble_accuracy(p_ours, p_teacher, gender, w), -abs(w - 0.5)) for w in TEACHER_WEIGHTS]
+    if np.isnan(scores[0][0]):
+        return 0.5
+    return float(TEACHER_WEIGHTS[max(range(len(scores)), key=lambda i: scores[i])])
+
+
 WIDENING_LEVELS = (0.5, 0.8, 0.9, 0.95)            # range levels the widening is fitted at
 WIDENING_EDGES = (0, 10, 20, 30, 40, 50, 60)      # bands of the predicted age, each its own factor
 MIN_BAND_FACES = 50  # a predicted-age band with fewer calibration faces takes the global factor
@@ -262,4 +285,5 @@ class AgeGenderMetric:
 __all__ = ["select_widening", "WIDENING_CHOICES", "fit_widening", "range_report", "format_range_report",
            "group_range_report", "format_group_range_report", "calibration_half", "WIDENING_LEVELS",
            "WIDENING_EDGES", "MIN_BAND_FACES", "summarize", "band_table", "in_interval", "expected_calibration_error", "fit_temperature",
+           "TEACHER_WEIGHTS", "ensemble_accuracy", "fit_teacher_weight",
            "AgeGenderMetric", "AGE_BANDS", "CS_LEVELS"]

@@ -57,7 +57,7 @@ class MxnetEngine(Engine):
             self.net = load_model(prefix, epoch, self.ctx)
         except Exception as exc:  # noqa: BLE001 -- MXNet raises its own types with a C++ stack
             raise UserError(f"cannot load model {self.name}: {short_reason(exc)}") from None
-        self.gender_temperature, self.age_widening, self.default_flip = read_checkpoint_calibration(prefix, self.name)
+        self.use_calibration(read_checkpoint_calibration(prefix, self.name))
         on_cpu = all(c.device_type == "cpu" for c in self.ctx)
         self.net.hybridize(static_alloc=True, **({"backend": "MKLDNN"} if on_cpu and _has_mkldnn() else {}))
         self.check()

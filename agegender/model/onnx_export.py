@@ -19,7 +19,8 @@ import onnx
 from onnx import numpy_helper
 
 from agegender.model.age import WIDENING_KEY
-from agegender.model.engine import FLIP_KEY, TEMPERATURE_KEY, read_checkpoint_calibration
+from agegender.model.engine import (DEFAULT_TEACHER_WEIGHT, FLIP_KEY, TEACHER_WEIGHT_KEY, TEMPERATURE_KEY,
+                                    read_checkpoint_calibration)
 from agegender.symbols.common import NUM_OUTPUTS, OUTPUT_NAME
 
 INPUT_NAME = "data"
@@ -98,6 +99,8 @@ def metadata(prefix: str, epoch: int, license: str | None = None, provenance: st
         meta[WIDENING_KEY] = json.dumps(calibration.widening.to_dict())
     if not calibration.flip:
         meta[FLIP_KEY] = "false"
+    if calibration.teacher_weight != DEFAULT_TEACHER_WEIGHT:
+        meta[TEACHER_WEIGHT_KEY] = f"{calibration.teacher_weight:.2f}"
     if provenance:
         meta["provenance"] = provenance
     return meta

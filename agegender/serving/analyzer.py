@@ -273,7 +273,7 @@ class FaceAnalyzer:
         out = self.engine.predict_labels(net, self.batch_size, self.age_decode, self.flip, self.age_level)
         if crops and isinstance(crops[0], FaceCrops):
             teacher = self.teacher.p_male(np.stack([c.teacher for c in crops]))
-            out = out._replace(p_male=ensemble_p_male(out.p_male, teacher))
+            out = out._replace(p_male=ensemble_p_male(out.p_male, teacher, self.engine.teacher_weight))
         return out
 
     def range_of(self, probs: np.ndarray, age: float) -> tuple[int, int]:

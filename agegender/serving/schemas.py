@@ -71,8 +71,12 @@ class ModelOut(BaseModel):
     input: str
     output: str
     age_decode: str
-    gender_ensemble: bool = Field(False, description="whether 'p_male' is the mean of the model's P(male) and the "
+    gender_ensemble: bool = Field(False, description="whether 'p_male' mixes the model's P(male) with the "
                                                      "bundled CC0 teacher gender net's (on by default; serve.py --no-gender-ensemble turns it off)")
+    gender_teacher_weight: Optional[float] = Field(None, description="the teacher net's weight w in 'p_male' = (1 - w) x "
+                                                                     "the model's + w x the teacher's, as the model's "
+                                                                     "calibration stores it (0.5: the plain mean); null "
+                                                                     "when the ensemble is off")
     gender_coding: str
     detector: str
     limits: dict

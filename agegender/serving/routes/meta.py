@@ -117,9 +117,11 @@ async def model(state: ServiceState = Depends(service_state)) -> dict:
             "input": "aligned faces (N,3,112,112) RGB 0-255, ArcFace 5-point template",
             "output": "(N,202): gender logits [0:2] (index 1 = male), then 100 pairs 'age > k'",
             "age_decode": analyzer.age_decode, "gender_ensemble": analyzer.teacher is not None,
+            "gender_teacher_weight": analyzer.engine.teacher_weight if analyzer.teacher is not None else None,
             "gender_coding": "'gender' is the string 'male' or 'female' (P(male) >= 0.5: male); "
                              "'p_male' is the model's P(male)"
-                             + (", averaged with the teacher net's" if analyzer.teacher is not None else ""),
+                             + (f", mixed with the teacher net's at weight {analyzer.engine.teacher_weight:g}"
+                                if analyzer.teacher is not None else ""),
             "detector": getattr(analyzer.detector, "name", type(analyzer.detector).__name__),
             "limits": {"max_bytes": state.max_bytes, "max_pixels": state.max_pixels, "det_thresh_min": DET_FLOOR,
                        "max_queue": state.max_queue, "max_images": MAX_IMAGES, "memory_budget": state.memory_budget,
