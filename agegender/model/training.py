@@ -7,7 +7,6 @@ import math
 import os
 import signal
 import threading
-import time
 from dataclasses import dataclass, field
 
 import mxnet as mx
@@ -19,10 +18,9 @@ from agegender.model.age import age_gender_loss, decode
 from agegender.data.iterators import (Augment, MixedBatches, augment_batch, batch_shares, check_rec, eval_batches,
                                       record_iter, to_numpy_labels)
 from agegender.model.devices import contexts, kvstore
-from agegender.errors import Terminated, UserError, short_reason
+from agegender.errors import Terminated, UserError
 from agegender.data.recordio import LABEL_WIDTH
-from agegender.model.checkpoints import RunCheckpoints
-from agegender.model.run_files import curves_path, history_path, plot_history, read_history, write_history
+from agegender.model.epochs import EpochMeter, EpochRecorder, val_score
 from agegender.model.metrics import AgeGenderMetric
 from agegender.model.mxnet_engine import forward_split
 
@@ -128,12 +126,6 @@ def lr_at(cfg: TrainConfig, epoch: float) -> float:
     return lr
 
 
-def val_score(row: dict) -> float:
-    """The number the best epoch is chosen by (lower is better): age MAE plus 20 x the gender error,
-    so one point of gender accuracy weighs as much as 0.2 years of MAE."""
-    return row["val_mae"] + 20.0 * (1.0 - row["val_acc"])
-
-
 def age_band_weights(ages: np.ndarray, power: float, band: float = 10.0,
                      rate: np.ndarray | None = None) -> np.ndarray:
     """Weight per 10-year band (index = age // 10, last band 70+) that re-balances the training ages:
@@ -205,90 +197,50 @@ def params_digest(net: gluon.Block) -> str:
     return h.hexdigest()
 
 
-class Fit:
-    """One training run. `Fit.from_config(cfg)` checks the data, writes the label lists, builds and loads the
-    network and the trainer; `run()` trains; the pieces are methods so tests can drive them."""
+class TrainingData:
+    """What a run trains on: its checked sources, each one's rows of a batch, the label lists written for the
+    record iterator (a teacher's soft genders, age intervals), the online teacher and the band weights of
+    --age-balance / --gender-balance. Built cheaply; `Fit.from_config` fills it step by step."""
 
-    def __init__(self, cfg: TrainConfig, ctx: list[mx.Context] | None = None, net: gluon.HybridBlock | None = None):
-        """Cheap: every attribute, unset; `from_config` fills them."""
+    def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
-        self.ctx: list[mx.Context] = ctx or []
-        self.net: gluon.HybridBlock | None = net
-        self.checkpoints = RunCheckpoints(cfg.prefix)
         self.sources: list[Source] = []
         self.train_rec = ""  # the first source's, for messages and tests
         self.num_train = 0
         self.has_val = False
-        self._rec_counts: dict[str, int] = {}
-        self.kv: mx.kvstore.KVStore | None = None
-        self.rank, self.workers = 0, 1
-        self.global_batch = 0
+        self.rec_counts: dict[str, int] = {}  # records of each train and val `.rec`
         self.shares: list[int] = []  # each source's rows of a global batch
         self.label_width = LABEL_WIDTH
         self.teacher = None
         self.band_weights: mx.nd.NDArray | None = None
         self.gender_band_weights: mx.nd.NDArray | None = None
-        self.resumed = False
-        self.begin_epoch = 0
-        self.history: list[dict] = []
-        self.best_score = math.inf
-        self.trainer: gluon.Trainer | None = None
-        self.step = 0
-        self._stop: StopOnSignal | None = None
-        self._eval_iters: dict[str, mx.io.DataIter] = {}
 
-    @classmethod
-    def from_config(cls, cfg: TrainConfig, ctx: list[mx.Context] | None = None,
-                    net: gluon.HybridBlock | None = None) -> "Fit":
-        """A run ready to train: its sources checked, label lists written beside the checkpoints, the network
-        (`net`, or `cfg.network`'s) initialised, pretrained or resumed, and its trainer. `ctx`: default
-        `cfg.gpus`' contexts. UserError for anything the user can fix."""
-        fit = cls(cfg, ctx or contexts(cfg.gpus), net)
-        fit._load_sources()
-        mx.random.seed(cfg.seed)  # before the network's initialisation, which draws from it
-        np.random.seed(cfg.seed)
-        if fit.net is None:
-            fit.net = fit._network()
-        fit._plan_batches()
-        fit._write_labels()
-        if cfg.age_balance > 0 or cfg.gender_balance > 0:
-            fit._band_weights()
-        fit._init_params()
-        fit._build_trainer()
-        return fit
-
-    # --- set-up -------------------------------------------------------------------------------------------
-    def _load_sources(self) -> None:
-        cfg = self.cfg
-        self.sources = load_sources(cfg)
+    def load_sources(self) -> None:
+        """The sources of the config, each checked, and their counts."""
+        self.sources = load_sources(self.cfg)
         self.train_rec = self.sources[0].train_rec
         self.num_train = sum(s.num_train for s in self.sources)
         self.has_val = any(s.num_val for s in self.sources)
-        self._rec_counts = {s.train_rec: s.num_train for s in self.sources}
-        self._rec_counts.update({s.val_rec: s.num_val for s in self.sources if s.num_val})
-        if cfg.batch_size < 1:
-            raise UserError("--batch-size must be at least 1")
-        self.kv = kvstore(cfg.kvstore, len(self.ctx))
-        self.rank = self.kv.rank if self.kv is not None else 0
-        self.workers = self.kv.num_workers if self.kv is not None else 1
-        self.global_batch = cfg.batch_size * len(self.ctx)  # per context x contexts, on this worker
+        self.rec_counts = {s.train_rec: s.num_train for s in self.sources}
+        self.rec_counts.update({s.val_rec: s.num_val for s in self.sources if s.num_val})
 
-    def _plan_batches(self) -> None:
-        """Each source's share of a batch, each checked against its record count."""
+    def plan_batches(self, global_batch: int, num_ctx: int) -> None:
+        """Each source's share of a batch of `global_batch` rows (over `num_ctx` contexts), each checked
+        against its record count."""
         cfg = self.cfg
-        if self.global_batch > self.num_train:
-            raise UserError(f"--batch-size {cfg.batch_size} x {len(self.ctx)} context(s) is more than the "
+        if global_batch > self.num_train:
+            raise UserError(f"--batch-size {cfg.batch_size} x {num_ctx} context(s) is more than the "
                             f"{self.num_train} records of {self.train_rec}; use a smaller --batch-size")
         if len(self.sources) == 1:
-            self.shares = [self.global_batch]
+            self.shares = [global_batch]
             return
-        self.shares = batch_shares(self.global_batch, cfg.source_weights or [s.num_train for s in self.sources])
+        self.shares = batch_shares(global_batch, cfg.source_weights or [s.num_train for s in self.sources])
         for src, share in zip(self.sources, self.shares):
             if share > src.num_train:
                 raise UserError(f"source {src.name}: its share of a batch ({share}) is more than its "
                                 f"{src.num_train} train records; use a smaller --batch-size or weight")
 
-    def _write_labels(self) -> None:
+    def write_labels(self) -> None:
         """The online teacher, and each source's label list where its labels differ from its `.rec`'s
         (a teacher's soft genders, age intervals)."""
         cfg = self.cfg
@@ -302,18 +254,7 @@ class Fit:
         for src, src_attrs in zip(self.sources, attrs):
             src.labels_lst = self._train_labels(src, src_attrs) if src.teacher or src_attrs is not None else ""
 
-    def _build_trainer(self) -> None:
-        cfg = self.cfg
-        self.trainer = gluon.Trainer(self.net.collect_params(), "sgd",
-                                     {"learning_rate": lr_at(cfg, self.begin_epoch), "wd": cfg.wd,
-                                      "momentum": cfg.mom},
-                                     kvstore=self.kv if self.kv is not None else "local",
-                                     update_on_kvstore=False if self.kv is None or "dist" not in self.kv.type
-                                     else None)
-        if self.resumed and self.checkpoints.load_states(self.trainer):
-            self.trainer.set_learning_rate(lr_at(cfg, self.begin_epoch))
-
-    def _band_weights(self) -> None:
+    def load_band_weights(self) -> None:
         """--age-balance / --gender-balance: band weights from the ages as the mix samples them (each face
         at its source's share of a batch over its size); for gender, only the faces with a known gender."""
         from agegender.data.distribution import load_labels
@@ -339,14 +280,103 @@ class Fit:
                      labelled, n, src.name, self.cfg.teacher_weight, out)
         return out
 
-    def _network(self) -> gluon.HybridBlock:
+    def steps(self, rows_per_step: int) -> int:
+        """Steps in an epoch of `rows_per_step` rows (all contexts of all workers), at least 1."""
+        return max(1, math.ceil(self.num_train / rows_per_step))
+
+    def train_iter(self, global_batch: int, workers: int = 1, rank: int = 0) -> mx.io.DataIter | MixedBatches:
+        """The shuffled, augmented training batches of this worker (`rank` of `workers`): one source's record
+        iterator, or several mixed into every batch at `shares`."""
         c = self.cfg
-        try:
-            return get_network(c.network, multiplier=c.multiplier, version_input=c.version_input,
-                               version_output=c.version_output, use_se=c.use_se,
-                               learn_output_scale=c.learn_output_scale)
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
+        its = [record_iter(s.train_rec, share, train=True, augment=c.augment, threads=c.num_workers,
+                           seed=c.seed + i, num_parts=workers, part_index=rank, labels_lst=s.labels_lst,
+                           label_width=self.label_width)
+               for i, (s, share) in enumerate(zip(self.sources, self.shares))]
+        if len(its) == 1:
+            return its[0]
+        log.info("sources mixed in every batch: %s", ", ".join(f"{s.name} {n}" for s, n in zip(self.sources,
+                                                                                             self.shares)))
+        return MixedBatches(its, self.shares, self.steps(global_batch * workers))
+
+
+def _of_data(name: str, doc: str) -> property:
+    """A read-only `Fit` attribute that is its `TrainingData`'s (callers and tests read them on the run)."""
+    return property(lambda self: getattr(self.data, name), doc=doc)
+
+
+class Fit:
+    """One training run. `Fit.from_config(cfg)` checks the data, writes the label lists, builds and loads the
+    network and the trainer; `run()` trains; the pieces are methods so tests can drive them. What it trains on
+    is `data` (`TrainingData`); what it keeps of each epoch, `recorder` (`EpochRecorder`)."""
+
+    sources = _of_data("sources", "The run's checked sources.")
+    train_rec = _of_data("train_rec", "The first source's train `.rec`.")
+    num_train = _of_data("num_train", "Train records over all sources.")
+    shares = _of_data("shares", "Each source's rows of a global batch.")
+    label_width = _of_data("label_width", "Columns of a training label: 2, or 3 with age intervals.")
+    history = property(lambda self: self.recorder.history,
+                       doc="The rows of the epochs trained so far (a resumed run's earlier ones included).")
+
+    def __init__(self, cfg: TrainConfig, ctx: list[mx.Context] | None = None, net: gluon.HybridBlock | None = None):
+        """Cheap: every attribute, unset; `from_config` fills them."""
+        self.cfg = cfg
+        self.ctx: list[mx.Context] = ctx or []
+        self.net: gluon.HybridBlock | None = net
+        self.data = TrainingData(cfg)
+        self.recorder = EpochRecorder(cfg.prefix, cfg.save_every, cfg.end_epoch)
+        self.checkpoints = self.recorder.checkpoints
+        self.kv: mx.kvstore.KVStore | None = None
+        self.rank, self.workers = 0, 1
+        self.global_batch = 0
+        self.resumed = False
+        self.begin_epoch = 0
+        self.trainer: gluon.Trainer | None = None
+        self.step = 0
+        self._stop: StopOnSignal | None = None
+        self._eval_iters: dict[str, mx.io.DataIter] = {}
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig, ctx: list[mx.Context] | None = None,
+                    net: gluon.HybridBlock | None = None) -> "Fit":
+        """A run ready to train: its sources checked, label lists written beside the checkpoints, the network
+        (`net`, or `cfg.network`'s) initialised, pretrained or resumed, and its trainer. `ctx`: default
+        `cfg.gpus`' contexts. UserError for anything the user can fix."""
+        fit = cls(cfg, ctx or contexts(cfg.gpus), net)
+        fit.data.load_sources()
+        fit._join_workers()
+        mx.random.seed(cfg.seed)  # before the network's initialisation, which draws from it
+        np.random.seed(cfg.seed)
+        if fit.net is None:
+            fit.net = build_network(cfg)
+        fit.data.plan_batches(fit.global_batch, len(fit.ctx))
+        fit.data.write_labels()
+        if cfg.age_balance > 0 or cfg.gender_balance > 0:
+            fit.data.load_band_weights()
+        fit._init_params()
+        fit._build_trainer()
+        return fit
+
+    # --- set-up -------------------------------------------------------------------------------------------
+    def _join_workers(self) -> None:
+        cfg = self.cfg
+        if cfg.batch_size < 1:
+            raise UserError("--batch-size must be at least 1")
+        self.kv = kvstore(cfg.kvstore, len(self.ctx))
+        self.rank = self.kv.rank if self.kv is not None else 0
+        self.workers = self.kv.num_workers if self.kv is not None else 1
+        self.recorder.rank = self.rank
+        self.global_batch = cfg.batch_size * len(self.ctx)  # per context x contexts, on this worker
+
+    def _build_trainer(self) -> None:
+        cfg = self.cfg
+        self.trainer = gluon.Trainer(self.net.collect_params(), "sgd",
+                                     {"learning_rate": lr_at(cfg, self.begin_epoch), "wd": cfg.wd,
+                                      "momentum": cfg.mom},
+                                     kvstore=self.kv if self.kv is not None else "local",
+                                     update_on_kvstore=False if self.kv is None or "dist" not in self.kv.type
+                                     else None)
+        if self.resumed and self.checkpoints.load_states(self.trainer):
+            self.trainer.set_learning_rate(lr_at(cfg, self.begin_epoch))
 
     def _init_params(self) -> None:
         net, c = self.net, self.cfg
@@ -355,35 +385,11 @@ class Fit:
             net(mx.nd.zeros((1, 3, 112, 112), ctx=self.ctx[0]))  # settle deferred shapes
         if c.resume and self.checkpoints.exist():
             self.resumed = True
-            epoch, source = self.checkpoints.resume_point()
-            try:
-                report = load_weights(net, source, epoch)
-            except (ValueError, OSError, mx.base.MXNetError) as exc:  # a truncated or damaged file
-                raise UserError(f"--resume: cannot load {source}-{epoch:04d}.params: {short_reason(exc)}") from None
-            if report.mismatched or report.missing or report.by_order or report.gamma_differs:
-                raise UserError(f"--resume: {c.prefix}-{epoch:04d}.params is not a checkpoint of this network "
-                                f"({report}); use the same --network/--multiplier/--version-input/--learn-output-scale")
-            self.begin_epoch = epoch
-            try:
-                self.history = read_history(history_path(c.prefix), before=epoch)
-            except ValueError as exc:  # reported, never dropped: the run would write over it
-                raise UserError(f"--resume: {exc}; fix or move it away to resume") from None
-            scores = [val_score(r) for r in self.history if r.get("val_mae") == r.get("val_mae")]
-            self.best_score = min(scores) if scores else math.inf
-            log.info("resumed from %s-%04d.params: continuing at epoch %d", source, epoch, epoch)
+            self.begin_epoch = self.recorder.resume(net)
         elif c.resume:
             log.info("--resume: no checkpoint %s-NNNN.params yet, starting from scratch", c.prefix)
         if c.pretrained and not self.resumed:  # resuming always wins over --pretrained
-            from agegender.model.mxnet_engine import resolve_model
-
-            prefix, epoch = resolve_model(c.pretrained, "--pretrained")  # a bundled model's name: its checkpoint
-            try:
-                report = load_weights(net, prefix, epoch)
-            except (ValueError, OSError, mx.base.MXNetError) as exc:
-                raise UserError(f"--pretrained {c.pretrained}: {str(exc).splitlines()[0]}") from None
-            if report.loaded == 0:
-                raise UserError(f"--pretrained {c.pretrained}: no parameter fits this network ({report})")
-            log.info("pretrained %s,%d: %s", prefix, epoch, report)
+            load_pretrained(net, c.pretrained)
         net.hybridize(static_alloc=True, static_shape=True)
 
     # --- one batch ------------------------------------------------------------------------------------------
@@ -406,8 +412,8 @@ class Fit:
 
     def _loss(self, out: mx.nd.NDArray, label: mx.nd.NDArray) -> mx.nd.NDArray:
         c = self.cfg
-        weight = band_sample_weights(label, self.band_weights, out.context)
-        gender_weight = band_sample_weights(label, self.gender_band_weights, out.context)
+        weight = band_sample_weights(label, self.data.band_weights, out.context)
+        gender_weight = band_sample_weights(label, self.data.gender_band_weights, out.context)
         return age_gender_loss(mx.nd, out, label, c.gender_weight, age_sigma=c.age_sigma,
                                gender_smooth=c.gender_smooth, sample_weight=weight,
                                gender_sample_weight=gender_weight, intervals=label.shape[1] == 3,
@@ -421,8 +427,8 @@ class Fit:
         """One optimisation step on a batch (augmentation that runs on arrays included). Returns
         (summed loss, outputs); the weights are left untouched when the loss is not finite."""
         data, mix = augment_batch(data, label, self.cfg.augment)
-        if self.teacher is not None:
-            label, mix = self.teacher.targets(data, label, mix)
+        if self.data.teacher is not None:
+            label, mix = self.data.teacher.targets(data, label, mix)
         loss, outs = self.forward_backward(data, label, mix)
         if math.isfinite(loss):
             self.update()
@@ -438,7 +444,7 @@ class Fit:
         it = self._eval_iters[rec]
         it.reset()
         metric, loss_sum = AgeGenderMetric(), 0.0
-        for data, label in eval_batches(it, self._rec_counts[rec]):
+        for data, label in eval_batches(it, self.data.rec_counts[rec]):
             outs = forward_split(self.net, data, self.ctx)
             loss_sum += float(age_gender_loss(mx.nd, mx.nd.array(outs), label, self.cfg.gender_weight).sum().asscalar())
             gender, age = to_numpy_labels(label)
@@ -470,17 +476,7 @@ class Fit:
     def train_iter(self) -> mx.io.DataIter | MixedBatches:
         """The shuffled, augmented training batches: one source's record iterator, or several mixed into every
         batch at `shares` (`--source-weights`, by default each source's size)."""
-        c = self.cfg
-        its = [record_iter(s.train_rec, share, train=True, augment=c.augment, threads=c.num_workers,
-                           seed=c.seed + i, num_parts=self.workers, part_index=self.rank, labels_lst=s.labels_lst,
-                           label_width=self.label_width)
-               for i, (s, share) in enumerate(zip(self.sources, self.shares))]
-        if len(its) == 1:
-            return its[0]
-        steps = max(1, math.ceil(self.num_train / (self.global_batch * self.workers)))
-        log.info("sources mixed in every batch: %s", ", ".join(f"{s.name} {n}" for s, n in zip(self.sources,
-                                                                                             self.shares)))
-        return MixedBatches(its, self.shares, steps)
+        return self.data.train_iter(self.global_batch, self.workers, self.rank)
 
     def run(self) -> dict:
         """Train from `begin_epoch` to `end_epoch`; returns the last epoch's row of the history."""
@@ -504,9 +500,7 @@ class Fit:
                     break
             if stop.signal:
                 # checked between batches: the signal never lands inside MXNet, the iterator or a save
-                if self.rank == 0:
-                    path = self.checkpoints.save_interrupted(self.net, self.trainer, done)
-                    log.info("interrupted: saved %s (%d epochs completed); continue with --resume", path, done)
+                self.recorder.save_interrupted(self.net, self.trainer, done)
                 del train_iter
                 mx.nd.waitall()
                 raise stop.exception()
@@ -518,10 +512,9 @@ class Fit:
         lr = lr_at(c, epoch)
         self.trainer.set_learning_rate(lr)
         train_iter.reset()  # ImageRecordIter reshuffles on reset, from its seeded generator
-        metric, window = AgeGenderMetric(), AgeGenderMetric()
-        loss_sum, rows, t0, tic, nbatch = 0.0, 0, time.time(), time.time(), 0
+        meter = EpochMeter(epoch, c.log_interval, self.global_batch, c.age_decode)
         stopped = False
-        per_epoch = max(1, math.ceil(self.num_train / (self.global_batch * self.workers)))
+        per_epoch = self.data.steps(self.global_batch * self.workers)
         for nbatch, batch in enumerate(train_iter):
             if c.lr_schedule != "step" or epoch < c.warmup_epochs:
                 lr = lr_at(c, epoch + nbatch / per_epoch)
@@ -531,48 +524,44 @@ class Fit:
             if not math.isfinite(loss):
                 raise UserError(f"loss became {loss} at epoch {epoch} batch {nbatch}: training stopped; "
                                 f"last good checkpoint: {self.checkpoints.last_completed()} (try a lower --lr)")
-            gender, age = to_numpy_labels(label)
-            p_male, age_pred = decode(outs, c.age_decode)
-            metric.update(p_male, age_pred, gender, age)
-            window.update(p_male, age_pred, gender, age)
-            loss_sum += loss
-            rows += len(outs)
-            if (nbatch + 1) % c.log_interval == 0:
-                m = window.get()
-                speed = c.log_interval * self.global_batch / (time.time() - tic)
-                log.info("Epoch[%d] Batch [%d-%d]\tSpeed: %.2f samples/sec\tacc=%.6f\tMAE=%.6f\tCUM_5=%.6f\tloss=%.6f",
-                         epoch, nbatch + 1 - c.log_interval, nbatch + 1, speed, m["acc"], m["mae"], m["cs5"],
-                         loss_sum / rows)
-                window.reset()
-                tic = time.time()
+            meter.update(nbatch, loss, outs, label)
             if c.max_steps and self.step >= c.max_steps:
                 stopped = True
                 break
             if self._stop is not None and self._stop.signal:
                 return {"stopped": True, "interrupted": True}
-        m = metric.get()
-        row = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / max(1, rows), "train_acc": m["acc"],
-               "train_mae": m["mae"], "train_cs5": m["cs5"]}
-        if self.rank == 0 and (stopped or (epoch + 1) % c.save_every == 0 or epoch + 1 == c.end_epoch):
-            # before validation: a bad val.rec costs no epoch
-            log.info("saved %s", self.checkpoints.save(self.net, self.trainer, epoch + 1))
-        if self.has_val:
+        row = meter.row(lr)
+        self.recorder.save(self.net, self.trainer, epoch, stopped)  # before validation: a bad val.rec costs no epoch
+        if self.data.has_val:
             row.update(self.validate(epoch))
-            log.info("Epoch[%d] Validation: acc=%.6f\tMAE=%.6f\tCUM_3=%.6f\tCUM_5=%.6f\tloss=%.6f",
-                     epoch, row["val_acc"], row["val_mae"], row["val_cs3"], row["val_cs5"], row["val_loss"])
-        row["time_s"] = time.time() - t0
-        log.info("Epoch[%d] Train: acc=%.6f\tMAE=%.6f\tCUM_5=%.6f\tloss=%.6f\tlr=%g\tTime cost=%.1f s",
-                 epoch, m["acc"], m["mae"], m["cs5"], row["train_loss"], lr, row["time_s"])
-        self.history.append(row)
-        if self.rank == 0:
-            if self.has_val and val_score(row) < self.best_score:
-                self.best_score = val_score(row)
-                log.info("best val score so far %.4f (MAE + 20 x gender error): saved %s", self.best_score,
-                         self.checkpoints.save_best(self.net, epoch + 1))
-            write_history(history_path(c.prefix), self.history)
-            plot_history(curves_path(c.prefix), self.history)
+        self.recorder.finish_epoch(epoch, row, meter.started, self.net)
         row["stopped"] = stopped
         return row
+
+
+def build_network(cfg: TrainConfig) -> gluon.HybridBlock:
+    """`cfg.network`'s network as its flags shape it, uninitialised; UserError for a bad combination."""
+    try:
+        return get_network(cfg.network, multiplier=cfg.multiplier, version_input=cfg.version_input,
+                           version_output=cfg.version_output, use_se=cfg.use_se,
+                           learn_output_scale=cfg.learn_output_scale)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def load_pretrained(net: gluon.HybridBlock, pretrained: str) -> None:
+    """--pretrained: the weights of a checkpoint (`PREFIX,EPOCH`) or a bundled model's name that fit `net`;
+    UserError when none does."""
+    from agegender.model.mxnet_engine import resolve_model
+
+    prefix, epoch = resolve_model(pretrained, "--pretrained")  # a bundled model's name: its checkpoint
+    try:
+        report = load_weights(net, prefix, epoch)
+    except (ValueError, OSError, mx.base.MXNetError) as exc:
+        raise UserError(f"--pretrained {pretrained}: {str(exc).splitlines()[0]}") from None
+    if report.loaded == 0:
+        raise UserError(f"--pretrained {pretrained}: no parameter fits this network ({report})")
+    log.info("pretrained %s,%d: %s", prefix, epoch, report)
 
 
 class StopOnSignal:
@@ -606,4 +595,5 @@ class StopOnSignal:
 
 
 __all__ = ["TrainConfig", "Source", "load_sources", "interval_labels", "mix_band_weights", "band_sample_weights", "Fit",
-           "StopOnSignal", "lr_at", "val_score", "age_band_weights", "params_digest"]
+           "TrainingData", "build_network", "load_pretrained", "StopOnSignal", "lr_at", "val_score",
+           "age_band_weights", "params_digest"]
