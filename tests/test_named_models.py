@@ -302,3 +302,23 @@ def test_a_name_only_installed_as_onnx_is_one_line_naming_its_flag_and_no_engine
         assert "--engine" not in proc.stderr, proc.stderr
     proc = run(os.path.join(ROOT, "infer.py"), "--image", T1, "--model", "open", "--engine", "mxnet")
     _one_line_error(proc, "no MXNet checkpoint", "use --engine onnx")
+
+
+def test_the_shipped_open_model_mixes_the_teacher_at_its_own_weight_in_both_engines(monkeypatch):
+    """`open` was calibrated with its own weight for the teacher net (tools/calibrate.py on its FairFace split,
+    the figure docs/calibration-and-ensemble.md quotes): its ONNX and its checkpoint say the same, /v1/model
+    reports it, and the default keeps the plain mean."""
+    pytest.importorskip("mxnet", reason="the checkpoint engine needs MXNet (requirements.txt)")
+    from fastapi.testclient import TestClient
+
+    from agegender.model.loading import load_engine
+    from agegender.serving.analyzer import FaceAnalyzer
+    from agegender.serving.service import DET_FLOOR, create_app
+
+    monkeypatch.delenv(registry.MODELS_DIR_ENV, raising=False)
+    assert load_engine("open", threads=1).teacher_weight == load_engine("open", engine="mxnet").teacher_weight == 0.35
+    assert load_engine(None, threads=1).teacher_weight == 0.5
+    analyzer = FaceAnalyzer.from_options(model="open", det_thresh=DET_FLOOR, det_threads=1, net_threads=1)
+    with TestClient(create_app(analyzer)) as c:
+        m = c.get("/v1/model").json()
+    assert m["bundled"] == "open" and m["gender_teacher_weight"] == 0.35 and "weight 0.35" in m["gender_coding"]

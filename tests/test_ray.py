@@ -586,3 +586,24 @@ def test_the_shard_key_records_the_flip_setting_used_not_the_flag():
     assert key(Settings()) == key(Settings(flip=True)) != key(Settings(flip=False))
     assert Settings(model="open").fingerprint()["flip"] is False
     assert key(Settings(model="open")) == key(Settings(model="open", flip=False)) != key(Settings(model="open", flip=True))
+
+
+def test_the_shard_key_changes_when_the_model_is_calibrated_anew(tmp_path):
+    """Shards answered before a model's calibration changed (its temperature, or the ensemble's weight for
+    the teacher) are not reused for it: the key records the calibration the answers were made with."""
+    import shutil
+
+    from agegender.model.engine import BUNDLED_ONNX, with_temperature
+    from agegender.serving.ray_batch import Settings
+    from agegender.serving.shards import shard_key
+
+    copy = tmp_path / "m.onnx"
+    shutil.copy(BUNDLED_ONNX, copy)
+    key = lambda s: shard_key(["a.jpg"], s.fingerprint())  # noqa: E731
+    before = key(Settings(model=str(copy)))
+    copy.write_bytes(with_temperature(copy.read_bytes(), 0.9, teacher_weight=0.3))
+    assert key(Settings(model=str(copy))) != before
+    assert Settings(model=str(copy)).fingerprint()["calibration"]["gender_teacher_weight"] == 0.3
+    # without the ensemble the weight makes no difference to the answers, so none to the key
+    alone = Settings(model=str(copy), gender_ensemble=False).fingerprint()
+    assert alone["calibration"]["gender_teacher_weight"] is None and alone["calibration"]["gender_temperature"] == 0.9

@@ -6,17 +6,18 @@ import os
 
 from agegender.errors import UserError, require, short_reason
 from agegender.model import registry
-from agegender.model.engine import ENGINES, Engine, OnnxEngine, short_name
+from agegender.model.engine import ENGINES, Calibration, Engine, OnnxEngine, short_name
 
 
-def model_default_flip(model: str | None = None) -> bool:
-    """The flip default of the model `--model` names (metadata `flip`), read from its files without loading
-    the net's weights into an engine: what `flip=None` means for it (Ray's shard key records this value)."""
-    from agegender.model.engine import read_checkpoint_calibration, stored_flip
+def model_calibration(model: str | None = None) -> Calibration:
+    """What the model `--model` names says of its own use (gender temperature, age range widening, flip
+    default, the ensemble's teacher weight), read from its files without loading the net's weights into an
+    engine: Ray's shard key records it, so that a model calibrated anew is not answered from old shards."""
+    from agegender.model.engine import read_checkpoint_calibration, stored_calibration
 
     bundled = registry.resolve(model)
     if bundled is not None and os.path.exists(bundled.calibration):
-        return read_checkpoint_calibration(bundled.prefix, bundled.name).flip
+        return read_checkpoint_calibration(bundled.prefix, bundled.name)
     path = bundled.onnx if bundled is not None else model
     if path.lower().endswith(".onnx"):
         import onnxruntime as ort
@@ -25,8 +26,8 @@ def model_default_flip(model: str | None = None) -> bool:
             meta = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).get_modelmeta()
         except Exception as exc:  # noqa: BLE001 -- onnxruntime raises its own types for bad files
             raise UserError(f"cannot load model {path}: {short_reason(exc)}") from None
-        return stored_flip(dict(meta.custom_metadata_map), path)
-    return read_checkpoint_calibration(model.partition(",")[0], model).flip
+        return stored_calibration(dict(meta.custom_metadata_map), path)
+    return read_checkpoint_calibration(model.partition(",")[0], model)
 
 
 def load_engine(model: str | None = None, engine: str | None = None, gpus: str = "", threads: int = 0) -> Engine:
@@ -94,4 +95,4 @@ def _exported(model: str | None, threads: int, gpus: str) -> Engine:
     return engine
 
 
-__all__ = ["load_engine"]
+__all__ = ["load_engine", "model_calibration"]

@@ -64,10 +64,15 @@ class Settings:
     def fingerprint(self) -> dict:
         d = asdict(self)
         del d["batch_size"]
-        if d["flip"] is None:  # the setting used, so that the default and the same flag named give one key
-            from agegender.model.loading import model_default_flip
+        from agegender.model.loading import model_calibration
 
-            d["flip"] = model_default_flip(self.model)
+        calibration = model_calibration(self.model)
+        if d["flip"] is None:  # the setting used, so that the default and the same flag named give one key
+            d["flip"] = calibration.flip
+        # what the model's calibration makes of its outputs: a model calibrated anew is new work
+        d["calibration"] = {"gender_temperature": calibration.temperature,
+                            "age_range_widening": calibration.widening.to_dict(),
+                            "gender_teacher_weight": calibration.teacher_weight if self.gender_ensemble else None}
         for k in ("model", "det_model"):  # the same file named two ways is the same run
             d[k] = os.path.realpath(d[k]) if d[k] and os.path.exists(d[k].split(",")[0]) else d[k]
         return d
