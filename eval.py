@@ -35,8 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "tools/calibrate.py does not calibrate on), overall and per 10-year band")
     add_flip_argument(p)
     p.add_argument("--gender-ensemble", action=argparse.BooleanOptionalAction, default=DEFAULT_GENDER_ENSEMBLE,
-                   help="P(male) as infer.py gives it by default: the mean of ours and the bundled CC0 teacher "
-                        "net's (its chips cut from the packed crops); --no-gender-ensemble: the model alone")
+                   help="P(male) as infer.py gives it by default: ours mixed with the bundled CC0 teacher "
+                        "net's at the model's calibrated weight (its chips cut from the packed crops); --no-gender-ensemble: the model alone")
     p.add_argument("--json", metavar="FILE", help="write every number to this JSON file")
     p.add_argument("--plot", metavar="FILE", help="save MAE by age, predicted vs true age, gender confusion (PNG)")
     p.add_argument("--num-workers", type=COUNT, default=2, help="image decoding threads")

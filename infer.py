@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_age_decode_argument(p)
     add_flip_argument(p)
     p.add_argument("--gender-ensemble", action=argparse.BooleanOptionalAction, default=DEFAULT_GENDER_ENSEMBLE,
-                   help="P(male) = the mean of ours and the bundled CC0 teacher gender net's, +12 %% time a face "
+                   help="P(male) = ours mixed with the bundled CC0 teacher gender net's at the model's calibrated "
+                        "weight (0.5: the plain mean), +12 %% time a face "
                         "(docs/calibration-and-ensemble.md); --no-gender-ensemble: the model alone")
     p.add_argument("--gpus", default="", help="GPU ids such as 0,1 for the attribute net (empty = CPU); the "
                                               "onnx engine needs onnxruntime-gpu and uses the first")

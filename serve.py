@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave out the faces the quality flag marks (too small, blurred or turned), as infer.py")
     add_flip_argument(p)
     p.add_argument("--gender-ensemble", action=argparse.BooleanOptionalAction, default=DEFAULT_GENDER_ENSEMBLE,
-                   help="P(male) = the mean of ours and the bundled CC0 teacher gender net's, as infer.py")
+                   help="P(male) = ours mixed with the bundled CC0 teacher gender net's at the model's "
+                        "calibrated weight, as infer.py")
     p.add_argument("--max-bytes", type=COUNT, default=10_000_000, help="largest request body (413 above)")
     p.add_argument("--max-pixels", type=COUNT, default=MAX_PIXELS, help="largest image, from its header (413 above)")
     p.add_argument("--batch-window-ms", type=NON_NEGATIVE, default=5.0,

@@ -112,14 +112,20 @@ def test_the_teacher_weight_fit_takes_the_most_accurate_mix_ties_going_to_the_pl
     assert fit_teacher_weight(ours, teacher, np.full(5, -1)) == 0.5  # nothing known: the plain mean
     # ours barely right, the teacher sure and wrong: right only for w < 0.09, so 0.05 (of 0 and 0.05)
     assert fit_teacher_weight(np.array([0.55, 0.45]), np.array([0.0, 1.0]), np.array([1, 0])) == 0.05
+    # two males, one right for w <= 0.47 only, the other for w >= 0.53 only: every weight but 0.5 ties at one of
+    # two; the nearest to 0.5 are 0.45 and 0.55, and of two as near the lower one wins
+    assert fit_teacher_weight(np.array([0.95, 0.0]), np.array([0.0, 0.95]), np.array([1, 1])) == 0.45
 
 
 def test_onnx_engine_reads_the_stored_teacher_weight_and_with_temperature_writes_it():
     assert OnnxEngine("tiny.onnx", model=tiny_model()).teacher_weight == 0.5  # none stored: the plain mean
     assert OnnxEngine("tiny.onnx", model=tiny_model({"gender_teacher_weight": "0.25"})).teacher_weight == 0.25
     written = with_temperature(tiny_model({"producer": "x"}), 2.5, teacher_weight=0.3)
-    assert {m.key: m.value for m in onnx.load_from_string(written).metadata_props}["gender_teacher_weight"] == "0.30"
+    assert {m.key: m.value for m in onnx.load_from_string(written).metadata_props}["gender_teacher_weight"] == "0.3"
     assert OnnxEngine("tiny.onnx", model=written).teacher_weight == 0.3
+    exact = with_temperature(tiny_model(), 2.5, teacher_weight=1 / 3)  # not rounded: the checkpoint's w, exactly
+    assert OnnxEngine("tiny.onnx", model=exact).teacher_weight == 1 / 3
+    assert str(OnnxEngine("tiny.onnx", model=tiny_model({"gender_teacher_weight": "-0.0"})).teacher_weight) == "0.0"
 
 
 @pytest.mark.parametrize("bad", ["1.5", "-0.1", "nan", "heavy", ""])
@@ -283,6 +289,22 @@ def test_report_tools_on_a_small_list_of_real_photos(tmp_path):
     assert "faces/s" in proc.stdout
 
 
+def test_calibrate_refuses_a_list_without_a_known_gender_and_keeps_the_model(tmp_path):
+    """Faces with no gender label cannot fit T or the teacher weight: a one-line error, nothing written
+    (before, T = 1 and w = 0.5 replaced the stored ones)."""
+    from tests.conftest import run_script
+
+    folder = shared_path("data", "aaf", "original images")
+    names = sorted(os.listdir(folder))[:3]
+    lst = tmp_path / "val.lst"
+    lst.write_text("".join(f"{i}\t-1\t{int(n[6:8])}\t{os.path.join(folder, n)}\n" for i, n in enumerate(names)))
+    out = tmp_path / "out.onnx"
+    proc = run_script("tools/calibrate.py", "--model", "models/agegender-open.onnx", "--lst", str(lst),
+                      "--gender-only", "--write", str(out))
+    assert proc.returncode == 2 and "no face with a known gender" in proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr and not out.exists()
+
+
 def test_calibrate_write_needs_an_onnx_model(tmp_path):
     from tests.conftest import run_script
 
@@ -342,13 +364,14 @@ def test_a_checkpoints_calibration_file_is_applied_by_mxnet_and_carried_into_its
     assert Widening.from_dict(metadata(str(tmp_path / "m"), 0)["age_range_widening"]) == w
     # and the ensemble's weight for the teacher
     assert warm.teacher_weight == 0.5 and "gender_teacher_weight" not in metadata(str(tmp_path / "m"), 0)
-    (tmp_path / "m-calibration.json").write_text('{"gender_temperature": 2.5, "gender_teacher_weight": 0.3}')
-    assert MxnetEngine(str(tmp_path / "m"), 0).teacher_weight == 0.3
-    assert metadata(str(tmp_path / "m"), 0)["gender_teacher_weight"] == "0.30"
+    (tmp_path / "m-calibration.json").write_text('{"gender_temperature": 2.5, "gender_teacher_weight": 0.333}')
+    assert MxnetEngine(str(tmp_path / "m"), 0).teacher_weight == 0.333
+    assert metadata(str(tmp_path / "m"), 0)["gender_teacher_weight"] == "0.333"  # the export reads the same w
 
 
 @pytest.mark.parametrize("bad", ['{"gender_temperature": 0}', '{"gender_temperature": "warm"}', "[1]", "{",
-                                 '{"gender_teacher_weight": 2}', '{"gender_teacher_weight": true}'])
+                                 '{"gender_teacher_weight": 2}', '{"gender_teacher_weight": true}',
+                                 '{"gender_teacher_weight": null}', '{"gender_teacher_weight": 1' + "0" * 400 + "}"])
 def test_a_bad_calibration_file_is_a_one_line_error(tmp_path, bad):
     from agegender.model.engine import read_checkpoint_calibration
 

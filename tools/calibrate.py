@@ -69,18 +69,19 @@ def weight_section(p_ours, p_teacher, gender, index) -> float:
     acc = lambda sel, weight: ensemble_accuracy(p_ours[sel], p_teacher[sel], gender[sel], weight)  # noqa: E731
     every = np.ones(len(gender), bool)
     half = np.asarray(index) % 2 == 0
-    hits = {"fitted": 0.0, "mean": 0.0}
+    hits, scored = {"fitted": 0.0, "mean": 0.0}, 0
     for part in (half, ~half):  # choose on one half, score on the other
         other = fit_teacher_weight(p_ours[~part], p_teacher[~part], gender[~part])
         known = int((gender[part] >= 0).sum())
         if known:
             hits["fitted"] += acc(part, other) * known
             hits["mean"] += acc(part, DEFAULT_TEACHER_WEIGHT) * known
-    known = max(int((gender >= 0).sum()), 1)
+            scored += known
+    cross = {k: v / scored if scored else float("nan") for k, v in hits.items()}
     print(f"\ngender ensemble: teacher weight w = {w:.2f} (accuracy on {len(gender)} faces: ours alone "
           f"{acc(every, 0.0):.4f}, teacher alone {acc(every, 1.0):.4f}, plain mean {acc(every, 0.5):.4f}, "
           f"w = {w:.2f} {acc(every, w):.4f}; w chosen on the other half of the faces (alternate records): "
-          f"{hits['fitted'] / known:.4f}, plain mean {hits['mean'] / known:.4f})")
+          f"{cross['fitted']:.4f}, plain mean {cross['mean']:.4f})")
     return w
 
 
@@ -139,10 +140,15 @@ def main() -> int:
     splits = [split_faces(lst, detector, engine, teacher, limit=args.limit, name=lst) for lst in args.lst]
     logit = np.concatenate([s.logit for s in splits])
     gender = np.concatenate([s.gender for s in splits])
+    if not args.age_range_only and not (gender >= 0).any():  # else T = 1 and w = 0.5 would replace the stored ones
+        raise UserError(f"no face with a known gender in {', '.join(args.lst)}: the gender temperature and the "
+                        "ensemble's teacher weight cannot be fitted on them (--age-range-only fits the age range "
+                        "alone)")
     t = engine.gender_temperature if args.age_range_only else fit_temperature(logit, gender)
-    print(f"model {engine.name}: stored gender temperature {engine.gender_temperature:g}; fitted on "
-          f"{len(logit)} faces of {', '.join(args.lst)}: T = {t:.4f}"
-          + "".join(f"; {s.name} alone: T = {fit_temperature(s.logit, s.gender):.4f}" for s in splits))
+    print(f"model {engine.name}: stored gender temperature {engine.gender_temperature:g}; "
+          + (f"kept (--age-range-only), with the teacher weight {engine.teacher_weight:g}" if args.age_range_only
+             else f"fitted on {len(logit)} faces of {', '.join(args.lst)}: T = {t:.4f}"
+             + "".join(f"; {s.name} alone: T = {fit_temperature(s.logit, s.gender):.4f}" for s in splits)))
     if args.age_range_only:
         w = engine.teacher_weight
     else:
@@ -178,7 +184,7 @@ def main() -> int:
         from agegender.model.engine import FLIP_KEY, TEACHER_WEIGHT_KEY, TEMPERATURE_KEY, with_temperature
 
         if out.endswith(CALIBRATION_SUFFIX):
-            doc = {TEMPERATURE_KEY: round(t, 4), TEACHER_WEIGHT_KEY: round(w, 2)}
+            doc = {TEMPERATURE_KEY: round(t, 4), TEACHER_WEIGHT_KEY: w}  # w exact: a grid value, or the stored one
             if widening is not None:
                 doc[WIDENING_KEY] = widening.to_dict()
             if not engine.default_flip:  # the model's own flip default stays with it (ONNX metadata is kept whole)
@@ -188,7 +194,8 @@ def main() -> int:
             with open(source, "rb") as f:
                 write_atomic(out, with_temperature(f.read(), t, widening, w))
         kept = " kept" if args.gender_only else ""
-        print(f"\nwrote {out} (gender_temperature {t:.4f}, gender_teacher_weight {w:.2f}, "
+        gender_kept = " kept" if args.age_range_only else ""
+        print(f"\nwrote {out} (gender_temperature {t:.4f}{gender_kept}, gender_teacher_weight {w:g}{gender_kept}, "
               + (f"age range widening{kept})" if widening is not None else "no age range widening)"))
     return 0
 

@@ -183,16 +183,16 @@ def stored_flip(metadata: dict, name: str) -> bool:
 def stored_teacher_weight(metadata: dict, name: str) -> float:
     """The teacher's weight in the gender ensemble from a model's metadata (`gender_teacher_weight`, a number
     in [0, 1]), DEFAULT_TEACHER_WEIGHT (the plain mean) when absent; anything else is a one-line error."""
-    raw = metadata.get(TEACHER_WEIGHT_KEY)
-    if raw is None:
+    if TEACHER_WEIGHT_KEY not in metadata:
         return DEFAULT_TEACHER_WEIGHT
+    raw = metadata[TEACHER_WEIGHT_KEY]
     try:
         w = float(raw)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # null, text, a list; an integer too big for a float
         w = float("nan")
     if isinstance(raw, bool) or not 0.0 <= w <= 1.0:  # NaN fails both comparisons
-        raise UserError(f"model {name}: metadata {TEACHER_WEIGHT_KEY}={raw!r} is not a number from 0 to 1")
-    return w
+        raise UserError(f"model {name}: metadata {TEACHER_WEIGHT_KEY}={str(raw)[:40]!r} is not a number from 0 to 1")
+    return w + 0.0  # -0.0 reads as 0.0
 
 
 def stored_widening(metadata: dict, name: str) -> Widening:
@@ -290,7 +290,7 @@ def with_temperature(model: bytes, temperature: float, widening: Widening | None
     if widening is not None:
         new.append((WIDENING_KEY, json.dumps(widening.to_dict())))
     if teacher_weight is not None:
-        new.append((TEACHER_WEIGHT_KEY, f"{teacher_weight:.2f}"))
+        new.append((TEACHER_WEIGHT_KEY, repr(float(teacher_weight))))  # exact: both engines read the same w
     keep = [(p.key, p.value) for p in proto.metadata_props if p.key not in dict(new)]
     del proto.metadata_props[:]
     for key, value in keep + new:

@@ -1,6 +1,7 @@
-"""The gender ensemble: our P(male) averaged with the CC0 Cydral gender net's (models/teacher-gender-v1.onnx,
-the classifier the model was distilled from), which runs on onnxruntime from 32x32 chips that
-`agegender.data.face.teacher_chip` aligns from our own landmarks (no dlib). See docs/calibration-and-ensemble.md.
+"""The gender ensemble: our P(male) mixed, at each model's calibrated weight, with the CC0 Cydral gender
+net's (models/teacher-gender-v1.onnx, the classifier the model was distilled from), which runs on
+onnxruntime from 32x32 chips that `agegender.data.face.teacher_chip` aligns from our own landmarks (no dlib).
+See docs/calibration-and-ensemble.md.
 """
 from __future__ import annotations
 

@@ -116,8 +116,9 @@ def ensemble_accuracy(p_ours: np.ndarray, p_teacher: np.ndarray, gender: np.ndar
 def fit_teacher_weight(p_ours: np.ndarray, p_teacher: np.ndarray, gender: np.ndarray) -> float:
     """The teacher's weight in the gender ensemble: the one of TEACHER_WEIGHTS (0 to 1 by 0.05) with the best
     accuracy on known genders (the figure the ensemble is for; P(male) stays calibrated by T either way).
-    Ties go to the weight nearest the plain mean, 0.5, which is also the answer when no gender is known."""
-    scores = [(ensemble_accuracy(p_ours, p_teacher, gender, w), -abs(w - 0.5)) for w in TEACHER_WEIGHTS]
+    Ties go to the weight nearest the plain mean, 0.5 (of two as near, the lower), which is also the answer
+    when no gender is known."""
+    scores = [(ensemble_accuracy(p_ours, p_teacher, gender, w), -round(abs(w - 0.5), 6)) for w in TEACHER_WEIGHTS]
     if np.isnan(scores[0][0]):
         return 0.5
     return float(TEACHER_WEIGHTS[max(range(len(scores)), key=lambda i: scores[i])])

@@ -100,7 +100,7 @@ def metadata(prefix: str, epoch: int, license: str | None = None, provenance: st
     if not calibration.flip:
         meta[FLIP_KEY] = "false"
     if calibration.teacher_weight != DEFAULT_TEACHER_WEIGHT:
-        meta[TEACHER_WEIGHT_KEY] = f"{calibration.teacher_weight:.2f}"
+        meta[TEACHER_WEIGHT_KEY] = repr(calibration.teacher_weight)  # exact, as the mxnet engine reads it
     if provenance:
         meta["provenance"] = provenance
     return meta

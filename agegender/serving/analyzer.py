@@ -199,7 +199,7 @@ class FaceAnalyzer:
                  flip: bool | None = None, batch_size: int = 256, max_pixels: int = MAX_PIXELS,
                  teacher: TeacherGender | None = None, age_level: float = DEFAULT_AGE_LEVEL,
                  drop_flagged: bool = False):
-        """`teacher`: the gender ensemble (P(male) = the mean of ours and the teacher's), off when None;
+        """`teacher`: the gender ensemble (P(male) = ours mixed with the teacher's at the engine's `teacher_weight`), off when None;
         `flip`: average each face's outputs with its mirror image's (None: the model's own default,
         `Engine.default_flip`); `age_level`: the share of faces whose true age the age range holds;
         `drop_flagged`: leave out the faces the quality flag marks (too small, blurred or turned), as
@@ -266,7 +266,7 @@ class FaceAnalyzer:
 
     def labels(self, crops: list) -> Labels:
         """The `Labels` of what `detect` gave: P(male), age, the age range at `age_level`, P(age > k); through
-        the engine in batches (and the teacher's gender net, averaged in, for `FaceCrops`)."""
+        the engine in batches (and the teacher's gender net, mixed in at the engine's `teacher_weight`, for `FaceCrops`)."""
         if crops and isinstance(crops[0], FaceCrops) and self.teacher is None:
             raise ValueError("FaceCrops given to an analyzer without the gender ensemble")
         net = np.stack([_net_crop(c) for c in crops]) if crops else np.zeros((0, 112, 112, 3), np.uint8)

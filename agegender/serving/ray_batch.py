@@ -59,7 +59,7 @@ class Settings:
     batch_size: int = 256
     age_level: float = DEFAULT_AGE_LEVEL  # the age range's level
     drop_flagged: bool = False            # leave out the faces the quality flag marks
-    gender_ensemble: bool = DEFAULT_GENDER_ENSEMBLE  # P(male) averaged with the CC0 teacher net's
+    gender_ensemble: bool = DEFAULT_GENDER_ENSEMBLE  # P(male) mixed with the CC0 teacher net's
 
     def fingerprint(self) -> dict:
         d = asdict(self)
