@@ -82,6 +82,9 @@ def main() -> int:
                 "flip": predictor.resolve_flip(args.flip),
                 "age_level": args.age_level, "gender_ensemble": args.gender_ensemble,
                 "gender_teacher_weight": predictor.teacher_weight if args.gender_ensemble else None}
+    print(f"model {predictor.name} ({predictor.kind}), {args.age_decode}, flip {'on' if settings['flip'] else 'off'}, "
+          + (f"gender: the ensemble, teacher weight {predictor.teacher_weight:g}" if args.gender_ensemble
+             else "gender: the model alone"))
     if len(recs) == 1:
         rep = report(preds[0])
         print(format_report(rep, args.age_level))

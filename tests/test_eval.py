@@ -61,6 +61,7 @@ def test_eval_numbers_equal_a_hand_computation(packed_demo, random_model, tmp_pa
     assert doc["count"] == n and doc["mae"] == pytest.approx(mae, abs=1e-4) and doc["acc"] == pytest.approx(acc)
     assert doc["model"] == random_model and doc["age_decode"] == "prob"
     assert doc["gender_ensemble"] is True and doc["gender_teacher_weight"] == 0.5  # the weight it was read with
+    assert proc.stdout.splitlines()[0].endswith("(mxnet), prob, flip off, gender: the ensemble, teacher weight 0.5")
     assert sum(b["count"] for b in doc["bands"]) == n and sum(s["count"] for s in doc["sources"]) == n
     assert set(doc["gender_confusion"]) == {"true_female", "true_male"}
     megaage = [s for s in doc["sources"] if s["source"] == "megaage"][0]
