@@ -89,17 +89,64 @@ def main() -> int:
     p = ArgumentParser(description=__doc__)
     add_split_arguments(p)
     p.add_argument("--write", metavar="OUT", action="append", default=[],
-                   help="store the fitted temperature and age range widening: OUT.onnx, a copy of the (.onnx) "
-                        "model with them in its metadata; or PREFIX-calibration.json beside a checkpoint (read by "
-                        "the mxnet engine and carried into tools/export_onnx.py's export; an ONNX model PREFIX.onnx "
-                        "may write it for its checkpoint PREFIX, as the bundled model's); repeatable")
+                   help="store the fitted temperature, teacher weight and age range widening: OUT.onnx, a copy of "
+                        "the (.onnx) model with them in its metadata; or PREFIX-calibration.json beside a checkpoint "
+                        "(read by the mxnet engine and carried into tools/export_onnx.py's export; an ONNX model "
+                        "PREFIX.onnx may write it for its checkpoint PREFIX, as the bundled model's); repeatable")
     what = p.add_mutually_exclusive_group()
     what.add_argument("--age-range-only", action="store_true",
-                      help="keep the model's stored gender temperature; fit and write only the age range's widening")
+                      help="keep the model's stored gender temperature and teacher weight; fit and write only the "
+                           "age range's widening")
     what.add_argument("--gender-only", action="store_true",
-                      help="fit and write only the gender temperature, keeping the model's stored age range "
-                           "widening: for lists of age groups only (FairFace), which cannot calibrate the range")
+                      help="fit and write only the gender temperature and teacher weight, keeping the model's stored "
+                           "age range widening: for lists of age groups only (FairFace), which cannot calibrate the "
+                           "range")
     args = p.parse_args()
+    source = check_writes(args)
+    import numpy as np
+
+    from agegender.data.face import load_detector
+    from agegender.model.ensemble import TeacherGender
+    from agegender.model.loading import load_engine
+    from agegender.model.metrics import fit_temperature
+    from agegender.model.photo_eval import split_faces
+
+    engine = load_engine(args.model, args.engine, threads=1)
+    detector, teacher = load_detector(threads=1), TeacherGender(threads=1)
+    splits = [split_faces(lst, detector, engine, teacher, limit=args.limit, name=lst) for lst in args.lst]
+    logit = np.concatenate([s.logit for s in splits])
+    gender = np.concatenate([s.gender for s in splits])
+    if not args.age_range_only and not (gender >= 0).any():  # else T = 1 and w = 0.5 would replace the stored ones
+        raise UserError(f"no face with a known gender in {', '.join(args.lst)}: the gender temperature and the "
+                        "ensemble's teacher weight cannot be fitted on them (--age-range-only fits the age range "
+                        "alone)")
+    t = engine.gender_temperature if args.age_range_only else fit_temperature(logit, gender)
+    print(f"model {engine.name}: stored gender temperature {engine.gender_temperature:g}; "
+          + (f"kept (--age-range-only), with the teacher weight {engine.teacher_weight:g}" if args.age_range_only
+             else f"fitted on {len(logit)} faces of {', '.join(args.lst)}: T = {t:.4f}"
+             + "".join(f"; {s.name} alone: T = {fit_temperature(s.logit, s.gender):.4f}" for s in splits)))
+    if args.age_range_only:
+        w = engine.teacher_weight
+    else:
+        w = weight_section(sigmoid(logit / t), np.concatenate([s.p_teacher for s in splits]), gender,
+                           np.concatenate([s.index for s in splits]))
+    ece_section(splits, t, w)
+    if args.gender_only:  # the stored widening is written back as it is (none stays none)
+        widening = None if engine.age_widening.is_identity else engine.age_widening
+    else:
+        widening = age_range_section(splits)
+    for out in args.write:
+        write_calibration(out, source, engine, t, w, widening)
+        kept = " kept" if args.gender_only else ""
+        gender_kept = " kept" if args.age_range_only else ""
+        print(f"\nwrote {out} (gender_temperature {t:.4f}{gender_kept}, gender_teacher_weight {w:g}{gender_kept}, "
+              + (f"age range widening{kept})" if widening is not None else "no age range widening)"))
+    return 0
+
+
+def check_writes(args) -> str:
+    """Refuse, before any work, a --write that no engine would read or that would replace an input; returns
+    the model file the calibrated copy is made from (a bundled name resolved)."""
     from agegender.model import registry
     from agegender.model.engine import CALIBRATION_SUFFIX
 
@@ -127,33 +174,17 @@ def main() -> int:
         refuse_same_outputs([("--write", out) for out in args.write])
         for out in args.write:
             check_writable(out, "calibrated model")
+    return source
+
+
+def ece_section(splits, t: float, w: float) -> None:
+    """Per split and age band: accuracy, and the ECE of P(male) as decoded, with T, with T cross-fitted, and of
+    the ensemble (at teacher weight `w`) without and with T."""
     import numpy as np
 
-    from agegender.data.face import load_detector
-    from agegender.model.ensemble import TeacherGender, ensemble_p_male
-    from agegender.model.loading import load_engine
-    from agegender.model.metrics import AGE_BANDS, expected_calibration_error, fit_temperature
-    from agegender.model.photo_eval import split_faces
+    from agegender.model.ensemble import ensemble_p_male
+    from agegender.model.metrics import AGE_BANDS, expected_calibration_error
 
-    engine = load_engine(args.model, args.engine, threads=1)
-    detector, teacher = load_detector(threads=1), TeacherGender(threads=1)
-    splits = [split_faces(lst, detector, engine, teacher, limit=args.limit, name=lst) for lst in args.lst]
-    logit = np.concatenate([s.logit for s in splits])
-    gender = np.concatenate([s.gender for s in splits])
-    if not args.age_range_only and not (gender >= 0).any():  # else T = 1 and w = 0.5 would replace the stored ones
-        raise UserError(f"no face with a known gender in {', '.join(args.lst)}: the gender temperature and the "
-                        "ensemble's teacher weight cannot be fitted on them (--age-range-only fits the age range "
-                        "alone)")
-    t = engine.gender_temperature if args.age_range_only else fit_temperature(logit, gender)
-    print(f"model {engine.name}: stored gender temperature {engine.gender_temperature:g}; "
-          + (f"kept (--age-range-only), with the teacher weight {engine.teacher_weight:g}" if args.age_range_only
-             else f"fitted on {len(logit)} faces of {', '.join(args.lst)}: T = {t:.4f}"
-             + "".join(f"; {s.name} alone: T = {fit_temperature(s.logit, s.gender):.4f}" for s in splits)))
-    if args.age_range_only:
-        w = engine.teacher_weight
-    else:
-        w = weight_section(sigmoid(logit / t), np.concatenate([s.p_teacher for s in splits]), gender,
-                           np.concatenate([s.index for s in splits]))
     print("ECE: 10 equal bins of P(male), |share of males - mean P(male)| weighted by faces per bin; "
           "'cross-fitted': T fitted on the other half of the faces (alternate records)")
     for s in splits:
@@ -174,30 +205,27 @@ def main() -> int:
                     (s.p_ours, after, cross, ensemble_p_male(s.p_ours, s.p_teacher, w),
                      ensemble_p_male(after, s.p_teacher, w))]
             print(f"| {label} | {int(sel.sum())} | {acc:.4f} | " + " | ".join(f"{e:.4f}" for e in eces) + " |")
-    if args.gender_only:  # the stored widening is written back as it is (none stays none)
-        widening = None if engine.age_widening.is_identity else engine.age_widening
-    else:
-        widening = age_range_section(splits)
-    for out in args.write:
-        from agegender.atomic import write_atomic
-        from agegender.model.age import WIDENING_KEY
-        from agegender.model.engine import FLIP_KEY, TEACHER_WEIGHT_KEY, TEMPERATURE_KEY, with_temperature
 
-        if out.endswith(CALIBRATION_SUFFIX):
-            doc = {TEMPERATURE_KEY: round(t, 4), TEACHER_WEIGHT_KEY: w}  # w exact: a grid value, or the stored one
-            if widening is not None:
-                doc[WIDENING_KEY] = widening.to_dict()
-            if not engine.default_flip:  # the model's own flip default stays with it (ONNX metadata is kept whole)
-                doc[FLIP_KEY] = False
-            write_atomic(out, json.dumps(doc) + "\n")
-        else:
-            with open(source, "rb") as f:
-                write_atomic(out, with_temperature(f.read(), t, widening, w))
-        kept = " kept" if args.gender_only else ""
-        gender_kept = " kept" if args.age_range_only else ""
-        print(f"\nwrote {out} (gender_temperature {t:.4f}{gender_kept}, gender_teacher_weight {w:g}{gender_kept}, "
-              + (f"age range widening{kept})" if widening is not None else "no age range widening)"))
-    return 0
+
+def write_calibration(out: str, source: str, engine, t: float, w: float, widening) -> None:
+    """T, the teacher weight `w` and the `widening` (None: none) into `out`: PREFIX-calibration.json beside a
+    checkpoint (with the model's own flip default), or a copy of the ONNX model `source` with them in its
+    metadata; through the project's writer."""
+    from agegender.atomic import write_atomic
+    from agegender.model.age import WIDENING_KEY
+    from agegender.model.engine import (CALIBRATION_SUFFIX, FLIP_KEY, TEACHER_WEIGHT_KEY, TEMPERATURE_KEY,
+                                        with_temperature)
+
+    if out.endswith(CALIBRATION_SUFFIX):
+        doc = {TEMPERATURE_KEY: round(t, 4), TEACHER_WEIGHT_KEY: w}  # w exact: a grid value, or the stored one
+        if widening is not None:
+            doc[WIDENING_KEY] = widening.to_dict()
+        if not engine.default_flip:  # the model's own flip default stays with it (ONNX metadata is kept whole)
+            doc[FLIP_KEY] = False
+        write_atomic(out, json.dumps(doc) + "\n")
+    else:
+        with open(source, "rb") as f:
+            write_atomic(out, with_temperature(f.read(), t, widening, w))
 
 
 def age_range_section(splits):
