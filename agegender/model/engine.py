@@ -153,19 +153,27 @@ class Labels(NamedTuple):
         return cls(*(np.zeros(0) for _ in range(4)), np.zeros((0, NUM_AGE_BINS)))
 
 
-def stored_temperature(metadata: dict[str, str], name: str) -> float:
-    """The gender temperature stored in an ONNX model's metadata_props (tools/calibrate.py --write), 1 when
-    absent; a value that is not a positive number is a one-line error naming the model."""
-    raw = metadata.get(TEMPERATURE_KEY)
-    if raw is None:
-        return 1.0
-    try:
-        t = float(raw)
+def _stored_number(metadata: dict, key: str, name: str, default: float, valid, what: str) -> float:
+    """The number stored under `key` in a model's metadata (ONNX metadata_props: text; PREFIX-calibration.json:
+    JSON), `default` when absent; anything `valid` refuses (text, null, a bool, NaN, an overflow) is a one-line
+    error naming the model."""
+    if key not in metadata:
+        return default
+    raw = metadata[key]
+    try:  # through text: a JSON integer too large for a float reads as inf, null and lists do not parse
+        value = float("nan") if isinstance(raw, bool) else float(str(raw))
     except ValueError:
-        t = float("nan")
-    if not (t > 0 and np.isfinite(t)):
-        raise UserError(f"model {name}: metadata {TEMPERATURE_KEY}={raw!r} is not a positive number")
-    return t
+        value = float("nan")
+    if not valid(value):
+        raise UserError(f"model {name}: metadata {key}={str(raw)[:40]!r} is not {what}")
+    return value + 0.0  # -0.0 reads as 0.0
+
+
+def stored_temperature(metadata: dict, name: str) -> float:
+    """The gender temperature stored in a model's metadata (tools/calibrate.py --write), 1 when absent; a value
+    that is not a positive number is a one-line error naming the model."""
+    return _stored_number(metadata, TEMPERATURE_KEY, name, 1.0, lambda t: t > 0 and np.isfinite(t),
+                          "a positive number")
 
 
 def stored_flip(metadata: dict, name: str) -> bool:
@@ -183,16 +191,8 @@ def stored_flip(metadata: dict, name: str) -> bool:
 def stored_teacher_weight(metadata: dict, name: str) -> float:
     """The teacher's weight in the gender ensemble from a model's metadata (`gender_teacher_weight`, a number
     in [0, 1]), DEFAULT_TEACHER_WEIGHT (the plain mean) when absent; anything else is a one-line error."""
-    if TEACHER_WEIGHT_KEY not in metadata:
-        return DEFAULT_TEACHER_WEIGHT
-    raw = metadata[TEACHER_WEIGHT_KEY]
-    try:
-        w = float(raw)
-    except (TypeError, ValueError, OverflowError):  # null, text, a list; an integer too big for a float
-        w = float("nan")
-    if isinstance(raw, bool) or not 0.0 <= w <= 1.0:  # NaN fails both comparisons
-        raise UserError(f"model {name}: metadata {TEACHER_WEIGHT_KEY}={str(raw)[:40]!r} is not a number from 0 to 1")
-    return w + 0.0  # -0.0 reads as 0.0
+    return _stored_number(metadata, TEACHER_WEIGHT_KEY, name, DEFAULT_TEACHER_WEIGHT, lambda w: 0.0 <= w <= 1.0,
+                          "a number from 0 to 1")
 
 
 def stored_widening(metadata: dict, name: str) -> Widening:
@@ -249,8 +249,7 @@ class Calibration(NamedTuple):
 
 def stored_calibration(metadata: dict, name: str) -> Calibration:
     """The four from one model's metadata (or sidecar), each checked: a bad value is a one-line error."""
-    return Calibration(stored_temperature({k: str(v) for k, v in metadata.items() if k == TEMPERATURE_KEY}, name),
-                       stored_widening(metadata, name), stored_flip(metadata, name),
+    return Calibration(stored_temperature(metadata, name), stored_widening(metadata, name), stored_flip(metadata, name),
                        stored_teacher_weight(metadata, name))
 
 

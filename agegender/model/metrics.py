@@ -8,6 +8,8 @@ from __future__ import annotations
 import numpy as np
 
 from agegender.model.age import Widening, age_range, coverage
+from agegender.model.engine import DEFAULT_TEACHER_WEIGHT
+from agegender.model.ensemble import ensemble_p_male
 
 CS_LEVELS = (3, 5)
 # (label, lowest age, highest age) of the per-band tables; the last band is open-ended
@@ -109,7 +111,7 @@ def ensemble_accuracy(p_ours: np.ndarray, p_teacher: np.ndarray, gender: np.ndar
     known = g >= 0
     if not known.any():
         return float("nan")
-    p = (1.0 - weight) * np.asarray(p_ours, np.float64)[known] + weight * np.asarray(p_teacher, np.float64)[known]
+    p = ensemble_p_male(np.asarray(p_ours)[known], np.asarray(p_teacher)[known], weight)
     return float(((p >= 0.5) == (g[known] == 1)).mean())
 
 
@@ -118,9 +120,10 @@ def fit_teacher_weight(p_ours: np.ndarray, p_teacher: np.ndarray, gender: np.nda
     accuracy on known genders (the figure the ensemble is for; P(male) stays calibrated by T either way).
     Ties go to the weight nearest the plain mean, 0.5 (of two as near, the lower), which is also the answer
     when no gender is known."""
-    scores = [(ensemble_accuracy(p_ours, p_teacher, gender, w), -round(abs(w - 0.5), 6)) for w in TEACHER_WEIGHTS]
+    scores = [(ensemble_accuracy(p_ours, p_teacher, gender, w), -round(abs(w - DEFAULT_TEACHER_WEIGHT), 6))
+              for w in TEACHER_WEIGHTS]
     if np.isnan(scores[0][0]):
-        return 0.5
+        return DEFAULT_TEACHER_WEIGHT
     return float(TEACHER_WEIGHTS[max(range(len(scores)), key=lambda i: scores[i])])
 
 
